@@ -1,0 +1,158 @@
+//! Local response normalization across channels (paper §3.3):
+//! `b[c] = a[c] / (k + α Σ_{|j−c| ≤ n/2} a[j]²)^β`, α multiplying the sum
+//! directly as the paper writes it.
+
+use super::real::Real;
+use crate::net::plan::LrnShape;
+
+/// Channels `c − n/2 ..= c + n/2` that exist.
+fn window(c: usize, s: &LrnShape) -> std::ops::Range<usize> {
+    let half = s.size / 2;
+    c.saturating_sub(half)..(c + half + 1).min(s.c)
+}
+
+/// `y = x · scale^−β` with `scale = k + α Σ x²`, kept for the backward pass.
+pub fn lrn_forward<T: Real>(x: &[T], y: &mut [T], scale: &mut [T], s: &LrnShape, batch: usize) {
+    let (alpha, k, neg_beta) = (
+        T::of(s.alpha.into()),
+        T::of(s.k.into()),
+        T::of(-f64::from(s.beta)),
+    );
+    let image = s.c * s.plane;
+    for n in 0..batch {
+        let x_n = &x[n * image..][..image];
+        let scale_n = &mut scale[n * image..][..image];
+        for c in 0..s.c {
+            let out = &mut scale_n[c * s.plane..][..s.plane];
+            out.fill(T::zero());
+            for j in window(c, s) {
+                for (o, &v) in out.iter_mut().zip(&x_n[j * s.plane..][..s.plane]) {
+                    *o = *o + v * v;
+                }
+            }
+            for o in out.iter_mut() {
+                *o = k + alpha * *o;
+            }
+        }
+        let y_n = &mut y[n * image..][..image];
+        for ((y, &x), &sc) in y_n.iter_mut().zip(x_n).zip(scale_n.iter()) {
+            *y = x * sc.powf(neg_beta);
+        }
+    }
+}
+
+/// `dx[c] = dy[c]·scale[c]^−β − 2αβ·x[c]·Σ_{j near c} dy[j]·y[j]/scale[j]`.
+#[allow(clippy::too_many_arguments)]
+pub fn lrn_backward<T: Real>(
+    x: &[T],
+    y: &[T],
+    scale: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    s: &LrnShape,
+    batch: usize,
+) {
+    let neg_beta = T::of(-f64::from(s.beta));
+    let two_alpha_beta = T::of(2.0 * f64::from(s.alpha) * f64::from(s.beta));
+    let image = s.c * s.plane;
+    let mut ratio = vec![T::zero(); image];
+    for n in 0..batch {
+        let at = n * image..(n + 1) * image;
+        let (x_n, y_n, sc_n, dy_n) = (&x[at.clone()], &y[at.clone()], &scale[at.clone()], &dy[at]);
+        for (((r, &g), &out), &sc) in ratio.iter_mut().zip(dy_n).zip(y_n).zip(sc_n) {
+            *r = g * out / sc;
+        }
+        let dx_n = &mut dx[n * image..][..image];
+        for c in 0..s.c {
+            let range = c * s.plane..(c + 1) * s.plane;
+            let out = &mut dx_n[range.clone()];
+            out.fill(T::zero());
+            for j in window(c, s) {
+                for (o, &r) in out.iter_mut().zip(&ratio[j * s.plane..][..s.plane]) {
+                    *o = *o + r;
+                }
+            }
+            for (((o, &xv), &g), &sc) in out
+                .iter_mut()
+                .zip(&x_n[range.clone()])
+                .zip(&dy_n[range.clone()])
+                .zip(&sc_n[range])
+            {
+                *o = g * sc.powf(neg_beta) - two_alpha_beta * xv * *o;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu::gradcheck::{check_gradient, dot, random};
+
+    fn shape(c: usize) -> LrnShape {
+        LrnShape {
+            c,
+            plane: 6,
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k: 2.0,
+        }
+    }
+
+    fn forward(x: &[f64], s: &LrnShape, batch: usize) -> Vec<f64> {
+        let mut y = vec![0.0; x.len()];
+        let mut scale = vec![0.0; x.len()];
+        lrn_forward(x, &mut y, &mut scale, s, batch);
+        y
+    }
+
+    #[test]
+    fn forward_matches_the_papers_formula() {
+        let s = shape(7);
+        let batch = 2;
+        // Large inputs, so the α term is not negligible next to k.
+        let x: Vec<f64> = random(batch * s.c * s.plane, 1)
+            .iter()
+            .map(|v| 40.0 * v)
+            .collect();
+        let y = forward(&x, &s, batch);
+        for n in 0..batch {
+            for c in 0..s.c {
+                for p in 0..s.plane {
+                    let lo = c.saturating_sub(2);
+                    let hi = (c + 2).min(s.c - 1);
+                    let sum: f64 = (lo..=hi)
+                        .map(|j| x[(n * s.c + j) * s.plane + p].powi(2))
+                        .sum();
+                    let i = (n * s.c + c) * s.plane + p;
+                    let (alpha, beta, k) = (f64::from(s.alpha), f64::from(s.beta), f64::from(s.k));
+                    let want = x[i] / (k + alpha * sum).powf(beta);
+                    assert!((y[i] - want).abs() < 1e-12 * want.abs().max(1.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        for channels in [1, 3, 9] {
+            let s = LrnShape {
+                alpha: 0.05,
+                ..shape(channels)
+            };
+            let batch = 2;
+            let x: Vec<f64> = random(batch * s.c * s.plane, 2)
+                .iter()
+                .map(|v| 3.0 * v)
+                .collect();
+            let r = random(x.len(), 3);
+            let mut y = vec![0.0; x.len()];
+            let mut scale = vec![0.0; x.len()];
+            lrn_forward(&x, &mut y, &mut scale, &s, batch);
+            let mut dx = vec![0.0; x.len()];
+            lrn_backward(&x, &y, &scale, &r, &mut dx, &s, batch);
+            check_gradient("lrn dx", &x, &dx, |x| dot(&r, &forward(x, &s, batch)));
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Element-wise layers: ReLU (paper §3.1), inverted dropout (§4.2) and the
+//! momentum-SGD update (§5).
+
+use super::real::Real;
+use crate::device::SgdStep;
+use crate::rng::uniform_at;
+
+/// `y = max(x, 0)`.
+pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = v.max(T::zero());
+    }
+}
+
+/// `dx = dy · [y > 0]`.
+pub fn relu_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T]) {
+    for ((d, &g), &out) in dx.iter_mut().zip(dy).zip(y) {
+        *d = if out > T::zero() { g } else { T::zero() };
+    }
+}
+
+/// Whether element `index` survives dropout with probability `p` under mask
+/// stream `key`. Counter-based, so any device can draw the same mask.
+pub fn dropout_keeps(key: u64, index: usize, p: f32) -> bool {
+    uniform_at(key, index as u64) >= f64::from(p)
+}
+
+/// `out = inp / (1 − p)` where kept, 0 elsewhere. The same for forward and backward.
+pub fn dropout_apply<T: Real>(inp: &[T], out: &mut [T], p: f32, key: u64) {
+    let keep_scale = T::of(1.0 / (1.0 - f64::from(p)));
+    for (i, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
+        *o = if dropout_keeps(key, i, p) {
+            v * keep_scale
+        } else {
+            T::zero()
+        };
+    }
+}
+
+/// `v ← m·v − wd·lr·w − lr·g; w ← w + v`, for weights and biases alike.
+pub fn sgd_update(w: &mut [f32], g: &[f32], v: &mut [f32], step: SgdStep) {
+    let decay = step.weight_decay * step.lr;
+    for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
+        *v = step.momentum * *v - decay * *w - step.lr * g;
+        *w += *v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu::gradcheck::{check_gradient, dot, random};
+
+    #[test]
+    fn relu_backward_matches_finite_differences() {
+        let x = random(50, 1);
+        let r = random(50, 2);
+        let forward = |x: &[f64]| {
+            let mut y = vec![0.0; x.len()];
+            relu_forward(x, &mut y);
+            y
+        };
+        let y = forward(&x);
+        assert!(y.iter().zip(&x).all(|(y, x)| *y == x.max(0.0)));
+        let mut dx = vec![0.0; 50];
+        relu_backward(&y, &r, &mut dx);
+        check_gradient("relu dx", &x, &dx, |x| dot(&r, &forward(x)));
+    }
+
+    #[test]
+    fn dropout_keeps_about_one_minus_p_and_preserves_the_mean() {
+        let x = vec![1.0f64; 100_000];
+        let mut y = vec![0.0; x.len()];
+        dropout_apply(&x, &mut y, 0.5, 42);
+        let kept = y.iter().filter(|v| **v != 0.0).count() as f64 / x.len() as f64;
+        let mean = y.iter().sum::<f64>() / x.len() as f64;
+        assert!((kept - 0.5).abs() < 0.01, "kept {kept}");
+        assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
+        assert!(y.iter().all(|v| *v == 0.0 || *v == 2.0));
+        let mut again = vec![0.0; x.len()];
+        dropout_apply(&x, &mut again, 0.5, 42);
+        assert_eq!(y, again);
+        dropout_apply(&x, &mut again, 0.5, 43);
+        assert_ne!(y, again);
+    }
+
+    #[test]
+    fn sgd_follows_the_papers_rule() {
+        let step = SgdStep {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.0005,
+        };
+        let (mut w, g, mut v) = (vec![2.0f32], vec![0.5f32], vec![0.1f32]);
+        sgd_update(&mut w, &g, &mut v, step);
+        let v_want = 0.9 * 0.1 - 0.0005 * 0.01 * 2.0 - 0.01 * 0.5;
+        assert!((f64::from(v[0]) - v_want).abs() < 1e-7);
+        assert!((f64::from(w[0]) - (2.0 + v_want)).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,173 @@
+//! How one tower's layers run on one device. The tower's dataflow
+//! ([`crate::tower`]) is written once against [`Device`]; the CPU device is
+//! the reference every other device is tested against.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
+
+/// Loss and hits over one batch, as every tower sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossStats {
+    /// Sum over the batch of −log p(label).
+    pub loss_sum: f64,
+    /// Images whose label is the top logit.
+    pub top1: usize,
+    /// Images whose label is among the five top logits.
+    pub top5: usize,
+}
+
+/// Hyper-parameters of one momentum-SGD update (paper §5).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+/// One tower's operations on one device. Buffers hold f32 in NCHW order, batch
+/// outermost. A layer reading `sources` towers gets its input as
+/// `sources` consecutive batches (`[source][image][features]`, the layout an
+/// all-gather produces) and holds one weight block per source.
+pub trait Device {
+    /// A buffer of f32 on the device.
+    type Buf: Send;
+
+    /// A zeroed buffer of `len` elements.
+    fn alloc(&mut self, len: usize) -> Result<Self::Buf>;
+    /// Copies host data into a buffer of the same length.
+    fn upload(&mut self, host: &[f32], dst: &mut Self::Buf) -> Result<()>;
+    /// Copies a buffer to the host.
+    fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>>;
+
+    /// `y = bias + Σ_s conv(x_s, w_s)`.
+    fn conv_forward(
+        &mut self,
+        x: &Self::Buf,
+        w: &[Self::Buf],
+        bias: &Self::Buf,
+        y: &mut Self::Buf,
+        shape: &ConvShape,
+        batch: usize,
+    ) -> Result<()>;
+    /// Weight and bias gradients, and the input gradient when `dx` is given.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_backward(
+        &mut self,
+        x: &Self::Buf,
+        w: &[Self::Buf],
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut [Self::Buf],
+        dbias: &mut Self::Buf,
+        shape: &ConvShape,
+        batch: usize,
+    ) -> Result<()>;
+
+    /// `y = bias + Σ_s x_s · w_sᵀ` with `w_s` of shape outputs × inputs.
+    fn fc_forward(
+        &mut self,
+        x: &Self::Buf,
+        w: &[Self::Buf],
+        bias: &Self::Buf,
+        y: &mut Self::Buf,
+        shape: &FcShape,
+        batch: usize,
+    ) -> Result<()>;
+    /// Weight and bias gradients, and the input gradient when `dx` is given.
+    #[allow(clippy::too_many_arguments)]
+    fn fc_backward(
+        &mut self,
+        x: &Self::Buf,
+        w: &[Self::Buf],
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut [Self::Buf],
+        dbias: &mut Self::Buf,
+        shape: &FcShape,
+        batch: usize,
+    ) -> Result<()>;
+
+    /// `y = max(x, 0)` (paper §3.1).
+    fn relu_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// `dx = dy · [y > 0]`.
+    fn relu_backward(&mut self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+
+    /// Local response normalization across channels (paper §3.3); `scale`
+    /// keeps `k + α Σ x²` for the backward pass.
+    fn lrn_forward(
+        &mut self,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        scale: &mut Self::Buf,
+        shape: &LrnShape,
+        batch: usize,
+    ) -> Result<()>;
+    /// The input gradient of LRN.
+    #[allow(clippy::too_many_arguments)]
+    fn lrn_backward(
+        &mut self,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        scale: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        shape: &LrnShape,
+        batch: usize,
+    ) -> Result<()>;
+
+    /// Max-pool (paper §3.4, overlapping when stride < size).
+    fn maxpool_forward(
+        &mut self,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        shape: &PoolShape,
+        batch: usize,
+    ) -> Result<()>;
+    /// Routes each output's gradient to the first input that attains its max.
+    fn maxpool_backward(
+        &mut self,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        shape: &PoolShape,
+        batch: usize,
+    ) -> Result<()>;
+
+    /// Inverted dropout (paper §4.2): element `i` is kept when
+    /// [`cpu::dropout_keeps`]`(key, i, p)`, and kept ones are scaled by 1/(1 − p).
+    fn dropout_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf, p: f32, key: u64)
+    -> Result<()>;
+    /// The input gradient of dropout with the same mask.
+    fn dropout_backward(
+        &mut self,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        p: f32,
+        key: u64,
+    ) -> Result<()>;
+
+    /// Softmax cross-entropy over logits split across towers: `logits` is
+    /// `[tower][image][per_tower]` (gathered), class `t · per_tower + u` is
+    /// unit `u` of tower `t`. Writes the gradient of the batch-mean loss with
+    /// respect to this tower's own logits into `dlogits` (`[image][per_tower]`).
+    fn softmax_cross_entropy(
+        &mut self,
+        logits: &Self::Buf,
+        labels: &[u32],
+        tower: usize,
+        per_tower: usize,
+        dlogits: &mut Self::Buf,
+    ) -> Result<LossStats>;
+
+    /// Momentum SGD (paper §5): `v ← m·v − wd·lr·w − lr·g; w ← w + v`.
+    fn sgd_update(
+        &mut self,
+        w: &mut Self::Buf,
+        g: &Self::Buf,
+        v: &mut Self::Buf,
+        step: SgdStep,
+    ) -> Result<()>;
+}

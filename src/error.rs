@@ -1,0 +1,45 @@
+//! The crate's error type. User-facing mistakes (bad flags, bad preset files)
+//! are `Input` and make the binary exit with status 2.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `alexnet`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag, a value or a file the user gave is unusable.
+    #[error("{0}")]
+    Input(String),
+    /// A preset or config file could not be read or parsed.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A tower thread stopped unexpectedly.
+    #[error("tower {tower}: {message}")]
+    Tower { tower: usize, message: String },
+    /// Training diverged or otherwise cannot go on.
+    #[error("{0}")]
+    Training(String),
+}
+
+impl Error {
+    /// Whether the error is the user's input (exit status 2) rather than a failure at run time.
+    pub fn is_input(&self) -> bool {
+        matches!(self, Error::Input(_) | Error::File { .. })
+    }
+
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T> = std::result::Result<T, Error>;

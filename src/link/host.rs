@@ -1,0 +1,163 @@
+//! The link over host memory: both towers are threads of one process and
+//! meet at a barrier around a shared slot per tower.
+
+use super::{Link, slice_of};
+use crate::error::{Error, Result};
+use crate::net::plan::TOWERS;
+use std::sync::{Arc, Condvar, Mutex};
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    turn: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    slots: [Vec<f32>; TOWERS],
+    arrived: usize,
+    generation: u64,
+    /// A tower left (its thread ended); the other must not wait for it.
+    abandoned: bool,
+}
+
+/// One tower's end of the host-memory link.
+pub struct HostLink {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+impl HostLink {
+    /// Both ends of a fresh link, rank 0 first.
+    pub fn pair() -> [HostLink; TOWERS] {
+        let shared = Arc::new(Shared::default());
+        std::array::from_fn(|rank| HostLink {
+            rank,
+            shared: Arc::clone(&shared),
+        })
+    }
+
+    /// Puts `data` in this tower's slot, waits for every tower to do the
+    /// same, runs `read` over all slots, and waits again so the slots can be reused.
+    fn exchange(&self, data: &[f32], read: impl FnOnce(&[Vec<f32>; TOWERS])) -> Result<()> {
+        let mut state = self.lock()?;
+        state.slots[self.rank].clear();
+        state.slots[self.rank].extend_from_slice(data);
+        state = self.wait(state)?;
+        read(&state.slots);
+        drop(self.wait(state)?);
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.shared.state.lock().map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> Error {
+        Error::Tower {
+            tower: self.rank,
+            message: "the other tower stopped in the middle of an exchange".into(),
+        }
+    }
+
+    fn wait<'a>(
+        &self,
+        mut state: std::sync::MutexGuard<'a, State>,
+    ) -> Result<std::sync::MutexGuard<'a, State>> {
+        let generation = state.generation;
+        state.arrived += 1;
+        if state.arrived == TOWERS {
+            state.arrived = 0;
+            state.generation += 1;
+            self.shared.turn.notify_all();
+            return Ok(state);
+        }
+        while state.generation == generation {
+            if state.abandoned {
+                return Err(self.gone());
+            }
+            state = self.shared.turn.wait(state).map_err(|_| self.gone())?;
+        }
+        Ok(state)
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.abandoned = true;
+        }
+        self.shared.turn.notify_all();
+    }
+}
+
+impl Link<Vec<f32>> for HostLink {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn all_gather(&mut self, local: &Vec<f32>, gathered: &mut Vec<f32>) -> Result<()> {
+        let len = local.len();
+        self.exchange(local, |slots| {
+            for (r, slot) in slots.iter().enumerate() {
+                gathered[slice_of(r, len)].copy_from_slice(slot);
+            }
+        })
+    }
+
+    fn reduce_scatter(&mut self, full: &Vec<f32>, local: &mut Vec<f32>) -> Result<()> {
+        let own = slice_of(self.rank, local.len());
+        self.exchange(full, |slots| {
+            local.copy_from_slice(&slots[0][own.clone()]);
+            for slot in &slots[1..] {
+                for (l, &v) in local.iter_mut().zip(&slot[own.clone()]) {
+                    *l += v;
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_gather_and_reduce_scatter_between_threads() {
+        let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = HostLink::pair()
+                .into_iter()
+                .map(|mut link| {
+                    scope.spawn(move || {
+                        let r = link.rank() as f32;
+                        let local = vec![r + 1.0; 3];
+                        let mut gathered = vec![0.0; 6];
+                        link.all_gather(&local, &mut gathered).unwrap();
+                        let full: Vec<f32> = (0..6).map(|i| i as f32 * (r + 1.0)).collect();
+                        let mut reduced = vec![0.0; 3];
+                        link.reduce_scatter(&full, &mut reduced).unwrap();
+                        (gathered, reduced)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (gathered, _) in &results {
+            assert_eq!(gathered, &[1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
+        }
+        // Tower r keeps elements 3r..3r+3 of full0 + full1 = 3·i.
+        assert_eq!(results[0].1, vec![0.0, 3.0, 6.0]);
+        assert_eq!(results[1].1, vec![9.0, 12.0, 15.0]);
+    }
+
+    #[test]
+    fn a_tower_that_leaves_releases_the_other() {
+        let [mut first, second] = HostLink::pair();
+        let waiter = std::thread::spawn(move || {
+            let mut gathered = vec![0.0; 2];
+            first.all_gather(&vec![1.0], &mut gathered)
+        });
+        drop(second);
+        assert!(waiter.join().unwrap().is_err());
+    }
+}

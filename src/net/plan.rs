@@ -1,0 +1,494 @@
+//! A checked network: every layer's shapes, parameter counts and
+//! multiply-adds, resolved from a [`NetSpec`]. Shapes are per tower.
+
+use super::spec::{Layer, NetSpec};
+use crate::error::{Error, Result};
+
+/// Number of towers: the paper's two GPUs (§3.2).
+pub const TOWERS: usize = 2;
+
+/// The shape of one image's activations in one tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Feature maps, channels × height × width.
+    Map { c: usize, h: usize, w: usize },
+    /// A flat vector.
+    Flat(usize),
+}
+
+impl Shape {
+    /// Elements per image.
+    pub fn len(&self) -> usize {
+        match *self {
+            Shape::Map { c, h, w } => c * h * w,
+            Shape::Flat(n) => n,
+        }
+    }
+
+    /// Whether the shape holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Shape::Map { c, h, w } => write!(f, "{c}×{h}×{w}"),
+            Shape::Flat(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Geometry of a convolution reading `sources` inputs of `in_c` channels each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub sources: usize,
+    pub in_c: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_c: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl ConvShape {
+    /// Elements of one source's weight block: out_c × in_c × k × k.
+    pub fn block_len(&self) -> usize {
+        self.out_c * self.in_c * self.kernel * self.kernel
+    }
+}
+
+/// Geometry of a max-pool over `c` maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShape {
+    pub c: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub size: usize,
+    pub stride: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+/// LRN constants (paper §3.3); `alpha` multiplies the sum directly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrnShape {
+    pub c: usize,
+    pub plane: usize,
+    pub size: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+}
+
+/// Geometry of a fully connected layer reading `sources` inputs of `inputs` features each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FcShape {
+    pub sources: usize,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+impl FcShape {
+    /// Elements of one source's weight block: outputs × inputs.
+    pub fn block_len(&self) -> usize {
+        self.outputs * self.inputs
+    }
+}
+
+/// What one planned layer computes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Conv(ConvShape),
+    Relu,
+    Lrn(LrnShape),
+    MaxPool(PoolShape),
+    Fc(FcShape),
+    Dropout { p: f32 },
+}
+
+/// One layer with its resolved shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedLayer {
+    /// The parameter name (`conv1`, `fc6`…) or the op's kind.
+    pub name: String,
+    pub op: Op,
+    /// What one tower feeds in per image (one source's worth for `both_towers`).
+    pub input: Shape,
+    pub output: Shape,
+    /// Reads both towers' previous outputs (an all-gather before it).
+    pub both_towers: bool,
+}
+
+impl PlannedLayer {
+    /// Weights and biases in one tower.
+    pub fn params(&self) -> usize {
+        match self.op {
+            Op::Conv(c) => c.sources * c.block_len() + c.out_c,
+            Op::Fc(f) => f.sources * f.block_len() + f.outputs,
+            _ => 0,
+        }
+    }
+
+    /// Multiply-adds per image in one tower.
+    pub fn macs(&self) -> usize {
+        match self.op {
+            Op::Conv(c) => c.sources * c.block_len() * c.out_h * c.out_w,
+            Op::Fc(f) => f.sources * f.block_len(),
+            _ => 0,
+        }
+    }
+
+    /// Whether the layer has weights.
+    pub fn has_params(&self) -> bool {
+        matches!(self.op, Op::Conv(_) | Op::Fc(_))
+    }
+}
+
+/// A network whose shapes fit together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub spec: NetSpec,
+    /// The image, per image.
+    pub input: Shape,
+    pub layers: Vec<PlannedLayer>,
+}
+
+fn bad(spec: &NetSpec, index: usize, what: String) -> Error {
+    Error::Input(format!(
+        "preset {}: layer {} ({}): {what}",
+        spec.name,
+        index + 1,
+        layer_kind(&spec.layers[index])
+    ))
+}
+
+fn layer_kind(layer: &Layer) -> String {
+    match layer {
+        Layer::Conv { name, .. } | Layer::Fc { name, .. } => name.clone(),
+        Layer::Relu => "relu".into(),
+        Layer::Lrn { .. } => "lrn".into(),
+        Layer::MaxPool { .. } => "max_pool".into(),
+        Layer::Dropout { .. } => "dropout".into(),
+    }
+}
+
+/// Output length of a sliding window, or `None` when the window does not fit.
+fn window_out(input: usize, kernel: usize, stride: usize, pad: usize) -> Option<usize> {
+    let padded = input + 2 * pad;
+    (kernel >= 1 && stride >= 1 && kernel <= padded).then(|| (padded - kernel) / stride + 1)
+}
+
+impl Plan {
+    /// Resolves and checks every layer's shapes.
+    pub fn new(spec: NetSpec) -> Result<Plan> {
+        let input = Shape::Map {
+            c: spec.input.channels,
+            h: spec.input.size,
+            w: spec.input.size,
+        };
+        if input.is_empty() {
+            return Err(Error::Input(format!(
+                "preset {}: input channels and size must be at least 1",
+                spec.name
+            )));
+        }
+        if spec.layers.is_empty() {
+            return Err(Error::Input(format!("preset {}: no layers", spec.name)));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut shape = input;
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for (i, layer) in spec.layers.iter().enumerate() {
+            let err = |what: String| bad(&spec, i, what);
+            let (op, output, both) = match *layer {
+                Layer::Conv {
+                    ref name,
+                    filters,
+                    kernel,
+                    stride,
+                    pad,
+                    both_towers,
+                } => {
+                    let Shape::Map { c, h, w } = shape else {
+                        return Err(err(format!("needs feature maps, gets a vector of {shape}")));
+                    };
+                    if filters == 0 || stride == 0 || kernel == 0 {
+                        return Err(err("filters, kernel and stride must be at least 1".into()));
+                    }
+                    if pad >= kernel {
+                        return Err(err(format!("pad {pad} must be below kernel {kernel}")));
+                    }
+                    let (Some(out_h), Some(out_w)) = (
+                        window_out(h, kernel, stride, pad),
+                        window_out(w, kernel, stride, pad),
+                    ) else {
+                        return Err(err(format!(
+                            "kernel {kernel} with pad {pad} does not fit its {h}×{w} input"
+                        )));
+                    };
+                    if !names.insert(name.clone()) || name.is_empty() {
+                        return Err(err(format!("name {name:?} is empty or used twice")));
+                    }
+                    let conv = ConvShape {
+                        sources: if both_towers { TOWERS } else { 1 },
+                        in_c: c,
+                        in_h: h,
+                        in_w: w,
+                        out_c: filters,
+                        kernel,
+                        stride,
+                        pad,
+                        out_h,
+                        out_w,
+                    };
+                    let out = Shape::Map {
+                        c: filters,
+                        h: out_h,
+                        w: out_w,
+                    };
+                    (Op::Conv(conv), out, both_towers)
+                }
+                Layer::Relu => (Op::Relu, shape, false),
+                Layer::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                } => {
+                    let Shape::Map { c, h, w } = shape else {
+                        return Err(err(format!("needs feature maps, gets a vector of {shape}")));
+                    };
+                    if size % 2 == 0 || !(alpha >= 0.0 && beta > 0.0 && k > 0.0) {
+                        return Err(err("size must be odd, alpha ≥ 0, beta > 0 and k > 0".into()));
+                    }
+                    let lrn = LrnShape {
+                        c,
+                        plane: h * w,
+                        size,
+                        alpha,
+                        beta,
+                        k,
+                    };
+                    (Op::Lrn(lrn), shape, false)
+                }
+                Layer::MaxPool { size, stride } => {
+                    let Shape::Map { c, h, w } = shape else {
+                        return Err(err(format!("needs feature maps, gets a vector of {shape}")));
+                    };
+                    let (Some(out_h), Some(out_w)) = (
+                        window_out(h, size, stride, 0),
+                        window_out(w, size, stride, 0),
+                    ) else {
+                        return Err(err(format!(
+                            "window {size} / stride {stride} does not fit its {h}×{w} input"
+                        )));
+                    };
+                    let pool = PoolShape {
+                        c,
+                        in_h: h,
+                        in_w: w,
+                        size,
+                        stride,
+                        out_h,
+                        out_w,
+                    };
+                    (
+                        Op::MaxPool(pool),
+                        Shape::Map {
+                            c,
+                            h: out_h,
+                            w: out_w,
+                        },
+                        false,
+                    )
+                }
+                Layer::Fc {
+                    ref name,
+                    units,
+                    both_towers,
+                } => {
+                    if units == 0 {
+                        return Err(err("units must be at least 1".into()));
+                    }
+                    if !names.insert(name.clone()) || name.is_empty() {
+                        return Err(err(format!("name {name:?} is empty or used twice")));
+                    }
+                    let fc = FcShape {
+                        sources: if both_towers { TOWERS } else { 1 },
+                        inputs: shape.len(),
+                        outputs: units,
+                    };
+                    (Op::Fc(fc), Shape::Flat(units), both_towers)
+                }
+                Layer::Dropout { p } => {
+                    if !(0.0..1.0).contains(&p) {
+                        return Err(err(format!("p = {p} must be in [0, 1)")));
+                    }
+                    (Op::Dropout { p }, shape, false)
+                }
+            };
+            if both && i == 0 {
+                return Err(err(
+                    "the first layer reads the image, which both towers already share; \
+                     both_towers needs a previous layer"
+                        .into(),
+                ));
+            }
+            layers.push(PlannedLayer {
+                name: layer_kind(layer),
+                op,
+                input: shape,
+                output,
+                both_towers: both,
+            });
+            shape = output;
+        }
+        if !matches!(layers.last().map(|l| &l.op), Some(Op::Fc(_))) {
+            return Err(Error::Input(format!(
+                "preset {}: the last layer must be fc (its outputs are the logits)",
+                spec.name
+            )));
+        }
+        Ok(Plan {
+            spec,
+            input,
+            layers,
+        })
+    }
+
+    /// Loads a preset (or preset file) and checks it.
+    pub fn load(preset: &str) -> Result<Plan> {
+        Plan::new(NetSpec::load(preset)?)
+    }
+
+    /// Logits per tower (the last layer's units).
+    pub fn logits_per_tower(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.output.len())
+    }
+
+    /// Classes of the whole net: both towers' logits.
+    pub fn classes(&self) -> usize {
+        TOWERS * self.logits_per_tower()
+    }
+
+    /// Parameters in the whole net (both towers).
+    pub fn params(&self) -> usize {
+        TOWERS * self.layers.iter().map(PlannedLayer::params).sum::<usize>()
+    }
+
+    /// Multiply-adds per image in the whole net (both towers).
+    pub fn macs(&self) -> usize {
+        TOWERS * self.layers.iter().map(PlannedLayer::macs).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures of SPEC.md, which were checked against Caffe's `bvlc_alexnet`.
+    #[test]
+    fn paper_preset_matches_the_spec() {
+        let plan = Plan::load("paper").unwrap();
+        assert_eq!(plan.params(), 60_965_224);
+        assert_eq!(plan.classes(), 1000);
+        let per_layer: Vec<(String, usize, usize)> = plan
+            .layers
+            .iter()
+            .filter(|l| l.has_params())
+            .map(|l| (l.name.clone(), TOWERS * l.params(), TOWERS * l.macs()))
+            .collect();
+        let expected_params = [
+            34_944, 307_456, 885_120, 663_936, 442_624, 37_752_832, 16_781_312, 4_097_000,
+        ];
+        let expected_mmacs = [105.4, 223.9, 149.5, 112.1, 74.8, 37.7, 16.8, 4.1];
+        for (i, (name, params, macs)) in per_layer.iter().enumerate() {
+            assert_eq!(*params, expected_params[i], "{name} parameters");
+            let mmacs = (*macs as f64 / 1e6 * 10.0).round() / 10.0;
+            assert_eq!(mmacs, expected_mmacs[i], "{name} multiply-adds");
+        }
+        assert_eq!((plan.macs() as f64 / 1e5).round() / 10.0, 724.4);
+        let maps: Vec<Shape> = plan.layers.iter().map(|l| l.output).collect();
+        assert_eq!(
+            maps[0],
+            Shape::Map {
+                c: 48,
+                h: 55,
+                w: 55
+            }
+        );
+        assert_eq!(
+            maps[3],
+            Shape::Map {
+                c: 48,
+                h: 27,
+                w: 27
+            }
+        );
+        assert_eq!(
+            maps[7],
+            Shape::Map {
+                c: 128,
+                h: 13,
+                w: 13
+            }
+        );
+        assert_eq!(maps[14], Shape::Map { c: 128, h: 6, w: 6 });
+    }
+
+    fn spec_with(layers: &str) -> NetSpec {
+        NetSpec::parse(
+            &format!("name = \"t\"\n{layers}\n[input]\nchannels = 3\nsize = 16\n"),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_input_errors() {
+        let cases = [
+            (
+                "layers = [{type = \"conv\", name = \"c\", filters = 4, kernel = 17}, {type = \"fc\", name = \"f\", units = 2}]",
+                "does not fit",
+            ),
+            (
+                "layers = [{type = \"fc\", name = \"f\", units = 2}, {type = \"conv\", name = \"c\", filters = 4, kernel = 3}, {type = \"fc\", name = \"g\", units = 2}]",
+                "needs feature maps",
+            ),
+            (
+                "layers = [{type = \"conv\", name = \"c\", filters = 4, kernel = 3}]",
+                "last layer must be fc",
+            ),
+            (
+                "layers = [{type = \"fc\", name = \"f\", units = 2, both_towers = true}]",
+                "first layer",
+            ),
+            (
+                "layers = [{type = \"lrn\", size = 4, alpha = 1e-4, beta = 0.75, k = 2.0}, {type = \"fc\", name = \"f\", units = 2}]",
+                "odd",
+            ),
+            (
+                "layers = [{type = \"dropout\", p = 1.0}, {type = \"fc\", name = \"f\", units = 2}]",
+                "[0, 1)",
+            ),
+            (
+                "layers = [{type = \"fc\", name = \"f\", units = 2}, {type = \"fc\", name = \"f\", units = 2}]",
+                "used twice",
+            ),
+            (
+                "layers = [{type = \"max_pool\", size = 3, stride = 0}, {type = \"fc\", name = \"f\", units = 2}]",
+                "does not fit",
+            ),
+        ];
+        for (layers, message) in cases {
+            let err = Plan::new(spec_with(layers)).unwrap_err();
+            assert!(err.is_input());
+            assert!(err.to_string().contains(message), "{layers}: {err}");
+        }
+    }
+}

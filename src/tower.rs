@@ -1,0 +1,342 @@
+//! One tower's forward and backward pass in the paper's order (conv → ReLU →
+//! LRN → pool, §3.5), exchanging with the other tower through a [`Link`]
+//! before every layer that reads both towers (§3.2, Fig. 2) and at the logits.
+
+use crate::device::{Device, LossStats, SgdStep};
+use crate::error::Result;
+use crate::link::Link;
+use crate::net::params::LayerParams;
+use crate::net::plan::{Op, Plan, TOWERS};
+use crate::rng::derive;
+use std::sync::Arc;
+
+/// One tower: its device, its end of the link, its parameters and buffers.
+pub struct Tower<D: Device, L: Link<D::Buf>> {
+    plan: Arc<Plan>,
+    device: D,
+    link: L,
+    batch: usize,
+    /// Per parameter layer, in layer order.
+    params: Vec<LayerParams<D::Buf>>,
+    grads: Vec<LayerParams<D::Buf>>,
+    momentum: Vec<LayerParams<D::Buf>>,
+    /// Activations of the current batch, and their gradients.
+    buffers: Buffers<D::Buf>,
+    /// Dropout mask key of the current step; `None` when not training.
+    dropout_key: Option<u64>,
+}
+
+/// Everything that scales with the batch.
+struct Buffers<B> {
+    input: B,
+    /// Output of each layer.
+    outputs: Vec<B>,
+    /// Gradient of the loss with respect to each layer's output.
+    output_grads: Vec<B>,
+    /// Both towers' inputs, for layers that read both.
+    gathered: Vec<Option<B>>,
+    gathered_grads: Vec<Option<B>>,
+    /// `k + α Σ x²` of LRN layers.
+    lrn_scales: Vec<Option<B>>,
+    /// Both towers' logits.
+    logits: B,
+    elements: usize,
+}
+
+impl<B> Buffers<B> {
+    fn new<D: Device<Buf = B>>(device: &mut D, plan: &Plan, batch: usize) -> Result<Self> {
+        let mut elements = 0;
+        let mut alloc = |len: usize| {
+            elements += len;
+            device.alloc(len)
+        };
+        let input = alloc(batch * plan.input.len())?;
+        let (mut outputs, mut output_grads) = (Vec::new(), Vec::new());
+        let (mut gathered, mut gathered_grads, mut lrn_scales) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for layer in &plan.layers {
+            let out = batch * layer.output.len();
+            outputs.push(alloc(out)?);
+            output_grads.push(alloc(out)?);
+            let both = layer.both_towers;
+            let gathered_len = TOWERS * batch * layer.input.len();
+            gathered.push(both.then(|| alloc(gathered_len)).transpose()?);
+            gathered_grads.push(both.then(|| alloc(gathered_len)).transpose()?);
+            let lrn = matches!(layer.op, Op::Lrn(_));
+            lrn_scales.push(lrn.then(|| alloc(out)).transpose()?);
+        }
+        let logits = alloc(TOWERS * batch * plan.logits_per_tower())?;
+        Ok(Buffers {
+            input,
+            outputs,
+            output_grads,
+            gathered,
+            gathered_grads,
+            lrn_scales,
+            logits,
+            elements,
+        })
+    }
+}
+
+impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
+    /// A tower with the given parameters (from [`crate::net::params::split_twin`]).
+    pub fn new(
+        plan: Arc<Plan>,
+        mut device: D,
+        link: L,
+        batch: usize,
+        host_params: &[LayerParams<Vec<f32>>],
+    ) -> Result<Self> {
+        let mut params = Vec::with_capacity(host_params.len());
+        let (mut grads, mut momentum) = (Vec::new(), Vec::new());
+        for layer in host_params {
+            let mut upload = |host: &Vec<f32>| -> Result<D::Buf> {
+                let mut buf = device.alloc(host.len())?;
+                device.upload(host, &mut buf)?;
+                Ok(buf)
+            };
+            let weights = layer
+                .weights
+                .iter()
+                .map(&mut upload)
+                .collect::<Result<Vec<_>>>()?;
+            params.push(LayerParams {
+                weights,
+                bias: upload(&layer.bias)?,
+            });
+            for set in [&mut grads, &mut momentum] {
+                let weights = layer
+                    .weights
+                    .iter()
+                    .map(|w| device.alloc(w.len()))
+                    .collect::<Result<_>>()?;
+                set.push(LayerParams {
+                    weights,
+                    bias: device.alloc(layer.bias.len())?,
+                });
+            }
+        }
+        let buffers = Buffers::new(&mut device, &plan, batch)?;
+        Ok(Tower {
+            plan,
+            device,
+            link,
+            batch,
+            params,
+            grads,
+            momentum,
+            buffers,
+            dropout_key: None,
+        })
+    }
+
+    /// This tower's rank.
+    pub fn rank(&self) -> usize {
+        self.link.rank()
+    }
+
+    /// Elements held in batch-sized buffers (activations and their gradients).
+    pub fn activation_elements(&self) -> usize {
+        self.buffers.elements
+    }
+
+    /// Forward pass over `labels.len()` images, then the loss. With
+    /// `dropout_key` the pass is a training pass: dropout is on, and the
+    /// gradient of the loss with respect to this tower's logits is kept for
+    /// [`Tower::backward`].
+    pub fn forward(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        dropout_key: Option<u64>,
+    ) -> Result<LossStats> {
+        let batch = labels.len();
+        if batch != self.batch {
+            self.buffers = Buffers::new(&mut self.device, &self.plan, batch)?;
+            self.batch = batch;
+        }
+        self.dropout_key = dropout_key;
+        let b = &mut self.buffers;
+        self.device.upload(images, &mut b.input)?;
+        let mut param_slot = 0;
+        for (i, layer) in self.plan.layers.iter().enumerate() {
+            let (before, rest) = b.outputs.split_at_mut(i);
+            let y = &mut rest[0];
+            let mut x = if i == 0 { &b.input } else { &before[i - 1] };
+            if let Some(gathered) = b.gathered[i].as_mut() {
+                self.link.all_gather(x, gathered)?;
+                x = gathered;
+            }
+            let dev = &mut self.device;
+            match &layer.op {
+                Op::Conv(s) => {
+                    let p = &self.params[param_slot];
+                    dev.conv_forward(x, &p.weights, &p.bias, y, s, batch)?;
+                }
+                Op::Fc(s) => {
+                    let p = &self.params[param_slot];
+                    dev.fc_forward(x, &p.weights, &p.bias, y, s, batch)?;
+                }
+                Op::Relu => dev.relu_forward(x, y)?,
+                Op::Lrn(s) => {
+                    let scale = b.lrn_scales[i]
+                        .as_mut()
+                        .expect("LRN layers have a scale buffer");
+                    dev.lrn_forward(x, y, scale, s, batch)?;
+                }
+                Op::MaxPool(s) => dev.maxpool_forward(x, y, s, batch)?,
+                Op::Dropout { p } => match self.dropout_key {
+                    Some(key) => {
+                        dev.dropout_forward(x, y, *p, dropout_key_for(key, i, self.link.rank()))?
+                    }
+                    // p = 0 keeps every unit at scale 1: the test-time identity.
+                    None => dev.dropout_forward(x, y, 0.0, 0)?,
+                },
+            }
+            param_slot += usize::from(layer.has_params());
+        }
+        let last = b.outputs.last().expect("a plan has layers");
+        self.link.all_gather(last, &mut b.logits)?;
+        let dlogits = b.output_grads.last_mut().expect("a plan has layers");
+        let per_tower = self.plan.logits_per_tower();
+        self.device
+            .softmax_cross_entropy(&b.logits, labels, self.link.rank(), per_tower, dlogits)
+    }
+
+    /// Backward pass after a training [`Tower::forward`]: fills the parameter gradients.
+    pub fn backward(&mut self) -> Result<()> {
+        let batch = self.batch;
+        let b = &mut self.buffers;
+        let mut param_slot = self.params.len();
+        for (i, layer) in self.plan.layers.iter().enumerate().rev() {
+            let (grads_before, grads_rest) = b.output_grads.split_at_mut(i);
+            let dy = &grads_rest[0];
+            let y = &b.outputs[i];
+            let x = match &b.gathered[i] {
+                Some(gathered) => gathered,
+                None if i == 0 => &b.input,
+                None => &b.outputs[i - 1],
+            };
+            // Where this layer's input gradient goes: the gathered buffer
+            // (reduce-scattered below), the previous layer, or nowhere.
+            let mut dx = match b.gathered_grads[i].as_mut() {
+                Some(g) => Some(g),
+                None => grads_before.last_mut(),
+            };
+            let dev = &mut self.device;
+            param_slot -= usize::from(layer.has_params());
+            match &layer.op {
+                Op::Conv(s) => {
+                    let (p, g) = (&self.params[param_slot], &mut self.grads[param_slot]);
+                    dev.conv_backward(
+                        x,
+                        &p.weights,
+                        dy,
+                        dx.as_deref_mut(),
+                        &mut g.weights,
+                        &mut g.bias,
+                        s,
+                        batch,
+                    )?;
+                }
+                Op::Fc(s) => {
+                    let (p, g) = (&self.params[param_slot], &mut self.grads[param_slot]);
+                    dev.fc_backward(
+                        x,
+                        &p.weights,
+                        dy,
+                        dx.as_deref_mut(),
+                        &mut g.weights,
+                        &mut g.bias,
+                        s,
+                        batch,
+                    )?;
+                }
+                op => {
+                    let Some(dx) = dx.as_deref_mut() else {
+                        continue;
+                    };
+                    match op {
+                        Op::Relu => dev.relu_backward(y, dy, dx)?,
+                        Op::Lrn(s) => {
+                            let scale = b.lrn_scales[i]
+                                .as_ref()
+                                .expect("LRN layers have a scale buffer");
+                            dev.lrn_backward(x, y, scale, dy, dx, s, batch)?;
+                        }
+                        Op::MaxPool(s) => dev.maxpool_backward(x, y, dy, dx, s, batch)?,
+                        Op::Dropout { p } => {
+                            let key = self
+                                .dropout_key
+                                .expect("backward follows a training forward");
+                            dev.dropout_backward(
+                                dy,
+                                dx,
+                                *p,
+                                dropout_key_for(key, i, self.link.rank()),
+                            )?;
+                        }
+                        Op::Conv(_) | Op::Fc(_) => unreachable!("handled above"),
+                    }
+                }
+            }
+            if let (Some(full), Some(own)) = (b.gathered_grads[i].as_ref(), grads_before.last_mut())
+            {
+                self.link.reduce_scatter(full, own)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One momentum-SGD step on every weight and bias (paper §5).
+    pub fn update(&mut self, step: SgdStep) -> Result<()> {
+        for ((p, g), v) in self
+            .params
+            .iter_mut()
+            .zip(&self.grads)
+            .zip(&mut self.momentum)
+        {
+            for ((w, gw), vw) in p.weights.iter_mut().zip(&g.weights).zip(&mut v.weights) {
+                self.device.sgd_update(w, gw, vw, step)?;
+            }
+            self.device
+                .sgd_update(&mut p.bias, &g.bias, &mut v.bias, step)?;
+        }
+        Ok(())
+    }
+
+    /// Parameters, gradients or momentum copied to the host.
+    pub fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>> {
+        let set = match which {
+            ParamSet::Weights => &self.params,
+            ParamSet::Gradients => &self.grads,
+            ParamSet::Momentum => &self.momentum,
+        };
+        set.iter()
+            .map(|layer| {
+                Ok(LayerParams {
+                    weights: layer
+                        .weights
+                        .iter()
+                        .map(|w| self.device.download(w))
+                        .collect::<Result<_>>()?,
+                    bias: self.device.download(&layer.bias)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Which per-parameter state to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamSet {
+    Weights,
+    Gradients,
+    Momentum,
+}
+
+/// The dropout mask stream of layer `layer` in tower `rank` for a step keyed `step_key`.
+pub fn dropout_key_for(step_key: u64, layer: usize, rank: usize) -> u64 {
+    derive(derive(step_key, layer as u64), rank as u64)
+}

@@ -1,0 +1,214 @@
+//! Both towers, each on its own OS thread that owns its device and its end of
+//! the link (GPU handles are not `Send`); the caller's thread hands them
+//! batches over channels and waits for both.
+
+use crate::device::cpu::CpuDevice;
+use crate::device::{Device, LossStats, SgdStep};
+use crate::error::{Error, Result};
+use crate::link::Link;
+use crate::link::host::HostLink;
+use crate::net::params::{TwinTensor, join_towers, split_twin};
+use crate::net::plan::{Plan, TOWERS};
+use crate::tower::{ParamSet, Tower};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// A batch both towers read: the same images, NCHW, and their labels.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub images: Arc<Vec<f32>>,
+    pub labels: Arc<Vec<u32>>,
+}
+
+enum Request {
+    /// Forward; with a dropout key also backward and, with `sgd`, an update.
+    Step {
+        batch: Batch,
+        dropout_key: Option<u64>,
+        sgd: Option<SgdStep>,
+    },
+    Download(ParamSet),
+}
+
+enum Reply {
+    Stats(LossStats),
+    Params(Vec<crate::net::params::LayerParams<Vec<f32>>>),
+}
+
+struct Worker {
+    requests: Sender<Request>,
+    replies: Receiver<Result<Reply>>,
+    thread: JoinHandle<()>,
+}
+
+/// The two towers of one net, running.
+pub struct TowerPair {
+    plan: Arc<Plan>,
+    workers: Vec<Worker>,
+}
+
+impl TowerPair {
+    /// Both towers on the CPU, over host memory, with the twin's parameters `init`.
+    pub fn cpu(plan: Arc<Plan>, batch: usize, init: &[TwinTensor]) -> Result<TowerPair> {
+        let links: Vec<Mutex<Option<HostLink>>> = HostLink::pair()
+            .into_iter()
+            .map(|l| Mutex::new(Some(l)))
+            .collect();
+        let links = Arc::new(links);
+        TowerPair::spawn(plan, batch, init, move |rank| {
+            let link = links[rank].lock().ok().and_then(|mut l| l.take());
+            let link = link.ok_or_else(|| Error::Tower {
+                tower: rank,
+                message: "link end already taken".into(),
+            })?;
+            Ok((CpuDevice::default(), link))
+        })
+    }
+
+    /// Both towers, each built on its own thread by `make(rank)`.
+    pub fn spawn<D, L, F>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        make: F,
+    ) -> Result<TowerPair>
+    where
+        D: Device + 'static,
+        L: Link<D::Buf> + 'static,
+        F: Fn(usize) -> Result<(D, L)> + Send + Sync + 'static,
+    {
+        let split = split_twin(&plan, init)?;
+        let make = Arc::new(make);
+        let mut workers = Vec::with_capacity(TOWERS);
+        for (rank, host_params) in split.into_iter().enumerate() {
+            let (requests, inbox) = channel::<Request>();
+            let (outbox, replies) = channel::<Result<Reply>>();
+            let (plan, make) = (Arc::clone(&plan), Arc::clone(&make));
+            let thread = std::thread::Builder::new()
+                .name(format!("tower{rank}"))
+                .spawn(move || {
+                    let built = make(rank).and_then(|(device, link)| {
+                        Tower::new(plan, device, link, batch, &host_params)
+                    });
+                    drop(host_params);
+                    let mut tower = match built {
+                        Ok(tower) => tower,
+                        Err(e) => {
+                            let _ = outbox.send(Err(e));
+                            return;
+                        }
+                    };
+                    for request in inbox {
+                        let reply = serve(&mut tower, request);
+                        let failed = reply.is_err();
+                        if outbox.send(reply).is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Tower {
+                    tower: rank,
+                    message: format!("cannot start its thread: {e}"),
+                })?;
+            workers.push(Worker {
+                requests,
+                replies,
+                thread,
+            });
+        }
+        Ok(TowerPair { plan, workers })
+    }
+
+    fn ask(&self, make: impl Fn() -> Request) -> Result<Vec<Reply>> {
+        for (rank, w) in self.workers.iter().enumerate() {
+            w.requests.send(make()).map_err(|_| stopped(rank))?;
+        }
+        self.workers
+            .iter()
+            .enumerate()
+            .map(|(rank, w)| w.replies.recv().map_err(|_| stopped(rank))?)
+            .collect()
+    }
+
+    /// One training step: forward, backward and, with `sgd`, the update.
+    pub fn train_step(
+        &self,
+        batch: &Batch,
+        dropout_key: u64,
+        sgd: Option<SgdStep>,
+    ) -> Result<LossStats> {
+        let replies = self.ask(|| Request::Step {
+            batch: batch.clone(),
+            dropout_key: Some(dropout_key),
+            sgd,
+        })?;
+        first_stats(replies)
+    }
+
+    /// Forward only, dropout off.
+    pub fn evaluate(&self, batch: &Batch) -> Result<LossStats> {
+        let replies = self.ask(|| Request::Step {
+            batch: batch.clone(),
+            dropout_key: None,
+            sgd: None,
+        })?;
+        first_stats(replies)
+    }
+
+    /// Weights, gradients or momentum, joined into the twin's tensors.
+    pub fn download(&self, which: ParamSet) -> Result<Vec<TwinTensor>> {
+        let towers = self
+            .ask(|| Request::Download(which))?
+            .into_iter()
+            .map(|r| match r {
+                Reply::Params(p) => p,
+                Reply::Stats(_) => unreachable!("a download answers with parameters"),
+            })
+            .collect::<Vec<_>>();
+        Ok(join_towers(&self.plan, &towers))
+    }
+}
+
+impl Drop for TowerPair {
+    fn drop(&mut self) {
+        for w in self.workers.drain(..) {
+            drop(w.requests);
+            let _ = w.thread.join();
+        }
+    }
+}
+
+fn stopped(rank: usize) -> Error {
+    Error::Tower {
+        tower: rank,
+        message: "its thread has stopped".into(),
+    }
+}
+
+fn first_stats(replies: Vec<Reply>) -> Result<LossStats> {
+    match replies.first() {
+        Some(Reply::Stats(s)) => Ok(*s),
+        _ => unreachable!("a step answers with statistics"),
+    }
+}
+
+fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) -> Result<Reply> {
+    match request {
+        Request::Step {
+            batch,
+            dropout_key,
+            sgd,
+        } => {
+            let stats = tower.forward(&batch.images, &batch.labels, dropout_key)?;
+            if dropout_key.is_some() {
+                tower.backward()?;
+                if let Some(step) = sgd {
+                    tower.update(step)?;
+                }
+            }
+            Ok(Reply::Stats(stats))
+        }
+        Request::Download(which) => Ok(Reply::Params(tower.download(which)?)),
+    }
+}
