@@ -306,6 +306,19 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         Ok(())
     }
 
+    /// The last forward pass's logits of both towers, `[image][class]`, class
+    /// `t · per_tower + u` being unit `u` of tower `t` (the twin's order).
+    pub fn logits(&mut self) -> Result<Vec<f32>> {
+        let gathered = self.device.download(&self.buffers.logits)?;
+        let per_tower = self.plan.logits_per_tower();
+        let mut logits = vec![0.0; gathered.len()];
+        for (i, row) in gathered.chunks_exact(per_tower).enumerate() {
+            let (t, n) = (i / self.batch, i % self.batch);
+            logits[(n * TOWERS + t) * per_tower..][..per_tower].copy_from_slice(row);
+        }
+        Ok(logits)
+    }
+
     /// Parameters, gradients or momentum copied to the host.
     pub fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>> {
         let set = match which {

@@ -2,7 +2,7 @@
 //! the link (GPU handles are not `Send`); the caller's thread hands them
 //! batches over channels and waits for both.
 
-use crate::device::cpu::CpuDevice;
+use crate::device::cpu::{CpuDevice, Real};
 use crate::device::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;
@@ -29,11 +29,13 @@ enum Request {
         sgd: Option<SgdStep>,
     },
     Download(ParamSet),
+    Logits,
 }
 
 enum Reply {
     Stats(LossStats),
     Params(Vec<crate::net::params::LayerParams<Vec<f32>>>),
+    Logits(Vec<f32>),
 }
 
 struct Worker {
@@ -49,9 +51,10 @@ pub struct TowerPair {
 }
 
 impl TowerPair {
-    /// Both towers on the CPU, over host memory, with the twin's parameters `init`.
-    pub fn cpu(plan: Arc<Plan>, batch: usize, init: &[TwinTensor]) -> Result<TowerPair> {
-        let links: Vec<Mutex<Option<HostLink>>> = HostLink::pair()
+    /// Both towers on the CPU, over host memory, with the twin's parameters
+    /// `init`, computing in `T` (f32 for training, f64 for reference checks).
+    pub fn cpu<T: Real>(plan: Arc<Plan>, batch: usize, init: &[TwinTensor]) -> Result<TowerPair> {
+        let links: Vec<Mutex<Option<HostLink<T>>>> = HostLink::pair()
             .into_iter()
             .map(|l| Mutex::new(Some(l)))
             .collect();
@@ -62,7 +65,7 @@ impl TowerPair {
                 tower: rank,
                 message: "link end already taken".into(),
             })?;
-            Ok((CpuDevice::default(), link))
+            Ok((CpuDevice::<T>::default(), link))
         })
     }
 
@@ -156,6 +159,14 @@ impl TowerPair {
         first_stats(replies)
     }
 
+    /// The last forward pass's logits, `[image][class]` (both towers agree; tower 0's).
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        match self.ask(|| Request::Logits)?.into_iter().next() {
+            Some(Reply::Logits(l)) => Ok(l),
+            _ => unreachable!("a logits request answers with logits"),
+        }
+    }
+
     /// Weights, gradients or momentum, joined into the twin's tensors.
     pub fn download(&self, which: ParamSet) -> Result<Vec<TwinTensor>> {
         let towers = self
@@ -163,7 +174,7 @@ impl TowerPair {
             .into_iter()
             .map(|r| match r {
                 Reply::Params(p) => p,
-                Reply::Stats(_) => unreachable!("a download answers with parameters"),
+                _ => unreachable!("a download answers with parameters"),
             })
             .collect::<Vec<_>>();
         Ok(join_towers(&self.plan, &towers))
@@ -210,5 +221,6 @@ fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) 
             Ok(Reply::Stats(stats))
         }
         Request::Download(which) => Ok(Reply::Params(tower.download(which)?)),
+        Request::Logits => Ok(Reply::Logits(tower.logits()?)),
     }
 }

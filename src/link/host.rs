@@ -7,29 +7,29 @@ use crate::net::plan::TOWERS;
 use std::sync::{Arc, Condvar, Mutex};
 
 #[derive(Default)]
-struct Shared {
-    state: Mutex<State>,
+struct Shared<T> {
+    state: Mutex<State<T>>,
     turn: Condvar,
 }
 
 #[derive(Default)]
-struct State {
-    slots: [Vec<f32>; TOWERS],
+struct State<T> {
+    slots: [Vec<T>; TOWERS],
     arrived: usize,
     generation: u64,
     /// A tower left (its thread ended); the other must not wait for it.
     abandoned: bool,
 }
 
-/// One tower's end of the host-memory link.
-pub struct HostLink {
+/// One tower's end of the host-memory link, carrying `T` (f32 in training).
+pub struct HostLink<T = f32> {
     rank: usize,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<T>>,
 }
 
-impl HostLink {
+impl<T: Copy + Default + std::ops::AddAssign> HostLink<T> {
     /// Both ends of a fresh link, rank 0 first.
-    pub fn pair() -> [HostLink; TOWERS] {
+    pub fn pair() -> [HostLink<T>; TOWERS] {
         let shared = Arc::new(Shared::default());
         std::array::from_fn(|rank| HostLink {
             rank,
@@ -39,7 +39,7 @@ impl HostLink {
 
     /// Puts `data` in this tower's slot, waits for every tower to do the
     /// same, runs `read` over all slots, and waits again so the slots can be reused.
-    fn exchange(&self, data: &[f32], read: impl FnOnce(&[Vec<f32>; TOWERS])) -> Result<()> {
+    fn exchange(&self, data: &[T], read: impl FnOnce(&[Vec<T>; TOWERS])) -> Result<()> {
         let mut state = self.lock()?;
         state.slots[self.rank].clear();
         state.slots[self.rank].extend_from_slice(data);
@@ -49,7 +49,7 @@ impl HostLink {
         Ok(())
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State<T>>> {
         self.shared.state.lock().map_err(|_| self.gone())
     }
 
@@ -62,8 +62,8 @@ impl HostLink {
 
     fn wait<'a>(
         &self,
-        mut state: std::sync::MutexGuard<'a, State>,
-    ) -> Result<std::sync::MutexGuard<'a, State>> {
+        mut state: std::sync::MutexGuard<'a, State<T>>,
+    ) -> Result<std::sync::MutexGuard<'a, State<T>>> {
         let generation = state.generation;
         state.arrived += 1;
         if state.arrived == TOWERS {
@@ -82,7 +82,7 @@ impl HostLink {
     }
 }
 
-impl Drop for HostLink {
+impl<T> Drop for HostLink<T> {
     fn drop(&mut self) {
         if let Ok(mut state) = self.shared.state.lock() {
             state.abandoned = true;
@@ -91,12 +91,12 @@ impl Drop for HostLink {
     }
 }
 
-impl Link<Vec<f32>> for HostLink {
+impl<T: Copy + Default + std::ops::AddAssign> Link<Vec<T>> for HostLink<T> {
     fn rank(&self) -> usize {
         self.rank
     }
 
-    fn all_gather(&mut self, local: &Vec<f32>, gathered: &mut Vec<f32>) -> Result<()> {
+    fn all_gather(&mut self, local: &Vec<T>, gathered: &mut Vec<T>) -> Result<()> {
         let len = local.len();
         self.exchange(local, |slots| {
             for (r, slot) in slots.iter().enumerate() {
@@ -105,7 +105,7 @@ impl Link<Vec<f32>> for HostLink {
         })
     }
 
-    fn reduce_scatter(&mut self, full: &Vec<f32>, local: &mut Vec<f32>) -> Result<()> {
+    fn reduce_scatter(&mut self, full: &Vec<T>, local: &mut Vec<T>) -> Result<()> {
         let own = slice_of(self.rank, local.len());
         self.exchange(full, |slots| {
             local.copy_from_slice(&slots[0][own.clone()]);
@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn all_gather_and_reduce_scatter_between_threads() {
         let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = HostLink::pair()
+            let handles: Vec<_> = HostLink::<f32>::pair()
                 .into_iter()
                 .map(|mut link| {
                     scope.spawn(move || {
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_tower_that_leaves_releases_the_other() {
-        let [mut first, second] = HostLink::pair();
+        let [mut first, second] = HostLink::<f32>::pair();
         let waiter = std::thread::spawn(move || {
             let mut gathered = vec![0.0; 2];
             first.all_gather(&vec![1.0], &mut gathered)

@@ -26,42 +26,45 @@ use super::{Device, LossStats, SgdStep};
 use crate::error::Result;
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 
-/// One tower's CPU device; owns the im2col scratch buffer.
+/// One tower's CPU device; owns the im2col scratch buffer. Training runs in
+/// f32; `CpuDevice<f64>` runs the same kernels in f64 for reference checks.
 #[derive(Debug, Default)]
-pub struct CpuDevice {
-    col: Vec<f32>,
+pub struct CpuDevice<T = f32> {
+    col: Vec<T>,
 }
 
-fn slices(bufs: &[Vec<f32>]) -> Vec<&[f32]> {
+fn slices<T>(bufs: &[Vec<T>]) -> Vec<&[T]> {
     bufs.iter().map(Vec::as_slice).collect()
 }
 
-fn slices_mut(bufs: &mut [Vec<f32>]) -> Vec<&mut [f32]> {
+fn slices_mut<T>(bufs: &mut [Vec<T>]) -> Vec<&mut [T]> {
     bufs.iter_mut().map(Vec::as_mut_slice).collect()
 }
 
-impl Device for CpuDevice {
-    type Buf = Vec<f32>;
+impl<T: Real> Device for CpuDevice<T> {
+    type Buf = Vec<T>;
 
-    fn alloc(&mut self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+    fn alloc(&mut self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
     }
 
-    fn upload(&mut self, host: &[f32], dst: &mut Vec<f32>) -> Result<()> {
-        dst.copy_from_slice(host);
+    fn upload(&mut self, host: &[f32], dst: &mut Vec<T>) -> Result<()> {
+        for (d, &h) in dst.iter_mut().zip(host) {
+            *d = T::of(f64::from(h));
+        }
         Ok(())
     }
 
-    fn download(&mut self, src: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(src.clone())
+    fn download(&mut self, src: &Vec<T>) -> Result<Vec<f32>> {
+        Ok(src.iter().map(|v| v.wide() as f32).collect())
     }
 
     fn conv_forward(
         &mut self,
-        x: &Vec<f32>,
-        w: &[Vec<f32>],
-        bias: &Vec<f32>,
-        y: &mut Vec<f32>,
+        x: &Vec<T>,
+        w: &[Vec<T>],
+        bias: &Vec<T>,
+        y: &mut Vec<T>,
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
@@ -71,12 +74,12 @@ impl Device for CpuDevice {
 
     fn conv_backward(
         &mut self,
-        x: &Vec<f32>,
-        w: &[Vec<f32>],
-        dy: &Vec<f32>,
-        dx: Option<&mut Vec<f32>>,
-        dw: &mut [Vec<f32>],
-        dbias: &mut Vec<f32>,
+        x: &Vec<T>,
+        w: &[Vec<T>],
+        dy: &Vec<T>,
+        dx: Option<&mut Vec<T>>,
+        dw: &mut [Vec<T>],
+        dbias: &mut Vec<T>,
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
@@ -97,10 +100,10 @@ impl Device for CpuDevice {
 
     fn fc_forward(
         &mut self,
-        x: &Vec<f32>,
-        w: &[Vec<f32>],
-        bias: &Vec<f32>,
-        y: &mut Vec<f32>,
+        x: &Vec<T>,
+        w: &[Vec<T>],
+        bias: &Vec<T>,
+        y: &mut Vec<T>,
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
@@ -110,12 +113,12 @@ impl Device for CpuDevice {
 
     fn fc_backward(
         &mut self,
-        x: &Vec<f32>,
-        w: &[Vec<f32>],
-        dy: &Vec<f32>,
-        dx: Option<&mut Vec<f32>>,
-        dw: &mut [Vec<f32>],
-        dbias: &mut Vec<f32>,
+        x: &Vec<T>,
+        w: &[Vec<T>],
+        dy: &Vec<T>,
+        dx: Option<&mut Vec<T>>,
+        dw: &mut [Vec<T>],
+        dbias: &mut Vec<T>,
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
@@ -133,21 +136,21 @@ impl Device for CpuDevice {
         Ok(())
     }
 
-    fn relu_forward(&mut self, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+    fn relu_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
         relu_forward(x, y);
         Ok(())
     }
 
-    fn relu_backward(&mut self, y: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+    fn relu_backward(&mut self, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
         relu_backward(y, dy, dx);
         Ok(())
     }
 
     fn lrn_forward(
         &mut self,
-        x: &Vec<f32>,
-        y: &mut Vec<f32>,
-        scale: &mut Vec<f32>,
+        x: &Vec<T>,
+        y: &mut Vec<T>,
+        scale: &mut Vec<T>,
         shape: &LrnShape,
         batch: usize,
     ) -> Result<()> {
@@ -157,11 +160,11 @@ impl Device for CpuDevice {
 
     fn lrn_backward(
         &mut self,
-        x: &Vec<f32>,
-        y: &Vec<f32>,
-        scale: &Vec<f32>,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
+        x: &Vec<T>,
+        y: &Vec<T>,
+        scale: &Vec<T>,
+        dy: &Vec<T>,
+        dx: &mut Vec<T>,
         shape: &LrnShape,
         batch: usize,
     ) -> Result<()> {
@@ -171,8 +174,8 @@ impl Device for CpuDevice {
 
     fn maxpool_forward(
         &mut self,
-        x: &Vec<f32>,
-        y: &mut Vec<f32>,
+        x: &Vec<T>,
+        y: &mut Vec<T>,
         shape: &PoolShape,
         batch: usize,
     ) -> Result<()> {
@@ -182,10 +185,10 @@ impl Device for CpuDevice {
 
     fn maxpool_backward(
         &mut self,
-        x: &Vec<f32>,
-        y: &Vec<f32>,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
+        x: &Vec<T>,
+        y: &Vec<T>,
+        dy: &Vec<T>,
+        dx: &mut Vec<T>,
         shape: &PoolShape,
         batch: usize,
     ) -> Result<()> {
@@ -193,29 +196,23 @@ impl Device for CpuDevice {
         Ok(())
     }
 
-    fn dropout_forward(&mut self, x: &Vec<f32>, y: &mut Vec<f32>, p: f32, key: u64) -> Result<()> {
+    fn dropout_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>, p: f32, key: u64) -> Result<()> {
         dropout_apply(x, y, p, key);
         Ok(())
     }
 
-    fn dropout_backward(
-        &mut self,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
-        p: f32,
-        key: u64,
-    ) -> Result<()> {
+    fn dropout_backward(&mut self, dy: &Vec<T>, dx: &mut Vec<T>, p: f32, key: u64) -> Result<()> {
         dropout_apply(dy, dx, p, key);
         Ok(())
     }
 
     fn softmax_cross_entropy(
         &mut self,
-        logits: &Vec<f32>,
+        logits: &Vec<T>,
         labels: &[u32],
         tower: usize,
         per_tower: usize,
-        dlogits: &mut Vec<f32>,
+        dlogits: &mut Vec<T>,
     ) -> Result<LossStats> {
         Ok(softmax_cross_entropy(
             logits, labels, tower, per_tower, dlogits,
@@ -224,9 +221,9 @@ impl Device for CpuDevice {
 
     fn sgd_update(
         &mut self,
-        w: &mut Vec<f32>,
-        g: &Vec<f32>,
-        v: &mut Vec<f32>,
+        w: &mut Vec<T>,
+        g: &Vec<T>,
+        v: &mut Vec<T>,
         step: SgdStep,
     ) -> Result<()> {
         sgd_update(w, g, v, step);

@@ -38,11 +38,13 @@ pub fn dropout_apply<T: Real>(inp: &[T], out: &mut [T], p: f32, key: u64) {
 }
 
 /// `v ← m·v − wd·lr·w − lr·g; w ← w + v`, for weights and biases alike.
-pub fn sgd_update(w: &mut [f32], g: &[f32], v: &mut [f32], step: SgdStep) {
-    let decay = step.weight_decay * step.lr;
+pub fn sgd_update<T: Real>(w: &mut [T], g: &[T], v: &mut [T], step: SgdStep) {
+    let lr = T::of(step.lr.into());
+    let momentum = T::of(step.momentum.into());
+    let decay = T::of(step.weight_decay.into()) * lr;
     for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
-        *v = step.momentum * *v - decay * *w - step.lr * g;
-        *w += *v;
+        *v = momentum * *v - decay * *w - lr * g;
+        *w = *w + *v;
     }
 }
 

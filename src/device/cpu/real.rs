@@ -4,7 +4,9 @@
 use num_traits::Float;
 
 /// f32 or f64.
-pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + 'static {
+pub trait Real:
+    Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + std::ops::AddAssign + 'static
+{
     /// Converts from f64 (rounding for f32).
     fn of(x: f64) -> Self;
     /// Widens to f64.
