@@ -1,7 +1,15 @@
 //! `alexnet`: the network of Krizhevsky, Sutskever and Hinton (2012) as they
 //! ran it, split into two towers that meet only at conv3 and the fully
 //! connected layers.
+//!
+//! - [`net`]: what the network is (layer table, shapes, parameters, init).
+//! - [`device`]: how one tower's layers run on one device.
+//! - [`link`]: how the towers meet.
+//! - [`tower`] and [`towers`]: one tower's dataflow, and both on their threads.
+//! - [`train`], [`bench`], [`data`]: the jobs the binary runs.
 
+pub mod bench;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod link;
@@ -9,3 +17,4 @@ pub mod net;
 pub mod rng;
 pub mod tower;
 pub mod towers;
+pub mod train;

@@ -1,1 +1,188 @@
-fn main() {}
+//! The command line: `summary`, `bench` and `train`.
+
+use alexnet::bench::{self, BenchConfig};
+use alexnet::error::{Error, Result};
+use alexnet::net::init::InitScheme;
+use alexnet::net::plan::Plan;
+use alexnet::net::summary;
+use alexnet::train::{self, TrainConfig};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Train the two-tower AlexNet of Krizhevsky, Sutskever and Hinton (2012).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print each layer's shape, parameters, multiply-adds and memory.
+    Summary {
+        /// A built-in preset (paper, small) or a preset TOML file.
+        #[arg(long, default_value = "paper")]
+        preset: String,
+        /// Batch size for the memory estimate.
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+    },
+    /// Time training and inference steps.
+    Bench {
+        #[arg(long, default_value = "paper")]
+        preset: String,
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        /// Timed steps of each kind (the median is reported).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        steps: u32,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 1)]
+        warmup: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Run on the CPU (the only device in this build).
+        #[arg(long)]
+        cpu: bool,
+    },
+    /// Train on the built-in synthetic set.
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    #[arg(long, default_value = "small")]
+    preset: String,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// Steps to train (overrides --epochs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    steps: Option<u32>,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where config.json and metrics.jsonl go (default runs/<preset>-<time>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Run on the CPU (the only device in this build).
+    #[arg(long)]
+    cpu: bool,
+    /// Weight initialization (default: the preset's `init`).
+    #[arg(long, value_enum)]
+    init: Option<InitScheme>,
+    /// Learning rate (paper §5: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// Momentum (paper §5: 0.9).
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Weight decay, on weights and biases alike (paper §5: 0.0005).
+    #[arg(long, default_value_t = 0.0005)]
+    weight_decay: f32,
+    /// Size of the synthetic training set.
+    #[arg(long, default_value_t = 10_000)]
+    train_images: usize,
+    /// Size of the synthetic validation set.
+    #[arg(long, default_value_t = 1_000)]
+    val_images: usize,
+    /// Print progress every this many steps.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    log_every: u32,
+}
+
+const CPU_NOTE: &str = "device: CPU, one thread per tower (this build has no GPU device yet)";
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Summary { preset, batch } => {
+            print!("{}", summary::render(&Plan::load(&preset)?, batch as usize));
+        }
+        Command::Bench {
+            preset,
+            batch,
+            steps,
+            warmup,
+            json,
+            cpu: _,
+        } => {
+            let report = bench::run(&BenchConfig {
+                preset,
+                batch: batch as usize,
+                steps: steps as usize,
+                warmup: warmup as usize,
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                print!("{}", bench::render(&report));
+            }
+        }
+        Command::Train(args) => {
+            if !args.cpu {
+                println!("{CPU_NOTE}");
+            }
+            let run_dir = args.run_dir.unwrap_or_else(|| {
+                let stem = PathBuf::from(&args.preset)
+                    .file_stem()
+                    .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                PathBuf::from("runs").join(format!("{stem}-{secs}"))
+            });
+            let config = TrainConfig {
+                preset: args.preset,
+                batch: args.batch as usize,
+                steps: args.steps.map(|s| s as usize),
+                epochs: args.epochs as usize,
+                seed: args.seed,
+                run_dir,
+                init: args.init,
+                lr: args.lr,
+                momentum: args.momentum,
+                weight_decay: args.weight_decay,
+                train_images: args.train_images,
+                val_images: args.val_images,
+                log_every: args.log_every as usize,
+            };
+            if !(config.lr > 0.0 && config.lr.is_finite()) {
+                return Err(Error::Input(format!(
+                    "--lr {}: must be a positive number",
+                    config.lr
+                )));
+            }
+            println!(
+                "config: {}",
+                serde_json::to_string(&config).expect("config serializes")
+            );
+            let done = train::train(&config, &mut std::io::stdout())?;
+            println!(
+                "done: {} steps, {:.1} images/s, validation top-1 {:.1}%, top-5 {:.1}%; run in {}",
+                done.steps,
+                done.images_per_s,
+                100.0 * done.val_top1,
+                100.0 * done.val_top5,
+                config.run_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(if e.is_input() { 2 } else { 1 })
+        }
+    }
+}

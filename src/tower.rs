@@ -353,3 +353,29 @@ pub enum ParamSet {
 pub fn dropout_key_for(step_key: u64, layer: usize, rank: usize) -> u64 {
     derive(derive(step_key, layer as u64), rank as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu::CpuDevice;
+    use crate::link::host::HostLink;
+    use crate::net::init::{InitScheme, init_twin};
+    use crate::net::params::split_twin;
+
+    #[test]
+    fn the_plan_counts_what_a_tower_allocates() {
+        let plan = Arc::new(Plan::load("small").unwrap());
+        let params = split_twin(&plan, &init_twin(&plan, InitScheme::Paper, 1)).unwrap();
+        let [link, _other] = HostLink::pair();
+        let tower = Tower::new(
+            Arc::clone(&plan),
+            CpuDevice::<f32>::default(),
+            link,
+            3,
+            &params[0],
+        )
+        .unwrap();
+        let (kept, grads) = plan.activation_elements(3);
+        assert_eq!(tower.activation_elements(), kept + grads);
+    }
+}

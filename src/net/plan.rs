@@ -381,6 +381,27 @@ impl Plan {
         TOWERS * self.layers.iter().map(PlannedLayer::params).sum::<usize>()
     }
 
+    /// Elements one tower holds in batch-sized buffers for training at
+    /// `batch`: (activations kept for backward, their gradients). This counts
+    /// exactly what [`crate::tower::Tower`] allocates.
+    pub fn activation_elements(&self, batch: usize) -> (usize, usize) {
+        let mut kept = batch * self.input.len() + TOWERS * batch * self.logits_per_tower();
+        let mut grads = 0;
+        for layer in &self.layers {
+            let out = batch * layer.output.len();
+            kept += out;
+            grads += out;
+            if layer.both_towers {
+                kept += TOWERS * batch * layer.input.len();
+                grads += TOWERS * batch * layer.input.len();
+            }
+            if matches!(layer.op, Op::Lrn(_)) {
+                kept += out;
+            }
+        }
+        (kept, grads)
+    }
+
     /// Multiply-adds per image in the whole net (both towers).
     pub fn macs(&self) -> usize {
         TOWERS * self.layers.iter().map(PlannedLayer::macs).sum::<usize>()

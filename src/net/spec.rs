@@ -3,6 +3,7 @@
 //! concatenation of both towers' previous outputs (paper §3.2, Fig. 2).
 
 use crate::error::{Error, Result};
+use crate::net::init::InitScheme;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -60,11 +61,18 @@ fn one() -> usize {
     1
 }
 
+fn default_init() -> InitScheme {
+    InitScheme::Caffe
+}
+
 /// A whole network: input and one tower's layer table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetSpec {
     pub name: String,
+    /// The initialization `train` uses unless `--init` says otherwise.
+    #[serde(default = "default_init")]
+    pub init: InitScheme,
     pub input: InputSpec,
     pub layers: Vec<Layer>,
 }

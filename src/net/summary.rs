@@ -1,1 +1,165 @@
-pub fn print() {}
+//! `alexnet summary`: shapes, parameters, multiply-adds and memory per layer,
+//! and whether one tower fits the paper's 3 GB GTX 580.
+
+use super::plan::{Plan, TOWERS};
+use std::fmt::Write;
+
+/// Memory of the paper's GPUs, GTX 580 with 3 GB (§3.2).
+pub const GTX580_BYTES: usize = 3 << 30;
+
+/// One device's training memory at a batch size, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    pub weights: usize,
+    pub gradients: usize,
+    pub momentum: usize,
+    pub activations: usize,
+    pub activation_gradients: usize,
+}
+
+impl MemoryEstimate {
+    /// One tower's memory for training at `batch` (f32 everywhere).
+    pub fn for_tower(plan: &Plan, batch: usize) -> Self {
+        let params = plan.params() / TOWERS * 4;
+        let (kept, grads) = plan.activation_elements(batch);
+        MemoryEstimate {
+            weights: params,
+            gradients: params,
+            momentum: params,
+            activations: kept * 4,
+            activation_gradients: grads * 4,
+        }
+    }
+
+    /// The sum of all parts.
+    pub fn total(&self) -> usize {
+        self.weights + self.gradients + self.momentum + self.activations + self.activation_gradients
+    }
+}
+
+/// Bytes as MiB or GiB.
+pub fn bytes(n: usize) -> String {
+    if n >= 1 << 30 {
+        format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// Thousands separated by commas.
+pub fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The report `alexnet summary` prints.
+pub fn render(plan: &Plan, batch: usize) -> String {
+    let mut s = String::new();
+    let spec = &plan.spec;
+    let _ = writeln!(
+        s,
+        "preset {}: {}×{}×{} input, {} classes, {} towers (each row is one tower; both are alike)\n",
+        spec.name,
+        spec.input.channels,
+        spec.input.size,
+        spec.input.size,
+        plan.classes(),
+        TOWERS
+    );
+    let _ = writeln!(
+        s,
+        "{:<10} {:<6} {:>13} {:>12} {:>12} {:>12}",
+        "layer", "reads", "output", "params", "MACs/image", "act/image"
+    );
+    for layer in &plan.layers {
+        let reads = if layer.both_towers { "both" } else { "own" };
+        let macs = layer.macs();
+        let macs = if macs > 0 {
+            format!("{:.1} M", macs as f64 / 1e6)
+        } else {
+            "-".into()
+        };
+        let params = if layer.has_params() {
+            grouped(layer.params())
+        } else {
+            "-".into()
+        };
+        let act = layer.output.len() * 4;
+        let _ = writeln!(
+            s,
+            "{:<10} {:<6} {:>13} {:>12} {:>12} {:>9.1} KB",
+            layer.name,
+            reads,
+            layer.output.to_string(),
+            params,
+            macs,
+            act as f64 / 1e3
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nwhole net: {} parameters, {:.1} M multiply-adds per image (forward)",
+        grouped(plan.params()),
+        plan.macs() as f64 / 1e6
+    );
+    let m = MemoryEstimate::for_tower(plan, batch);
+    let _ = writeln!(
+        s,
+        "training memory per device (one tower) at batch {batch}:"
+    );
+    let _ = writeln!(
+        s,
+        "  weights {}, gradients {}, momentum {}",
+        bytes(m.weights),
+        bytes(m.gradients),
+        bytes(m.momentum)
+    );
+    let _ = writeln!(
+        s,
+        "  activations kept for backward {}, their gradients {}",
+        bytes(m.activations),
+        bytes(m.activation_gradients)
+    );
+    let fits = if m.total() <= GTX580_BYTES {
+        "fits"
+    } else {
+        "does not fit"
+    };
+    let _ = writeln!(s, "  total {}: {fits} a 3 GB GTX 580", bytes(m.total()));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_summary_reads_the_spec_totals() {
+        let text = render(&Plan::load("paper").unwrap(), 128);
+        assert!(text.contains("60,965,224 parameters"), "{text}");
+        assert!(text.contains("724.4 M multiply-adds per image"), "{text}");
+        for shape in ["48×55×55", "48×27×27", "128×13×13", "128×6×6"] {
+            assert!(text.contains(shape), "{shape}");
+        }
+        assert!(text.contains(": fits a 3 GB GTX 580"), "{text}");
+    }
+
+    #[test]
+    fn memory_grows_with_the_batch() {
+        let plan = Plan::load("paper").unwrap();
+        let (small, large) = (
+            MemoryEstimate::for_tower(&plan, 1),
+            MemoryEstimate::for_tower(&plan, 2048),
+        );
+        assert_eq!(small.weights, 60_965_224 / 2 * 4);
+        assert!(large.total() > GTX580_BYTES);
+        assert!(render(&plan, 2048).contains("does not fit"));
+    }
+}

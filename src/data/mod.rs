@@ -1,0 +1,3 @@
+//! Where batches come from. For now the built-in synthetic set.
+
+pub mod synthetic;
