@@ -4,6 +4,7 @@ use alexnet::bench::{self, BenchConfig};
 use alexnet::error::{Error, Result};
 use alexnet::net::init::InitScheme;
 use alexnet::net::plan::Plan;
+use alexnet::net::spec::NetSpec;
 use alexnet::net::summary;
 use alexnet::train::{self, TrainConfig};
 use clap::{Parser, Subcommand};
@@ -139,13 +140,16 @@ fn run(cli: Cli) -> Result<()> {
                 PathBuf::from("runs").join(format!("{stem}-{secs}"))
             });
             let config = TrainConfig {
-                preset: args.preset,
+                preset: args.preset.clone(),
                 batch: args.batch as usize,
                 steps: args.steps.map(|s| s as usize),
                 epochs: args.epochs as usize,
                 seed: args.seed,
                 run_dir,
-                init: args.init,
+                init: match args.init {
+                    Some(init) => init,
+                    None => NetSpec::load(&args.preset)?.init,
+                },
                 lr: args.lr,
                 momentum: args.momentum,
                 weight_decay: args.weight_decay,
@@ -178,7 +182,24 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // Die quietly on a closed pipe (`alexnet summary | head`) as Unix tools do,
+    // rather than panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's message, without its blank line and usage hint: one line.
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

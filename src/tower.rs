@@ -254,7 +254,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     )?;
                 }
                 op => {
-                    let Some(dx) = dx.as_deref_mut() else {
+                    let Some(dx) = dx else {
                         continue;
                     };
                     match op {

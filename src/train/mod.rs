@@ -24,8 +24,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub seed: u64,
     pub run_dir: PathBuf,
-    /// Initialization; `None` takes the preset's.
-    pub init: Option<InitScheme>,
+    pub init: InitScheme,
     /// Paper §5: 0.01 at the start.
     pub lr: f32,
     /// Paper §5: 0.9.
@@ -168,7 +167,7 @@ pub fn train(config: &TrainConfig, out: &mut dyn Write) -> Result<RunSummary> {
     let towers = TowerPair::cpu::<f32>(
         Arc::clone(&plan),
         config.batch,
-        &init_twin(&plan, config.init.unwrap_or(plan.spec.init), config.seed),
+        &init_twin(&plan, config.init, config.seed),
     )?;
 
     let steps_per_epoch = config.train_images / config.batch;

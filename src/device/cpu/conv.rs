@@ -51,7 +51,7 @@ fn col2im<T: Real>(col: &[T], s: &ConvShape, dx: &mut [T]) {
                     for (ox, &v) in row[oy * s.out_w..][..s.out_w].iter().enumerate() {
                         let ix = (ox * s.stride + kx) as isize - s.pad as isize;
                         if ix >= 0 && ix < s.in_w as isize {
-                            line[ix as usize] = line[ix as usize] + v;
+                            line[ix as usize] += v;
                         }
                     }
                 }
@@ -123,7 +123,7 @@ pub fn conv_backward<T: Real>(
     for n in 0..batch {
         let dy_n = &dy[n * s.out_c * plane..][..s.out_c * plane];
         for (c, g) in dy_n.chunks_exact(plane).enumerate() {
-            dbias[c] = dbias[c] + g.iter().copied().sum();
+            dbias[c] += g.iter().copied().sum();
         }
         for src in 0..s.sources {
             let image = (src * batch + n) * in_len;

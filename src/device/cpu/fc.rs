@@ -46,7 +46,7 @@ pub fn fc_backward<T: Real>(
     dbias.fill(T::zero());
     for row in dy[..batch * s.outputs].chunks_exact(s.outputs) {
         for (d, &g) in dbias.iter_mut().zip(row) {
-            *d = *d + g;
+            *d += g;
         }
     }
     for src in 0..s.sources {

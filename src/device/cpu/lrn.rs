@@ -27,7 +27,7 @@ pub fn lrn_forward<T: Real>(x: &[T], y: &mut [T], scale: &mut [T], s: &LrnShape,
             out.fill(T::zero());
             for j in window(c, s) {
                 for (o, &v) in out.iter_mut().zip(&x_n[j * s.plane..][..s.plane]) {
-                    *o = *o + v * v;
+                    *o += v * v;
                 }
             }
             for o in out.iter_mut() {
@@ -69,7 +69,7 @@ pub fn lrn_backward<T: Real>(
             out.fill(T::zero());
             for j in window(c, s) {
                 for (o, &r) in out.iter_mut().zip(&ratio[j * s.plane..][..s.plane]) {
-                    *o = *o + r;
+                    *o += r;
                 }
             }
             for (((o, &xv), &g), &sc) in out

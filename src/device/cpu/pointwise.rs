@@ -44,7 +44,7 @@ pub fn sgd_update<T: Real>(w: &mut [T], g: &[T], v: &mut [T], step: SgdStep) {
     let decay = T::of(step.weight_decay.into()) * lr;
     for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
         *v = momentum * *v - decay * *w - lr * g;
-        *w = *w + *v;
+        *w += *v;
     }
 }
 
@@ -84,6 +84,20 @@ mod tests {
         assert_eq!(y, again);
         dropout_apply(&x, &mut again, 0.5, 43);
         assert_ne!(y, again);
+    }
+
+    #[test]
+    fn dropout_backward_matches_finite_differences() {
+        let x = random(64, 4);
+        let r = random(64, 5);
+        let forward = |x: &[f64]| {
+            let mut y = vec![0.0; x.len()];
+            dropout_apply(x, &mut y, 0.5, 9);
+            y
+        };
+        let mut dx = vec![0.0; 64];
+        dropout_apply(&r, &mut dx, 0.5, 9);
+        check_gradient("dropout dx", &x, &dx, |x| dot(&r, &forward(x)));
     }
 
     #[test]

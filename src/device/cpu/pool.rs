@@ -48,7 +48,7 @@ pub fn maxpool_backward<T: Real>(
         let dx_p = &mut dx[p * in_plane..][..in_plane];
         for_each_window(s, |o, mut window| {
             if let Some(i) = Iterator::find(&mut window, |&i| x_p[i] == y_p[o]) {
-                dx_p[i] = dx_p[i] + dy_p[o];
+                dx_p[i] += dy_p[o];
             }
         });
     }

@@ -1,0 +1,138 @@
+//! The binary end to end: reports, training, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn alexnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("alexnet-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Exit status 2, one line on stderr that mentions `needle`, no panic.
+fn assert_input_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
+}
+
+#[test]
+fn summary_prints_the_paper_totals() {
+    let out = alexnet(&["summary"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("60,965,224 parameters"));
+    assert!(text.contains("724.4 M multiply-adds per image"));
+    assert!(text.contains("fits a 3 GB GTX 580"));
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_status_two() {
+    assert_input_error(&alexnet(&["summary", "--preset", "nonesuch"]), "nonesuch");
+    assert_input_error(&alexnet(&["train", "--batch", "0"]), "--batch");
+    assert_input_error(&alexnet(&["bench", "--batch", "0"]), "--batch");
+    assert_input_error(
+        &alexnet(&["train", "--lr=0", "--run-dir", "/nonexistent/x"]),
+        "--lr",
+    );
+
+    let dir = scratch("presets");
+    let misfit = dir.join("misfit.toml");
+    std::fs::write(
+        &misfit,
+        "name = \"misfit\"\n[input]\nchannels = 3\nsize = 8\n\
+         [[layers]]\ntype = \"conv\"\nname = \"conv1\"\nfilters = 4\nkernel = 11\n\
+         [[layers]]\ntype = \"fc\"\nname = \"fc\"\nunits = 5\n",
+    )
+    .unwrap();
+    assert_input_error(
+        &alexnet(&["summary", "--preset", misfit.to_str().unwrap()]),
+        "does not fit",
+    );
+    let malformed = dir.join("malformed.toml");
+    std::fs::write(&malformed, "name = \"x\"\n[[layers]\n").unwrap();
+    assert_input_error(
+        &alexnet(&["summary", "--preset", malformed.to_str().unwrap()]),
+        "malformed.toml",
+    );
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn small_preset_learns_the_synthetic_set_deterministically() {
+    let dir = scratch("train");
+    let run = |name: &str| {
+        let run_dir = dir.join(name);
+        let out = alexnet(&[
+            "train",
+            "--cpu",
+            "--preset",
+            "small",
+            "--batch",
+            "32",
+            "--steps",
+            "360",
+            "--train-images",
+            "2400",
+            "--val-images",
+            "500",
+            "--log-every",
+            "40",
+            "--seed",
+            "3",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        run_dir
+    };
+    let first = run("a");
+    let lines = metrics(&first);
+    let last_val = lines.iter().rev().find(|m| m["kind"] == "val").unwrap();
+    let top1 = last_val["top1"].as_f64().unwrap();
+    assert!(
+        top1 > 0.5,
+        "validation top-1 {top1} is not well above chance (0.1)"
+    );
+    assert!(first.join("config.json").exists());
+
+    // The same seed gives the same losses to the last bit.
+    let second = run("b");
+    let losses = |lines: &[serde_json::Value]| -> Vec<f64> {
+        lines.iter().map(|m| m["loss"].as_f64().unwrap()).collect()
+    };
+    assert_eq!(losses(&lines), losses(&metrics(&second)));
+
+    // A run directory that holds a run is refused and left as it was.
+    let before = std::fs::read(first.join("metrics.jsonl")).unwrap();
+    let out = alexnet(&[
+        "train",
+        "--steps",
+        "1",
+        "--run-dir",
+        first.to_str().unwrap(),
+    ]);
+    assert_input_error(&out, "already holds a run");
+    assert_eq!(std::fs::read(first.join("metrics.jsonl")).unwrap(), before);
+}
