@@ -6,6 +6,7 @@ use crate::device::SgdStep;
 use crate::error::Result;
 use crate::net::init::{InitScheme, init_twin};
 use crate::net::plan::Plan;
+use crate::tower::LayerTiming;
 use crate::towers::{Batch, TowerPair};
 use serde::Serialize;
 use std::sync::Arc;
@@ -32,20 +33,27 @@ pub struct Timing {
 
 impl Timing {
     fn new(step_seconds: Vec<f64>, batch: usize) -> Self {
-        let mut sorted = step_seconds.clone();
-        sorted.sort_by(f64::total_cmp);
-        let mid = sorted.len() / 2;
-        let median = if sorted.len() % 2 == 1 {
-            sorted[mid]
-        } else {
-            (sorted[mid - 1] + sorted[mid]) / 2.0
-        };
+        let median = median(step_seconds.clone());
         Timing {
             step_seconds,
             median_seconds: median,
             images_per_s: batch as f64 / median,
         }
     }
+}
+
+/// One row of the per-layer breakdown: tower 0's medians, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    /// Forward multiply-adds per image in one tower.
+    pub macs_per_image: usize,
+    pub train_forward_ms: f64,
+    pub train_backward_ms: f64,
+    pub inference_ms: f64,
+    /// Against the layer's multiply-adds (2 FLOP each); 0 for layers without.
+    pub forward_gflops: f64,
+    pub backward_gflops: f64,
 }
 
 /// A benchmark's result, as printed and as JSON.
@@ -58,6 +66,54 @@ pub struct BenchReport {
     pub inference: Timing,
     /// Forward multiply-adds per image of the whole net.
     pub macs_per_image: usize,
+    pub layers: Vec<LayerReport>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Medians per layer over the timed steps.
+fn layer_reports(
+    plan: &Plan,
+    batch: usize,
+    train: &[Vec<LayerTiming>],
+    inference: &[Vec<LayerTiming>],
+) -> Vec<LayerReport> {
+    let names = plan
+        .layers
+        .iter()
+        .map(|l| (l.name.clone(), l.macs()))
+        .chain([("loss".to_string(), 0), ("update".to_string(), 0)]);
+    names
+        .enumerate()
+        .map(|(i, (name, macs))| {
+            let column = |steps: &[Vec<LayerTiming>], pick: fn(&LayerTiming) -> f64| {
+                median(steps.iter().map(|t| pick(&t[i])).collect())
+            };
+            let forward = column(train, |t| t.forward_s);
+            let backward = column(train, |t| t.backward_s);
+            let flops = 2.0 * macs as f64 * batch as f64;
+            // The first layer computes no input gradient: one product, not two.
+            let backward_flops = if i == 0 { flops } else { 2.0 * flops };
+            let rate = |f: f64, s: f64| if s > 0.0 { f / s / 1e9 } else { 0.0 };
+            LayerReport {
+                name,
+                macs_per_image: macs,
+                train_forward_ms: 1e3 * forward,
+                train_backward_ms: 1e3 * backward,
+                inference_ms: 1e3 * column(inference, |t| t.forward_s),
+                forward_gflops: rate(flops, forward),
+                backward_gflops: rate(backward_flops, backward),
+            }
+        })
+        .collect()
 }
 
 /// Runs the benchmark on the CPU (one thread per tower).
@@ -79,20 +135,23 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         momentum: 0.9,
         weight_decay: 5e-4,
     };
-    let time = |f: &mut dyn FnMut(u64) -> Result<()>| -> Result<Vec<f64>> {
+    // Each timed step's wall time, and tower 0's per-layer times of it.
+    let time = |f: &mut dyn FnMut(u64) -> Result<()>| -> Result<(Vec<f64>, Vec<Vec<LayerTiming>>)> {
         for i in 0..config.warmup {
             f(i as u64)?;
         }
-        (0..config.steps)
-            .map(|i| {
-                let start = Instant::now();
-                f((config.warmup + i) as u64)?;
-                Ok(start.elapsed().as_secs_f64())
-            })
-            .collect()
+        let (mut steps, mut layers) = (Vec::new(), Vec::new());
+        for i in 0..config.steps {
+            let start = Instant::now();
+            f((config.warmup + i) as u64)?;
+            steps.push(start.elapsed().as_secs_f64());
+            layers.push(towers.timings()?);
+        }
+        Ok((steps, layers))
     };
-    let train = time(&mut |key| towers.train_step(&batch, key, Some(sgd)).map(drop))?;
-    let inference = time(&mut |_| towers.evaluate(&batch).map(drop))?;
+    let (train, train_layers) =
+        time(&mut |key| towers.train_step(&batch, key, Some(sgd)).map(drop))?;
+    let (inference, inference_layers) = time(&mut |_| towers.evaluate(&batch).map(drop))?;
     Ok(BenchReport {
         preset: config.preset.clone(),
         batch: config.batch,
@@ -100,6 +159,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         train: Timing::new(train, config.batch),
         inference: Timing::new(inference, config.batch),
         macs_per_image: plan.macs(),
+        layers: layer_reports(&plan, config.batch, &train_layers, &inference_layers),
     })
 }
 
@@ -108,7 +168,7 @@ pub fn render(r: &BenchReport) -> String {
     let gflops =
         |t: &Timing, passes: f64| passes * 2.0 * r.macs_per_image as f64 * t.images_per_s / 1e9;
     let steps = r.train.step_seconds.len();
-    format!(
+    let mut text = format!(
         "bench: preset {}, batch {}, {}; median of {steps} steps after warm-up\n\
          training   {:8.1} images/s  ({:.3} s/step, ≈{:.0} GFLOP/s)\n\
          inference  {:8.1} images/s  ({:.3} s/batch, ≈{:.0} GFLOP/s)\n",
@@ -121,7 +181,28 @@ pub fn render(r: &BenchReport) -> String {
         r.inference.images_per_s,
         r.inference.median_seconds,
         gflops(&r.inference, 1.0),
-    )
+    );
+    text += &format!(
+        "\nper layer, tower 0 (medians; a layer reading both towers includes its exchange):\n\
+         {:<10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}\n",
+        "layer", "MACs/img", "fwd ms", "bwd ms", "fwd GF/s", "bwd GF/s", "infer ms"
+    );
+    for l in &r.layers {
+        let (macs, fwd, bwd) = if l.macs_per_image > 0 {
+            (
+                format!("{:.1} M", l.macs_per_image as f64 / 1e6),
+                format!("{:.0}", l.forward_gflops),
+                format!("{:.0}", l.backward_gflops),
+            )
+        } else {
+            ("-".into(), "-".into(), "-".into())
+        };
+        text += &format!(
+            "{:<10} {:>10} {:>10.1} {:>10.1} {:>9} {:>9} {:>10.1}\n",
+            l.name, macs, l.train_forward_ms, l.train_backward_ms, fwd, bwd, l.inference_ms
+        );
+    }
+    text
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::net::params::LayerParams;
 use crate::net::plan::{Op, Plan, TOWERS};
 use crate::rng::derive;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One tower: its device, its end of the link, its parameters and buffers.
 pub struct Tower<D: Device, L: Link<D::Buf>> {
@@ -24,6 +25,16 @@ pub struct Tower<D: Device, L: Link<D::Buf>> {
     buffers: Buffers<D::Buf>,
     /// Dropout mask key of the current step; `None` when not training.
     dropout_key: Option<u64>,
+    /// Wall time of each layer in the last step, then the loss and the update.
+    timings: Vec<LayerTiming>,
+}
+
+/// Seconds one layer took in the last step, on the tower's thread; a layer
+/// that reads both towers includes its exchange (and any wait for the other).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LayerTiming {
+    pub forward_s: f64,
+    pub backward_s: f64,
 }
 
 /// Everything that scales with the batch.
@@ -118,6 +129,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
         }
         let buffers = Buffers::new(&mut device, &plan, batch)?;
+        let timings = vec![LayerTiming::default(); plan.layers.len() + 2];
         Ok(Tower {
             plan,
             device,
@@ -126,6 +138,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             params,
             grads,
             momentum,
+            timings,
             buffers,
             dropout_key: None,
         })
@@ -160,7 +173,9 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let b = &mut self.buffers;
         self.device.upload(images, &mut b.input)?;
         let mut param_slot = 0;
+        self.timings.fill(LayerTiming::default());
         for (i, layer) in self.plan.layers.iter().enumerate() {
+            let start = Instant::now();
             let (before, rest) = b.outputs.split_at_mut(i);
             let y = &mut rest[0];
             let mut x = if i == 0 { &b.input } else { &before[i - 1] };
@@ -195,13 +210,22 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 },
             }
             param_slot += usize::from(layer.has_params());
+            self.timings[i].forward_s = start.elapsed().as_secs_f64();
         }
+        let start = Instant::now();
         let last = b.outputs.last().expect("a plan has layers");
         self.link.all_gather(last, &mut b.logits)?;
         let dlogits = b.output_grads.last_mut().expect("a plan has layers");
         let per_tower = self.plan.logits_per_tower();
-        self.device
-            .softmax_cross_entropy(&b.logits, labels, self.link.rank(), per_tower, dlogits)
+        let stats = self.device.softmax_cross_entropy(
+            &b.logits,
+            labels,
+            self.link.rank(),
+            per_tower,
+            dlogits,
+        )?;
+        self.timings[self.plan.layers.len()].forward_s = start.elapsed().as_secs_f64();
+        Ok(stats)
     }
 
     /// Backward pass after a training [`Tower::forward`]: fills the parameter gradients.
@@ -210,6 +234,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let b = &mut self.buffers;
         let mut param_slot = self.params.len();
         for (i, layer) in self.plan.layers.iter().enumerate().rev() {
+            let start = Instant::now();
             let (grads_before, grads_rest) = b.output_grads.split_at_mut(i);
             let dy = &grads_rest[0];
             let y = &b.outputs[i];
@@ -285,12 +310,14 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             {
                 self.link.reduce_scatter(full, own)?;
             }
+            self.timings[i].backward_s = start.elapsed().as_secs_f64();
         }
         Ok(())
     }
 
     /// One momentum-SGD step on every weight and bias (paper §5).
     pub fn update(&mut self, step: SgdStep) -> Result<()> {
+        let start = Instant::now();
         for ((p, g), v) in self
             .params
             .iter_mut()
@@ -303,7 +330,14 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             self.device
                 .sgd_update(&mut p.bias, &g.bias, &mut v.bias, step)?;
         }
+        self.timings[self.plan.layers.len() + 1].backward_s = start.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// Per-layer wall times of the last step: one entry per layer, then the
+    /// loss (logits exchange and softmax), then the update.
+    pub fn timings(&self) -> &[LayerTiming] {
+        &self.timings
     }
 
     /// The last forward pass's logits of both towers, `[image][class]`, class

@@ -9,7 +9,7 @@ use crate::link::Link;
 use crate::link::host::HostLink;
 use crate::net::params::{TwinTensor, join_towers, split_twin};
 use crate::net::plan::{Plan, TOWERS};
-use crate::tower::{ParamSet, Tower};
+use crate::tower::{LayerTiming, ParamSet, Tower};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,12 +30,14 @@ enum Request {
     },
     Download(ParamSet),
     Logits,
+    Timings,
 }
 
 enum Reply {
     Stats(LossStats),
     Params(Vec<crate::net::params::LayerParams<Vec<f32>>>),
     Logits(Vec<f32>),
+    Timings(Vec<LayerTiming>),
 }
 
 struct Worker {
@@ -167,6 +169,14 @@ impl TowerPair {
         }
     }
 
+    /// Tower 0's per-layer wall times of the last step (see [`Tower::timings`]).
+    pub fn timings(&self) -> Result<Vec<LayerTiming>> {
+        match self.ask(|| Request::Timings)?.into_iter().next() {
+            Some(Reply::Timings(t)) => Ok(t),
+            _ => unreachable!("a timings request answers with timings"),
+        }
+    }
+
     /// Weights, gradients or momentum, joined into the twin's tensors.
     pub fn download(&self, which: ParamSet) -> Result<Vec<TwinTensor>> {
         let towers = self
@@ -222,5 +232,6 @@ fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) 
         }
         Request::Download(which) => Ok(Reply::Params(tower.download(which)?)),
         Request::Logits => Ok(Reply::Logits(tower.logits()?)),
+        Request::Timings => Ok(Reply::Timings(tower.timings().to_vec())),
     }
 }

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Time PyTorch on AlexNet's single-device twin, the way `alexnet bench` times
+the two towers: a full training step (forward, cross-entropy, backward,
+momentum SGD with weight decay) and inference, median of timed steps after
+warm-up, on random 227x227 images.
+
+The twin (SPEC.md): groups=2 in conv2, conv4, conv5; LRN(size=5, alpha=5e-4,
+beta=0.75, k=2), which is the paper's alpha=1e-4 in PyTorch's convention.
+PyTorch's LRN here spans all 96 (256) channels rather than each group's 48
+(128): the same cost, one op instead of two.
+
+    python3 bench/pytorch_twin.py --threads 2 --batch 128 [--amp] [--json]
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def twin(classes: int = 1000) -> nn.Sequential:
+    lrn = lambda: nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(inplace=True), lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(inplace=True), lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+        nn.Linear(9216, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, classes),
+    )
+
+
+def timed(step, warmup: int, steps: int) -> list:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CPU) or fp16 (CUDA)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1)
+    device = torch.device(args.device)
+    model = twin().to(device)
+    images = torch.randn(args.batch, 3, 227, 227, device=device)
+    labels = torch.randint(0, 1000, (args.batch,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        sync()
+
+    def infer_step():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+            model(images)
+        sync()
+
+    model.train()
+    train = timed(train_step, args.warmup, args.steps)
+    model.eval()
+    infer = timed(infer_step, args.warmup, args.steps)
+    report = {
+        "torch": torch.__version__,
+        "device": args.device,
+        "threads": args.threads,
+        "batch": args.batch,
+        "amp": args.amp,
+        "train": {"step_seconds": train, "images_per_s": args.batch / statistics.median(train)},
+        "inference": {"step_seconds": infer, "images_per_s": args.batch / statistics.median(infer)},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        mode = "amp" if args.amp else "fp32"
+        print(f"pytorch {torch.__version__} twin, batch {args.batch}, {args.threads} threads, {mode}; "
+              f"median of {args.steps} steps after warm-up")
+        print(f"training   {report['train']['images_per_s']:8.1f} images/s")
+        print(f"inference  {report['inference']['images_per_s']:8.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
