@@ -144,7 +144,7 @@ impl Twin {
                 Op::Dropout { p } => {
                     let units = layer.output.len();
                     for (j, v) in y.iter_mut().enumerate() {
-                        let keep = dropout_mask(dropout_key, i, units, batch, j, *p);
+                        let keep = dropout_mask(dropout_key, i, units, j, *p);
                         *v = keep * x[j];
                     }
                 }
@@ -242,7 +242,7 @@ impl Twin {
                 Op::Dropout { p } => {
                     let units = layer.output.len();
                     for j in 0..x.len() {
-                        dx[j] = dropout_mask(dropout_key, i, units, batch, j, *p) * dy[j];
+                        dx[j] = dropout_mask(dropout_key, i, units, j, *p) * dy[j];
                     }
                 }
             }
@@ -274,10 +274,9 @@ fn pool_window(s: &alexnet::net::plan::PoolShape, j: usize) -> impl Iterator<Ite
 }
 
 /// The towers' mask for twin unit `j`: tower `t` owns units `t·units ..`.
-fn dropout_mask(key: u64, layer: usize, units: usize, batch: usize, j: usize, p: f32) -> f64 {
+fn dropout_mask(key: u64, layer: usize, units: usize, j: usize, p: f32) -> f64 {
     let (n, unit) = (j / (TOWERS * units), j % (TOWERS * units));
     let (tower, u) = (unit / units, unit % units);
-    let _ = batch;
     if dropout_keeps(dropout_key_for(key, layer, tower), n * units + u, p) {
         1.0 / (1.0 - f64::from(p))
     } else {
