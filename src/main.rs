@@ -4,12 +4,12 @@ use alexnet::bench::{self, BenchConfig};
 use alexnet::error::{Error, Result};
 use alexnet::net::init::InitScheme;
 use alexnet::net::plan::Plan;
-use alexnet::net::spec::NetSpec;
 use alexnet::net::summary;
 use alexnet::train::{self, TrainConfig};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Train the two-tower AlexNet of Krizhevsky, Sutskever and Hinton (2012).
 #[derive(Parser)]
@@ -139,6 +139,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map_or(0, |d| d.as_secs());
                 PathBuf::from("runs").join(format!("{stem}-{secs}"))
             });
+            let plan = Plan::load(&args.preset)?;
             let config = TrainConfig {
                 preset: args.preset.clone(),
                 batch: args.batch as usize,
@@ -146,10 +147,7 @@ fn run(cli: Cli) -> Result<()> {
                 epochs: args.epochs as usize,
                 seed: args.seed,
                 run_dir,
-                init: match args.init {
-                    Some(init) => init,
-                    None => NetSpec::load(&args.preset)?.init,
-                },
+                init: args.init.unwrap_or(plan.spec.init),
                 lr: args.lr,
                 momentum: args.momentum,
                 weight_decay: args.weight_decay,
@@ -167,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
                 "config: {}",
                 serde_json::to_string(&config).expect("config serializes")
             );
-            let done = train::train(&config, &mut std::io::stdout())?;
+            let done = train::train(Arc::new(plan), &config, &mut std::io::stdout())?;
             println!(
                 "done: {} steps, {:.1} images/s, validation top-1 {:.1}%, top-5 {:.1}%; run in {}",
                 done.steps,

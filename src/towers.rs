@@ -136,6 +136,13 @@ impl TowerPair {
             .collect()
     }
 
+    /// Asks tower 0 alone, for what does not involve the other tower.
+    fn ask_first(&self, request: Request) -> Result<Reply> {
+        let first = &self.workers[0];
+        first.requests.send(request).map_err(|_| stopped(0))?;
+        first.replies.recv().map_err(|_| stopped(0))?
+    }
+
     /// One training step: forward, backward and, with `sgd`, the update.
     pub fn train_step(
         &self,
@@ -161,18 +168,18 @@ impl TowerPair {
         first_stats(replies)
     }
 
-    /// The last forward pass's logits, `[image][class]` (both towers agree; tower 0's).
+    /// The last forward pass's logits, `[image][class]` (both towers hold them; tower 0's).
     pub fn logits(&self) -> Result<Vec<f32>> {
-        match self.ask(|| Request::Logits)?.into_iter().next() {
-            Some(Reply::Logits(l)) => Ok(l),
+        match self.ask_first(Request::Logits)? {
+            Reply::Logits(l) => Ok(l),
             _ => unreachable!("a logits request answers with logits"),
         }
     }
 
     /// Tower 0's per-layer wall times of the last step (see [`Tower::timings`]).
     pub fn timings(&self) -> Result<Vec<LayerTiming>> {
-        match self.ask(|| Request::Timings)?.into_iter().next() {
-            Some(Reply::Timings(t)) => Ok(t),
+        match self.ask_first(Request::Timings)? {
+            Reply::Timings(t) => Ok(t),
             _ => unreachable!("a timings request answers with timings"),
         }
     }

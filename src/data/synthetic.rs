@@ -71,11 +71,6 @@ impl Synthetic {
         self.channels * self.size * self.size
     }
 
-    /// The label of image `index`.
-    pub fn label(&self, index: usize) -> u32 {
-        Rng::new(derive(self.key, index as u64)).below(CLASSES.len()) as u32
-    }
-
     /// Draws image `index` into `out` (CHW, roughly zero-mean) and returns its label.
     pub fn draw(&self, index: usize, out: &mut [f32]) -> u32 {
         let mut rng = Rng::new(derive(self.key, index as u64));
@@ -138,7 +133,7 @@ mod tests {
         assert_eq!((a.clone(), la.clone()), (b, lb));
         let (c, _) = set.batch(&[7, 3]);
         assert_eq!(&a[..set.image_len()], &c[set.image_len()..]);
-        assert_eq!(la[0], set.label(3));
+        assert_eq!(la[0], set.batch(&[3]).1[0]);
         let other = Synthetic::new(5, Split::Validation, 100, 3, 32);
         assert_ne!(other.batch(&[3]).0, set.batch(&[3]).0);
     }
@@ -147,8 +142,8 @@ mod tests {
     fn every_class_appears_and_draws_differ() {
         let set = Synthetic::new(1, Split::Train, 1000, 3, 24);
         let mut seen = [0usize; CLASSES.len()];
-        for i in 0..1000 {
-            seen[set.label(i) as usize] += 1;
+        for label in set.batch(&(0..1000).collect::<Vec<_>>()).1 {
+            seen[label as usize] += 1;
         }
         assert!(seen.iter().all(|&n| n > 60), "{seen:?}");
         let (images, _) = set.batch(&[0, 1]);

@@ -127,8 +127,7 @@ fn create_run_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 /// Trains on the built-in synthetic set on the CPU.
-pub fn train(config: &TrainConfig, out: &mut dyn Write) -> Result<RunSummary> {
-    let plan = Arc::new(Plan::load(&config.preset)?);
+pub fn train(plan: Arc<Plan>, config: &TrainConfig, out: &mut dyn Write) -> Result<RunSummary> {
     if plan.classes() < crate::data::synthetic::CLASSES.len() {
         return Err(Error::Input(format!(
             "--preset {}: {} classes, the synthetic set needs at least {}",
