@@ -6,6 +6,7 @@ use crate::device::SgdStep;
 use crate::error::Result;
 use crate::net::init::{InitScheme, init_twin};
 use crate::net::plan::Plan;
+use crate::placement::Placement;
 use crate::tower::LayerTiming;
 use crate::towers::{Batch, TowerPair};
 use serde::Serialize;
@@ -21,6 +22,7 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Untimed steps before them.
     pub warmup: usize,
+    pub placement: Placement,
 }
 
 /// Times of one kind of step.
@@ -116,11 +118,11 @@ fn layer_reports(
         .collect()
 }
 
-/// Runs the benchmark on the CPU (one thread per tower).
+/// Runs the benchmark where `config.placement` says.
 pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let plan = Arc::new(Plan::load(&config.preset)?);
     let init = init_twin(&plan, InitScheme::Caffe, 1);
-    let towers = TowerPair::cpu::<f32>(Arc::clone(&plan), config.batch, &init)?;
+    let towers = TowerPair::new(config.placement, Arc::clone(&plan), config.batch, &init)?;
     let (channels, size) = (plan.spec.input.channels, plan.spec.input.size);
     let set = Synthetic::new(1, Split::Train, config.batch, channels, size);
     let (images, labels) = set.batch(&(0..config.batch).collect::<Vec<_>>());
@@ -147,6 +149,16 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             steps.push(start.elapsed().as_secs_f64());
             layers.push(towers.timings()?);
         }
+        // A GPU runs asynchronously: its per-layer times come from further
+        // steps that wait after each layer, apart from the timed ones.
+        if config.placement.is_gpu() {
+            towers.set_profile(true)?;
+            for (i, layer) in layers.iter_mut().enumerate() {
+                f((config.warmup + config.steps + i) as u64)?;
+                *layer = towers.timings()?;
+            }
+            towers.set_profile(false)?;
+        }
         Ok((steps, layers))
     };
     let (train, train_layers) =
@@ -155,7 +167,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     Ok(BenchReport {
         preset: config.preset.clone(),
         batch: config.batch,
-        device: "cpu (one thread per tower)".into(),
+        device: config.placement.to_string(),
         train: Timing::new(train, config.batch),
         inference: Timing::new(inference, config.batch),
         macs_per_image: plan.macs(),

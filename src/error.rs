@@ -21,6 +21,9 @@ pub enum Error {
     /// A tower thread stopped unexpectedly.
     #[error("tower {tower}: {message}")]
     Tower { tower: usize, message: String },
+    /// A CUDA library (driver, NVRTC, cuDNN, cuBLAS, NCCL) reported an error.
+    #[error("{what}: {message}")]
+    Cuda { what: String, message: String },
     /// Training diverged or otherwise cannot go on.
     #[error("{0}")]
     Training(String),
@@ -30,6 +33,14 @@ impl Error {
     /// Whether the error is the user's input (exit status 2) rather than a failure at run time.
     pub fn is_input(&self) -> bool {
         matches!(self, Error::Input(_) | Error::File { .. })
+    }
+
+    /// Wraps a CUDA library's error with what was being done.
+    pub fn cuda(what: impl Into<String>, error: impl std::fmt::Display) -> Self {
+        Error::Cuda {
+            what: what.into(),
+            message: error.to_string(),
+        }
     }
 
     /// Wraps an I/O error with the path it concerns.

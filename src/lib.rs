@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod link;
 pub mod net;
+pub mod placement;
 pub mod rng;
 pub mod tower;
 pub mod towers;

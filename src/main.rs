@@ -1,10 +1,12 @@
-//! The command line: `summary`, `bench` and `train`.
+//! The command line: `summary`, `bench`, `train` and `info`.
 
 use alexnet::bench::{self, BenchConfig};
+use alexnet::device::cuda::{CudaOptions, probe};
 use alexnet::error::{Error, Result};
 use alexnet::net::init::InitScheme;
 use alexnet::net::plan::Plan;
 use alexnet::net::summary;
+use alexnet::placement::Placement;
 use alexnet::train::{self, TrainConfig};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -45,10 +47,11 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// Run on the CPU (the only device in this build).
-        #[arg(long)]
-        cpu: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
+    /// Show the CUDA driver, GPUs, and the cuDNN, cuBLAS, NCCL and NVRTC found.
+    Info,
     /// Train on the built-in synthetic set.
     Train(TrainArgs),
 }
@@ -70,9 +73,8 @@ struct TrainArgs {
     /// Where config.json and metrics.jsonl go (default runs/<preset>-<time>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Run on the CPU (the only device in this build).
-    #[arg(long)]
-    cpu: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Weight initialization (default: the preset's `init`).
     #[arg(long, value_enum)]
     init: Option<InitScheme>,
@@ -96,7 +98,30 @@ struct TrainArgs {
     log_every: u32,
 }
 
-const CPU_NOTE: &str = "device: CPU, one thread per tower (this build has no GPU device yet)";
+/// Where the towers run.
+#[derive(clap::Args)]
+struct DeviceArgs {
+    /// Run on the CPU even where a GPU is found.
+    #[arg(long)]
+    cpu: bool,
+    /// GPUs to run on: `0` puts both towers on GPU 0 (emulation mode).
+    /// Default: GPU 0 where a GPU is found, else the CPU.
+    #[arg(long, value_name = "LIST")]
+    gpus: Option<String>,
+    /// Let cuDNN and cuBLAS use TF32 tensor cores (default: exact f32).
+    #[arg(long)]
+    tf32: bool,
+}
+
+impl DeviceArgs {
+    fn placement(&self) -> Result<(Placement, String)> {
+        Placement::choose(
+            self.cpu,
+            self.gpus.as_deref(),
+            CudaOptions { tf32: self.tf32 },
+        )
+    }
+}
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -109,9 +134,14 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             warmup,
             json,
-            cpu: _,
+            device,
         } => {
+            let (placement, note) = device.placement()?;
+            if !json {
+                println!("{note}");
+            }
             let report = bench::run(&BenchConfig {
+                placement,
                 preset,
                 batch: batch as usize,
                 steps: steps as usize,
@@ -126,10 +156,10 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", bench::render(&report));
             }
         }
+        Command::Info => print!("{}", probe::report()),
         Command::Train(args) => {
-            if !args.cpu {
-                println!("{CPU_NOTE}");
-            }
+            let (placement, note) = args.device.placement()?;
+            println!("{note}");
             let run_dir = args.run_dir.unwrap_or_else(|| {
                 let stem = PathBuf::from(&args.preset)
                     .file_stem()
@@ -154,6 +184,7 @@ fn run(cli: Cli) -> Result<()> {
                 train_images: args.train_images,
                 val_images: args.val_images,
                 log_every: args.log_every as usize,
+                placement,
             };
             if !(config.lr > 0.0 && config.lr.is_finite()) {
                 return Err(Error::Input(format!(

@@ -3,12 +3,15 @@
 //! batches over channels and waits for both.
 
 use crate::device::cpu::{CpuDevice, Real};
+use crate::device::cuda::CudaDevice;
 use crate::device::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;
+use crate::link::emulation::{EmulationLink, EmulationShared};
 use crate::link::host::HostLink;
 use crate::net::params::{TwinTensor, join_towers, split_twin};
 use crate::net::plan::{Plan, TOWERS};
+use crate::placement::Placement;
 use crate::tower::{LayerTiming, ParamSet, Tower};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,7 @@ enum Request {
     Download(ParamSet),
     Logits,
     Timings,
+    Profile(bool),
 }
 
 enum Reply {
@@ -38,6 +42,7 @@ enum Reply {
     Params(Vec<crate::net::params::LayerParams<Vec<f32>>>),
     Logits(Vec<f32>),
     Timings(Vec<LayerTiming>),
+    Done,
 }
 
 struct Worker {
@@ -69,6 +74,27 @@ impl TowerPair {
             })?;
             Ok((CpuDevice::<T>::default(), link))
         })
+    }
+
+    /// Both towers where `placement` says, with the twin's parameters `init`.
+    pub fn new(
+        placement: Placement,
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+    ) -> Result<TowerPair> {
+        match placement {
+            Placement::Cpu => TowerPair::cpu::<f32>(plan, batch, init),
+            Placement::OneGpu { ordinal, options } => {
+                let shared = EmulationShared::default();
+                TowerPair::spawn(plan, batch, init, move |rank| {
+                    let device =
+                        CudaDevice::new(ordinal, options).inspect_err(|_| shared.abandon())?;
+                    let link = EmulationLink::new(rank, &device, Arc::clone(&shared));
+                    Ok((device, link))
+                })
+            }
+        }
     }
 
     /// Both towers, each built on its own thread by `make(rank)`.
@@ -184,6 +210,11 @@ impl TowerPair {
         }
     }
 
+    /// Makes both towers wait for their device after each layer (see [`Tower::set_profile`]).
+    pub fn set_profile(&self, on: bool) -> Result<()> {
+        self.ask(|| Request::Profile(on)).map(drop)
+    }
+
     /// Weights, gradients or momentum, joined into the twin's tensors.
     pub fn download(&self, which: ParamSet) -> Result<Vec<TwinTensor>> {
         let towers = self
@@ -240,5 +271,9 @@ fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) 
         Request::Download(which) => Ok(Reply::Params(tower.download(which)?)),
         Request::Logits => Ok(Reply::Logits(tower.logits()?)),
         Request::Timings => Ok(Reply::Timings(tower.timings().to_vec())),
+        Request::Profile(on) => {
+            tower.set_profile(on);
+            Ok(Reply::Done)
+        }
     }
 }

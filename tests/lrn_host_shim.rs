@@ -19,7 +19,10 @@ fn build_shim() -> PathBuf {
         .arg(root.join("kernels/shim/lrn_host.cpp"))
         .status()
         .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{compiler}` (set CXX): {e}"));
-    assert!(status.success(), "{compiler} failed on kernels/shim/lrn_host.cpp");
+    assert!(
+        status.success(),
+        "{compiler} failed on kernels/shim/lrn_host.cpp"
+    );
     exe
 }
 
@@ -78,7 +81,9 @@ fn lrn_kernels_match_the_cpu_device() {
         };
         let n = batch * c * plane;
         let mut rng = Rng::new(c as u64);
-        let x: Vec<f32> = (0..n).map(|_| (60.0 * rng.uniform() - 20.0) as f32).collect();
+        let x: Vec<f32> = (0..n)
+            .map(|_| (60.0 * rng.uniform() - 20.0) as f32)
+            .collect();
         let dy: Vec<f32> = (0..n).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect();
         let [y, scale, dx] = run_shim(&exe, &s, batch, &x, &dy);
 

@@ -3,6 +3,7 @@
 //! the reference every other device is tested against.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
@@ -40,6 +41,11 @@ pub trait Device {
     fn upload(&mut self, host: &[f32], dst: &mut Self::Buf) -> Result<()>;
     /// Copies a buffer to the host.
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>>;
+    /// Waits until every queued operation has finished (for per-layer timing
+    /// on devices that run asynchronously).
+    fn fence(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// `y = bias + Σ_s conv(x_s, w_s)`.
     fn conv_forward(

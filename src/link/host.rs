@@ -1,93 +1,44 @@
 //! The link over host memory: both towers are threads of one process and
 //! meet at a barrier around a shared slot per tower.
 
+use super::rendezvous::Rendezvous;
 use super::{Link, slice_of};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::net::plan::TOWERS;
-use std::sync::{Arc, Condvar, Mutex};
-
-#[derive(Default)]
-struct Shared<T> {
-    state: Mutex<State<T>>,
-    turn: Condvar,
-}
-
-#[derive(Default)]
-struct State<T> {
-    slots: [Vec<T>; TOWERS],
-    arrived: usize,
-    generation: u64,
-    /// A tower left (its thread ended); the other must not wait for it.
-    abandoned: bool,
-}
+use std::sync::Arc;
 
 /// One tower's end of the host-memory link, carrying `T` (f32 in training).
 pub struct HostLink<T = f32> {
     rank: usize,
-    shared: Arc<Shared<T>>,
+    shared: Arc<Rendezvous<Vec<T>>>,
 }
 
 impl<T: Copy + Default + std::ops::AddAssign> HostLink<T> {
     /// Both ends of a fresh link, rank 0 first.
     pub fn pair() -> [HostLink<T>; TOWERS] {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Rendezvous::default());
         std::array::from_fn(|rank| HostLink {
             rank,
             shared: Arc::clone(&shared),
         })
     }
 
-    /// Puts `data` in this tower's slot, waits for every tower to do the
-    /// same, runs `read` over all slots, and waits again so the slots can be reused.
+    /// Puts `data` in this tower's slot and runs `read` over every tower's.
     fn exchange(&self, data: &[T], read: impl FnOnce(&[Vec<T>; TOWERS])) -> Result<()> {
-        let mut state = self.lock()?;
-        state.slots[self.rank].clear();
-        state.slots[self.rank].extend_from_slice(data);
-        state = self.wait(state)?;
-        read(&state.slots);
-        drop(self.wait(state)?);
-        Ok(())
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State<T>>> {
-        self.shared.state.lock().map_err(|_| self.gone())
-    }
-
-    fn gone(&self) -> Error {
-        Error::Tower {
-            tower: self.rank,
-            message: "the other tower stopped in the middle of an exchange".into(),
-        }
-    }
-
-    fn wait<'a>(
-        &self,
-        mut state: std::sync::MutexGuard<'a, State<T>>,
-    ) -> Result<std::sync::MutexGuard<'a, State<T>>> {
-        let generation = state.generation;
-        state.arrived += 1;
-        if state.arrived == TOWERS {
-            state.arrived = 0;
-            state.generation += 1;
-            self.shared.turn.notify_all();
-            return Ok(state);
-        }
-        while state.generation == generation {
-            if state.abandoned {
-                return Err(self.gone());
-            }
-            state = self.shared.turn.wait(state).map_err(|_| self.gone())?;
-        }
-        Ok(state)
+        self.shared.meet(
+            self.rank,
+            |slot| {
+                slot.clear();
+                slot.extend_from_slice(data);
+            },
+            read,
+        )
     }
 }
 
 impl<T> Drop for HostLink<T> {
     fn drop(&mut self) {
-        if let Ok(mut state) = self.shared.state.lock() {
-            state.abandoned = true;
-        }
-        self.shared.turn.notify_all();
+        self.shared.abandon();
     }
 }
 

@@ -4,7 +4,9 @@
 //! reduce-scatter: each tower gets the sum over towers of the gradient of its
 //! own slice.
 
+pub mod emulation;
 pub mod host;
+pub mod rendezvous;
 
 use crate::error::Result;
 use std::ops::Range;

@@ -41,7 +41,7 @@ impl std::fmt::Display for Shape {
 }
 
 /// Geometry of a convolution reading `sources` inputs of `in_c` channels each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvShape {
     pub sources: usize,
     pub in_c: usize,

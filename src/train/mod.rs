@@ -6,6 +6,7 @@ use crate::device::{LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::init::{InitScheme, init_twin};
 use crate::net::plan::Plan;
+use crate::placement::Placement;
 use crate::rng::{Rng, derive};
 use crate::towers::{Batch, TowerPair};
 use serde::Serialize;
@@ -36,6 +37,7 @@ pub struct TrainConfig {
     pub val_images: usize,
     /// Print a progress line every this many steps.
     pub log_every: usize,
+    pub placement: Placement,
 }
 
 /// What a finished run reports.
@@ -163,7 +165,8 @@ pub fn train(plan: Arc<Plan>, config: &TrainConfig, out: &mut dyn Write) -> Resu
         channels,
         size,
     );
-    let towers = TowerPair::cpu::<f32>(
+    let towers = TowerPair::new(
+        config.placement,
         Arc::clone(&plan),
         config.batch,
         &init_twin(&plan, config.init, config.seed),

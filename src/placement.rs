@@ -1,0 +1,130 @@
+//! Where the two towers run: the CPU (one thread per tower, host memory
+//! between them) or one GPU holding both (emulation mode), chosen from
+//! `--cpu`, `--gpus` and what the machine has.
+
+use crate::device::cuda::{CudaOptions, probe};
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::fmt;
+
+/// Where the towers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Placement {
+    /// One thread per tower, host memory between them.
+    Cpu,
+    /// Both towers on GPU `ordinal`, on two streams (emulation mode).
+    OneGpu {
+        ordinal: usize,
+        options: CudaOptions,
+    },
+}
+
+impl Placement {
+    /// Whether the towers run on a GPU.
+    pub fn is_gpu(&self) -> bool {
+        !matches!(self, Placement::Cpu)
+    }
+
+    /// The placement `--cpu` and `--gpus LIST` ask for; with neither, a GPU
+    /// when there is one and the CPU otherwise. Returns a one-line note saying
+    /// what was chosen and, for a fallback, why.
+    pub fn choose(
+        cpu: bool,
+        gpus: Option<&str>,
+        options: CudaOptions,
+    ) -> Result<(Placement, String)> {
+        match (cpu, gpus) {
+            (true, Some(_)) => Err(Error::Input("--cpu and --gpus: choose one".into())),
+            (true, None) => Ok((Placement::Cpu, "device: CPU, one thread per tower".into())),
+            (false, Some(list)) => {
+                let placement = Placement::from_gpus(list, options)?;
+                Ok((placement, format!("device: {placement}")))
+            }
+            (false, None) => Ok(match probe::gpu_count() {
+                Ok(_) => {
+                    let placement = Placement::OneGpu {
+                        ordinal: 0,
+                        options,
+                    };
+                    (placement, format!("device: {placement}"))
+                }
+                Err(why) => (
+                    Placement::Cpu,
+                    format!("device: CPU, one thread per tower ({why})"),
+                ),
+            }),
+        }
+    }
+
+    /// `--gpus LIST`: GPU ordinals separated by commas, each present, none twice.
+    pub fn from_gpus(list: &str, options: CudaOptions) -> Result<Placement> {
+        let bad = |why: String| Error::Input(format!("--gpus {list}: {why}"));
+        let ordinals = list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<usize>()
+                    .map_err(|_| bad(format!("`{s}` is not a GPU number")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (i, g) in ordinals.iter().enumerate() {
+            if ordinals[..i].contains(g) {
+                return Err(bad(format!("GPU {g} is listed twice")));
+            }
+        }
+        if ordinals.len() > 2 {
+            return Err(bad("the net has two towers: give one GPU or two".into()));
+        }
+        let count = probe::gpu_count().map_err(bad)?;
+        if let Some(g) = ordinals.iter().find(|&&g| g >= count) {
+            return Err(bad(format!(
+                "there is no GPU {g}; this machine has {count} (0..{})",
+                count - 1
+            )));
+        }
+        match ordinals[..] {
+            [ordinal] => Ok(Placement::OneGpu { ordinal, options }),
+            _ => Err(bad(
+                "one tower per GPU needs the NCCL link, not built yet; `--gpus N` runs both towers on GPU N".into(),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::Cpu => write!(f, "CPU, one thread per tower"),
+            Placement::OneGpu { ordinal, options } => write!(
+                f,
+                "GPU {ordinal}, both towers on it (emulation mode){}",
+                if options.tf32 { ", TF32 allowed" } else { "" }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(list: &str) -> String {
+        Placement::from_gpus(list, CudaOptions::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn malformed_gpu_lists_are_named_before_any_gpu_is_asked_for() {
+        assert_eq!(error("0,x"), "--gpus 0,x: `x` is not a GPU number");
+        assert_eq!(error("1,1"), "--gpus 1,1: GPU 1 is listed twice");
+        assert!(error("0,1,2").contains("two towers"));
+    }
+
+    #[test]
+    fn cpu_and_gpus_together_are_refused() {
+        let e = Placement::choose(true, Some("0"), CudaOptions::default()).unwrap_err();
+        assert!(e.is_input());
+    }
+}
