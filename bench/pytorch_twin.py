@@ -56,11 +56,18 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CPU) or fp16 (CUDA)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--exact", action="store_true",
+                        help="CUDA: no TF32 in convolutions (PyTorch allows it there by default)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # measured algorithms, as alexnet's cudnnFind
+        if args.exact:
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
     model = twin().to(device)
     images = torch.randn(args.batch, 3, 227, 227, device=device)
     labels = torch.randint(0, 1000, (args.batch,), device=device)
@@ -91,6 +98,9 @@ def main() -> None:
         "threads": args.threads,
         "batch": args.batch,
         "amp": args.amp,
+        "conv_tf32": device.type == "cuda" and torch.backends.cudnn.allow_tf32,
+        "matmul_tf32": device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "train": {"step_seconds": train, "images_per_s": args.batch / statistics.median(train)},
         "inference": {"step_seconds": infer, "images_per_s": args.batch / statistics.median(infer)},
     }

@@ -347,6 +347,11 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         Ok(())
     }
 
+    /// Waits until the device has finished everything queued (a GPU runs ahead of the CPU).
+    pub fn wait(&mut self) -> Result<()> {
+        self.device.fence()
+    }
+
     /// With `on`, waits for the device after each layer so that
     /// [`Tower::timings`] measure compute, at the cost of the overlap
     /// between layers (no cost on the CPU, which runs synchronously).

@@ -266,6 +266,8 @@ fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) 
                     tower.update(step)?;
                 }
             }
+            // A step's reply means the step is done, on a GPU too.
+            tower.wait()?;
             Ok(Reply::Stats(stats))
         }
         Request::Download(which) => Ok(Reply::Params(tower.download(which)?)),

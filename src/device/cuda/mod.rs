@@ -237,10 +237,10 @@ impl Device for CudaDevice {
         )?;
         self.bias_grad(dy, dbias, batch, s.out_c, s.out_h * s.out_w)?;
         let dy_ptr = self.ptr(dy);
-        for src in 0..s.sources {
-            need(&dw[src], s.block_len(), "conv weight gradient")?;
+        for (src, dw) in dw.iter().enumerate() {
+            need(dw, s.block_len(), "conv weight gradient")?;
             let x_src = self.ptr(x) + (src * in_len * 4) as u64;
-            let dw_src = self.ptr(&dw[src]);
+            let dw_src = self.ptr(dw);
             self.convs
                 .backward_filter(s, batch, x_src, dy_ptr, dw_src)?;
         }
@@ -294,8 +294,8 @@ impl Device for CudaDevice {
         need(dy, batch * s.outputs, "fc output gradient")?;
         self.bias_grad(dy, dbias, batch, s.outputs, 1)?;
         let dy_ptr = self.ptr(dy);
-        for src in 0..s.sources {
-            need(&dw[src], s.block_len(), "fc weight gradient")?;
+        for (src, dw) in dw.iter().enumerate() {
+            need(dw, s.block_len(), "fc weight gradient")?;
             let x_src = self.ptr(x) + (src * in_len * 4) as u64;
             self.blas.weight_grad(
                 batch,
@@ -303,7 +303,7 @@ impl Device for CudaDevice {
                 s.outputs,
                 x_src,
                 dy_ptr,
-                self.ptr(&dw[src]),
+                self.ptr(dw),
             )?;
         }
         if let Some(dx) = dx {
