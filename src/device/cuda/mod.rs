@@ -297,14 +297,8 @@ impl Device for CudaDevice {
         for (src, dw) in dw.iter().enumerate() {
             need(dw, s.block_len(), "fc weight gradient")?;
             let x_src = self.ptr(x) + (src * in_len * 4) as u64;
-            self.blas.weight_grad(
-                batch,
-                s.inputs,
-                s.outputs,
-                x_src,
-                dy_ptr,
-                self.ptr(dw),
-            )?;
+            self.blas
+                .weight_grad(batch, s.inputs, s.outputs, x_src, dy_ptr, self.ptr(dw))?;
         }
         if let Some(dx) = dx {
             need(dx, s.sources * in_len, "fc input gradient")?;

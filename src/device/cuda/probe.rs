@@ -17,7 +17,7 @@ pub fn require_driver() -> Result<()> {
     } else {
         Err(Error::cuda(
             "CUDA",
-            "no CUDA driver on this machine (libcuda.so not found)",
+            "no CUDA driver on this machine: libcuda.so not found",
         ))
     }
 }
@@ -25,7 +25,7 @@ pub fn require_driver() -> Result<()> {
 /// How many GPUs the driver sees, or why none can be used.
 pub fn gpu_count() -> std::result::Result<usize, String> {
     if !driver_present() {
-        return Err("no CUDA driver on this machine (libcuda.so not found)".into());
+        return Err("no CUDA driver on this machine: libcuda.so not found".into());
     }
     cudarc::driver::result::init().map_err(|e| format!("the CUDA driver does not start: {e}"))?;
     match cudarc::driver::result::device::get_count() {
