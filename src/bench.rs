@@ -3,7 +3,9 @@
 
 use crate::data::synthetic::{Split, Synthetic};
 use crate::device::SgdStep;
+use crate::device::cuda::probe;
 use crate::error::Result;
+use crate::link;
 use crate::net::init::{InitScheme, init_twin};
 use crate::net::plan::Plan;
 use crate::placement::Placement;
@@ -64,8 +66,16 @@ pub struct BenchReport {
     pub preset: String,
     pub batch: usize,
     pub device: String,
+    /// How the towers meet.
+    pub link: String,
     pub train: Timing,
     pub inference: Timing,
+    /// Bytes each tower sends per training step, and tower 0's median time
+    /// in exchanges per training step (including any wait for the other tower).
+    pub exchange_bytes_per_step: usize,
+    pub exchange_ms_per_step: f64,
+    /// Per GPU used, (ordinal, bytes in use after the timed steps).
+    pub gpu_memory_in_use: Vec<(usize, usize)>,
     /// Forward multiply-adds per image of the whole net.
     pub macs_per_image: usize,
     pub layers: Vec<LayerReport>,
@@ -164,10 +174,29 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let (train, train_layers) =
         time(&mut |key| towers.train_step(&batch, key, Some(sgd)).map(drop))?;
     let (inference, inference_layers) = time(&mut |_| towers.evaluate(&batch).map(drop))?;
+    let exchange_s = median(
+        train_layers
+            .iter()
+            .map(|step| step.iter().map(|t| t.exchange_s).sum())
+            .collect(),
+    );
+    let gpus: Vec<usize> = match config.placement {
+        Placement::Cpu => vec![],
+        Placement::OneGpu { ordinal, .. } => vec![ordinal],
+        Placement::TwoGpus { ordinals, .. } => ordinals.to_vec(),
+    };
+    let gpu_memory_in_use = gpus
+        .into_iter()
+        .map(|g| probe::memory_in_use(g).map(|bytes| (g, bytes)))
+        .collect::<Result<_>>()?;
     Ok(BenchReport {
+        gpu_memory_in_use,
         preset: config.preset.clone(),
         batch: config.batch,
         device: config.placement.to_string(),
+        link: towers.link_note().to_string(),
+        exchange_bytes_per_step: link::bytes_per_step(&plan, config.batch),
+        exchange_ms_per_step: 1e3 * exchange_s,
         train: Timing::new(train, config.batch),
         inference: Timing::new(inference, config.batch),
         macs_per_image: plan.macs(),
@@ -183,7 +212,8 @@ pub fn render(r: &BenchReport) -> String {
     let mut text = format!(
         "bench: preset {}, batch {}, {}; median of {steps} steps after warm-up\n\
          training   {:8.1} images/s  ({:.3} s/step, ≈{:.0} GFLOP/s)\n\
-         inference  {:8.1} images/s  ({:.3} s/batch, ≈{:.0} GFLOP/s)\n",
+         inference  {:8.1} images/s  ({:.3} s/batch, ≈{:.0} GFLOP/s)\n\
+         exchanges  {:8.2} MB per training step per tower, {:.1} ms ({})\n",
         r.preset,
         r.batch,
         r.device,
@@ -193,7 +223,17 @@ pub fn render(r: &BenchReport) -> String {
         r.inference.images_per_s,
         r.inference.median_seconds,
         gflops(&r.inference, 1.0),
+        r.exchange_bytes_per_step as f64 / 1e6,
+        r.exchange_ms_per_step,
+        r.link,
     );
+    for (gpu, bytes) in &r.gpu_memory_in_use {
+        text += &format!(
+            "memory     GPU {gpu}: {:.2} GiB in use after the timed steps (compare `alexnet summary --batch {}`)\n",
+            *bytes as f64 / (1u64 << 30) as f64,
+            r.batch
+        );
+    }
     text += &format!(
         "\nper layer, tower 0 (medians; a layer reading both towers includes its exchange):\n\
          {:<10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}\n",

@@ -115,11 +115,15 @@ struct DeviceArgs {
 
 impl DeviceArgs {
     fn placement(&self) -> Result<(Placement, String)> {
-        Placement::choose(
+        let chosen = Placement::choose(
             self.cpu,
             self.gpus.as_deref(),
             CudaOptions { tf32: self.tf32 },
-        )
+        )?;
+        if matches!(chosen.0, Placement::TwoGpus { .. }) {
+            alexnet::link::nccl::relaunch_with_unversioned_name()?;
+        }
+        Ok(chosen)
     }
 }
 

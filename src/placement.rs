@@ -18,6 +18,11 @@ pub enum Placement {
         ordinal: usize,
         options: CudaOptions,
     },
+    /// Tower r on GPU `ordinals[r]`, as the paper ran it.
+    TwoGpus {
+        ordinals: [usize; 2],
+        options: CudaOptions,
+    },
 }
 
 impl Placement {
@@ -26,8 +31,8 @@ impl Placement {
         !matches!(self, Placement::Cpu)
     }
 
-    /// The placement `--cpu` and `--gpus LIST` ask for; with neither, a GPU
-    /// when there is one and the CPU otherwise. Returns a one-line note saying
+    /// The placement `--cpu` and `--gpus LIST` ask for; with neither, GPUs 0
+    /// and 1 where there are two, GPU 0 where there is one, else the CPU. Returns a one-line note saying
     /// what was chosen and, for a fallback, why.
     pub fn choose(
         cpu: bool,
@@ -36,7 +41,7 @@ impl Placement {
     ) -> Result<(Placement, String)> {
         match (cpu, gpus) {
             (true, Some(_)) => Err(Error::Input("--cpu and --gpus: choose one".into())),
-            (true, None) => Ok((Placement::Cpu, "device: CPU, one thread per tower".into())),
+            (true, None) => Ok((Placement::Cpu, format!("device: {}", Placement::Cpu))),
             (false, Some(list)) => {
                 let placement = Placement::from_gpus(list, options)?;
                 Ok((placement, format!("device: {placement}")))
@@ -85,9 +90,11 @@ impl Placement {
         }
         match ordinals[..] {
             [ordinal] => Ok(Placement::OneGpu { ordinal, options }),
-            _ => Err(bad(
-                "one tower per GPU needs the NCCL link, not built yet; `--gpus N` runs both towers on GPU N".into(),
-            )),
+            [a, b] => Ok(Placement::TwoGpus {
+                ordinals: [a, b],
+                options,
+            }),
+            _ => Err(bad("give one GPU or two".into())),
         }
     }
 }
@@ -99,6 +106,13 @@ impl fmt::Display for Placement {
             Placement::OneGpu { ordinal, options } => write!(
                 f,
                 "GPU {ordinal}, both towers on it (emulation mode){}",
+                if options.tf32 { ", TF32 allowed" } else { "" }
+            ),
+            Placement::TwoGpus { ordinals, options } => write!(
+                f,
+                "GPUs {} and {}, one tower each{}",
+                ordinals[0],
+                ordinals[1],
                 if options.tf32 { ", TF32 allowed" } else { "" }
             ),
         }

@@ -38,6 +38,8 @@ pub struct Tower<D: Device, L: Link<D::Buf>> {
 pub struct LayerTiming {
     pub forward_s: f64,
     pub backward_s: f64,
+    /// Of which in exchanges with the other tower (forward and backward).
+    pub exchange_s: f64,
 }
 
 /// Everything that scales with the batch.
@@ -184,7 +186,15 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             let y = &mut rest[0];
             let mut x = if i == 0 { &b.input } else { &before[i - 1] };
             if let Some(gathered) = b.gathered[i].as_mut() {
+                let exchange = Instant::now();
+                if self.profile {
+                    self.device.fence()?;
+                }
                 self.link.all_gather(x, gathered)?;
+                if self.profile {
+                    self.device.fence()?;
+                }
+                self.timings[i].exchange_s += exchange.elapsed().as_secs_f64();
                 x = gathered;
             }
             let dev = &mut self.device;
@@ -221,7 +231,9 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         }
         let start = Instant::now();
         let last = b.outputs.last().expect("a plan has layers");
+        let exchange = Instant::now();
         self.link.all_gather(last, &mut b.logits)?;
+        self.timings[self.plan.layers.len()].exchange_s = exchange.elapsed().as_secs_f64();
         let dlogits = b.output_grads.last_mut().expect("a plan has layers");
         let per_tower = self.plan.logits_per_tower();
         let stats = self.device.softmax_cross_entropy(
@@ -315,7 +327,15 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
             if let (Some(full), Some(own)) = (b.gathered_grads[i].as_ref(), grads_before.last_mut())
             {
+                let exchange = Instant::now();
+                if self.profile {
+                    self.device.fence()?;
+                }
                 self.link.reduce_scatter(full, own)?;
+                if self.profile {
+                    self.device.fence()?;
+                }
+                self.timings[i].exchange_s += exchange.elapsed().as_secs_f64();
             }
             if self.profile {
                 self.device.fence()?;

@@ -3,12 +3,13 @@
 //! batches over channels and waits for both.
 
 use crate::device::cpu::{CpuDevice, Real};
-use crate::device::cuda::CudaDevice;
+use crate::device::cuda::{CudaDevice, CudaOptions};
 use crate::device::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;
-use crate::link::emulation::{EmulationLink, EmulationShared};
+use crate::link::copy::{CopyLink, CopyShared};
 use crate::link::host::HostLink;
+use crate::link::nccl::{self, NcclLink};
 use crate::net::params::{TwinTensor, join_towers, split_twin};
 use crate::net::plan::{Plan, TOWERS};
 use crate::placement::Placement;
@@ -55,6 +56,7 @@ struct Worker {
 pub struct TowerPair {
     plan: Arc<Plan>,
     workers: Vec<Worker>,
+    link_note: String,
 }
 
 impl TowerPair {
@@ -77,6 +79,8 @@ impl TowerPair {
     }
 
     /// Both towers where `placement` says, with the twin's parameters `init`.
+    /// One tower per GPU meets over NCCL; where NCCL is missing or fails to
+    /// start, over peer copies ([`TowerPair::link_note`] says which and why).
     pub fn new(
         placement: Placement,
         plan: Arc<Plan>,
@@ -86,15 +90,76 @@ impl TowerPair {
         match placement {
             Placement::Cpu => TowerPair::cpu::<f32>(plan, batch, init),
             Placement::OneGpu { ordinal, options } => {
-                let shared = EmulationShared::default();
-                TowerPair::spawn(plan, batch, init, move |rank| {
-                    let device =
-                        CudaDevice::new(ordinal, options).inspect_err(|_| shared.abandon())?;
-                    let link = EmulationLink::new(rank, &device, Arc::clone(&shared));
-                    Ok((device, link))
-                })
+                let mut pair = TowerPair::copies(plan, batch, init, [ordinal; TOWERS], options)?;
+                pair.link_note = format!("towers meet by device copies on GPU {ordinal}");
+                Ok(pair)
+            }
+            Placement::TwoGpus { ordinals, options } => {
+                let why = match TowerPair::nccl(Arc::clone(&plan), batch, init, ordinals, options) {
+                    Ok(pair) => return Ok(pair),
+                    Err(e) => e.to_string(),
+                };
+                let mut pair = TowerPair::copies(plan, batch, init, ordinals, options)?;
+                pair.link_note = format!(
+                    "towers meet by peer copies between GPUs {} and {} ({why})",
+                    ordinals[0], ordinals[1]
+                );
+                Ok(pair)
             }
         }
+    }
+
+    /// Tower r on GPU `ordinals[r]`, meeting by device copies.
+    fn copies(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        ordinals: [usize; TOWERS],
+        options: CudaOptions,
+    ) -> Result<TowerPair> {
+        let shared = CopyShared::default();
+        let pair = TowerPair::spawn(plan, batch, init, move |rank| {
+            let device =
+                CudaDevice::new(ordinals[rank], options).inspect_err(|_| shared.abandon())?;
+            let link = CopyLink::new(rank, &device, Arc::clone(&shared));
+            Ok((device, link))
+        })?;
+        pair.ready()?;
+        Ok(pair)
+    }
+
+    /// Tower r on GPU `ordinals[r]`, meeting over NCCL; fails when NCCL is
+    /// missing or any rank cannot join.
+    fn nccl(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        ordinals: [usize; TOWERS],
+        options: CudaOptions,
+    ) -> Result<TowerPair> {
+        let version = nccl::version().map_err(|why| Error::cuda("NCCL", why))?;
+        let id = nccl::new_id()?;
+        let mut pair = TowerPair::spawn(plan, batch, init, move |rank| {
+            let device = CudaDevice::new(ordinals[rank], options)?;
+            let link = NcclLink::new(rank, TOWERS, id, &device)?;
+            Ok((device, link))
+        })?;
+        pair.ready()?;
+        pair.link_note = format!(
+            "towers meet over NCCL {version} between GPUs {} and {}",
+            ordinals[0], ordinals[1]
+        );
+        Ok(pair)
+    }
+
+    /// Waits until both towers are built, returning the first failure.
+    fn ready(&self) -> Result<()> {
+        self.ask(|| Request::Profile(false)).map(drop)
+    }
+
+    /// How the towers meet, in one line.
+    pub fn link_note(&self) -> &str {
+        &self.link_note
     }
 
     /// Both towers, each built on its own thread by `make(rank)`.
@@ -148,7 +213,11 @@ impl TowerPair {
                 thread,
             });
         }
-        Ok(TowerPair { plan, workers })
+        Ok(TowerPair {
+            plan,
+            workers,
+            link_note: "towers meet through host memory".into(),
+        })
     }
 
     fn ask(&self, make: impl Fn() -> Request) -> Result<Vec<Reply>> {

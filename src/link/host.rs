@@ -2,7 +2,7 @@
 //! meet at a barrier around a shared slot per tower.
 
 use super::rendezvous::Rendezvous;
-use super::{Link, slice_of};
+use super::{Link, check_sizes, slice_of};
 use crate::error::Result;
 use crate::net::plan::TOWERS;
 use std::sync::Arc;
@@ -49,6 +49,7 @@ impl<T: Copy + Default + std::ops::AddAssign> Link<Vec<T>> for HostLink<T> {
 
     fn all_gather(&mut self, local: &Vec<T>, gathered: &mut Vec<T>) -> Result<()> {
         let len = local.len();
+        check_sizes("all-gather", len, gathered.len())?;
         self.exchange(local, |slots| {
             for (r, slot) in slots.iter().enumerate() {
                 gathered[slice_of(r, len)].copy_from_slice(slot);
@@ -57,6 +58,7 @@ impl<T: Copy + Default + std::ops::AddAssign> Link<Vec<T>> for HostLink<T> {
     }
 
     fn reduce_scatter(&mut self, full: &Vec<T>, local: &mut Vec<T>) -> Result<()> {
+        check_sizes("reduce-scatter", local.len(), full.len())?;
         let own = slice_of(self.rank, local.len());
         self.exchange(full, |slots| {
             local.copy_from_slice(&slots[0][own.clone()]);

@@ -3,12 +3,18 @@
 //! towers' outputs, laid out `[tower][...]`. Going backward it is a summing
 //! reduce-scatter: each tower gets the sum over towers of the gradient of its
 //! own slice.
+//!
+//! The bookkeeping every link shares (which slice is whose, buffer sizes,
+//! the exchanges of a step in call order) lives here as plain functions, so
+//! the host link tests it on any machine for the GPU links too.
 
-pub mod emulation;
+pub mod copy;
 pub mod host;
+pub mod nccl;
 pub mod rendezvous;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::net::plan::{Plan, TOWERS};
 use std::ops::Range;
 
 /// One tower's end of the link between the towers.
@@ -24,4 +30,204 @@ pub trait Link<B> {
 /// Where tower `rank`'s part of `local_len` elements lies in a gathered buffer.
 pub fn slice_of(rank: usize, local_len: usize) -> Range<usize> {
     rank * local_len..(rank + 1) * local_len
+}
+
+/// Fails unless a gathered (or full) buffer of `gathered_len` elements holds
+/// exactly one `local_len` slice per tower.
+pub fn check_sizes(what: &str, local_len: usize, gathered_len: usize) -> Result<()> {
+    if gathered_len != TOWERS * local_len {
+        return Err(Error::Training(format!(
+            "{what}: {gathered_len} elements for {TOWERS} towers of {local_len}"
+        )));
+    }
+    Ok(())
+}
+
+/// The direction of one exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    AllGather,
+    ReduceScatter,
+}
+
+/// One exchange of a training step, as each tower calls it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Exchange {
+    /// The layer that reads both towers (or `logits`).
+    pub layer: String,
+    pub direction: Direction,
+    /// Elements each tower sends (its local slice).
+    pub elements: usize,
+}
+
+/// Every exchange of one training step in the order each tower makes them:
+/// an all-gather before each layer that reads both towers and one of the
+/// logits, then, backward, a reduce-scatter after each such layer except the
+/// first (whose input gradient nobody needs). A forward-only pass makes the
+/// all-gathers alone.
+pub fn exchanges(plan: &Plan, batch: usize) -> Vec<Exchange> {
+    let both: Vec<(usize, &crate::net::plan::PlannedLayer)> = plan
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.both_towers)
+        .collect();
+    let gather = |name: &str, elements| Exchange {
+        layer: name.to_string(),
+        direction: Direction::AllGather,
+        elements,
+    };
+    let mut out: Vec<Exchange> = both
+        .iter()
+        .map(|(_, l)| gather(&l.name, batch * l.input.len()))
+        .collect();
+    out.push(gather("logits", batch * plan.logits_per_tower()));
+    out.extend(
+        both.iter()
+            .rev()
+            .filter(|(i, _)| *i > 0)
+            .map(|(_, l)| Exchange {
+                layer: l.name.clone(),
+                direction: Direction::ReduceScatter,
+                elements: batch * l.input.len(),
+            }),
+    );
+    out
+}
+
+/// Bytes one tower sends in one training step (f32 elements).
+pub fn bytes_per_step(plan: &Plan, batch: usize) -> usize {
+    4 * exchanges(plan, batch)
+        .iter()
+        .map(|e| e.elements)
+        .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::SgdStep;
+    use crate::device::cpu::CpuDevice;
+    use crate::link::host::HostLink;
+    use crate::net::init::{InitScheme, init_twin};
+    use crate::towers::{Batch, TowerPair};
+    use std::sync::{Arc, Mutex};
+
+    /// The host link, logging each call as an [`Exchange`].
+    struct Recording {
+        inner: HostLink,
+        log: Arc<Mutex<Vec<Exchange>>>,
+    }
+
+    impl Recording {
+        fn note(&self, direction: Direction, elements: usize) {
+            self.log.lock().unwrap().push(Exchange {
+                layer: String::new(),
+                direction,
+                elements,
+            });
+        }
+    }
+
+    impl Link<Vec<f32>> for Recording {
+        fn rank(&self) -> usize {
+            self.inner.rank()
+        }
+        fn all_gather(&mut self, local: &Vec<f32>, gathered: &mut Vec<f32>) -> Result<()> {
+            self.note(Direction::AllGather, local.len());
+            self.inner.all_gather(local, gathered)
+        }
+        fn reduce_scatter(&mut self, full: &Vec<f32>, local: &mut Vec<f32>) -> Result<()> {
+            self.note(Direction::ReduceScatter, local.len());
+            self.inner.reduce_scatter(full, local)
+        }
+    }
+
+    #[test]
+    fn a_training_step_makes_exactly_the_planned_exchanges() {
+        for preset in ["small", "paper"] {
+            let plan = Arc::new(Plan::load(preset).unwrap());
+            let batch = 2;
+            let logs: Vec<_> = (0..TOWERS)
+                .map(|_| Arc::new(Mutex::new(Vec::new())))
+                .collect();
+            let ends = Mutex::new(HostLink::pair().map(Some));
+            let made = logs.clone();
+            let towers = TowerPair::spawn(
+                Arc::clone(&plan),
+                batch,
+                &init_twin(&plan, InitScheme::He, 1),
+                move |rank| {
+                    let inner = ends.lock().unwrap()[rank].take().unwrap();
+                    let log = Arc::clone(&made[rank]);
+                    Ok((CpuDevice::<f32>::default(), Recording { inner, log }))
+                },
+            )
+            .unwrap();
+            let size = plan.input.len();
+            let step = Batch {
+                images: Arc::new(vec![0.5; batch * size]),
+                labels: Arc::new(vec![0, 1]),
+            };
+            let sgd = SgdStep {
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 0.0,
+            };
+            towers.train_step(&step, 1, Some(sgd)).unwrap();
+            let planned: Vec<(Direction, usize)> = exchanges(&plan, batch)
+                .iter()
+                .map(|e| (e.direction, e.elements))
+                .collect();
+            for log in &logs {
+                let made: Vec<_> = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|e| (e.direction, e.elements))
+                    .collect();
+                assert_eq!(made, planned, "{preset}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_paper_net_exchanges_what_the_paper_says() {
+        let plan = Plan::load("paper").unwrap();
+        let layers: Vec<_> = exchanges(&plan, 1)
+            .into_iter()
+            .map(|e| (e.layer, e.direction, e.elements))
+            .collect();
+        use Direction::*;
+        // conv3 reads pool2 (128×13×13 per tower); fc6 pool5 (128×6×6);
+        // fc7 and fc8 2048 units; the logits 500 per tower.
+        let expected = [
+            ("conv3", AllGather, 128 * 13 * 13),
+            ("fc6", AllGather, 128 * 6 * 6),
+            ("fc7", AllGather, 2048),
+            ("fc8", AllGather, 2048),
+            ("logits", AllGather, 500),
+            ("fc8", ReduceScatter, 2048),
+            ("fc7", ReduceScatter, 2048),
+            ("fc6", ReduceScatter, 128 * 6 * 6),
+            ("conv3", ReduceScatter, 128 * 13 * 13),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|&(l, d, n)| (l.to_string(), d, n))
+            .collect();
+        assert_eq!(layers, expected);
+        assert_eq!(
+            bytes_per_step(&plan, 1),
+            4 * expected.iter().map(|e| e.2).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn sizes_must_hold_one_slice_per_tower() {
+        assert!(check_sizes("x", 3, 6).is_ok());
+        assert!(check_sizes("x", 3, 7).is_err());
+        assert_eq!(slice_of(1, 3), 3..6);
+    }
 }

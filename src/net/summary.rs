@@ -133,6 +133,12 @@ pub fn render(plan: &Plan, batch: usize) -> String {
         "does not fit"
     };
     let _ = writeln!(s, "  total {}: {fits} a 3 GB GTX 580", bytes(m.total()));
+    let _ = writeln!(
+        s,
+        "  on a GPU add at most {} of cuDNN workspace and the CUDA context's own;\n  \
+         one GPU holding both towers (--gpus 0) needs twice the total",
+        bytes(crate::device::cuda::WORKSPACE_LIMIT)
+    );
     s
 }
 

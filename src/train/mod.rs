@@ -171,6 +171,9 @@ pub fn train(plan: Arc<Plan>, config: &TrainConfig, out: &mut dyn Write) -> Resu
         config.batch,
         &init_twin(&plan, config.init, config.seed),
     )?;
+    if config.placement.is_gpu() {
+        let _ = writeln!(out, "{}", towers.link_note());
+    }
 
     let steps_per_epoch = config.train_images / config.batch;
     let total_steps = config.steps.unwrap_or(config.epochs * steps_per_epoch);

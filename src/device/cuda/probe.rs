@@ -82,19 +82,8 @@ pub fn report() -> String {
             || "present".into(),
         )
     );
-    let _ = writeln!(
-        out,
-        "NCCL:    {}",
-        library(
-            // SAFETY: only asks the dynamic loader.
-            unsafe { cudarc::nccl::sys::is_culib_present() },
-            "libnccl.so",
-            || match cudarc::nccl::result::get_nccl_version() {
-                Ok(v) => format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100),
-                Err(e) => format!("present, version unknown ({e:?})"),
-            },
-        )
-    );
+    let nccl = crate::link::nccl::version().unwrap_or_else(|why| why);
+    let _ = writeln!(out, "NCCL:    {nccl}");
     let _ = writeln!(
         out,
         "NVRTC:   {}",
@@ -112,6 +101,17 @@ pub fn report() -> String {
     );
     let _ = writeln!(out, "kernels: compiled by {}", super::kernels::COMPILED_BY);
     out
+}
+
+/// Bytes in use on GPU `ordinal` (all processes, the contexts included).
+pub fn memory_in_use(ordinal: usize) -> Result<usize> {
+    require_driver()?;
+    let ctx = cudarc::driver::CudaContext::new(ordinal)
+        .map_err(|e| Error::cuda(format!("opening GPU {ordinal}"), e))?;
+    let (free, total) = ctx
+        .mem_get_info()
+        .map_err(|e| Error::cuda("reading GPU memory", e))?;
+    Ok(total - free)
 }
 
 fn library(present: bool, file: &str, version: impl FnOnce() -> String) -> String {
