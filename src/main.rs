@@ -1,17 +1,26 @@
-//! The command line: `summary`, `bench`, `train` and `info`.
+//! The command line: `summary`, `bench`, `train`, `eval`, `predict`, `plot` and `info`.
 
 use alexnet::bench::{self, BenchConfig};
 use alexnet::device::cuda::{CudaOptions, probe};
 use alexnet::error::{Error, Result};
+use alexnet::infer::{Model, top_k};
 use alexnet::net::init::InitScheme;
 use alexnet::net::plan::Plan;
 use alexnet::net::summary;
+use alexnet::npy;
 use alexnet::placement::Placement;
-use alexnet::train::{self, TrainConfig};
+use alexnet::plot;
+use alexnet::train::checkpoint;
+use alexnet::train::config::TrainConfig;
+use alexnet::train::schedule::Schedule;
+use alexnet::train::{self, Start};
 use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::flag;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 /// Train the two-tower AlexNet of Krizhevsky, Sutskever and Hinton (2012).
 #[derive(Parser)]
@@ -52,50 +61,212 @@ enum Command {
     },
     /// Show the CUDA driver, GPUs, and the cuDNN, cuBLAS, NCCL and NVRTC found.
     Info,
-    /// Train on the built-in synthetic set.
+    /// Train (on the built-in synthetic set); SIGINT or SIGTERM saves and stops.
     Train(TrainArgs),
+    /// Draw a run's loss, accuracy and learning-rate curves to PNG and SVG.
+    Plot {
+        /// The run folder (holding metrics.jsonl).
+        run_dir: PathBuf,
+    },
+    /// Top-1 and top-5 of a checkpoint on its validation set.
+    Eval {
+        /// A checkpoint folder, or a run folder for its newest checkpoint.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The data: `synthetic`, the built-in set the run trained on.
+        #[arg(long, default_value = "synthetic")]
+        data: String,
+        /// Validation images [default: as many as the run validated on].
+        #[arg(long)]
+        images: Option<usize>,
+        /// Average the ten crops of each image (corners, centre, and flips).
+        #[arg(long)]
+        ten_crop: bool,
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// The five most probable classes of each input.
+    Predict {
+        /// A checkpoint folder, or a run folder for its newest checkpoint.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// `.npy` files, each an already preprocessed float32 N×C×H×W batch.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// One JSON object per image.
+        #[arg(long)]
+        json: bool,
+        /// Write the raw logits, images × classes, to this `.npy` file.
+        #[arg(long, value_name = "FILE")]
+        logits: Option<PathBuf>,
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
 }
 
+/// Training flags. Each overrides the same key of `--config` (or, with
+/// `--resume`, of the run's saved config.toml), which overrides the defaults.
 #[derive(clap::Args)]
 struct TrainArgs {
-    #[arg(long, default_value = "small")]
-    preset: String,
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
-    batch: u32,
-    /// Steps to train (overrides --epochs).
+    /// A TOML file of these settings (keys as the flags, with `_` for `-`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Continue the run in this folder from its newest checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "preset", "run_dir"])]
+    resume: Option<PathBuf>,
+    /// A built-in preset (paper, small) or a preset TOML file [default: small].
+    #[arg(long)]
+    preset: Option<String>,
+    /// Images per step [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: Option<u32>,
+    /// Steps to train in all (overrides --epochs).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     steps: Option<u32>,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    epochs: u32,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Where config.json and metrics.jsonl go (default runs/<preset>-<time>).
+    /// Passes over the training set [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: Option<u32>,
+    /// [default: 1]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where config.toml, metrics.jsonl and checkpoints/ go [default: runs/<preset>-<time>].
     #[arg(long)]
     run_dir: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Weight initialization (default: the preset's `init`).
+    /// Weight initialization [default: the preset's].
     #[arg(long, value_enum)]
     init: Option<InitScheme>,
-    /// Learning rate (paper §5: 0.01).
-    #[arg(long, default_value_t = 0.01)]
-    lr: f32,
-    /// Momentum (paper §5: 0.9).
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
-    /// Weight decay, on weights and biases alike (paper §5: 0.0005).
-    #[arg(long, default_value_t = 0.0005)]
-    weight_decay: f32,
-    /// Size of the synthetic training set.
-    #[arg(long, default_value_t = 10_000)]
-    train_images: usize,
-    /// Size of the synthetic validation set.
-    #[arg(long, default_value_t = 1_000)]
-    val_images: usize,
-    /// Print progress every this many steps.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    log_every: u32,
+    /// Learning rate [default: 0.01, paper §5].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Momentum [default: 0.9, paper §5].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Weight decay, on weights and biases alike [default: 0.0005, paper §5].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Learning-rate schedule, with its default constants (set them in --config)
+    /// [default: plateau, the paper's divide-by-10].
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Save a checkpoint every this many steps, besides each epoch's end [default: 0, epochs only].
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Checkpoints kept besides the best [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    keep: Option<u32>,
+    /// Size of the synthetic training set [default: 10000].
+    #[arg(long)]
+    train_images: Option<usize>,
+    /// Size of the synthetic validation set [default: 1000].
+    #[arg(long)]
+    val_images: Option<usize>,
+    /// Print a progress line every this many steps [default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    log_every: Option<u32>,
+    /// Only validation results and the end: for logs.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScheduleKind {
+    Plateau,
+    Step,
+    Cosine,
+    Constant,
+}
+
+impl TrainArgs {
+    /// The defaults, then the config file (or the resumed run's), then the flags.
+    fn config(&self) -> Result<TrainConfig> {
+        let mut c = match (&self.resume, &self.config) {
+            (Some(run), _) => {
+                let mut c =
+                    TrainConfig::from_file(&run.join("config.toml")).map_err(|e| match e {
+                        Error::Io { .. } => Error::Input(format!(
+                            "--resume {}: no config.toml there; is it a run folder?",
+                            run.display()
+                        )),
+                        e => e,
+                    })?;
+                c.run_dir = Some(run.clone());
+                c
+            }
+            (None, Some(file)) => TrainConfig::from_file(file)?,
+            (None, None) => TrainConfig::default(),
+        };
+        if let Some(v) = &self.preset {
+            c.preset = v.clone();
+        }
+        if let Some(v) = self.batch {
+            c.batch = v as usize;
+        }
+        if let Some(v) = self.steps {
+            c.steps = Some(v as usize);
+        }
+        if let Some(v) = self.epochs {
+            c.epochs = v as usize;
+            if self.steps.is_none() {
+                c.steps = None;
+            }
+        }
+        if let Some(v) = self.seed {
+            c.seed = v;
+        }
+        if let Some(v) = &self.run_dir {
+            c.run_dir = Some(v.clone());
+        }
+        if let Some(v) = self.init {
+            c.init = Some(v);
+        }
+        if let Some(v) = self.lr {
+            c.lr = v;
+        }
+        if let Some(v) = self.momentum {
+            c.momentum = v;
+        }
+        if let Some(v) = self.weight_decay {
+            c.weight_decay = v;
+        }
+        if let Some(kind) = self.schedule {
+            c.schedule = match kind {
+                ScheduleKind::Plateau => Schedule::default(),
+                ScheduleKind::Step => Schedule::Step {
+                    every: 30,
+                    gamma: 0.1,
+                },
+                ScheduleKind::Cosine => Schedule::Cosine { min_lr: 0.0 },
+                ScheduleKind::Constant => Schedule::Constant,
+            };
+        }
+        if let Some(v) = self.checkpoint_every {
+            c.checkpoint_every = v;
+        }
+        if let Some(v) = self.keep {
+            c.keep = v as usize;
+        }
+        if let Some(v) = self.train_images {
+            c.train_images = v;
+        }
+        if let Some(v) = self.val_images {
+            c.val_images = v;
+        }
+        if let Some(v) = self.log_every {
+            c.log_every = v as usize;
+        }
+        c.quiet |= self.quiet;
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 /// Where the towers run.
@@ -161,57 +332,164 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Info => print!("{}", probe::report()),
+        Command::Plot { run_dir } => {
+            let [png, svg] = plot::plot(&run_dir, &plot::Curves::read(&run_dir)?)?;
+            println!("{}\n{}", png.display(), svg.display());
+        }
         Command::Train(args) => {
+            let config = args.config()?;
             let (placement, note) = args.device.placement()?;
             println!("{note}");
-            let run_dir = args.run_dir.unwrap_or_else(|| {
-                let stem = PathBuf::from(&args.preset)
-                    .file_stem()
-                    .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                PathBuf::from("runs").join(format!("{stem}-{secs}"))
-            });
-            let plan = Plan::load(&args.preset)?;
-            let config = TrainConfig {
-                preset: args.preset.clone(),
-                batch: args.batch as usize,
-                steps: args.steps.map(|s| s as usize),
-                epochs: args.epochs as usize,
-                seed: args.seed,
-                run_dir,
-                init: args.init.unwrap_or(plan.spec.init),
-                lr: args.lr,
-                momentum: args.momentum,
-                weight_decay: args.weight_decay,
-                train_images: args.train_images,
-                val_images: args.val_images,
-                log_every: args.log_every as usize,
-                placement,
+            let start = match &args.resume {
+                Some(run) => {
+                    let (_, ckpt) = checkpoint::load(&run.join("checkpoints"))?;
+                    Start::Resume(Box::new(ckpt))
+                }
+                None => Start::Fresh,
             };
-            if !(config.lr > 0.0 && config.lr.is_finite()) {
-                return Err(Error::Input(format!(
-                    "--lr {}: must be a positive number",
-                    config.lr
-                )));
+            println!("config:\n{}", indent(&config.to_toml()));
+            // The first SIGINT or SIGTERM asks for a stop after the current
+            // step and a checkpoint; a second one ends the process at once.
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [SIGINT, SIGTERM] {
+                flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+                    .and_then(|_| flag::register(signal, Arc::clone(&stop)))
+                    .map_err(|e| Error::io("signal handler", e))?;
             }
+            let done = train::train(&config, placement, start, &stop, &mut std::io::stdout())?;
             println!(
-                "config: {}",
-                serde_json::to_string(&config).expect("config serializes")
-            );
-            let done = train::train(Arc::new(plan), &config, &mut std::io::stdout())?;
-            println!(
-                "done: {} steps, {:.1} images/s, validation top-1 {:.1}%, top-5 {:.1}%; run in {}",
+                "{}: {} steps, {:.1} images/s, validation top-1 {:.1}%, top-5 {:.1}%; checkpoint {}",
+                if done.stopped { "stopped" } else { "done" },
                 done.steps,
                 done.images_per_s,
                 100.0 * done.val_top1,
                 100.0 * done.val_top5,
-                config.run_dir.display()
+                done.checkpoint
+                    .as_deref()
+                    .map_or_else(|| "none".into(), |p| p.display().to_string())
             );
+        }
+        Command::Eval {
+            checkpoint,
+            data,
+            images,
+            ten_crop,
+            batch,
+            json,
+            device,
+        } => {
+            if data != "synthetic" {
+                return Err(Error::Input(format!(
+                    "--data {data}: this build evaluates on `synthetic` only"
+                )));
+            }
+            if ten_crop {
+                return Err(Error::Input(
+                    "--ten-crop: the synthetic set is drawn at the net's input size and has no crops".into(),
+                ));
+            }
+            let (placement, note) = device.placement()?;
+            if !json {
+                println!("{note}");
+            }
+            let model = Model::load(&checkpoint, placement, batch as usize)?;
+            let eval = model.evaluate_synthetic(images, batch as usize)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&eval).expect("evaluation serializes")
+                );
+            } else {
+                println!(
+                    "{}: step {}, {} validation images: loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
+                    model.folder.display(),
+                    model.state.step,
+                    eval.images,
+                    eval.loss,
+                    100.0 * eval.top1,
+                    100.0 * eval.top5
+                );
+            }
+        }
+        Command::Predict {
+            checkpoint,
+            inputs,
+            json,
+            logits,
+            batch,
+            device,
+        } => {
+            let (placement, note) = device.placement()?;
+            if !json {
+                eprintln!("{note}");
+            }
+            let model = Model::load(&checkpoint, placement, batch as usize)?;
+            let classes = model.plan.classes();
+            let (c, size) = (model.plan.spec.input.channels, model.plan.spec.input.size);
+            let mut all_logits = Vec::new();
+            for input in &inputs {
+                let array = npy::read(input)?;
+                if array.shape.len() != 4 || array.shape[1..] != [c, size, size] {
+                    return Err(Error::File {
+                        path: input.clone(),
+                        message: format!(
+                            "shape {:?}; the net takes N×{c}×{size}×{size}",
+                            array.shape
+                        ),
+                    });
+                }
+                let out = model.logits(&array.data, batch as usize)?;
+                for (i, row) in out.chunks_exact(classes).enumerate() {
+                    let top: Vec<(String, f64)> = top_k(row, 5)
+                        .into_iter()
+                        .map(|(k, p)| {
+                            let name = model
+                                .state
+                                .classes
+                                .get(k)
+                                .cloned()
+                                .unwrap_or_else(|| k.to_string());
+                            (name, p)
+                        })
+                        .collect();
+                    if json {
+                        let line = serde_json::json!({
+                            "input": input.display().to_string(),
+                            "index": i,
+                            "top5": top.iter().map(|(n, p)| serde_json::json!({"class": n, "p": p})).collect::<Vec<_>>(),
+                        });
+                        println!("{line}");
+                    } else {
+                        let text: Vec<String> = top
+                            .iter()
+                            .map(|(n, p)| format!("{n} {:.1}%", 100.0 * p))
+                            .collect();
+                        println!("{}[{i}]: {}", input.display(), text.join(", "));
+                    }
+                }
+                all_logits.extend(out);
+            }
+            if let Some(path) = logits {
+                let rows = all_logits.len() / classes;
+                npy::write(
+                    &path,
+                    &npy::Array {
+                        shape: vec![rows, classes],
+                        data: all_logits,
+                    },
+                )?;
+            }
         }
     }
     Ok(())
+}
+
+/// `text` indented by two spaces, for the printed config.
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn main() -> ExitCode {

@@ -398,6 +398,23 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         Ok(logits)
     }
 
+    /// Replaces parameters, gradients or momentum with `host` (one tower's
+    /// layout, as [`crate::net::params::split_twin`] gives).
+    pub fn upload(&mut self, which: ParamSet, host: &[LayerParams<Vec<f32>>]) -> Result<()> {
+        let set = match which {
+            ParamSet::Weights => &mut self.params,
+            ParamSet::Gradients => &mut self.grads,
+            ParamSet::Momentum => &mut self.momentum,
+        };
+        for (layer, from) in set.iter_mut().zip(host) {
+            for (w, h) in layer.weights.iter_mut().zip(&from.weights) {
+                self.device.upload(h, w)?;
+            }
+            self.device.upload(&from.bias, &mut layer.bias)?;
+        }
+        Ok(())
+    }
+
     /// Parameters, gradients or momentum copied to the host.
     pub fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>> {
         let set = match which {

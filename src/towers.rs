@@ -33,6 +33,7 @@ enum Request {
         sgd: Option<SgdStep>,
     },
     Download(ParamSet),
+    Upload(ParamSet, Vec<crate::net::params::LayerParams<Vec<f32>>>),
     Logits,
     Timings,
     Profile(bool),
@@ -284,6 +285,20 @@ impl TowerPair {
         self.ask(|| Request::Profile(on)).map(drop)
     }
 
+    /// Replaces weights, gradients or momentum with the twin's tensors `twin`.
+    pub fn upload(&self, which: ParamSet, twin: &[TwinTensor]) -> Result<()> {
+        let split = split_twin(&self.plan, twin)?;
+        for ((rank, w), params) in self.workers.iter().enumerate().zip(split) {
+            w.requests
+                .send(Request::Upload(which, params))
+                .map_err(|_| stopped(rank))?;
+        }
+        for (rank, w) in self.workers.iter().enumerate() {
+            w.replies.recv().map_err(|_| stopped(rank))??;
+        }
+        Ok(())
+    }
+
     /// Weights, gradients or momentum, joined into the twin's tensors.
     pub fn download(&self, which: ParamSet) -> Result<Vec<TwinTensor>> {
         let towers = self
@@ -340,6 +355,10 @@ fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) 
             Ok(Reply::Stats(stats))
         }
         Request::Download(which) => Ok(Reply::Params(tower.download(which)?)),
+        Request::Upload(which, params) => {
+            tower.upload(which, &params)?;
+            Ok(Reply::Done)
+        }
         Request::Logits => Ok(Reply::Logits(tower.logits()?)),
         Request::Timings => Ok(Reply::Timings(tower.timings().to_vec())),
         Request::Profile(on) => {

@@ -115,7 +115,7 @@ fn small_preset_learns_the_synthetic_set_deterministically() {
         top1 > 0.5,
         "validation top-1 {top1} is not well above chance (0.1)"
     );
-    assert!(first.join("config.json").exists());
+    assert!(first.join("config.toml").exists());
 
     // The same seed gives the same losses to the last bit.
     let second = run("b");

@@ -1,92 +1,48 @@
-//! The training loop: batches in, momentum-SGD steps on both towers,
-//! progress on stdout, metrics as JSON lines in the run directory.
+//! The training loop (paper §5): momentum SGD over shuffled epochs,
+//! validation after each, the learning-rate schedule, checkpoints, resume,
+//! and a clean stop on SIGINT or SIGTERM.
 
-use crate::data::synthetic::{Split, Synthetic};
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod schedule;
+
+use crate::data::synthetic::{CLASSES, Split, Synthetic};
 use crate::device::{LossStats, SgdStep};
 use crate::error::{Error, Result};
-use crate::net::init::{InitScheme, init_twin};
+use crate::net::init::init_twin;
+use crate::net::params::{TwinTensor, twin_shapes};
 use crate::net::plan::Plan;
 use crate::placement::Placement;
 use crate::rng::{Rng, derive};
+use crate::tower::ParamSet;
 use crate::towers::{Batch, TowerPair};
+use checkpoint::{Checkpoint, FORMAT, RunState};
+use config::TrainConfig;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use metrics::{Metric, MetricsLog};
+use schedule::ScheduleState;
 use serde::Serialize;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// Everything a training run needs; printed at start and saved as `config.json`.
+/// What a finished (or stopped) run reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct TrainConfig {
-    pub preset: String,
-    pub batch: usize,
-    /// Steps to run; when `None`, `epochs` passes over the training set.
-    pub steps: Option<usize>,
-    pub epochs: usize,
-    pub seed: u64,
-    pub run_dir: PathBuf,
-    pub init: InitScheme,
-    /// Paper §5: 0.01 at the start.
-    pub lr: f32,
-    /// Paper §5: 0.9.
-    pub momentum: f32,
-    /// Paper §5: 0.0005, applied to weights and biases alike.
-    pub weight_decay: f32,
-    /// Synthetic training and validation set sizes.
-    pub train_images: usize,
-    pub val_images: usize,
-    /// Print a progress line every this many steps.
-    pub log_every: usize,
-    pub placement: Placement,
-}
-
-/// What a finished run reports.
-#[derive(Debug, Clone, Copy, Serialize)]
 pub struct RunSummary {
+    /// Steps done in all, counting those before a resume.
     pub steps: usize,
     pub final_loss: f64,
     pub val_top1: f64,
     pub val_top5: f64,
+    /// Over this process's steps.
     pub images_per_s: f64,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Metric {
-    Train {
-        step: usize,
-        epoch: usize,
-        loss: f64,
-        top1: f64,
-        images_per_s: f64,
-        lr: f32,
-    },
-    Val {
-        step: usize,
-        epoch: usize,
-        loss: f64,
-        top1: f64,
-        top5: f64,
-    },
-}
-
-/// Appends metrics to `metrics.jsonl`.
-struct MetricsLog {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl MetricsLog {
-    fn create(dir: &std::path::Path) -> Result<Self> {
-        let path = dir.join("metrics.jsonl");
-        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog { path, file })
-    }
-
-    fn write(&mut self, metric: &Metric) -> Result<()> {
-        let line = serde_json::to_string(metric).expect("metrics serialize");
-        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
-    }
+    /// The newest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+    /// Whether a signal stopped the run before its end.
+    pub stopped: bool,
 }
 
 /// Sums of [`LossStats`] over several batches.
@@ -117,38 +73,77 @@ impl Running {
     }
 }
 
-/// Prepares the run directory: refuses one that already holds a run.
-fn create_run_dir(dir: &std::path::Path) -> Result<()> {
-    if dir.join("metrics.jsonl").exists() {
+/// The run folder for a new run: refuses one that already holds a run.
+fn create_run_dir(dir: &Path) -> Result<()> {
+    if dir.join("metrics.jsonl").exists() || dir.join("checkpoints").exists() {
         return Err(Error::Input(format!(
-            "--run-dir {}: already holds a run; choose another directory",
+            "--run-dir {}: already holds a run; choose another folder, or --resume it",
             dir.display()
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
 
-/// Trains on the built-in synthetic set on the CPU.
-pub fn train(plan: Arc<Plan>, config: &TrainConfig, out: &mut dyn Write) -> Result<RunSummary> {
-    if plan.classes() < crate::data::synthetic::CLASSES.len() {
+/// The run folder a config names, or `runs/<preset>-<unix time>`.
+pub fn run_dir_for(config: &TrainConfig) -> PathBuf {
+    config.run_dir.clone().unwrap_or_else(|| {
+        let stem = Path::new(&config.preset)
+            .file_stem()
+            .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{stem}-{secs}"))
+    })
+}
+
+/// Where a run starts: fresh, or from a checkpoint.
+pub enum Start {
+    Fresh,
+    Resume(Box<Checkpoint>),
+}
+
+/// A smoothed loss within this fraction of ln(classes) counts as "not learning".
+const STUCK_BAND: f64 = 0.05;
+/// Steps near ln(classes) before the hint.
+const STUCK_STEPS: usize = 300;
+/// Weight of each step's loss in the smoothed loss (about a 50-step window).
+const SMOOTHING: f64 = 0.02;
+
+/// Runs `config` where `placement` says, writing progress to `out`, until
+/// its last step or until `stop` is set (then it saves and returns).
+pub fn train(
+    config: &TrainConfig,
+    placement: Placement,
+    start: Start,
+    stop: &AtomicBool,
+    out: &mut dyn Write,
+) -> Result<RunSummary> {
+    config.validate()?;
+    let run_dir = run_dir_for(config);
+    let (plan, resume) = match start {
+        Start::Fresh => {
+            create_run_dir(&run_dir)?;
+            (Plan::load(&config.preset)?, None)
+        }
+        Start::Resume(ckpt) => (Plan::new(ckpt.state.spec.clone())?, Some(*ckpt)),
+    };
+    let plan = Arc::new(plan);
+    if plan.classes() < CLASSES.len() {
         return Err(Error::Input(format!(
             "--preset {}: {} classes, the synthetic set needs at least {}",
             config.preset,
             plan.classes(),
-            crate::data::synthetic::CLASSES.len()
+            CLASSES.len()
         )));
     }
-    if config.train_images < config.batch {
-        return Err(Error::Input(format!(
-            "--train-images {} is smaller than --batch {}",
-            config.train_images, config.batch
-        )));
-    }
-    create_run_dir(&config.run_dir)?;
-    let config_path = config.run_dir.join("config.json");
-    let json = serde_json::to_string_pretty(config).expect("config serializes");
-    std::fs::write(&config_path, json + "\n").map_err(|e| Error::io(&config_path, e))?;
-    let mut log = MetricsLog::create(&config.run_dir)?;
+    let config_path = run_dir.join("config.toml");
+    let tmp = run_dir.join("config.toml.tmp");
+    std::fs::write(&tmp, config.to_toml()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &config_path).map_err(|e| Error::io(&config_path, e))?;
+    let first_step = resume.as_ref().map_or(0, |c| c.state.step);
+    let mut log = MetricsLog::open(&run_dir, first_step)?;
+    let checkpoints = run_dir.join("checkpoints");
 
     let (channels, size) = (plan.spec.input.channels, plan.spec.input.size);
     let train_set = Synthetic::new(
@@ -165,43 +160,86 @@ pub fn train(plan: Arc<Plan>, config: &TrainConfig, out: &mut dyn Write) -> Resu
         channels,
         size,
     );
-    let towers = TowerPair::new(
-        config.placement,
-        Arc::clone(&plan),
-        config.batch,
-        &init_twin(&plan, config.init, config.seed),
-    )?;
-    if config.placement.is_gpu() {
-        let _ = writeln!(out, "{}", towers.link_note());
+    let shapes = twin_shapes(&plan);
+    let (weights, mut schedule_state, mut last_checkpoint) = match &resume {
+        Some(c) => {
+            let folder = checkpoints.join(checkpoint::folder_name(c.state.step));
+            let weights = checkpoint::in_order(c.weights.clone(), &shapes, &folder)?;
+            (weights, c.state.schedule, Some(folder))
+        }
+        None => {
+            let init = config.init.unwrap_or(plan.spec.init);
+            (
+                init_twin(&plan, init, config.seed),
+                ScheduleState::new(config.lr),
+                None,
+            )
+        }
+    };
+    let towers = TowerPair::new(placement, Arc::clone(&plan), config.batch, &weights)?;
+    drop(weights);
+    if let Some(c) = &resume {
+        let folder = last_checkpoint.clone().unwrap_or_default();
+        let momentum = checkpoint::in_order(c.momentum.clone(), &shapes, &folder)?;
+        towers.upload(ParamSet::Momentum, &momentum)?;
     }
+    let say = |out: &mut dyn Write, bar: &ProgressBar, line: &str| {
+        bar.suspend(|| {
+            let _ = writeln!(out, "{line}");
+        });
+    };
 
     let steps_per_epoch = config.train_images / config.batch;
     let total_steps = config.steps.unwrap_or(config.epochs * steps_per_epoch);
-    let sgd = SgdStep {
-        lr: config.lr,
-        momentum: config.momentum,
-        weight_decay: config.weight_decay,
-    };
+    let bar = progress_bar(total_steps, first_step, config.quiet);
+    if placement.is_gpu() {
+        say(out, &bar, towers.link_note());
+    }
+    if let Some(c) = &resume {
+        say(
+            out,
+            &bar,
+            &format!(
+                "resuming {} at step {} of {total_steps}",
+                run_dir.display(),
+                c.state.step
+            ),
+        );
+    }
     let mut order: Vec<usize> = Vec::new();
     let mut window = Running::default();
     let mut window_seconds = 0.0;
     let run_start = Instant::now();
     let mut summary = RunSummary {
-        steps: total_steps,
+        steps: first_step,
         final_loss: f64::NAN,
-        val_top1: 0.0,
-        val_top5: 0.0,
+        val_top1: resume
+            .as_ref()
+            .and_then(|c| c.state.val_top1)
+            .unwrap_or(0.0),
+        val_top5: resume
+            .as_ref()
+            .and_then(|c| c.state.val_top5)
+            .unwrap_or(0.0),
         images_per_s: 0.0,
+        checkpoint: last_checkpoint.clone(),
+        stopped: false,
     };
-    let say = |out: &mut dyn Write, line: String| {
-        let _ = writeln!(out, "{line}");
-    };
-    for step in 0..total_steps {
+    let chance = (plan.classes() as f64).ln();
+    let (mut stuck_steps, mut hinted, mut smoothed) = (0, false, None::<f64>);
+    for step in first_step..total_steps {
         let (epoch, within) = (step / steps_per_epoch, step % steps_per_epoch);
-        if within == 0 {
-            order = (0..config.train_images).collect();
-            Rng::new(derive(config.seed, 1_000_000 + epoch as u64)).shuffle(&mut order);
+        if order.is_empty() || within == 0 {
+            order = epoch_order(config.seed, epoch, config.train_images);
         }
+        let lr = config
+            .schedule
+            .lr_at(&schedule_state, config.lr, step, total_steps);
+        let sgd = SgdStep {
+            lr,
+            momentum: config.momentum,
+            weight_decay: config.weight_decay,
+        };
         let step_start = Instant::now();
         let (images, labels) = train_set.batch(&order[within * config.batch..][..config.batch]);
         let batch = Batch {
@@ -210,45 +248,79 @@ pub fn train(plan: Arc<Plan>, config: &TrainConfig, out: &mut dyn Write) -> Resu
         };
         let stats = towers.train_step(&batch, derive(config.seed, step as u64), Some(sgd))?;
         if !stats.loss_sum.is_finite() {
-            return Err(Error::Training(format!(
-                "the loss is {} at step {}; lower --lr or try --init caffe",
-                stats.loss_sum,
-                step + 1
-            )));
+            return Err(diverged(
+                step + 1,
+                "loss",
+                last_checkpoint.as_deref(),
+                &run_dir,
+            ));
+        }
+        let loss = stats.loss_sum / config.batch as f64;
+        let smooth = smoothed.map_or(loss, |s| s + SMOOTHING * (loss - s));
+        smoothed = Some(smooth);
+        stuck_steps = if (smooth - chance).abs() < STUCK_BAND * chance {
+            stuck_steps + 1
+        } else {
+            0
+        };
+        if stuck_steps >= STUCK_STEPS && !hinted {
+            hinted = true;
+            say(
+                out,
+                &bar,
+                &format!(
+                    "hint: the loss has stayed near ln({}) = {chance:.3}, chance level, for {STUCK_STEPS} steps: \
+                 the paper's N(0, 0.01²) initialization is known to stall here; try --init he, or a smaller --lr",
+                    plan.classes()
+                ),
+            );
         }
         window.add(stats, config.batch);
         window_seconds += step_start.elapsed().as_secs_f64();
+        summary.steps = step + 1;
+        bar.set_position((step + 1) as u64);
+        bar.set_message(format!(
+            "loss {:.4}  {:.1} img/s",
+            window.loss(),
+            window.images as f64 / window_seconds.max(1e-9)
+        ));
         let last = step + 1 == total_steps;
         if (step + 1) % config.log_every == 0 || last {
             let images_per_s = window.images as f64 / window_seconds;
-            say(
-                out,
-                format!(
-                    "step {:>5}/{total_steps}  epoch {:>3}  loss {:.4}  top-1 {:5.1}%  {:7.1} img/s",
-                    step + 1,
-                    epoch + 1,
-                    window.loss(),
-                    100.0 * window.top1(),
-                    images_per_s
-                ),
-            );
+            if !config.quiet {
+                say(
+                    out,
+                    &bar,
+                    &format!(
+                        "step {:>5}/{total_steps}  epoch {:>3}  loss {:.4}  top-1 {:5.1}%  {:7.1} img/s  lr {lr:e}",
+                        step + 1,
+                        epoch + 1,
+                        window.loss(),
+                        100.0 * window.top1(),
+                        images_per_s
+                    ),
+                );
+            }
             log.write(&Metric::Train {
                 step: step + 1,
                 epoch: epoch + 1,
                 loss: window.loss(),
                 top1: window.top1(),
                 images_per_s,
-                lr: config.lr,
+                lr,
             })?;
             summary.final_loss = window.loss();
             window = Running::default();
             window_seconds = 0.0;
         }
-        if within + 1 == steps_per_epoch || last {
+        let epoch_end = within + 1 == steps_per_epoch;
+        let mut val_at = None;
+        if epoch_end || last {
             let val = evaluate(&towers, &val_set, config.batch)?;
             say(
                 out,
-                format!(
+                &bar,
+                &format!(
                     "validation after epoch {}: loss {:.4}  top-1 {:.1}%  top-5 {:.1}%  ({} images)",
                     epoch + 1,
                     val.loss(),
@@ -266,11 +338,134 @@ pub fn train(plan: Arc<Plan>, config: &TrainConfig, out: &mut dyn Write) -> Resu
             })?;
             summary.val_top1 = val.top1();
             summary.val_top5 = val.top5();
+            val_at = Some((val.top1(), val.top5()));
+            let change = epoch_end
+                .then(|| {
+                    config
+                        .schedule
+                        .end_epoch(&mut schedule_state, epoch + 1, 1.0 - val.top1())
+                })
+                .flatten();
+            if let Some(line) = change {
+                say(out, &bar, &line);
+            }
+        }
+        let stopping = stop.load(Ordering::SeqCst);
+        let periodic = config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0;
+        if epoch_end || last || periodic || stopping {
+            let state = RunState {
+                format: FORMAT,
+                spec: plan.spec.clone(),
+                step: step + 1,
+                epoch: (step + 1) / steps_per_epoch,
+                data_position: ((step + 1) % steps_per_epoch) * config.batch,
+                seed: config.seed,
+                schedule: schedule_state,
+                lr,
+                classes: CLASSES.iter().map(|c| c.to_string()).collect(),
+                dataset: serde_json::json!({
+                    "kind": "synthetic",
+                    "train_images": config.train_images,
+                    "val_images": config.val_images,
+                }),
+                val_top1: val_at.map(|v| v.0),
+                val_top5: val_at.map(|v| v.1),
+            };
+            let folder = save(
+                &towers,
+                state,
+                &checkpoints,
+                config.keep,
+                last_checkpoint.as_deref(),
+                &run_dir,
+            )?;
+            last_checkpoint = Some(folder.clone());
+            summary.checkpoint = Some(folder);
+        }
+        if stopping && !last {
+            bar.abandon();
+            summary.stopped = true;
+            let _ = writeln!(
+                out,
+                "stopped by a signal after step {} of {total_steps}; saved {}; continue with: alexnet train --resume {}",
+                step + 1,
+                last_checkpoint
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display(),
+                run_dir.display()
+            );
+            break;
         }
     }
-    let images = (total_steps * config.batch) as f64;
+    bar.finish_and_clear();
+    let images = ((summary.steps - first_step) * config.batch) as f64;
     summary.images_per_s = images / run_start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The shuffled image order of `epoch` (a pure function of the seed and the epoch).
+pub fn epoch_order(seed: u64, epoch: usize, images: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..images).collect();
+    Rng::new(derive(seed, 1_000_000 + epoch as u64)).shuffle(&mut order);
+    order
+}
+
+fn progress_bar(total: usize, done: usize, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+            .expect("a valid template"),
+    );
+    bar.set_position(done as u64);
+    bar
+}
+
+fn diverged(step: usize, what: &str, last_good: Option<&Path>, run_dir: &Path) -> Error {
+    let good = match last_good {
+        Some(c) => format!(
+            "the last good checkpoint is {}; resume it with a smaller --lr: alexnet train --resume {} --lr …",
+            c.display(),
+            run_dir.display()
+        ),
+        None => "no checkpoint was saved before it".into(),
+    };
+    Error::Training(format!(
+        "a NaN or infinity in the {what} at step {step}: {good}"
+    ))
+}
+
+/// Downloads weights and momentum and writes a checkpoint, refusing to save
+/// weights that are not finite.
+fn save(
+    towers: &TowerPair,
+    state: RunState,
+    dir: &Path,
+    keep: usize,
+    last_good: Option<&Path>,
+    run_dir: &Path,
+) -> Result<PathBuf> {
+    let weights = towers.download(ParamSet::Weights)?;
+    if !all_finite(&weights) {
+        return Err(diverged(state.step, "weights", last_good, run_dir));
+    }
+    let momentum = towers.download(ParamSet::Momentum)?;
+    checkpoint::save(
+        dir,
+        &Checkpoint {
+            state,
+            weights,
+            momentum,
+        },
+        keep,
+    )
+}
+
+fn all_finite(tensors: &[TwinTensor]) -> bool {
+    tensors.iter().all(|t| t.data.iter().all(|v| v.is_finite()))
 }
 
 /// Top-1/top-5 over a whole set, in batches of at most `batch`.

@@ -1,0 +1,149 @@
+//! Using what a run learned: evaluation and prediction from a checkpoint.
+//! The checkpoint carries the whole network, so no preset is needed.
+
+use crate::data::synthetic::{Split, Synthetic};
+use crate::error::{Error, Result};
+use crate::net::params::twin_shapes;
+use crate::net::plan::Plan;
+use crate::placement::Placement;
+use crate::towers::{Batch, TowerPair};
+use crate::train::checkpoint::{self, RunState};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A trained net, loaded and ready.
+pub struct Model {
+    pub plan: Arc<Plan>,
+    pub towers: TowerPair,
+    pub state: RunState,
+    /// The checkpoint folder it came from.
+    pub folder: PathBuf,
+}
+
+/// Accuracy over a set.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Evaluation {
+    pub images: usize,
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+impl Model {
+    /// Loads a checkpoint (its folder, or a run folder for the newest) onto `placement`.
+    pub fn load(path: &Path, placement: Placement, batch: usize) -> Result<Model> {
+        let (folder, ckpt) = checkpoint::load(path)?;
+        let plan = Arc::new(Plan::new(ckpt.state.spec.clone())?);
+        let weights = checkpoint::in_order(ckpt.weights, &twin_shapes(&plan), &folder)?;
+        let towers = TowerPair::new(placement, Arc::clone(&plan), batch, &weights)?;
+        Ok(Model {
+            plan,
+            towers,
+            state: ckpt.state,
+            folder,
+        })
+    }
+
+    /// Elements of one input image.
+    pub fn image_len(&self) -> usize {
+        self.plan.input.len()
+    }
+
+    /// Logits, `[image][class]`, of `images` (each [`Model::image_len`]
+    /// values, CHW), evaluated in batches of `batch` with dropout off.
+    pub fn logits(&self, images: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let len = self.image_len();
+        let mut out = Vec::with_capacity(images.len() / len * self.plan.classes());
+        for chunk in images.chunks(batch * len) {
+            let n = chunk.len() / len;
+            self.towers.evaluate(&Batch {
+                images: Arc::new(chunk.to_vec()),
+                labels: Arc::new(vec![0; n]),
+            })?;
+            out.extend(self.towers.logits()?);
+        }
+        Ok(out)
+    }
+
+    /// Top-1 and top-5 on the validation split of the synthetic set the run
+    /// trained with (`images` of it, or as many as the run validated on).
+    pub fn evaluate_synthetic(&self, images: Option<usize>, batch: usize) -> Result<Evaluation> {
+        let dataset = &self.state.dataset;
+        if dataset.get("kind").and_then(|k| k.as_str()) != Some("synthetic") {
+            return Err(Error::Input(format!(
+                "--checkpoint {}: was not trained on the synthetic set; give its data with --data",
+                self.folder.display()
+            )));
+        }
+        let count = images
+            .or_else(|| dataset.get("val_images")?.as_u64().map(|v| v as usize))
+            .unwrap_or(1000);
+        let input = &self.plan.spec.input;
+        let set = Synthetic::new(
+            self.state.seed,
+            Split::Validation,
+            count,
+            input.channels,
+            input.size,
+        );
+        let mut eval = Evaluation {
+            images: 0,
+            loss: 0.0,
+            top1: 0.0,
+            top5: 0.0,
+        };
+        let indices: Vec<usize> = (0..count).collect();
+        for chunk in indices.chunks(batch) {
+            let (pixels, labels) = set.batch(chunk);
+            let stats = self.towers.evaluate(&Batch {
+                images: Arc::new(pixels),
+                labels: Arc::new(labels),
+            })?;
+            eval.images += chunk.len();
+            eval.loss += stats.loss_sum;
+            eval.top1 += stats.top1 as f64;
+            eval.top5 += stats.top5 as f64;
+        }
+        let n = eval.images.max(1) as f64;
+        eval.loss /= n;
+        eval.top1 /= n;
+        eval.top5 /= n;
+        Ok(eval)
+    }
+}
+
+/// The `k` most probable classes of one row of logits, with their softmax
+/// probabilities, most probable first.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+    let sum: f64 = logits.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+    let mut ranked: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, (f64::from(v) - max).exp() / sum))
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    ranked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_ranks_by_softmax_probability() {
+        let ranked = top_k(&[0.0, 2.0, 1.0, 2.0], 3);
+        assert_eq!(
+            ranked.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 3, 2]
+        );
+        let total: f64 = top_k(&[0.0, 2.0, 1.0, 2.0], 4).iter().map(|r| r.1).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        let e2 = 2f64.exp();
+        assert!((ranked[0].1 - e2 / (1.0 + 2.0 * e2 + 1f64.exp())).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,222 @@
+//! `alexnet plot RUN_DIR`: the run's loss, accuracy and learning-rate curves
+//! from `metrics.jsonl`, drawn to `RUN_DIR/curves.png` and `curves.svg`.
+
+use crate::error::{Error, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// The font the plots are lettered in, embedded so that no system font is needed.
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+/// The curves of one run: (step, value) series.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Curves {
+    pub train_loss: Vec<(f64, f64)>,
+    pub train_top1: Vec<(f64, f64)>,
+    pub val_loss: Vec<(f64, f64)>,
+    pub val_top1: Vec<(f64, f64)>,
+    pub val_top5: Vec<(f64, f64)>,
+    pub lr: Vec<(f64, f64)>,
+}
+
+impl Curves {
+    /// Reads `RUN_DIR/metrics.jsonl`; lines it does not understand are skipped.
+    pub fn read(run_dir: &Path) -> Result<Curves> {
+        let path = run_dir.join("metrics.jsonl");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut c = Curves::default();
+        for line in text.lines() {
+            let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(step) = m["step"].as_f64() else {
+                continue;
+            };
+            let push = |series: &mut Vec<(f64, f64)>, key: &str, scale: f64| {
+                if let Some(v) = m[key].as_f64() {
+                    series.push((step, scale * v));
+                }
+            };
+            match m["kind"].as_str() {
+                Some("train") => {
+                    push(&mut c.train_loss, "loss", 1.0);
+                    push(&mut c.train_top1, "top1", 100.0);
+                    push(&mut c.lr, "lr", 1.0);
+                }
+                Some("val") => {
+                    push(&mut c.val_loss, "loss", 1.0);
+                    push(&mut c.val_top1, "top1", 100.0);
+                    push(&mut c.val_top5, "top5", 100.0);
+                }
+                _ => {}
+            }
+        }
+        if c.train_loss.is_empty() {
+            return Err(Error::File {
+                path,
+                message: "holds no training metrics yet".into(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// Draws `curves` to `RUN_DIR/curves.png` and `curves.svg`; returns both paths.
+pub fn plot(run_dir: &Path, curves: &Curves) -> Result<[PathBuf; 2]> {
+    // Registering twice (a second plot in one process) is harmless.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    let (png, svg) = (run_dir.join("curves.png"), run_dir.join("curves.svg"));
+    let size = (1500, 450);
+    let fail = |path: &Path, e: String| Error::File {
+        path: path.to_path_buf(),
+        message: format!("cannot draw: {e}"),
+    };
+    let title = run_dir.display().to_string();
+    draw(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        curves,
+        &title,
+    )
+    .map_err(|e| fail(&png, e))?;
+    draw(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        curves,
+        &title,
+    )
+    .map_err(|e| fail(&svg, e))?;
+    Ok([png, svg])
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    c: &Curves,
+    title: &str,
+) -> std::result::Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let root = root.titled(title, ("sans-serif", 18)).map_err(e)?;
+    let panels = root.split_evenly((1, 3));
+    let last_step = c.train_loss.iter().map(|p| p.0).fold(1.0, f64::max);
+    let steps = 0.0..last_step;
+    let top = |series: &[&[(f64, f64)]]| {
+        series
+            .iter()
+            .flat_map(|s| s.iter().map(|p| p.1))
+            .fold(1e-12, f64::max)
+            * 1.05
+    };
+    let panel = |area: &DrawingArea<DB, Shift>,
+                 caption: &str,
+                 y_label: &str,
+                 y_max: f64,
+                 lines: &[(&str, &[(f64, f64)], RGBColor)]|
+     -> std::result::Result<(), String> {
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(steps.clone(), 0.0..y_max)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_label)
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(e)?;
+        for &(name, points, color) in lines {
+            if points.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(e)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(e)
+    };
+    let (train, val, val5) = (
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+    );
+    panel(
+        &panels[0],
+        "loss",
+        "cross-entropy",
+        top(&[&c.train_loss, &c.val_loss]),
+        &[
+            ("training", &c.train_loss, train),
+            ("validation", &c.val_loss, val),
+        ],
+    )?;
+    panel(
+        &panels[1],
+        "accuracy",
+        "%",
+        100.0,
+        &[
+            ("training top-1", &c.train_top1, train),
+            ("validation top-1", &c.val_top1, val),
+            ("validation top-5", &c.val_top5, val5),
+        ],
+    )?;
+    panel(
+        &panels[2],
+        "learning rate",
+        "lr",
+        top(&[&c.lr]),
+        &[("lr", &c.lr, train)],
+    )?;
+    root.present().map_err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_metrics_and_draws_png_and_svg() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            r#"{"kind":"train","step":10,"epoch":1,"loss":2.3,"top1":0.1,"images_per_s":100.0,"lr":0.01}"#,
+            r#"{"kind":"train","step":20,"epoch":1,"loss":1.5,"top1":0.4,"images_per_s":100.0,"lr":0.01}"#,
+            r#"{"kind":"val","step":20,"epoch":1,"loss":1.4,"top1":0.5,"top5":0.9}"#,
+            "not json",
+        ];
+        std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n")).unwrap();
+        let curves = Curves::read(dir.path()).unwrap();
+        assert_eq!(curves.train_loss, vec![(10.0, 2.3), (20.0, 1.5)]);
+        assert_eq!(curves.val_top5, vec![(20.0, 90.0)]);
+        assert_eq!(curves.lr, vec![(10.0, 0.01), (20.0, 0.01)]);
+        let [png, svg] = plot(dir.path(), &curves).unwrap();
+        assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+        let svg = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("validation top-5"),
+            "{}",
+            &svg[..200]
+        );
+    }
+
+    #[test]
+    fn a_run_without_metrics_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Curves::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl"), "{e}");
+    }
+}

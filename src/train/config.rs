@@ -1,0 +1,164 @@
+//! A training run's configuration: defaults (the paper's §5 where it has
+//! one), overridden by a TOML file (`--config`), overridden by flags. The
+//! effective configuration is printed at start and saved as the run's
+//! `config.toml`, which `--config` and `--resume` read back.
+
+use crate::error::{Error, Result};
+use crate::net::init::InitScheme;
+use crate::train::schedule::Schedule;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything a training run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A built-in preset or a preset TOML file.
+    pub preset: String,
+    pub batch: usize,
+    /// Steps to run in all; when absent, `epochs` passes over the training set.
+    pub steps: Option<usize>,
+    pub epochs: usize,
+    pub seed: u64,
+    /// Where config.toml, metrics.jsonl and checkpoints/ go.
+    pub run_dir: Option<PathBuf>,
+    /// Weight initialization; when absent, the preset's.
+    pub init: Option<InitScheme>,
+    /// §5: 0.01 at the start.
+    pub lr: f32,
+    /// §5: 0.9.
+    pub momentum: f32,
+    /// §5: 0.0005, applied to weights and biases alike.
+    pub weight_decay: f32,
+    pub schedule: Schedule,
+    /// Save a checkpoint every this many steps (0: at the end of each epoch only).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept besides the best.
+    pub keep: usize,
+    /// Synthetic training and validation set sizes.
+    pub train_images: usize,
+    pub val_images: usize,
+    /// Print a progress line every this many steps.
+    pub log_every: usize,
+    /// Print validation results and the end only.
+    pub quiet: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            preset: "small".into(),
+            batch: 64,
+            steps: None,
+            epochs: 1,
+            seed: 1,
+            run_dir: None,
+            init: None,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.0005,
+            schedule: Schedule::default(),
+            checkpoint_every: 0,
+            keep: 3,
+            train_images: 10_000,
+            val_images: 1_000,
+            log_every: 10,
+            quiet: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML configuration file; missing keys take the defaults.
+    pub fn from_file(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// The configuration as TOML, as saved with the run.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the configuration serializes")
+    }
+
+    /// Checks values no run can use, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &str, value: &dyn std::fmt::Display, why: &str| {
+            Err(Error::Input(format!("--{flag} {value}: {why}")))
+        };
+        if self.batch == 0 {
+            return bad("batch", &self.batch, "must be at least 1");
+        }
+        if self.epochs == 0 && self.steps.is_none() {
+            return bad("epochs", &self.epochs, "must be at least 1");
+        }
+        if self.steps == Some(0) {
+            return bad("steps", &0, "must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", &self.lr, "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad("momentum", &self.momentum, "must be in [0, 1)");
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight-decay", &self.weight_decay, "must be 0 or more");
+        }
+        if self.log_every == 0 {
+            return bad("log-every", &0, "must be at least 1");
+        }
+        if self.train_images < self.batch {
+            return bad(
+                "train-images",
+                &self.train_images,
+                &format!("is smaller than --batch {}", self.batch),
+            );
+        }
+        if self.val_images == 0 {
+            return bad("val-images", &0, "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_round_trips_and_fills_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(
+            &path,
+            "batch = 32\nlr = 0.02\n[schedule]\nkind = \"cosine\"\nmin_lr = 0.0001\n",
+        )
+        .unwrap();
+        let config = TrainConfig::from_file(&path).unwrap();
+        assert_eq!(config.batch, 32);
+        assert_eq!(config.lr, 0.02);
+        assert_eq!(config.schedule, Schedule::Cosine { min_lr: 0.0001 });
+        assert_eq!(config.momentum, 0.9);
+        let again: TrainConfig = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "batchsize = 32\n").unwrap();
+        let e = TrainConfig::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("batchsize"), "{e}");
+        let config = TrainConfig {
+            momentum: 1.5,
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "--momentum 1.5: must be in [0, 1)"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! `metrics.jsonl`: one JSON object per progress line, validation and
+//! learning-rate change. A resumed run first drops the lines of steps after
+//! its checkpoint, which it is about to run again.
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Metric {
+    Train {
+        step: usize,
+        epoch: usize,
+        loss: f64,
+        top1: f64,
+        images_per_s: f64,
+        lr: f32,
+    },
+    Val {
+        step: usize,
+        epoch: usize,
+        loss: f64,
+        top1: f64,
+        top5: f64,
+    },
+}
+
+/// The run's metrics file, open for appending.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens `dir/metrics.jsonl`, keeping only lines of steps up to `keep_through`.
+    pub fn open(dir: &Path, keep_through: usize) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let kept: String = text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("step")?.as_u64())
+                        .is_some_and(|step| step as usize <= keep_through)
+                })
+                .map(|line| format!("{line}\n"))
+                .collect();
+            let tmp = dir.join("metrics.jsonl.tmp");
+            std::fs::write(&tmp, kept).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog { path, file })
+    }
+
+    pub fn write(&mut self, metric: &Metric) -> Result<()> {
+        let line = serde_json::to_string(metric).expect("metrics serialize");
+        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_drops_the_steps_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(dir.path(), 0).unwrap();
+        for step in [10, 20, 30] {
+            log.write(&Metric::Train {
+                step,
+                epoch: 1,
+                loss: 1.0,
+                top1: 0.5,
+                images_per_s: 1.0,
+                lr: 0.01,
+            })
+            .unwrap();
+        }
+        drop(log);
+        let mut log = MetricsLog::open(dir.path(), 20).unwrap();
+        log.write(&Metric::Val {
+            step: 25,
+            epoch: 1,
+            loss: 1.0,
+            top1: 0.5,
+            top5: 0.9,
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        let steps: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(steps, vec![10, 20, 25]);
+    }
+}

@@ -1,0 +1,171 @@
+//! Learning-rate schedules: the paper's divide-by-10 when the validation
+//! error stops improving (§5), a step schedule, and cosine decay.
+
+use serde::{Deserialize, Serialize};
+
+/// Which schedule, and its constants.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// §5: "divide the learning rate by 10 when the validation error rate
+    /// stopped improving": multiply by `factor` after `patience` epochs
+    /// without a lower top-1 error (by at least `threshold`), at most `max_drops`
+    /// times (the paper dropped it three times).
+    Plateau {
+        factor: f32,
+        patience: usize,
+        threshold: f64,
+        max_drops: usize,
+    },
+    /// Multiply by `gamma` every `every` epochs.
+    Step { every: usize, gamma: f32 },
+    /// From the base rate down to `min_lr` along half a cosine over the run's steps.
+    Cosine { min_lr: f32 },
+    /// The base rate throughout.
+    Constant,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::Plateau {
+            factor: 0.1,
+            patience: 1,
+            threshold: 1e-3,
+            max_drops: 3,
+        }
+    }
+}
+
+/// What a schedule remembers between epochs; saved in checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The rate before any per-step shaping (what plateau and step change).
+    pub lr: f32,
+    /// The lowest validation top-1 error so far.
+    pub best_error: Option<f64>,
+    /// Epochs since it last improved.
+    pub stale_epochs: usize,
+    pub drops: usize,
+}
+
+impl ScheduleState {
+    pub fn new(base_lr: f32) -> Self {
+        ScheduleState {
+            lr: base_lr,
+            best_error: None,
+            stale_epochs: 0,
+            drops: 0,
+        }
+    }
+}
+
+impl Schedule {
+    /// The rate for `step` of `total_steps` (cosine shapes it per step).
+    pub fn lr_at(
+        &self,
+        state: &ScheduleState,
+        base_lr: f32,
+        step: usize,
+        total_steps: usize,
+    ) -> f32 {
+        match *self {
+            Schedule::Cosine { min_lr } => {
+                let t = step as f64 / total_steps.max(1) as f64;
+                let shape = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+                (f64::from(min_lr) + (f64::from(base_lr) - f64::from(min_lr)) * shape) as f32
+            }
+            _ => state.lr,
+        }
+    }
+
+    /// Updates the state after epoch `epoch` (1-based) with its validation
+    /// top-1 error; returns a line to print when the rate changed.
+    pub fn end_epoch(
+        &self,
+        state: &mut ScheduleState,
+        epoch: usize,
+        val_error: f64,
+    ) -> Option<String> {
+        match *self {
+            Schedule::Plateau {
+                factor,
+                patience,
+                threshold,
+                max_drops,
+            } => {
+                let improved = state
+                    .best_error
+                    .is_none_or(|best| val_error < best - threshold);
+                if improved {
+                    state.best_error = Some(val_error);
+                    state.stale_epochs = 0;
+                    return None;
+                }
+                state.stale_epochs += 1;
+                if state.stale_epochs < patience || state.drops >= max_drops {
+                    return None;
+                }
+                let old = state.lr;
+                state.lr *= factor;
+                state.drops += 1;
+                state.stale_epochs = 0;
+                Some(format!(
+                    "validation error has not improved for {patience} epoch(s): learning rate {old:e} -> {:e}",
+                    state.lr
+                ))
+            }
+            Schedule::Step { every, gamma } => {
+                if every == 0 || !epoch.is_multiple_of(every) {
+                    return None;
+                }
+                let old = state.lr;
+                state.lr *= gamma;
+                Some(format!(
+                    "epoch {epoch}: learning rate {old:e} -> {:e}",
+                    state.lr
+                ))
+            }
+            Schedule::Cosine { .. } | Schedule::Constant => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plateau_divides_by_ten_when_validation_stops_improving() {
+        let schedule = Schedule::default();
+        let mut state = ScheduleState::new(0.01);
+        assert!(schedule.end_epoch(&mut state, 1, 0.50).is_none());
+        assert!(schedule.end_epoch(&mut state, 2, 0.40).is_none());
+        let line = schedule.end_epoch(&mut state, 3, 0.4005).expect("a drop");
+        assert!(line.contains("1e-2 -> 1e-3"), "{line}");
+        assert!((state.lr - 0.001).abs() < 1e-9);
+        // Three drops at most, as in the paper.
+        for epoch in 4..20 {
+            schedule.end_epoch(&mut state, epoch, 0.9);
+        }
+        assert_eq!(state.drops, 3);
+        assert!((state.lr - 1e-5).abs() < 1e-10);
+    }
+
+    #[test]
+    fn step_and_cosine_follow_their_formulas() {
+        let step = Schedule::Step {
+            every: 2,
+            gamma: 0.5,
+        };
+        let mut state = ScheduleState::new(1.0);
+        for epoch in 1..=6 {
+            step.end_epoch(&mut state, epoch, 0.0);
+        }
+        assert_eq!(state.lr, 0.125);
+        let cosine = Schedule::Cosine { min_lr: 0.0 };
+        let s = ScheduleState::new(1.0);
+        assert_eq!(cosine.lr_at(&s, 1.0, 0, 100), 1.0);
+        assert!((cosine.lr_at(&s, 1.0, 50, 100) - 0.5).abs() < 1e-6);
+        assert!(cosine.lr_at(&s, 1.0, 100, 100).abs() < 1e-6);
+    }
+}
