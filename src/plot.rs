@@ -88,6 +88,9 @@ pub fn plot(run_dir: &Path, curves: &Curves) -> Result<[PathBuf; 2]> {
     Ok([png, svg])
 }
 
+/// One curve of a panel: its legend, points and colour.
+type Line<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     c: &Curves,
@@ -110,7 +113,7 @@ fn draw<DB: DrawingBackend>(
                  caption: &str,
                  y_label: &str,
                  y_max: f64,
-                 lines: &[(&str, &[(f64, f64)], RGBColor)]|
+                 lines: &[Line]|
      -> std::result::Result<(), String> {
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 16))
