@@ -12,12 +12,14 @@ pub enum KernelCode {
     Ptx(&'static str),
     /// CUDA C++ source for NVRTC.
     Source(&'static str),
+    /// A fat binary from nvcc: machine code for several GPUs and PTX.
+    Fatbin(&'static [u8]),
 }
 
 /// Each kernel file's stem and code, from build.rs.
 pub const KERNEL_FILES: &[(&str, KernelCode)] = include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
-/// "nvcc" or "nvrtc": how this build's kernels are compiled.
+/// How this build's kernels are compiled, in words.
 pub const COMPILED_BY: &str = env!("ALEXNET_KERNELS_COMPILED_BY");
 
 /// Compiles CUDA source to PTX with NVRTC for `arch` (e.g. `compute_90`).
@@ -65,12 +67,15 @@ impl Kernels {
         let modules = KERNEL_FILES
             .iter()
             .map(|(name, code)| {
-                let ptx = match code {
-                    KernelCode::Ptx(text) => text.to_string(),
-                    KernelCode::Source(source) => nvrtc_compile(name, source, &arch)?,
+                let image = match code {
+                    KernelCode::Ptx(text) => Ptx::from_src(*text),
+                    KernelCode::Source(source) => {
+                        Ptx::from_src(nvrtc_compile(name, source, &arch)?)
+                    }
+                    KernelCode::Fatbin(bytes) => Ptx::from_binary(bytes.to_vec()),
                 };
                 let module = ctx
-                    .load_module(Ptx::from_src(ptx))
+                    .load_module(image)
                     .map_err(|e| Error::cuda(format!("loading kernels/{name}.cu"), e))?;
                 Ok((*name, module))
             })
