@@ -1,0 +1,289 @@
+//! The paper's preprocessing and augmentation (§2, §4.1, SPEC.md "Data"):
+//! the shorter side resized to 256 and the centre 256×256 cropped (scaled
+//! for smaller nets: the base side is input × 256/227); in training a random
+//! input-sized crop, a horizontal flip with p = ½ and PCA lighting (add
+//! Σᵢ αᵢ λᵢ pᵢ, αᵢ ~ N(0, 0.1²) once per image per pass); then pixels scaled
+//! to [0, 1] and the per-channel mean subtracted. At test time the centre
+//! crop, or the ten crops (corners and centre, each also mirrored).
+
+use super::decode::RgbImage;
+use crate::rng::Rng;
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use serde::{Deserialize, Serialize};
+
+/// A dataset's colour statistics, on pixels scaled to [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Per-channel mean, RGB.
+    pub mean: [f32; 3],
+    /// Eigenvalues of the RGB covariance, largest first.
+    pub eigenvalues: [f32; 3],
+    /// The matching eigenvectors: `eigenvectors[c][i]` is channel c of vector i.
+    pub eigenvectors: [[f32; 3]; 3],
+}
+
+impl Stats {
+    /// The widely used ImageNet statistics (SPEC.md; fb.resnet.torch's lighting).
+    pub fn imagenet() -> Stats {
+        Stats {
+            mean: [0.485, 0.456, 0.406],
+            eigenvalues: [0.2175, 0.0188, 0.0045],
+            eigenvectors: [
+                [-0.5675, 0.7192, 0.4009],
+                [-0.5808, -0.0045, -0.8140],
+                [-0.5836, -0.6948, 0.4203],
+            ],
+        }
+    }
+}
+
+/// σ of the lighting coefficients αᵢ (§4.1).
+pub const LIGHTING_STD: f64 = 0.1;
+
+/// Everything that turns a decoded image into the net's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// The net's input side (227 in the paper).
+    pub input: usize,
+    /// The square the image is first brought to (256 in the paper).
+    pub base: usize,
+    pub stats: Stats,
+}
+
+impl Pipeline {
+    /// The pipeline for a net of input side `input`.
+    pub fn new(input: usize, stats: Stats) -> Pipeline {
+        Pipeline {
+            input,
+            base: ((input as f64 * 256.0 / 227.0).round() as usize).max(input),
+            stats,
+        }
+    }
+
+    /// Elements of one output image, CHW.
+    pub fn output_len(&self) -> usize {
+        3 * self.input * self.input
+    }
+
+    /// The shorter side resized to `base`, the centre `base × base` kept
+    /// (one resampling, antialiased).
+    pub fn square(&self, image: &RgbImage, resizer: &mut Resizer) -> Result<RgbImage, String> {
+        let (w, h) = (image.width as f64, image.height as f64);
+        let side = w.min(h);
+        let src = ImageRef::new(
+            image.width as u32,
+            image.height as u32,
+            &image.pixels,
+            PixelType::U8x3,
+        )
+        .map_err(|e| format!("resize: {e}"))?;
+        let mut dst = Image::new(self.base as u32, self.base as u32, PixelType::U8x3);
+        let options = ResizeOptions::new()
+            .crop((w - side) / 2.0, (h - side) / 2.0, side, side)
+            .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        resizer
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| format!("resize: {e}"))?;
+        Ok(RgbImage {
+            width: self.base,
+            height: self.base,
+            pixels: dst.into_vec(),
+        })
+    }
+
+    /// A training sample from a `base` square: random crop, flip and
+    /// lighting drawn from the stream `key`, into `out` (CHW).
+    pub fn train(&self, square: &RgbImage, key: u64, out: &mut [f32]) {
+        let mut rng = Rng::new(key);
+        let room = self.base - self.input;
+        let (x0, y0) = (rng.below(room + 1), rng.below(room + 1));
+        let flip = rng.uniform() < 0.5;
+        let alpha: [f64; 3] = std::array::from_fn(|_| LIGHTING_STD * rng.normal());
+        let s = &self.stats;
+        let shift: [f32; 3] = std::array::from_fn(|c| {
+            (0..3)
+                .map(|i| alpha[i] * f64::from(s.eigenvalues[i]) * f64::from(s.eigenvectors[c][i]))
+                .sum::<f64>() as f32
+        });
+        self.crop(square, x0, y0, flip, shift, out);
+    }
+
+    /// The centre crop, into `out` (CHW).
+    pub fn centre(&self, square: &RgbImage, out: &mut [f32]) {
+        let at = (self.base - self.input) / 2;
+        self.crop(square, at, at, false, [0.0; 3], out);
+    }
+
+    /// The ten crops (four corners and the centre, then the same mirrored)
+    /// into `out`, ten CHW images one after another.
+    pub fn ten_crops(&self, square: &RgbImage, out: &mut [f32]) {
+        let far = self.base - self.input;
+        let corners = [(0, 0), (far, 0), (0, far), (far, far), (far / 2, far / 2)];
+        let len = self.output_len();
+        for (i, flip) in [false, true].into_iter().enumerate() {
+            for (j, &(x, y)) in corners.iter().enumerate() {
+                self.crop(
+                    square,
+                    x,
+                    y,
+                    flip,
+                    [0.0; 3],
+                    &mut out[(i * 5 + j) * len..][..len],
+                );
+            }
+        }
+    }
+
+    fn crop(
+        &self,
+        square: &RgbImage,
+        x0: usize,
+        y0: usize,
+        flip: bool,
+        shift: [f32; 3],
+        out: &mut [f32],
+    ) {
+        let n = self.input;
+        let plane = n * n;
+        let scale = 1.0 / 255.0;
+        let offset: [f32; 3] = std::array::from_fn(|c| shift[c] - self.stats.mean[c]);
+        for y in 0..n {
+            let row = &square.pixels[((y0 + y) * square.width + x0) * 3..][..n * 3];
+            for x in 0..n {
+                let src = if flip { n - 1 - x } else { x };
+                let p = &row[src * 3..][..3];
+                for c in 0..3 {
+                    out[c * plane + y * n + x] = f32::from(p[c]) * scale + offset[c];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(width: usize, height: usize) -> RgbImage {
+        let pixels = (0..height)
+            .flat_map(|y| {
+                (0..width)
+                    .flat_map(move |x| [(x * 255 / width) as u8, (y * 255 / height) as u8, 128])
+            })
+            .collect();
+        RgbImage {
+            width,
+            height,
+            pixels,
+        }
+    }
+
+    fn zero_stats() -> Stats {
+        Stats {
+            mean: [0.0; 3],
+            eigenvalues: [0.0; 3],
+            eigenvectors: [[0.0; 3]; 3],
+        }
+    }
+
+    #[test]
+    fn the_paper_sizes() {
+        let p = Pipeline::new(227, Stats::imagenet());
+        assert_eq!((p.base, p.input), (256, 227));
+        assert_eq!(Pipeline::new(64, Stats::imagenet()).base, 72);
+    }
+
+    #[test]
+    fn square_keeps_the_centre_of_the_shorter_side() {
+        let p = Pipeline::new(8, zero_stats());
+        let mut resizer = Resizer::new();
+        // A wide image whose middle third is white, the rest black.
+        let (w, h) = (90, 30);
+        let pixels = (0..h)
+            .flat_map(|_| (0..w).flat_map(|x| [if (30..60).contains(&x) { 255 } else { 0 }; 3]))
+            .collect();
+        let sq = p
+            .square(
+                &RgbImage {
+                    width: w,
+                    height: h,
+                    pixels,
+                },
+                &mut resizer,
+            )
+            .unwrap();
+        assert_eq!((sq.width, sq.height), (p.base, p.base));
+        // The centre square is the white third (the filter may blend the
+        // outermost columns with their black neighbours).
+        for y in 0..p.base {
+            for x in 1..p.base - 1 {
+                assert!(
+                    sq.pixels[(y * p.base + x) * 3] > 250,
+                    "({x}, {y}): {:?}",
+                    &sq.pixels[..30]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn crops_flips_and_lighting_follow_their_definitions() {
+        let mut stats = Stats::imagenet();
+        stats.mean = [0.25, 0.5, 0.75];
+        let p = Pipeline::new(6, stats);
+        let square = gradient(p.base, p.base);
+        let len = p.output_len();
+        let mut centre = vec![0.0; len];
+        p.centre(&square, &mut centre);
+        let at = (p.base - p.input) / 2;
+        let px = |x: usize, y: usize, c: usize| {
+            f32::from(square.pixels[((y + at) * p.base + x + at) * 3 + c]) / 255.0
+        };
+        assert_eq!(centre[2 * 36 + 6 + 4], px(4, 1, 2) - 0.75);
+        let mut ten = vec![0.0; 10 * len];
+        p.ten_crops(&square, &mut ten);
+        assert_eq!(&ten[4 * len..5 * len], &centre[..]);
+        // Crop 5 + j mirrors crop j.
+        for j in 0..5 {
+            for c in 0..3 {
+                for y in 0..6 {
+                    for x in 0..6 {
+                        let a = ten[j * len + c * 36 + y * 6 + x];
+                        let b = ten[(5 + j) * len + c * 36 + y * 6 + (5 - x)];
+                        assert_eq!(a, b);
+                    }
+                }
+            }
+        }
+        // Lighting: one shift per channel per image, Σ αᵢ λᵢ pᵢ with small α.
+        let mut sample = vec![0.0; len];
+        let mut shifts = Vec::new();
+        for key in 0..200 {
+            p.train(&square, key, &mut sample);
+            let mut plain = vec![0.0; len];
+            let mut q = p.clone();
+            q.stats.eigenvalues = [0.0; 3];
+            q.train(&square, key, &mut plain);
+            let d: Vec<f32> = (0..3).map(|c| sample[c * 36] - plain[c * 36]).collect();
+            for c in 0..3 {
+                assert!(
+                    sample[c * 36..(c + 1) * 36]
+                        .iter()
+                        .zip(&plain[c * 36..])
+                        .all(|(a, b)| (a - b - d[c]).abs() < 1e-6)
+                );
+            }
+            shifts.push(d[0]);
+        }
+        let sd = (shifts.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / 200.0).sqrt();
+        // Channel 0's shift has σ = 0.1 · sqrt(Σᵢ (λᵢ p₀ᵢ)²).
+        let s = Stats::imagenet();
+        let expect = 0.1
+            * (0..3)
+                .map(|i| f64::from(s.eigenvalues[i] * s.eigenvectors[0][i]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+        assert!((sd / expect - 1.0).abs() < 0.2, "σ {sd} against {expect}");
+    }
+}

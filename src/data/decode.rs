@@ -1,0 +1,234 @@
+//! Image files to 8-bit RGB: JPEG (zune-jpeg: greyscale, RGB, CMYK and YCCK)
+//! and PNG (the png crate: grey, grey+alpha, palette, RGB, RGBA, 8 or 16
+//! bits). Anything else, or a damaged file, is an error naming why.
+
+use std::io::Cursor;
+use zune_jpeg::JpegDecoder;
+use zune_jpeg::zune_core::colorspace::ColorSpace;
+use zune_jpeg::zune_core::options::DecoderOptions;
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    /// Grey values repeated to three channels.
+    pub fn from_grey(width: usize, height: usize, grey: &[u8]) -> RgbImage {
+        RgbImage {
+            width,
+            height,
+            pixels: grey.iter().flat_map(|&g| [g, g, g]).collect(),
+        }
+    }
+}
+
+/// Larger images than this many pixels are refused (a decompression bomb guard).
+pub const MAX_PIXELS: usize = 100_000_000;
+
+/// Decodes a JPEG or PNG file's bytes, telling them apart by content.
+pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
+    if bytes.is_empty() {
+        return Err("empty file".into());
+    }
+    if bytes.starts_with(&[0xff, 0xd8]) {
+        decode_jpeg(bytes)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        decode_png(bytes)
+    } else {
+        Err("neither JPEG nor PNG".into())
+    }
+}
+
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(1 << 15)
+        .set_max_height(1 << 15);
+    let mut decoder = JpegDecoder::new_with_options(Cursor::new(bytes), options);
+    decoder
+        .decode_headers()
+        .map_err(|e| format!("JPEG: {e:?}"))?;
+    let (width, height) = decoder.dimensions().ok_or("JPEG: no dimensions")?;
+    if width * height > MAX_PIXELS {
+        return Err(format!("JPEG of {width}×{height} is too large"));
+    }
+    let pixels = decoder.decode().map_err(|e| format!("JPEG: {e:?}"))?;
+    if pixels.len() != width * height * 3 {
+        return Err(format!(
+            "JPEG: {} bytes decoded for {width}×{height}",
+            pixels.len()
+        ));
+    }
+    Ok(RgbImage {
+        width,
+        height,
+        pixels,
+    })
+}
+
+fn decode_png(bytes: &[u8]) -> Result<RgbImage, String> {
+    let mut decoder = png::Decoder::new(Cursor::new(bytes));
+    // Palette to RGB(A), 16 bits to 8, grey below 8 bits to 8.
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| format!("PNG: {e}"))?;
+    let (width, height) = {
+        let info = reader.info();
+        (info.width as usize, info.height as usize)
+    };
+    if width * height > MAX_PIXELS {
+        return Err(format!("PNG of {width}×{height} is too large"));
+    }
+    let size = reader.output_buffer_size().ok_or("PNG: size overflows")?;
+    let mut buf = vec![0; size];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("PNG: {e}"))?;
+    let data = &buf[..frame.buffer_size()];
+    let pixels: Vec<u8> = match frame.color_type {
+        png::ColorType::Rgb => data.to_vec(),
+        png::ColorType::Rgba => data
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        png::ColorType::Grayscale => data.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => data
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
+        png::ColorType::Indexed => return Err("PNG: palette not expanded".into()),
+    };
+    if pixels.len() != width * height * 3 {
+        return Err(format!(
+            "PNG: {} bytes decoded for {width}×{height}",
+            pixels.len()
+        ));
+    }
+    Ok(RgbImage {
+        width,
+        height,
+        pixels,
+    })
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// A JPEG of `width × height` in `color` (1 grey, 3 RGB, 4 CMYK channels).
+    pub fn jpeg(width: u16, height: u16, color: jpeg_encoder::ColorType) -> Vec<u8> {
+        let channels = match color {
+            jpeg_encoder::ColorType::Luma => 1,
+            jpeg_encoder::ColorType::Cmyk => 4,
+            _ => 3,
+        };
+        let data: Vec<u8> = (0..width as usize * height as usize * channels)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 90)
+            .encode(&data, width, height, color)
+            .unwrap();
+        out
+    }
+
+    /// A PNG of `width × height` with the given colour type and depth.
+    pub fn png(width: u32, height: u32, color: png::ColorType, depth: png::BitDepth) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(color);
+        encoder.set_depth(depth);
+        let samples = match color {
+            png::ColorType::Grayscale | png::ColorType::Indexed => 1,
+            png::ColorType::GrayscaleAlpha => 2,
+            png::ColorType::Rgb => 3,
+            png::ColorType::Rgba => 4,
+        };
+        if color == png::ColorType::Indexed {
+            encoder.set_palette(vec![0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]);
+        }
+        let bytes_per_sample = if depth == png::BitDepth::Sixteen {
+            2
+        } else {
+            1
+        };
+        let data: Vec<u8> = (0..(width * height) as usize * samples * bytes_per_sample)
+            .map(|i| {
+                if color == png::ColorType::Indexed {
+                    (i % 4) as u8
+                } else {
+                    (i * 13 % 256) as u8
+                }
+            })
+            .collect();
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&data).unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn jpeg_in_grey_rgb_and_cmyk_comes_out_rgb() {
+        for color in [
+            jpeg_encoder::ColorType::Luma,
+            jpeg_encoder::ColorType::Rgb,
+            jpeg_encoder::ColorType::Cmyk,
+        ] {
+            let image = decode(&jpeg(37, 21, color)).unwrap_or_else(|e| panic!("{color:?}: {e}"));
+            assert_eq!(
+                (image.width, image.height, image.pixels.len()),
+                (37, 21, 37 * 21 * 3)
+            );
+        }
+        // Grey repeats to three equal channels.
+        let grey = decode(&jpeg(8, 8, jpeg_encoder::ColorType::Luma)).unwrap();
+        assert!(grey.pixels.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+    }
+
+    #[test]
+    fn png_of_every_colour_type_and_16_bits_comes_out_rgb() {
+        use png::{BitDepth, ColorType};
+        for (color, depth) in [
+            (ColorType::Rgb, BitDepth::Eight),
+            (ColorType::Rgba, BitDepth::Eight),
+            (ColorType::Grayscale, BitDepth::Eight),
+            (ColorType::GrayscaleAlpha, BitDepth::Eight),
+            (ColorType::Indexed, BitDepth::Eight),
+            (ColorType::Rgb, BitDepth::Sixteen),
+            (ColorType::Grayscale, BitDepth::Sixteen),
+        ] {
+            let image = decode(&png(9, 5, color, depth))
+                .unwrap_or_else(|e| panic!("{color:?} {depth:?}: {e}"));
+            assert_eq!(
+                (image.width, image.height, image.pixels.len()),
+                (9, 5, 135),
+                "{color:?} {depth:?}"
+            );
+        }
+        let palette = decode(&png(4, 1, ColorType::Indexed, BitDepth::Eight)).unwrap();
+        assert_eq!(
+            palette.pixels,
+            vec![0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]
+        );
+    }
+
+    #[test]
+    fn damaged_files_are_errors_not_panics() {
+        let good = jpeg(64, 48, jpeg_encoder::ColorType::Rgb);
+        assert!(decode(&[]).unwrap_err().contains("empty"));
+        assert!(decode(b"GIF89a").unwrap_err().contains("neither"));
+        for cut in [2, 20, good.len() / 3, good.len() - 10] {
+            let _ = decode(&good[..cut]);
+        }
+        let mut garbled = good.clone();
+        for b in garbled.iter_mut().skip(200).step_by(7) {
+            *b ^= 0x5a;
+        }
+        let _ = decode(&garbled);
+        let p = png(16, 16, png::ColorType::Rgb, png::BitDepth::Eight);
+        assert!(decode(&p[..p.len() / 2]).is_err());
+    }
+}
