@@ -2,4 +2,6 @@
 
 pub mod augment;
 pub mod decode;
+pub mod sets;
+pub mod stats;
 pub mod synthetic;
