@@ -163,6 +163,17 @@ struct TrainArgs {
     /// Checkpoints kept besides the best [default: 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     keep: Option<u32>,
+    /// The dataset: an ImageNet-style folder (train/<class>/*, val/<class>/*
+    /// or a flat val/ with val_labels.txt) or Fashion-MNIST's folder
+    /// [default: the built-in synthetic set].
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// Image-decoding threads [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    workers: Option<u32>,
+    /// Stop at the first unreadable image, naming it, instead of skipping it.
+    #[arg(long)]
+    strict: bool,
     /// Size of the synthetic training set [default: 10000].
     #[arg(long)]
     train_images: Option<usize>,
@@ -264,6 +275,13 @@ impl TrainArgs {
             c.log_every = v as usize;
         }
         c.quiet |= self.quiet;
+        c.strict |= self.strict;
+        if let Some(v) = &self.data {
+            c.data = Some(v.clone());
+        }
+        if let Some(v) = self.workers {
+            c.workers = v as usize;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -357,6 +375,9 @@ fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| Error::io("signal handler", e))?;
             }
             let done = train::train(&config, placement, start, &stop, &mut std::io::stdout())?;
+            if done.skipped_images > 0 {
+                println!("skipped {} unreadable training images (each named above)", done.skipped_images);
+            }
             println!(
                 "{}: {} steps, {:.1} images/s, validation top-1 {:.1}%, top-5 {:.1}%; checkpoint {}",
                 if done.stopped { "stopped" } else { "done" },

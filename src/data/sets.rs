@@ -5,6 +5,7 @@ use super::decode::{RgbImage, decode};
 use crate::error::{Error, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A labelled set of images, read one at a time from any thread.
 pub trait ImageSet: Send + Sync {
@@ -26,8 +27,8 @@ pub struct Dataset {
     pub kind: String,
     pub root: PathBuf,
     pub classes: Vec<String>,
-    pub train: Box<dyn ImageSet>,
-    pub val: Box<dyn ImageSet>,
+    pub train: Arc<dyn ImageSet>,
+    pub val: Arc<dyn ImageSet>,
 }
 
 /// Opens the dataset at `path`: a folder with `train/` and `val/`, or a folder
@@ -156,8 +157,8 @@ fn folders(root: &Path) -> Result<Dataset> {
         kind: format!("image folders at {}", root.display()),
         root: root.to_path_buf(),
         classes,
-        train: Box::new(FileSet { files: train }),
-        val: Box::new(FileSet { files: val }),
+        train: Arc::new(FileSet { files: train }),
+        val: Arc::new(FileSet { files: val }),
     })
 }
 
@@ -286,8 +287,8 @@ fn fashion(root: &Path) -> Result<Dataset> {
         kind: format!("Fashion-MNIST at {}", root.display()),
         root: root.to_path_buf(),
         classes: FASHION_CLASSES.iter().map(|c| c.to_string()).collect(),
-        train: Box::new(fashion_split(root, "train")?),
-        val: Box::new(fashion_split(root, "t10k")?),
+        train: Arc::new(fashion_split(root, "train")?),
+        val: Arc::new(fashion_split(root, "t10k")?),
     })
 }
 

@@ -35,6 +35,13 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept besides the best.
     pub keep: usize,
+    /// The dataset: an ImageNet-style folder or Fashion-MNIST's; when absent,
+    /// the built-in synthetic set.
+    pub data: Option<PathBuf>,
+    /// Image-decoding threads (0: one per core).
+    pub workers: usize,
+    /// Stop at the first unreadable image instead of skipping it.
+    pub strict: bool,
     /// Synthetic training and validation set sizes.
     pub train_images: usize,
     pub val_images: usize,
@@ -60,6 +67,9 @@ impl Default for TrainConfig {
             schedule: Schedule::default(),
             checkpoint_every: 0,
             keep: 3,
+            data: None,
+            workers: 0,
+            strict: false,
             train_images: 10_000,
             val_images: 1_000,
             log_every: 10,
@@ -81,6 +91,15 @@ impl TrainConfig {
     /// The configuration as TOML, as saved with the run.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("the configuration serializes")
+    }
+
+    /// Image-decoding threads to start.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
     }
 
     /// Checks values no run can use, naming the flag.
@@ -109,7 +128,7 @@ impl TrainConfig {
         if self.log_every == 0 {
             return bad("log-every", &0, "must be at least 1");
         }
-        if self.train_images < self.batch {
+        if self.data.is_none() && self.train_images < self.batch {
             return bad(
                 "train-images",
                 &self.train_images,

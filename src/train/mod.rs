@@ -7,7 +7,10 @@ pub mod config;
 pub mod metrics;
 pub mod schedule;
 
-use crate::data::synthetic::{CLASSES, Split, Synthetic};
+use crate::data::TrainingData;
+use crate::data::augment::{Pipeline, Stats};
+use crate::data::synthetic::{Split, Synthetic};
+use crate::data::{sets, stats};
 use crate::device::{LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::init::init_twin;
@@ -43,6 +46,8 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
     /// Whether a signal stopped the run before its end.
     pub stopped: bool,
+    /// Training images left out because they could not be read.
+    pub skipped_images: usize,
 }
 
 /// Sums of [`LossStats`] over several batches.
@@ -129,14 +134,6 @@ pub fn train(
         Start::Resume(ckpt) => (Plan::new(ckpt.state.spec.clone())?, Some(*ckpt)),
     };
     let plan = Arc::new(plan);
-    if plan.classes() < CLASSES.len() {
-        return Err(Error::Input(format!(
-            "--preset {}: {} classes, the synthetic set needs at least {}",
-            config.preset,
-            plan.classes(),
-            CLASSES.len()
-        )));
-    }
     let config_path = run_dir.join("config.toml");
     let tmp = run_dir.join("config.toml.tmp");
     std::fs::write(&tmp, config.to_toml()).map_err(|e| Error::io(&tmp, e))?;
@@ -145,21 +142,14 @@ pub fn train(
     let mut log = MetricsLog::open(&run_dir, first_step)?;
     let checkpoints = run_dir.join("checkpoints");
 
-    let (channels, size) = (plan.spec.input.channels, plan.spec.input.size);
-    let train_set = Synthetic::new(
-        config.seed,
-        Split::Train,
-        config.train_images,
-        channels,
-        size,
-    );
-    let val_set = Synthetic::new(
-        config.seed,
-        Split::Validation,
-        config.val_images,
-        channels,
-        size,
-    );
+    let data = training_data(config, &plan, out)?;
+    if data.train_len() < config.batch {
+        return Err(Error::Input(format!(
+            "--batch {}: the training set has only {} images",
+            config.batch,
+            data.train_len()
+        )));
+    }
     let shapes = twin_shapes(&plan);
     let (weights, mut schedule_state, mut last_checkpoint) = match &resume {
         Some(c) => {
@@ -189,7 +179,7 @@ pub fn train(
         });
     };
 
-    let steps_per_epoch = config.train_images / config.batch;
+    let steps_per_epoch = data.train_len() / config.batch;
     let total_steps = config.steps.unwrap_or(config.epochs * steps_per_epoch);
     let bar = progress_bar(total_steps, first_step, config.quiet);
     if placement.is_gpu() {
@@ -206,7 +196,9 @@ pub fn train(
             ),
         );
     }
-    let mut order: Vec<usize> = Vec::new();
+    let mut batches: Option<crate::data::Batches> = None;
+    let mut reported = std::collections::HashSet::new();
+    let mut skipped = 0usize;
     let mut window = Running::default();
     let mut window_seconds = 0.0;
     let run_start = Instant::now();
@@ -224,13 +216,15 @@ pub fn train(
         images_per_s: 0.0,
         checkpoint: last_checkpoint.clone(),
         stopped: false,
+        skipped_images: 0,
     };
     let chance = (plan.classes() as f64).ln();
     let (mut stuck_steps, mut hinted, mut smoothed) = (0, false, None::<f64>);
     for step in first_step..total_steps {
         let (epoch, within) = (step / steps_per_epoch, step % steps_per_epoch);
-        if order.is_empty() || within == 0 {
-            order = epoch_order(config.seed, epoch, config.train_images);
+        if batches.is_none() || within == 0 {
+            let order = epoch_order(config.seed, epoch, data.train_len());
+            batches = Some(data.train_batches(&order, config.batch, within, steps_per_epoch, config.seed, epoch));
         }
         let lr = config
             .schedule
@@ -241,10 +235,18 @@ pub fn train(
             weight_decay: config.weight_decay,
         };
         let step_start = Instant::now();
-        let (images, labels) = train_set.batch(&order[within * config.batch..][..config.batch]);
+        let loaded = match batches.as_mut().and_then(Iterator::next) {
+            Some(loaded) => loaded?,
+            None => return Err(Error::Training(format!("the data ran out at step {}", step + 1))),
+        };
+        skipped += note_skipped(&loaded.skipped, &mut reported, out, &bar);
+        if loaded.labels.is_empty() {
+            continue;
+        }
+        let images_in_step = loaded.labels.len();
         let batch = Batch {
-            images: Arc::new(images),
-            labels: Arc::new(labels),
+            images: Arc::new(loaded.images),
+            labels: Arc::new(loaded.labels),
         };
         let stats = towers.train_step(&batch, derive(config.seed, step as u64), Some(sgd))?;
         if !stats.loss_sum.is_finite() {
@@ -255,7 +257,7 @@ pub fn train(
                 &run_dir,
             ));
         }
-        let loss = stats.loss_sum / config.batch as f64;
+        let loss = stats.loss_sum / images_in_step as f64;
         let smooth = smoothed.map_or(loss, |s| s + SMOOTHING * (loss - s));
         smoothed = Some(smooth);
         stuck_steps = if (smooth - chance).abs() < STUCK_BAND * chance {
@@ -275,7 +277,7 @@ pub fn train(
                 ),
             );
         }
-        window.add(stats, config.batch);
+        window.add(stats, images_in_step);
         window_seconds += step_start.elapsed().as_secs_f64();
         summary.steps = step + 1;
         bar.set_position((step + 1) as u64);
@@ -316,7 +318,7 @@ pub fn train(
         let epoch_end = within + 1 == steps_per_epoch;
         let mut val_at = None;
         if epoch_end || last {
-            let val = evaluate(&towers, &val_set, config.batch)?;
+            let val = evaluate(&towers, data.val_batches(config.batch))?;
             say(
                 out,
                 &bar,
@@ -362,12 +364,8 @@ pub fn train(
                 seed: config.seed,
                 schedule: schedule_state,
                 lr,
-                classes: CLASSES.iter().map(|c| c.to_string()).collect(),
-                dataset: serde_json::json!({
-                    "kind": "synthetic",
-                    "train_images": config.train_images,
-                    "val_images": config.val_images,
-                }),
+                classes: data.classes(),
+                dataset: data.describe(),
                 val_top1: val_at.map(|v| v.0),
                 val_top5: val_at.map(|v| v.1),
             };
@@ -399,6 +397,7 @@ pub fn train(
         }
     }
     bar.finish_and_clear();
+    summary.skipped_images = skipped;
     let images = ((summary.steps - first_step) * config.batch) as f64;
     summary.images_per_s = images / run_start.elapsed().as_secs_f64();
     Ok(summary)
@@ -468,17 +467,84 @@ fn all_finite(tensors: &[TwinTensor]) -> bool {
     tensors.iter().all(|t| t.data.iter().all(|v| v.is_finite()))
 }
 
-/// Top-1/top-5 over a whole set, in batches of at most `batch`.
-fn evaluate(towers: &TowerPair, set: &Synthetic, batch: usize) -> Result<Running> {
+/// Top-1/top-5 over a whole set.
+fn evaluate(towers: &TowerPair, batches: crate::data::Batches) -> Result<Running> {
     let mut total = Running::default();
-    let indices: Vec<usize> = (0..set.len).collect();
-    for chunk in indices.chunks(batch) {
-        let (images, labels) = set.batch(chunk);
+    for loaded in batches {
+        let loaded = loaded?;
+        if loaded.labels.is_empty() {
+            continue;
+        }
+        let n = loaded.labels.len();
         let stats = towers.evaluate(&Batch {
-            images: Arc::new(images),
-            labels: Arc::new(labels),
+            images: Arc::new(loaded.images),
+            labels: Arc::new(loaded.labels),
         })?;
-        total.add(stats, chunk.len());
+        total.add(stats, n);
     }
     Ok(total)
+}
+
+/// Reports each skipped file once; returns how many were skipped.
+fn note_skipped(
+    skipped: &[(String, String)],
+    reported: &mut std::collections::HashSet<String>,
+    out: &mut dyn Write,
+    bar: &ProgressBar,
+) -> usize {
+    for (file, why) in skipped {
+        if reported.insert(file.clone()) {
+            bar.suspend(|| {
+                let _ = writeln!(out, "skipped {file}: {why}");
+            });
+        }
+    }
+    skipped.len()
+}
+
+/// The run's data: the synthetic set, or the dataset at `config.data` with
+/// its colour statistics.
+fn training_data(config: &TrainConfig, plan: &Plan, out: &mut dyn Write) -> Result<TrainingData> {
+    let input = &plan.spec.input;
+    let data = match &config.data {
+        None => TrainingData::Synthetic {
+            train: Synthetic::new(config.seed, Split::Train, config.train_images, input.channels, input.size),
+            val: Synthetic::new(config.seed, Split::Validation, config.val_images, input.channels, input.size),
+        },
+        Some(path) => {
+            if input.channels != 3 {
+                return Err(Error::Input(format!(
+                    "--data {}: images are RGB, the preset's input has {} channels",
+                    path.display(),
+                    input.channels
+                )));
+            }
+            let dataset = sets::open(path)?;
+            let provisional = Pipeline::new(input.size, Stats::imagenet());
+            let (stats, how) = stats::load_or_compute(&dataset.root, dataset.train.as_ref(), &provisional)?;
+            let _ = writeln!(
+                out,
+                "data: {}: {} training and {} validation images in {} classes; {how}",
+                dataset.kind,
+                dataset.train.len(),
+                dataset.val.len(),
+                dataset.classes.len()
+            );
+            TrainingData::Images {
+                dataset,
+                pipeline: Arc::new(Pipeline::new(input.size, stats)),
+                workers: config.worker_threads(),
+                strict: config.strict,
+            }
+        }
+    };
+    let classes = data.classes().len();
+    if classes > plan.classes() {
+        return Err(Error::Input(format!(
+            "--preset {}: the net has {} outputs, the data {classes} classes",
+            config.preset,
+            plan.classes()
+        )));
+    }
+    Ok(data)
 }
