@@ -1,6 +1,10 @@
 //! Using what a run learned: evaluation and prediction from a checkpoint.
 //! The checkpoint carries the whole network, so no preset is needed.
 
+use crate::data::augment::Pipeline;
+use crate::data::decode::decode;
+use crate::data::loader::{Loader, Mode};
+use crate::data::sets::ImageSet;
 use crate::data::synthetic::{Split, Synthetic};
 use crate::error::{Error, Result};
 use crate::net::params::twin_shapes;
@@ -110,6 +114,100 @@ impl Model {
         eval.top1 /= n;
         eval.top5 /= n;
         Ok(eval)
+    }
+}
+
+impl Model {
+    /// The preprocessing the run trained with, when it trained on images.
+    pub fn pipeline(&self) -> Result<Pipeline> {
+        self.state
+            .dataset
+            .get("pipeline")
+            .and_then(|p| serde_json::from_value(p.clone()).ok())
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "--checkpoint {}: was trained on the synthetic set, not on images; give it .npy batches",
+                    self.folder.display()
+                ))
+            })
+    }
+
+    /// Top-1 and top-5 on `set`, on the centre crop or with the softmax
+    /// averaged over the ten crops; unreadable images are left out and named.
+    pub fn evaluate_images(
+        &self,
+        set: Arc<dyn ImageSet>,
+        ten_crop: bool,
+        batch: usize,
+        workers: usize,
+    ) -> Result<(Evaluation, Vec<(String, String)>)> {
+        let pipeline = Arc::new(self.pipeline()?);
+        let crops = if ten_crop { 10 } else { 1 };
+        let mode = if ten_crop {
+            Mode::TenCrop
+        } else {
+            Mode::Centre
+        };
+        let indices: Vec<usize> = (0..set.len()).collect();
+        let per_batch = (batch / crops).max(1);
+        let lists = indices.chunks(per_batch).map(<[usize]>::to_vec).collect();
+        let classes = self.plan.classes();
+        let mut eval = Evaluation {
+            images: 0,
+            loss: 0.0,
+            top1: 0.0,
+            top5: 0.0,
+        };
+        let mut skipped = Vec::new();
+        for loaded in Loader::start(set, pipeline, mode, lists, workers, 2 * workers, false) {
+            let loaded = loaded?;
+            skipped.extend(loaded.skipped);
+            let logits = self.logits(&loaded.images, batch)?;
+            for (n, &label) in loaded.labels.iter().enumerate() {
+                let mut p = vec![0.0f64; classes];
+                for crop in 0..crops {
+                    let row = &logits[(n * crops + crop) * classes..][..classes];
+                    for (class, prob) in top_k(row, classes) {
+                        p[class] += prob / crops as f64;
+                    }
+                }
+                let target = p[label as usize];
+                let above = p.iter().filter(|&&v| v > target).count();
+                eval.loss -= target.max(f64::MIN_POSITIVE).ln();
+                eval.top1 += f64::from(u8::from(above == 0));
+                eval.top5 += f64::from(u8::from(above < 5));
+                eval.images += 1;
+            }
+        }
+        let n = eval.images.max(1) as f64;
+        eval.loss /= n;
+        eval.top1 /= n;
+        eval.top5 /= n;
+        Ok((eval, skipped))
+    }
+
+    /// The net's input for image files: each file's centre crop.
+    pub fn prepare_files(&self, files: &[PathBuf]) -> Result<Vec<f32>> {
+        let pipeline = self.pipeline()?;
+        let mut resizer = fast_image_resize::Resizer::new();
+        let mut out = Vec::with_capacity(files.len() * pipeline.output_len());
+        for file in files {
+            let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+            let image = decode(&bytes).map_err(|why| Error::File {
+                path: file.clone(),
+                message: why,
+            })?;
+            let square = pipeline
+                .square(&image, &mut resizer)
+                .map_err(|why| Error::File {
+                    path: file.clone(),
+                    message: why,
+                })?;
+            let start = out.len();
+            out.resize(start + pipeline.output_len(), 0.0);
+            pipeline.centre(&square, &mut out[start..]);
+        }
+        Ok(out)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The command line: `summary`, `bench`, `train`, `eval`, `predict`, `plot` and `info`.
 
 use alexnet::bench::{self, BenchConfig};
+use alexnet::data::sets;
 use alexnet::device::cuda::{CudaOptions, probe};
 use alexnet::error::{Error, Result};
 use alexnet::infer::{Model, top_k};
@@ -17,7 +18,7 @@ use alexnet::train::{self, Start};
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::flag;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -73,7 +74,8 @@ enum Command {
         /// A checkpoint folder, or a run folder for its newest checkpoint.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// The data: `synthetic`, the built-in set the run trained on.
+        /// `synthetic` (the built-in set the run trained on), or a dataset
+        /// folder whose validation images to use.
         #[arg(long, default_value = "synthetic")]
         data: String,
         /// Validation images [default: as many as the run validated on].
@@ -95,7 +97,8 @@ enum Command {
         /// A checkpoint folder, or a run folder for its newest checkpoint.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// `.npy` files, each an already preprocessed float32 N×C×H×W batch.
+        /// Images (JPEG, PNG), folders of them, or `.npy` files each holding an
+        /// already preprocessed float32 N×C×H×W batch.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// One JSON object per image.
@@ -376,7 +379,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             let done = train::train(&config, placement, start, &stop, &mut std::io::stdout())?;
             if done.skipped_images > 0 {
-                println!("skipped {} unreadable training images (each named above)", done.skipped_images);
+                println!(
+                    "skipped {} unreadable training images (each named above)",
+                    done.skipped_images
+                );
             }
             println!(
                 "{}: {} steps, {:.1} images/s, validation top-1 {:.1}%, top-5 {:.1}%; checkpoint {}",
@@ -399,22 +405,28 @@ fn run(cli: Cli) -> Result<()> {
             json,
             device,
         } => {
-            if data != "synthetic" {
-                return Err(Error::Input(format!(
-                    "--data {data}: this build evaluates on `synthetic` only"
-                )));
-            }
-            if ten_crop {
-                return Err(Error::Input(
-                    "--ten-crop: the synthetic set is drawn at the net's input size and has no crops".into(),
-                ));
-            }
             let (placement, note) = device.placement()?;
             if !json {
                 println!("{note}");
             }
             let model = Model::load(&checkpoint, placement, batch as usize)?;
-            let eval = model.evaluate_synthetic(images, batch as usize)?;
+            let eval = if data == "synthetic" {
+                if ten_crop {
+                    return Err(Error::Input(
+                        "--ten-crop: the synthetic set is drawn at the net's input size and has no crops".into(),
+                    ));
+                }
+                model.evaluate_synthetic(images, batch as usize)?
+            } else {
+                let dataset = sets::open(Path::new(&data))?;
+                let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+                let (eval, skipped) =
+                    model.evaluate_images(dataset.val, ten_crop, batch as usize, workers)?;
+                for (file, why) in &skipped {
+                    eprintln!("skipped {file}: {why}");
+                }
+                eval
+            };
             if json {
                 println!(
                     "{}",
@@ -448,7 +460,20 @@ fn run(cli: Cli) -> Result<()> {
             let classes = model.plan.classes();
             let (c, size) = (model.plan.spec.input.channels, model.plan.spec.input.size);
             let mut all_logits = Vec::new();
+            // Each prediction: the input it came from, its row in an .npy
+            // batch (none for an image file), and its logits.
+            let mut rows: Vec<(String, Option<usize>, Vec<f32>)> = Vec::new();
             for input in &inputs {
+                if input.extension().is_none_or(|e| e != "npy") {
+                    let files = image_files(input)?;
+                    for chunk in files.chunks(batch as usize) {
+                        let out = model.logits(&model.prepare_files(chunk)?, batch as usize)?;
+                        for (file, row) in chunk.iter().zip(out.chunks_exact(classes)) {
+                            rows.push((file.display().to_string(), None, row.to_vec()));
+                        }
+                    }
+                    continue;
+                }
                 let array = npy::read(input)?;
                 if array.shape.len() != 4 || array.shape[1..] != [c, size, size] {
                     return Err(Error::File {
@@ -461,34 +486,40 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 let out = model.logits(&array.data, batch as usize)?;
                 for (i, row) in out.chunks_exact(classes).enumerate() {
-                    let top: Vec<(String, f64)> = top_k(row, 5)
-                        .into_iter()
-                        .map(|(k, p)| {
-                            let name = model
-                                .state
-                                .classes
-                                .get(k)
-                                .cloned()
-                                .unwrap_or_else(|| k.to_string());
-                            (name, p)
-                        })
-                        .collect();
-                    if json {
-                        let line = serde_json::json!({
-                            "input": input.display().to_string(),
-                            "index": i,
-                            "top5": top.iter().map(|(n, p)| serde_json::json!({"class": n, "p": p})).collect::<Vec<_>>(),
-                        });
-                        println!("{line}");
-                    } else {
-                        let text: Vec<String> = top
-                            .iter()
-                            .map(|(n, p)| format!("{n} {:.1}%", 100.0 * p))
-                            .collect();
-                        println!("{}[{i}]: {}", input.display(), text.join(", "));
-                    }
+                    rows.push((input.display().to_string(), Some(i), row.to_vec()));
                 }
-                all_logits.extend(out);
+            }
+            for (input, index, row) in &rows {
+                // Outputs beyond the data's classes were never trained toward: left out.
+                let named = model.state.classes.len().clamp(1, classes);
+                let top: Vec<(String, f64)> = top_k(&row[..named], 5)
+                    .into_iter()
+                    .map(|(k, p)| {
+                        let name = model
+                            .state
+                            .classes
+                            .get(k)
+                            .cloned()
+                            .unwrap_or_else(|| k.to_string());
+                        (name, p)
+                    })
+                    .collect();
+                if json {
+                    let line = serde_json::json!({
+                        "input": input,
+                        "index": index,
+                        "top5": top.iter().map(|(n, p)| serde_json::json!({"class": n, "p": p})).collect::<Vec<_>>(),
+                    });
+                    println!("{line}");
+                } else {
+                    let text: Vec<String> = top
+                        .iter()
+                        .map(|(n, p)| format!("{n} {:.1}%", 100.0 * p))
+                        .collect();
+                    let at = index.map_or_else(String::new, |i| format!("[{i}]"));
+                    println!("{input}{at}: {}", text.join(", "));
+                }
+                all_logits.extend_from_slice(row);
             }
             if let Some(path) = logits {
                 let rows = all_logits.len() / classes;
@@ -503,6 +534,36 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An image file, or the image files in a folder (sorted).
+fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
+    if input.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+            .map_err(|e| Error::io(input, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().as_str())
+                })
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: no .jpg, .jpeg or .png files",
+                input.display()
+            )));
+        }
+        Ok(files)
+    } else if input.is_file() {
+        Ok(vec![input.to_path_buf()])
+    } else {
+        Err(Error::Input(format!(
+            "{}: no such file or folder",
+            input.display()
+        )))
+    }
 }
 
 /// `text` indented by two spaces, for the printed config.

@@ -71,7 +71,13 @@ pub fn prepare(
 }
 
 /// One batch of `indices`, prepared on this thread.
-pub fn load_batch(set: &dyn ImageSet, pipeline: &Pipeline, mode: Mode, indices: &[usize], resizer: &mut Resizer) -> LoadedBatch {
+pub fn load_batch(
+    set: &dyn ImageSet,
+    pipeline: &Pipeline,
+    mode: Mode,
+    indices: &[usize],
+    resizer: &mut Resizer,
+) -> LoadedBatch {
     let mut batch = LoadedBatch {
         images: Vec::with_capacity(indices.len() * pipeline.output_len()),
         labels: Vec::with_capacity(indices.len()),
@@ -123,7 +129,11 @@ impl Loader {
         strict: bool,
     ) -> Loader {
         let shared = Arc::new(Shared {
-            progress: Mutex::new(Progress { next: 0, taken: 0, stop: false }),
+            progress: Mutex::new(Progress {
+                next: 0,
+                taken: 0,
+                stop: false,
+            }),
             turn: Condvar::new(),
         });
         let (tx, results) = channel();
@@ -132,14 +142,25 @@ impl Loader {
         let prefetch = prefetch.max(1);
         let workers = (0..workers.max(1))
             .map(|w| {
-                let (set, pipeline, batches, shared, tx): (_, _, _, _, Sender<_>) =
-                    (Arc::clone(&set), Arc::clone(&pipeline), Arc::clone(&batches), Arc::clone(&shared), tx.clone());
+                let (set, pipeline, batches, shared, tx): (_, _, _, _, Sender<_>) = (
+                    Arc::clone(&set),
+                    Arc::clone(&pipeline),
+                    Arc::clone(&batches),
+                    Arc::clone(&shared),
+                    tx.clone(),
+                );
                 std::thread::Builder::new()
                     .name(format!("loader{w}"))
                     .spawn(move || {
                         let mut resizer = Resizer::new();
                         while let Some(b) = take(&shared, batches.len(), prefetch) {
-                            let batch = load_batch(set.as_ref(), &pipeline, mode, &batches[b], &mut resizer);
+                            let batch = load_batch(
+                                set.as_ref(),
+                                &pipeline,
+                                mode,
+                                &batches[b],
+                                &mut resizer,
+                            );
                             if tx.send((b, batch)).is_err() {
                                 return;
                             }
@@ -190,7 +211,11 @@ impl Iterator for Loader {
                 Ok((b, batch)) => {
                     self.waiting.insert(b, batch);
                 }
-                Err(_) => return Some(Err(Error::Training("the data loader's threads stopped".into()))),
+                Err(_) => {
+                    return Some(Err(Error::Training(
+                        "the data loader's threads stopped".into(),
+                    )));
+                }
             }
         };
         self.next += 1;
@@ -200,7 +225,9 @@ impl Iterator for Loader {
         self.shared.turn.notify_all();
         if self.strict {
             if let Some((file, why)) = batch.skipped.first() {
-                return Some(Err(Error::Input(format!("{file}: {why} (--strict stops at unreadable images)"))));
+                return Some(Err(Error::Input(format!(
+                    "{file}: {why} (--strict stops at unreadable images)"
+                ))));
             }
         }
         Some(Ok(batch))
@@ -243,34 +270,76 @@ mod tests {
                 return Err("truncated".into());
             }
             let (w, h) = (9 + i % 5, 6 + i % 4);
-            Ok(RgbImage { width: w, height: h, pixels: (0..w * h * 3).map(|p| ((p * 31 + i) % 256) as u8).collect() })
+            Ok(RgbImage {
+                width: w,
+                height: h,
+                pixels: (0..w * h * 3).map(|p| ((p * 31 + i) % 256) as u8).collect(),
+            })
         }
     }
 
     fn run(workers: usize, mode: Mode, strict: bool) -> Vec<Result<LoadedBatch>> {
-        let batches: Vec<Vec<usize>> = (0..50).collect::<Vec<_>>().chunks(8).map(<[usize]>::to_vec).collect();
-        Loader::start(Arc::new(Varied), Arc::new(Pipeline::new(5, Stats::imagenet())), mode, batches, workers, 3, strict)
-            .collect()
+        let batches: Vec<Vec<usize>> = (0..50)
+            .collect::<Vec<_>>()
+            .chunks(8)
+            .map(<[usize]>::to_vec)
+            .collect();
+        Loader::start(
+            Arc::new(Varied),
+            Arc::new(Pipeline::new(5, Stats::imagenet())),
+            mode,
+            batches,
+            workers,
+            3,
+            strict,
+        )
+        .collect()
     }
 
     #[test]
     fn batches_are_the_same_whatever_the_number_of_workers() {
         let mode = Mode::Train { seed: 4, epoch: 2 };
-        let one: Vec<LoadedBatch> = run(1, mode, false).into_iter().map(|b| b.unwrap()).collect();
-        let four: Vec<LoadedBatch> = run(4, mode, false).into_iter().map(|b| b.unwrap()).collect();
+        let one: Vec<LoadedBatch> = run(1, mode, false)
+            .into_iter()
+            .map(|b| b.unwrap())
+            .collect();
+        let four: Vec<LoadedBatch> = run(4, mode, false)
+            .into_iter()
+            .map(|b| b.unwrap())
+            .collect();
         assert_eq!(one, four);
         assert_eq!(one.len(), 7);
         // Another epoch draws other crops.
-        let other: Vec<LoadedBatch> = run(2, Mode::Train { seed: 4, epoch: 3 }, false).into_iter().map(|b| b.unwrap()).collect();
+        let other: Vec<LoadedBatch> = run(2, Mode::Train { seed: 4, epoch: 3 }, false)
+            .into_iter()
+            .map(|b| b.unwrap())
+            .collect();
         assert_ne!(one[0].images, other[0].images);
         assert_eq!(one[0].labels, other[0].labels);
     }
 
     #[test]
     fn unreadable_images_are_skipped_and_named_or_stop_a_strict_run() {
-        let batches: Vec<LoadedBatch> = run(3, Mode::Centre, false).into_iter().map(|b| b.unwrap()).collect();
-        let skipped: Vec<String> = batches.iter().flat_map(|b| b.skipped.iter().map(|s| s.0.clone())).collect();
-        assert_eq!(skipped, ["image3.jpg", "image10.jpg", "image17.jpg", "image24.jpg", "image31.jpg", "image38.jpg", "image45.jpg"]);
+        let batches: Vec<LoadedBatch> = run(3, Mode::Centre, false)
+            .into_iter()
+            .map(|b| b.unwrap())
+            .collect();
+        let skipped: Vec<String> = batches
+            .iter()
+            .flat_map(|b| b.skipped.iter().map(|s| s.0.clone()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                "image3.jpg",
+                "image10.jpg",
+                "image17.jpg",
+                "image24.jpg",
+                "image31.jpg",
+                "image38.jpg",
+                "image45.jpg"
+            ]
+        );
         let kept: usize = batches.iter().map(|b| b.labels.len()).sum();
         assert_eq!(kept, 43);
         assert_eq!(batches[0].images.len(), 7 * 3 * 25);

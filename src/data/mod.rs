@@ -18,7 +18,10 @@ use synthetic::Synthetic;
 
 /// The data of a training run.
 pub enum TrainingData {
-    Synthetic { train: Synthetic, val: Synthetic },
+    Synthetic {
+        train: Synthetic,
+        val: Synthetic,
+    },
     Images {
         dataset: Dataset,
         pipeline: Arc<Pipeline>,
@@ -41,15 +44,27 @@ impl TrainingData {
 
     pub fn classes(&self) -> Vec<String> {
         match self {
-            TrainingData::Synthetic { .. } => synthetic::CLASSES.iter().map(|c| c.to_string()).collect(),
+            TrainingData::Synthetic { .. } => {
+                synthetic::CLASSES.iter().map(|c| c.to_string()).collect()
+            }
             TrainingData::Images { dataset, .. } => dataset.classes.clone(),
         }
     }
 
     /// The training batches of `epoch` from its batch `first` on, in the
     /// order `order` gives.
-    pub fn train_batches(&self, order: &[usize], batch: usize, first: usize, count: usize, seed: u64, epoch: usize) -> Batches {
-        let lists: Vec<Vec<usize>> = (first..count).map(|b| order[b * batch..][..batch].to_vec()).collect();
+    pub fn train_batches(
+        &self,
+        order: &[usize],
+        batch: usize,
+        first: usize,
+        count: usize,
+        seed: u64,
+        epoch: usize,
+    ) -> Batches {
+        let lists: Vec<Vec<usize>> = (first..count)
+            .map(|b| order[b * batch..][..batch].to_vec())
+            .collect();
         self.batches(lists, Mode::Train { seed, epoch }, true)
     }
 
@@ -70,12 +85,33 @@ impl TrainingData {
                 let set = if training { train.clone() } else { val.clone() };
                 Box::new(lists.into_iter().map(move |indices| {
                     let (images, labels) = set.batch(&indices);
-                    Ok(LoadedBatch { images, labels, skipped: Vec::new() })
+                    Ok(LoadedBatch {
+                        images,
+                        labels,
+                        skipped: Vec::new(),
+                    })
                 }))
             }
-            TrainingData::Images { dataset, pipeline, workers, strict } => {
-                let set = if training { Arc::clone(&dataset.train) } else { Arc::clone(&dataset.val) };
-                Box::new(Loader::start(set, Arc::clone(pipeline), mode, lists, *workers, 2 * *workers, *strict))
+            TrainingData::Images {
+                dataset,
+                pipeline,
+                workers,
+                strict,
+            } => {
+                let set = if training {
+                    Arc::clone(&dataset.train)
+                } else {
+                    Arc::clone(&dataset.val)
+                };
+                Box::new(Loader::start(
+                    set,
+                    Arc::clone(pipeline),
+                    mode,
+                    lists,
+                    *workers,
+                    2 * *workers,
+                    *strict,
+                ))
             }
         }
     }
@@ -88,7 +124,9 @@ impl TrainingData {
                 "train_images": train.len,
                 "val_images": val.len,
             }),
-            TrainingData::Images { dataset, pipeline, .. } => serde_json::json!({
+            TrainingData::Images {
+                dataset, pipeline, ..
+            } => serde_json::json!({
                 "kind": dataset.kind,
                 "path": dataset.root,
                 "train_images": dataset.train.len(),

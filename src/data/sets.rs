@@ -110,14 +110,20 @@ fn folders(root: &Path) -> Result<Dataset> {
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     if classes.is_empty() {
-        return Err(Error::Input(format!("{}: no class folders", train_dir.display())));
+        return Err(Error::Input(format!(
+            "{}: no class folders",
+            train_dir.display()
+        )));
     }
     let by_class = |dir: &Path| -> Result<(Vec<(PathBuf, u32)>, Vec<String>)> {
         let (mut files, mut empty) = (Vec::new(), Vec::new());
         for (label, class) in classes.iter().enumerate() {
             let folder = dir.join(class);
             let found: Vec<PathBuf> = if folder.is_dir() {
-                sorted_entries(&folder)?.into_iter().filter(|p| is_image(p)).collect()
+                sorted_entries(&folder)?
+                    .into_iter()
+                    .filter(|p| is_image(p))
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -134,7 +140,10 @@ fn folders(root: &Path) -> Result<Dataset> {
     }
     let val_dir = root.join("val");
     let val = if !val_dir.is_dir() {
-        return Err(Error::Input(format!("--data {}: no val/ folder", root.display())));
+        return Err(Error::Input(format!(
+            "--data {}: no val/ folder",
+            root.display()
+        )));
     } else if root.join("val_labels.txt").is_file() {
         flat_val(&val_dir, &root.join("val_labels.txt"), &classes)?
     } else {
@@ -163,13 +172,25 @@ fn folders(root: &Path) -> Result<Dataset> {
 }
 
 fn flat_val(dir: &Path, labels: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u32)>> {
-    let files: Vec<PathBuf> = sorted_entries(dir)?.into_iter().filter(|p| is_image(p)).collect();
+    let files: Vec<PathBuf> = sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| is_image(p))
+        .collect();
     let text = std::fs::read_to_string(labels).map_err(|e| Error::io(labels, e))?;
-    let names: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let names: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     if names.len() != files.len() {
         return Err(Error::File {
             path: labels.to_path_buf(),
-            message: format!("{} labels for {} images in {}", names.len(), files.len(), dir.display()),
+            message: format!(
+                "{} labels for {} images in {}",
+                names.len(),
+                files.len(),
+                dir.display()
+            ),
         });
     }
     files
@@ -177,10 +198,13 @@ fn flat_val(dir: &Path, labels: &Path, classes: &[String]) -> Result<Vec<(PathBu
         .zip(names)
         .enumerate()
         .map(|(line, (file, name))| {
-            let label = classes.iter().position(|c| c == name).ok_or_else(|| Error::File {
-                path: labels.to_path_buf(),
-                message: format!("line {}: {name} is not a class folder of train/", line + 1),
-            })?;
+            let label = classes
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| Error::File {
+                    path: labels.to_path_buf(),
+                    message: format!("line {}: {name} is not a class folder of train/", line + 1),
+                })?;
             Ok((file, label as u32))
         })
         .collect()
@@ -190,7 +214,16 @@ fn flat_val(dir: &Path, labels: &Path, classes: &[String]) -> Result<Vec<(PathBu
 
 /// Fashion-MNIST's ten classes, in label order.
 pub const FASHION_CLASSES: [&str; 10] = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ];
 
 /// Where Debian's `dataset-fashion-mnist` puts the files.
@@ -216,7 +249,11 @@ impl ImageSet for GreySet {
     }
     fn load(&self, i: usize) -> std::result::Result<RgbImage, String> {
         let plane = self.side * self.side;
-        Ok(RgbImage::from_grey(self.side, self.side, &self.pixels[i * plane..][..plane]))
+        Ok(RgbImage::from_grey(
+            self.side,
+            self.side,
+            &self.pixels[i * plane..][..plane],
+        ))
     }
 }
 
@@ -243,7 +280,9 @@ fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
         return Err(bad("wrong magic".into()));
     }
     let shape: Vec<usize> = (0..dims)
-        .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize)
+        .map(|d| {
+            u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize
+        })
         .collect();
     let data = bytes[4 + 4 * dims..].to_vec();
     if data.len() != shape.iter().product::<usize>() {
@@ -255,7 +294,10 @@ fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
 fn fashion_split(root: &Path, prefix: &str) -> Result<GreySet> {
     let find = |name: String| {
         find_idx(root, &name).ok_or_else(|| {
-            Error::Input(format!("--data {}: no {name} (or {name}.gz)", root.display()))
+            Error::Input(format!(
+                "--data {}: no {name} (or {name}.gz)",
+                root.display()
+            ))
         })
     };
     let images = find(format!("{prefix}-images-idx3-ubyte"))?;
@@ -267,7 +309,10 @@ fn fashion_split(root: &Path, prefix: &str) -> Result<GreySet> {
             message: format!("{shape:?} images for {} labels", label_shape[0]),
         });
     }
-    if let Some(bad) = labels.iter().find(|&&l| l as usize >= FASHION_CLASSES.len()) {
+    if let Some(bad) = labels
+        .iter()
+        .find(|&&l| l as usize >= FASHION_CLASSES.len())
+    {
         return Err(Error::File {
             path: images,
             message: format!("label {bad} is not one of the 10 classes"),
@@ -310,7 +355,10 @@ mod tests {
         for class in ["zebra", "ant", "moth"] {
             write(&root.join(format!("train/{class}/a.jpg")), &rgb);
             write(&root.join(format!("train/{class}/b.JPEG")), &rgb);
-            write(&root.join(format!("val/{class}/c.png")), &png(5, 5, png::ColorType::Rgb, png::BitDepth::Eight));
+            write(
+                &root.join(format!("val/{class}/c.png")),
+                &png(5, 5, png::ColorType::Rgb, png::BitDepth::Eight),
+            );
         }
         write(&root.join("train/ant/notes.txt"), b"not an image");
         let set = open(root).unwrap();
@@ -337,7 +385,10 @@ mod tests {
         assert_eq!((set.val.label(0), set.val.label(1)), (1, 0));
         write(&root.join("val_labels.txt"), b"dog\nbird\n");
         let e = open(root).err().unwrap().to_string();
-        assert!(e.contains("val_labels.txt") && e.contains("line 2: bird"), "{e}");
+        assert!(
+            e.contains("val_labels.txt") && e.contains("line 2: bird"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -364,7 +415,9 @@ mod tests {
         if !root.is_dir() {
             let _ = std::io::Write::write_fmt(
                 &mut std::io::stderr(),
-                format_args!("fashion-mnist test skipped: {FASHION_DEBIAN} absent (apt-get install dataset-fashion-mnist)\n"),
+                format_args!(
+                    "fashion-mnist test skipped: {FASHION_DEBIAN} absent (apt-get install dataset-fashion-mnist)\n"
+                ),
             );
             return;
         }
@@ -383,11 +436,20 @@ mod tests {
         let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
         images.extend([7u8; 8]);
         write(&root.join("train-images-idx3-ubyte"), &images);
-        write(&root.join("train-labels-idx1-ubyte"), &[0, 0, 8, 1, 0, 0, 0, 2, 3, 4]);
+        write(
+            &root.join("train-labels-idx1-ubyte"),
+            &[0, 0, 8, 1, 0, 0, 0, 2, 3, 4],
+        );
         write(&root.join("t10k-images-idx3-ubyte"), &images[..20]);
-        write(&root.join("t10k-labels-idx1-ubyte"), &[0, 0, 8, 1, 0, 0, 0, 2, 3, 4]);
+        write(
+            &root.join("t10k-labels-idx1-ubyte"),
+            &[0, 0, 8, 1, 0, 0, 0, 2, 3, 4],
+        );
         let e = open(root).err().unwrap().to_string();
-        assert!(e.contains("t10k-images-idx3-ubyte") && e.contains("bytes for shape"), "{e}");
+        assert!(
+            e.contains("t10k-images-idx3-ubyte") && e.contains("bytes for shape"),
+            "{e}"
+        );
         write(&root.join("t10k-images-idx3-ubyte"), &images);
         let set = open(root).unwrap();
         assert_eq!(set.train.load(1).unwrap().pixels, vec![7; 12]);

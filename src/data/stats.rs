@@ -74,7 +74,9 @@ pub fn compute(set: &dyn ImageSet, pipeline: &Pipeline) -> Result<(Stats, usize)
     for k in 0..count {
         let i = k * set.len() / count;
         let Ok(image) = set.load(i) else { continue };
-        let Ok(square) = pipeline.square(&image, &mut resizer) else { continue };
+        let Ok(square) = pipeline.square(&image, &mut resizer) else {
+            continue;
+        };
         used += 1;
         for p in square.pixels.chunks_exact(3) {
             let x = [0, 1, 2].map(|c| f64::from(p[c]) / 255.0);
@@ -88,11 +90,14 @@ pub fn compute(set: &dyn ImageSet, pipeline: &Pipeline) -> Result<(Stats, usize)
         }
     }
     if used == 0 {
-        return Err(Error::Training("no training image could be read to compute the colour statistics".into()));
+        return Err(Error::Training(
+            "no training image could be read to compute the colour statistics".into(),
+        ));
     }
     let n = pixels as f64;
     let mean = sum.map(|s| s / n);
-    let cov: [[f64; 3]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| outer[a][b] / n - mean[a] * mean[b]));
+    let cov: [[f64; 3]; 3] =
+        std::array::from_fn(|a| std::array::from_fn(|b| outer[a][b] / n - mean[a] * mean[b]));
     let (values, vectors) = eigen3(cov);
     Ok((
         Stats {
@@ -118,18 +123,32 @@ fn cache_paths(root: &Path) -> [PathBuf; 2] {
 
 /// The dataset's statistics at `pipeline.base`: from its cache, or computed
 /// and cached. Returns them and a line saying where they came from.
-pub fn load_or_compute(root: &Path, set: &dyn ImageSet, pipeline: &Pipeline) -> Result<(Stats, String)> {
+pub fn load_or_compute(
+    root: &Path,
+    set: &dyn ImageSet,
+    pipeline: &Pipeline,
+) -> Result<(Stats, String)> {
     let paths = cache_paths(root);
     for path in &paths {
-        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
         if let Ok(c) = serde_json::from_str::<Cached>(&text) {
             if c.base == pipeline.base && c.images == set.len() {
-                return Ok((c.stats, format!("colour statistics from {}", path.display())));
+                return Ok((
+                    c.stats,
+                    format!("colour statistics from {}", path.display()),
+                ));
             }
         }
     }
     let (stats, used) = compute(set, pipeline)?;
-    let cached = Cached { base: pipeline.base, sample: used, images: set.len(), stats };
+    let cached = Cached {
+        base: pipeline.base,
+        sample: used,
+        images: set.len(),
+        stats,
+    };
     let json = serde_json::to_string_pretty(&cached).expect("statistics serialize");
     for path in &paths {
         let written = path
@@ -138,10 +157,19 @@ pub fn load_or_compute(root: &Path, set: &dyn ImageSet, pipeline: &Pipeline) -> 
             .and_then(|()| std::fs::write(path.with_extension("json.tmp"), &json))
             .and_then(|()| std::fs::rename(path.with_extension("json.tmp"), path));
         if written.is_ok() {
-            return Ok((stats, format!("colour statistics computed from {used} images, cached in {}", path.display())));
+            return Ok((
+                stats,
+                format!(
+                    "colour statistics computed from {used} images, cached in {}",
+                    path.display()
+                ),
+            ));
         }
     }
-    Ok((stats, format!("colour statistics computed from {used} images (no writable cache)")))
+    Ok((
+        stats,
+        format!("colour statistics computed from {used} images (no writable cache)"),
+    ))
 }
 
 #[cfg(test)]
@@ -158,7 +186,11 @@ mod tests {
             let v: Vec<f64> = (0..3).map(|r| vectors[r][i]).collect();
             for r in 0..3 {
                 let mv: f64 = (0..3).map(|c| m[r][c] * v[c]).sum();
-                assert!((mv - values[i] * v[r]).abs() < 1e-9, "{i}: {mv} vs {}", values[i] * v[r]);
+                assert!(
+                    (mv - values[i] * v[r]).abs() < 1e-9,
+                    "{i}: {mv} vs {}",
+                    values[i] * v[r]
+                );
             }
             assert!((v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-9);
         }
@@ -179,7 +211,10 @@ mod tests {
             fn describe(&self, i: usize) -> String {
                 format!("grey {i}")
             }
-            fn load(&self, i: usize) -> std::result::Result<super::super::decode::RgbImage, String> {
+            fn load(
+                &self,
+                i: usize,
+            ) -> std::result::Result<super::super::decode::RgbImage, String> {
                 let grey: Vec<u8> = (0..16).map(|p| ((p * 16 + i * 7) % 256) as u8).collect();
                 Ok(super::super::decode::RgbImage::from_grey(4, 4, &grey))
             }

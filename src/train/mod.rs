@@ -224,7 +224,14 @@ pub fn train(
         let (epoch, within) = (step / steps_per_epoch, step % steps_per_epoch);
         if batches.is_none() || within == 0 {
             let order = epoch_order(config.seed, epoch, data.train_len());
-            batches = Some(data.train_batches(&order, config.batch, within, steps_per_epoch, config.seed, epoch));
+            batches = Some(data.train_batches(
+                &order,
+                config.batch,
+                within,
+                steps_per_epoch,
+                config.seed,
+                epoch,
+            ));
         }
         let lr = config
             .schedule
@@ -237,7 +244,12 @@ pub fn train(
         let step_start = Instant::now();
         let loaded = match batches.as_mut().and_then(Iterator::next) {
             Some(loaded) => loaded?,
-            None => return Err(Error::Training(format!("the data ran out at step {}", step + 1))),
+            None => {
+                return Err(Error::Training(format!(
+                    "the data ran out at step {}",
+                    step + 1
+                )));
+            }
         };
         skipped += note_skipped(&loaded.skipped, &mut reported, out, &bar);
         if loaded.labels.is_empty() {
@@ -508,8 +520,20 @@ fn training_data(config: &TrainConfig, plan: &Plan, out: &mut dyn Write) -> Resu
     let input = &plan.spec.input;
     let data = match &config.data {
         None => TrainingData::Synthetic {
-            train: Synthetic::new(config.seed, Split::Train, config.train_images, input.channels, input.size),
-            val: Synthetic::new(config.seed, Split::Validation, config.val_images, input.channels, input.size),
+            train: Synthetic::new(
+                config.seed,
+                Split::Train,
+                config.train_images,
+                input.channels,
+                input.size,
+            ),
+            val: Synthetic::new(
+                config.seed,
+                Split::Validation,
+                config.val_images,
+                input.channels,
+                input.size,
+            ),
         },
         Some(path) => {
             if input.channels != 3 {
@@ -521,7 +545,8 @@ fn training_data(config: &TrainConfig, plan: &Plan, out: &mut dyn Write) -> Resu
             }
             let dataset = sets::open(path)?;
             let provisional = Pipeline::new(input.size, Stats::imagenet());
-            let (stats, how) = stats::load_or_compute(&dataset.root, dataset.train.as_ref(), &provisional)?;
+            let (stats, how) =
+                stats::load_or_compute(&dataset.root, dataset.train.as_ref(), &provisional)?;
             let _ = writeln!(
                 out,
                 "data: {}: {} training and {} validation images in {} classes; {how}",
