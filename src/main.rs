@@ -2,6 +2,7 @@
 
 use alexnet::bench::{self, BenchConfig};
 use alexnet::data::sets;
+use alexnet::data::shards::{self, Encoding};
 use alexnet::device::cuda::{CudaOptions, probe};
 use alexnet::error::{Error, Result};
 use alexnet::infer::{Model, top_k};
@@ -62,6 +63,45 @@ enum Command {
     },
     /// Show the CUDA driver, GPUs, and the cuDNN, cuBLAS, NCCL and NVRTC found.
     Info,
+    /// Convert an image folder into shards of pre-resized images, read by mmap.
+    Prepare {
+        /// An ImageNet-style folder (train/<class>/*, val/...).
+        src: PathBuf,
+        /// The new shard folder.
+        dst: PathBuf,
+        /// `raw` RGB bytes (fastest, about 196 KB per image) or `jpeg` at quality 90 (about 26 KB).
+        #[arg(long, value_enum, default_value = "jpeg")]
+        encoding: Encoding,
+        /// The side of the stored square (the paper's 256).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..65535))]
+        side: u32,
+        /// Images per shard file.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        shard_images: u32,
+        /// Check every shard's checksum instead (of the folder given as SRC).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Time decoding and augmentation: images/s per core and with several workers.
+    BenchData {
+        /// A dataset: image folders, shards or Fashion-MNIST.
+        #[arg(long, required_unless_present = "generate")]
+        data: Option<PathBuf>,
+        /// Training images to time.
+        #[arg(long, default_value_t = 500)]
+        images: usize,
+        /// Workers for the parallel figure [default: one per core].
+        #[arg(long)]
+        workers: Option<usize>,
+        /// The net's input side.
+        #[arg(long, default_value_t = 227)]
+        input: usize,
+        /// Instead, write an ImageNet-like JPEG folder (500×375, quality 97) of `--images` images here.
+        #[arg(long, value_name = "DIR")]
+        generate: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Train (on the built-in synthetic set); SIGINT or SIGTERM saves and stops.
     Train(TrainArgs),
     /// Draw a run's loss, accuracy and learning-rate curves to PNG and SVG.
@@ -353,6 +393,94 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Info => print!("{}", probe::report()),
+        Command::Prepare {
+            src,
+            dst,
+            encoding,
+            side,
+            shard_images,
+            verify,
+        } => {
+            if verify {
+                let checked = shards::verify(&src)?;
+                println!(
+                    "{}: {checked} shards, every checksum matches",
+                    src.display()
+                );
+                return Ok(());
+            }
+            let source = sets::open(&src)?;
+            let total = source.train.len() + source.val.len();
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
+                )
+                .expect("a valid template"),
+            );
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let done = shards::prepare(
+                &source,
+                &dst,
+                encoding,
+                side as usize,
+                shard_images as usize,
+                workers,
+                &|n| bar.set_position(n as u64),
+            )?;
+            bar.finish_and_clear();
+            for (file, why) in &done.skipped {
+                eprintln!("skipped {file}: {why}");
+            }
+            let dataset = sets::open(&dst)?;
+            let pipeline = alexnet::data::augment::Pipeline::new(
+                side as usize,
+                alexnet::data::augment::Stats::imagenet(),
+            );
+            let pipeline = alexnet::data::augment::Pipeline {
+                base: side as usize,
+                ..pipeline
+            };
+            let (_, how) =
+                alexnet::data::stats::load_or_compute(&dst, dataset.train.as_ref(), &pipeline)?;
+            println!(
+                "{}: {} images in {:.1} MB ({:.1} KB each), {} skipped; {how}",
+                dst.display(),
+                done.images,
+                done.bytes as f64 / 1e6,
+                done.bytes as f64 / 1e3 / done.images.max(1) as f64,
+                done.skipped.len()
+            );
+        }
+        Command::BenchData {
+            data,
+            images,
+            workers,
+            input,
+            generate,
+            json,
+        } => {
+            if let Some(dir) = generate {
+                alexnet::data::bench::generate(&dir, images)?;
+                println!(
+                    "{}: {images} training JPEGs of 500×375 at quality 97",
+                    dir.display()
+                );
+                return Ok(());
+            }
+            let path = data.expect("clap requires --data without --generate");
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let report = alexnet::data::bench::run(&path, images, workers, input)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                print!("{}", alexnet::data::bench::render(&report));
+            }
+        }
         Command::Plot { run_dir } => {
             let [png, svg] = plot::plot(&run_dir, &plot::Curves::read(&run_dir)?)?;
             println!("{}\n{}", png.display(), svg.display());

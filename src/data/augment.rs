@@ -69,6 +69,9 @@ impl Pipeline {
     /// The shorter side resized to `base`, the centre `base × base` kept
     /// (one resampling, antialiased).
     pub fn square(&self, image: &RgbImage, resizer: &mut Resizer) -> Result<RgbImage, String> {
+        if image.width == self.base && image.height == self.base {
+            return Ok(image.clone());
+        }
         let (w, h) = (image.width as f64, image.height as f64);
         let side = w.min(h);
         let src = ImageRef::new(

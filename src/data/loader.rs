@@ -223,12 +223,10 @@ impl Iterator for Loader {
             p.taken = self.next;
         }
         self.shared.turn.notify_all();
-        if self.strict {
-            if let Some((file, why)) = batch.skipped.first() {
-                return Some(Err(Error::Input(format!(
-                    "{file}: {why} (--strict stops at unreadable images)"
-                ))));
-            }
+        if let (true, Some((file, why))) = (self.strict, batch.skipped.first()) {
+            return Some(Err(Error::Input(format!(
+                "{file}: {why} (--strict stops at unreadable images)"
+            ))));
         }
         Some(Ok(batch))
     }

@@ -3,9 +3,11 @@
 //! ahead of the trainer by the loader.
 
 pub mod augment;
+pub mod bench;
 pub mod decode;
 pub mod loader;
 pub mod sets;
+pub mod shards;
 pub mod stats;
 pub mod synthetic;
 

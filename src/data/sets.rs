@@ -31,14 +31,18 @@ pub struct Dataset {
     pub val: Arc<dyn ImageSet>,
 }
 
-/// Opens the dataset at `path`: a folder with `train/` and `val/`, or a folder
-/// holding Fashion-MNIST's `train-images-idx3-ubyte(.gz)` and friends.
+/// Opens the dataset at `path`: shards made by `alexnet prepare` (an
+/// `index.json`), a folder holding Fashion-MNIST's
+/// `train-images-idx3-ubyte(.gz)` and friends, or a folder with `train/` and `val/`.
 pub fn open(path: &Path) -> Result<Dataset> {
     if !path.is_dir() {
         return Err(Error::Input(format!(
             "--data {}: no such folder (give an ImageNet-style folder with train/ and val/, or Fashion-MNIST's folder)",
             path.display()
         )));
+    }
+    if super::shards::is_shards(path) {
+        return super::shards::open(path);
     }
     if find_idx(path, "train-images-idx3-ubyte").is_some() {
         return fashion(path);
@@ -93,6 +97,9 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
+/// Image files and their labels.
+type Labelled = Vec<(PathBuf, u32)>;
+
 /// `root/train/<class>/*` and `root/val/<class>/*`, or a flat `root/val/*`
 /// with `root/val_labels.txt` (one class folder name per line, in the
 /// sorted order of the files). Classes are the sorted folder names of train/.
@@ -115,7 +122,8 @@ fn folders(root: &Path) -> Result<Dataset> {
             train_dir.display()
         )));
     }
-    let by_class = |dir: &Path| -> Result<(Vec<(PathBuf, u32)>, Vec<String>)> {
+    // Each class folder's images, and the folders that hold none.
+    let by_class = |dir: &Path| -> Result<(Labelled, Vec<String>)> {
         let (mut files, mut empty) = (Vec::new(), Vec::new());
         for (label, class) in classes.iter().enumerate() {
             let folder = dir.join(class);

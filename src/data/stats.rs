@@ -42,13 +42,13 @@ pub fn eigen3(m: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
             let t = sign / (theta.abs() + (theta * theta + 1.0).sqrt());
             let c = 1.0 / (t * t + 1.0).sqrt();
             let s = t * c;
-            for k in 0..3 {
-                let (akp, akq) = (a[k][p], a[k][q]);
-                a[k][p] = c * akp - s * akq;
-                a[k][q] = s * akp + c * akq;
+            for row in &mut a {
+                let (akp, akq) = (row[p], row[q]);
+                row[p] = c * akp - s * akq;
+                row[q] = s * akp + c * akq;
             }
-            for k in 0..3 {
-                let (apk, aqk) = (a[p][k], a[q][k]);
+            let (row_p, row_q) = (a[p], a[q]);
+            for (k, (apk, aqk)) in row_p.into_iter().zip(row_q).enumerate() {
                 a[p][k] = c * apk - s * aqk;
                 a[q][k] = s * apk + c * aqk;
             }
@@ -133,13 +133,12 @@ pub fn load_or_compute(
         let Ok(text) = std::fs::read_to_string(path) else {
             continue;
         };
-        if let Ok(c) = serde_json::from_str::<Cached>(&text) {
-            if c.base == pipeline.base && c.images == set.len() {
-                return Ok((
-                    c.stats,
-                    format!("colour statistics from {}", path.display()),
-                ));
-            }
+        let fits = |c: &Cached| c.base == pipeline.base && c.images == set.len();
+        if let Some(c) = serde_json::from_str::<Cached>(&text).ok().filter(fits) {
+            return Ok((
+                c.stats,
+                format!("colour statistics from {}", path.display()),
+            ));
         }
     }
     let (stats, used) = compute(set, pipeline)?;
