@@ -306,12 +306,13 @@ pub fn train(
                     out,
                     &bar,
                     &format!(
-                        "step {:>5}/{total_steps}  epoch {:>3}  loss {:.4}  top-1 {:5.1}%  {:7.1} img/s  lr {lr:e}",
+                        "step {:>5}/{total_steps}  epoch {:>3}  loss {:.4}  top-1 {:5.1}%  {:7.1} img/s  lr {}",
                         step + 1,
                         epoch + 1,
                         window.loss(),
                         100.0 * window.top1(),
-                        images_per_s
+                        images_per_s,
+                        schedule::show_lr(lr)
                     ),
                 );
             }

@@ -59,6 +59,19 @@ impl ScheduleState {
     }
 }
 
+/// A learning rate as people write it: six significant digits at most,
+/// `1e-5` rather than f32's `1.0000001e-5`.
+pub fn show_lr(lr: f32) -> String {
+    let text = format!("{lr:.5e}");
+    match text.split_once('e') {
+        Some((mantissa, exponent)) => {
+            let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+            format!("{mantissa}e{exponent}")
+        }
+        None => text,
+    }
+}
+
 impl Schedule {
     /// The rate for `step` of `total_steps` (cosine shapes it per step).
     pub fn lr_at(
@@ -110,8 +123,9 @@ impl Schedule {
                 state.drops += 1;
                 state.stale_epochs = 0;
                 Some(format!(
-                    "validation error has not improved for {patience} epoch(s): learning rate {old:e} -> {:e}",
-                    state.lr
+                    "validation error has not improved for {patience} epoch(s): learning rate {} -> {}",
+                    show_lr(old),
+                    show_lr(state.lr)
                 ))
             }
             Schedule::Step { every, gamma } => {
@@ -121,8 +135,9 @@ impl Schedule {
                 let old = state.lr;
                 state.lr *= gamma;
                 Some(format!(
-                    "epoch {epoch}: learning rate {old:e} -> {:e}",
-                    state.lr
+                    "epoch {epoch}: learning rate {} -> {}",
+                    show_lr(old),
+                    show_lr(state.lr)
                 ))
             }
             Schedule::Cosine { .. } | Schedule::Constant => None,
@@ -142,6 +157,8 @@ mod tests {
         assert!(schedule.end_epoch(&mut state, 2, 0.40).is_none());
         let line = schedule.end_epoch(&mut state, 3, 0.4005).expect("a drop");
         assert!(line.contains("1e-2 -> 1e-3"), "{line}");
+        assert_eq!(show_lr(1.0000001e-5), "1e-5");
+        assert_eq!(show_lr(0.0125), "1.25e-2");
         assert!((state.lr - 0.001).abs() < 1e-9);
         // Three drops at most, as in the paper.
         for epoch in 4..20 {
