@@ -1,21 +1,10 @@
 //! The binary end to end: reports, training, and bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn alexnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("alexnet-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{alexnet, scratch};
+use std::path::Path;
+use std::process::Output;
 
 /// Exit status 2, one line on stderr that mentions `needle`, no panic.
 fn assert_input_error(out: &Output, needle: &str) {

@@ -1,6 +1,8 @@
 //! Runs that last: checkpoints, exact resume, stopping by signal, kill -9,
 //! divergence, evaluation and prediction, through the binary on the CPU.
 
+mod common;
+
 use alexnet::data::synthetic::{Split, Synthetic};
 use alexnet::net::params::TwinTensor;
 use alexnet::net::plan::Plan;
@@ -9,24 +11,11 @@ use alexnet::placement::Placement;
 use alexnet::tower::ParamSet;
 use alexnet::towers::{Batch, TowerPair};
 use alexnet::train::checkpoint;
-use std::path::{Path, PathBuf};
+use common::{alexnet, scratch};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn alexnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("alexnet-runs-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn ok(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
