@@ -181,7 +181,12 @@ pub fn train(
 
     let steps_per_epoch = data.train_len() / config.batch;
     let total_steps = config.steps.unwrap_or(config.epochs * steps_per_epoch);
-    let bar = progress_bar(total_steps, first_step, config.quiet);
+    let target = if config.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = progress_bar(total_steps, first_step, target);
     if placement.is_gpu() {
         say(out, &bar, towers.link_note());
     }
@@ -293,10 +298,9 @@ pub fn train(
         window_seconds += step_start.elapsed().as_secs_f64();
         summary.steps = step + 1;
         bar.set_position((step + 1) as u64);
-        bar.set_message(format!(
-            "loss {:.4}  {:.1} img/s",
+        bar.set_message(bar_message(
             window.loss(),
-            window.images as f64 / window_seconds.max(1e-9)
+            window.images as f64 / window_seconds.max(1e-9),
         ));
         let last = step + 1 == total_steps;
         if (step + 1) % config.log_every == 0 || last {
@@ -423,11 +427,15 @@ pub fn epoch_order(seed: u64, epoch: usize, images: usize) -> Vec<usize> {
     order
 }
 
-fn progress_bar(total: usize, done: usize, quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-    if quiet {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
+/// What the progress bar says beside the steps and the ETA.
+fn bar_message(loss: f64, images_per_s: f64) -> String {
+    format!("loss {loss:.4}  {images_per_s:.1} img/s")
+}
+
+/// The progress bar: steps, loss, images/s and the ETA on `target` (stderr,
+/// which indicatif leaves blank when it is not a terminal; hidden with `--quiet`).
+fn progress_bar(total: usize, done: usize, target: ProgressDrawTarget) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total as u64), target);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
             .expect("a valid template"),
@@ -573,4 +581,27 @@ fn training_data(config: &TrainConfig, plan: &Plan, out: &mut dyn Write) -> Resu
         )));
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indicatif::InMemoryTerm;
+
+    #[test]
+    fn the_progress_bar_shows_steps_loss_speed_and_eta() {
+        let term = InMemoryTerm::new(4, 120);
+        let bar = progress_bar(
+            1000,
+            250,
+            ProgressDrawTarget::term_like(Box::new(term.clone())),
+        );
+        bar.set_message(bar_message(1.2345, 678.9));
+        bar.set_position(251);
+        bar.tick();
+        let shown = term.contents();
+        for part in ["251/1000 steps", "loss 1.2345", "678.9 img/s", "ETA"] {
+            assert!(shown.contains(part), "{part:?} not in {shown:?}");
+        }
+    }
 }
