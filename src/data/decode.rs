@@ -1,4 +1,5 @@
-//! Image files to 8-bit RGB: JPEG (zune-jpeg: greyscale, RGB, CMYK and YCCK)
+//! Image files to 8-bit RGB: JPEG (libjpeg-turbo with the default
+//! `turbojpeg` feature, zune-jpeg for CMYK and YCCK and without the feature)
 //! and PNG (the png crate: grey, grey+alpha, palette, RGB, RGBA, 8 or 16
 //! bits). Anything else, or a damaged file, is an error naming why.
 
@@ -43,7 +44,35 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
     }
 }
 
+/// JPEG through libjpeg-turbo, falling back to zune-jpeg for what it does
+/// not convert to RGB itself (CMYK and YCCK).
+#[cfg(feature = "turbojpeg")]
 fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+    let Ok(header) = turbojpeg::read_header(bytes) else {
+        return decode_jpeg_zune(bytes);
+    };
+    if header.width * header.height > MAX_PIXELS {
+        return Err(format!(
+            "JPEG of {}×{} is too large",
+            header.width, header.height
+        ));
+    }
+    match turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB) {
+        Ok(image) if image.pitch == image.width * 3 => Ok(RgbImage {
+            width: image.width,
+            height: image.height,
+            pixels: image.pixels,
+        }),
+        _ => decode_jpeg_zune(bytes),
+    }
+}
+
+#[cfg(not(feature = "turbojpeg"))]
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+    decode_jpeg_zune(bytes)
+}
+
+fn decode_jpeg_zune(bytes: &[u8]) -> Result<RgbImage, String> {
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(1 << 15)
