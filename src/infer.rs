@@ -198,7 +198,7 @@ impl Model {
                 message: why,
             })?;
             let square = pipeline
-                .square(&image, &mut resizer)
+                .square(image, &mut resizer)
                 .map_err(|why| Error::File {
                     path: file.clone(),
                     message: why,

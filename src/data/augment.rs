@@ -67,10 +67,11 @@ impl Pipeline {
     }
 
     /// The shorter side resized to `base`, the centre `base × base` kept
-    /// (one resampling, antialiased).
-    pub fn square(&self, image: &RgbImage, resizer: &mut Resizer) -> Result<RgbImage, String> {
+    /// (one resampling, antialiased); an image that is that square already
+    /// (from shards) is returned as it is.
+    pub fn square(&self, image: RgbImage, resizer: &mut Resizer) -> Result<RgbImage, String> {
         if image.width == self.base && image.height == self.base {
-            return Ok(image.clone());
+            return Ok(image);
         }
         let (w, h) = (image.width as f64, image.height as f64);
         let side = w.min(h);
@@ -208,7 +209,7 @@ mod tests {
             .collect();
         let sq = p
             .square(
-                &RgbImage {
+                RgbImage {
                     width: w,
                     height: h,
                     pixels,

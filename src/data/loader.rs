@@ -49,7 +49,7 @@ pub fn prepare(
     if image.width == 0 || image.height == 0 {
         return Err("an empty image".into());
     }
-    let square = pipeline.square(&image, resizer)?;
+    let square = pipeline.square(image, resizer)?;
     let len = pipeline.output_len();
     let start = out.len();
     match mode {

@@ -354,7 +354,7 @@ fn encode(
     i: usize,
     resizer: &mut Resizer,
 ) -> std::result::Result<Vec<u8>, String> {
-    let square = pipeline.square(&set.load(i)?, resizer)?;
+    let square = pipeline.square(set.load(i)?, resizer)?;
     match encoding {
         Encoding::Raw => Ok(square.pixels),
         Encoding::Jpeg => {
@@ -425,7 +425,7 @@ mod tests {
             .collect();
         for (k, &i) in readable.iter().enumerate() {
             let want = pipeline
-                .square(&source.train.load(i).unwrap(), &mut resizer)
+                .square(source.train.load(i).unwrap(), &mut resizer)
                 .unwrap();
             assert_eq!(shards.train.load(k).unwrap(), want, "image {k}");
             assert_eq!(shards.train.label(k), source.train.label(i));
@@ -460,7 +460,7 @@ mod tests {
             stats: crate::data::augment::Stats::imagenet(),
         };
         let want = pipeline
-            .square(&source.val.load(1).unwrap(), &mut Resizer::new())
+            .square(source.val.load(1).unwrap(), &mut Resizer::new())
             .unwrap();
         let err = image
             .pixels

@@ -74,7 +74,7 @@ pub fn compute(set: &dyn ImageSet, pipeline: &Pipeline) -> Result<(Stats, usize)
     for k in 0..count {
         let i = k * set.len() / count;
         let Ok(image) = set.load(i) else { continue };
-        let Ok(square) = pipeline.square(&image, &mut resizer) else {
+        let Ok(square) = pipeline.square(image, &mut resizer) else {
             continue;
         };
         used += 1;
