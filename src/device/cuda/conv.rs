@@ -77,6 +77,17 @@ fn cudnn(what: &str) -> impl FnOnce(result::CudnnError) -> Error + '_ {
     move |e| Error::cuda(format!("cuDNN {what}"), e)
 }
 
+/// Exact f32 allows plain FMA math only; TF32 allows tensor cores too, but
+/// never the down-conversion of f32 data to f16.
+fn allowed_math(math: sys::cudnnMathType_t, tf32: bool) -> bool {
+    use sys::cudnnMathType_t::*;
+    match math {
+        CUDNN_DEFAULT_MATH | CUDNN_FMA_MATH => true,
+        CUDNN_TENSOR_OP_MATH => tf32,
+        _ => false,
+    }
+}
+
 /// Picks the first (fastest) result that succeeded, is deterministic, fits
 /// the workspace and uses an allowed math type.
 macro_rules! choose {
@@ -85,7 +96,7 @@ macro_rules! choose {
             p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
                 && p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
                 && p.memory <= WORKSPACE_LIMIT
-                && ($tf32 || p.mathType != sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
+                && allowed_math(p.mathType, $tf32)
         })
     };
 }
