@@ -259,3 +259,41 @@ fn the_same_seed_gives_the_same_run_whatever_the_workers() {
     };
     assert_eq!(losses("1", "one"), losses("3", "three"));
 }
+
+#[test]
+fn a_run_on_images_resumed_mid_epoch_equals_an_unbroken_one() {
+    let dir = scratch("resume");
+    let root = dir.join("set");
+    awkward_dataset(&root);
+    let (whole, halves) = (dir.join("whole"), dir.join("halves"));
+    assert!(
+        train(&root, &whole, &["--steps", "5", "--workers", "2"])
+            .status
+            .success()
+    );
+    assert!(
+        train(&root, &halves, &["--steps", "2", "--workers", "1"])
+            .status
+            .success()
+    );
+    let out = alexnet(&[
+        "train",
+        "--cpu",
+        "--resume",
+        halves.to_str().unwrap(),
+        "--steps",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let weights = |run: &Path| {
+        std::fs::read(run.join("checkpoints/step-00000005/weights.safetensors")).unwrap()
+    };
+    assert!(
+        weights(&whole) == weights(&halves),
+        "the resumed run's weights differ"
+    );
+}
