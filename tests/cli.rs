@@ -86,6 +86,8 @@ fn small_preset_learns_the_synthetic_set_deterministically() {
             "40",
             "--seed",
             "3",
+            "--schedule",
+            "constant",
             "--run-dir",
             run_dir.to_str().unwrap(),
         ]);
@@ -101,7 +103,7 @@ fn small_preset_learns_the_synthetic_set_deterministically() {
     let last_val = lines.iter().rev().find(|m| m["kind"] == "val").unwrap();
     let top1 = last_val["top1"].as_f64().unwrap();
     assert!(
-        top1 > 0.5,
+        top1 > 0.35,
         "validation top-1 {top1} is not well above chance (0.1)"
     );
     assert!(first.join("config.toml").exists());
