@@ -1,6 +1,7 @@
 //! The command line: `summary`, `bench`, `train`, `eval`, `predict`, `plot` and `info`.
 
 use alexnet::bench::{self, BenchConfig};
+use alexnet::data::loader::default_workers;
 use alexnet::data::sets;
 use alexnet::data::shards::{self, Encoding};
 use alexnet::device::cuda::{CudaOptions, probe};
@@ -418,7 +419,7 @@ fn run(cli: Cli) -> Result<()> {
                 )
                 .expect("a valid template"),
             );
-            let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let workers = default_workers();
             let done = shards::prepare(
                 &source,
                 &dst,
@@ -469,8 +470,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let path = data.expect("clap requires --data without --generate");
-            let workers = workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let workers = workers.unwrap_or_else(default_workers);
             let report = alexnet::data::bench::run(&path, images, workers, input)?;
             if json {
                 println!(
@@ -547,7 +547,7 @@ fn run(cli: Cli) -> Result<()> {
                 model.evaluate_synthetic(images, batch as usize)?
             } else {
                 let dataset = sets::open(Path::new(&data))?;
-                let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+                let workers = default_workers();
                 let (eval, skipped) =
                     model.evaluate_images(dataset.val, ten_crop, batch as usize, workers)?;
                 for (file, why) in &skipped {
@@ -667,16 +667,10 @@ fn run(cli: Cli) -> Result<()> {
 /// An image file, or the image files in a folder (sorted).
 fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
     if input.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(input)
-            .map_err(|e| Error::io(input, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().as_str())
-                })
-            })
+        let files: Vec<PathBuf> = sets::sorted_entries(input)?
+            .into_iter()
+            .filter(|p| sets::is_image(p))
             .collect();
-        files.sort();
         if files.is_empty() {
             return Err(Error::Input(format!(
                 "{}: no .jpg, .jpeg or .png files",

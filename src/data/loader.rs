@@ -15,6 +15,11 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+/// Decoding threads when none are asked for: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// How each image becomes the net's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

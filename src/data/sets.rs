@@ -82,13 +82,15 @@ impl ImageSet for FileSet {
     }
 }
 
-fn is_image(path: &Path) -> bool {
+/// Whether `path` names a JPEG or PNG file, by its extension.
+pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+/// A folder's entries, sorted by path.
+pub fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -19,7 +19,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// How images are stored in shards.
@@ -366,16 +366,6 @@ fn encode(
             Ok(out)
         }
     }
-}
-
-/// The shard folder's files, for tests and tools.
-pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    out.sort();
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@
 use super::rendezvous::Rendezvous;
 use super::{Link, check_sizes, slice_of};
 use crate::device::cuda::kernels::Kernels;
-use crate::device::cuda::{CudaDevice, launch};
+use crate::device::cuda::{CudaDevice, grid, launch};
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
 use cudarc::driver::sys::CUcontext;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use std::sync::Arc;
 
 /// A buffer's address and the context that owns it.
@@ -164,12 +164,12 @@ impl Link<CudaSlice<f32>> for CopyLink {
         let [a, b] = on_this_gpu;
         let out = local.device_ptr(&self.stream).0;
         let n = len as u64;
-        let config = LaunchConfig {
-            grid_dim: (len.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch(&self.stream, &self.kernels.add, config, &[&out, &a, &b, &n])?;
+        launch(
+            &self.stream,
+            &self.kernels.add,
+            grid(len),
+            &[&out, &a, &b, &n],
+        )?;
         self.done_reading()
     }
 }

@@ -98,7 +98,7 @@ impl TrainConfig {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
+            crate::data::loader::default_workers()
         }
     }
 

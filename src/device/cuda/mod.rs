@@ -47,7 +47,7 @@ pub struct CudaDevice {
 const THREADS: u32 = 256;
 
 /// A grid-stride launch over `n` elements.
-fn grid(n: usize) -> LaunchConfig {
+pub fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
