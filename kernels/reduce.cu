@@ -1,32 +1,88 @@
 // Reductions: the bias gradient and softmax cross-entropy over logits split
-// across the towers.
+// across the towers. Both are deterministic: every sum is taken in an order
+// fixed by the shapes alone (fixed chunks, fixed trees), never by atomics or
+// by the order blocks happen to run in.
 
 #define BIAS_THREADS 256
+#define LOSS_THREADS 256
 
-// dbias[c] = sum over images and plane positions of dy[n][c][p]. One block
-// per channel; a tree in shared memory. Launch with BIAS_THREADS threads.
-extern "C" __global__ void bias_grad_f32(
-    const float* __restrict__ dy, float* __restrict__ dbias, unsigned int batch,
-    unsigned int channels, unsigned int plane)
+// Pass 1 of dbias[c] = sum over images and plane positions of dy[n][c][p].
+// Block (chunk, y) sums channel c = y, y + gridDim.y, ... over the images of
+// its chunk: [chunk * per_chunk, (chunk + 1) * per_chunk) of the batch, with
+// a tree in shared memory, into partial[c * chunks + chunk]. With one chunk
+// `partial` may be dbias itself. Launch with BIAS_THREADS threads and
+// gridDim.x == chunks, so a layer with few channels (conv1's 48) still fills
+// the GPU.
+extern "C" __global__ void bias_grad_partial_f32(
+    const float* __restrict__ dy, float* __restrict__ partial, unsigned int batch,
+    unsigned int channels, unsigned int plane, unsigned int per_chunk)
 {
-    __shared__ float partial[BIAS_THREADS];
-    const unsigned int c = blockIdx.x;
-    const unsigned long long per_channel = (unsigned long long)batch * plane;
-    float sum = 0.0f;
-    for (unsigned long long i = threadIdx.x; i < per_channel; i += BIAS_THREADS) {
-        const unsigned long long n = i / plane, p = i % plane;
-        sum += dy[(n * channels + c) * plane + p];
-    }
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (unsigned int half = BIAS_THREADS / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __shared__ float tree[BIAS_THREADS];
+    const unsigned int chunks = gridDim.x, chunk = blockIdx.x;
+    const unsigned int first = chunk * per_chunk;
+    const unsigned int images = first >= batch ? 0 : min(per_chunk, batch - first);
+    const unsigned long long count = (unsigned long long)images * plane;
+    for (unsigned int c = blockIdx.y; c < channels; c += gridDim.y) {
+        float sum = 0.0f;
+        for (unsigned long long i = threadIdx.x; i < count; i += BIAS_THREADS) {
+            const unsigned long long n = first + i / plane, p = i % plane;
+            sum += dy[(n * channels + c) * plane + p];
+        }
+        tree[threadIdx.x] = sum;
+        __syncthreads();
+        for (unsigned int half = BIAS_THREADS / 2; half > 0; half /= 2) {
+            if (threadIdx.x < half) tree[threadIdx.x] += tree[threadIdx.x + half];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) partial[(unsigned long long)c * chunks + chunk] = tree[0];
+        // The tree is reused for the next channel.
         __syncthreads();
     }
-    if (threadIdx.x == 0) dbias[c] = partial[0];
 }
 
-// One thread per image, in double as the CPU device. logits is
+// Pass 2: dbias[c] = the sum of channel c's chunks, in chunk order.
+extern "C" __global__ void bias_grad_finish_f32(
+    const float* __restrict__ partial, float* __restrict__ dbias, unsigned int channels,
+    unsigned int chunks)
+{
+    for (unsigned int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels;
+         c += gridDim.x * blockDim.x) {
+        float sum = 0.0f;
+        for (unsigned int k = 0; k < chunks; ++k) sum += partial[(unsigned long long)c * chunks + k];
+        dbias[c] = sum;
+    }
+}
+
+// A tree over LOSS_THREADS values in shared memory; every thread gets the result.
+__device__ double block_sum(double* tree, double v)
+{
+    tree[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned int half = LOSS_THREADS / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) tree[threadIdx.x] += tree[threadIdx.x + half];
+        __syncthreads();
+    }
+    const double total = tree[0];
+    // Everyone has read the total before the tree is written again.
+    __syncthreads();
+    return total;
+}
+
+__device__ double block_max(double* tree, double v)
+{
+    tree[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned int half = LOSS_THREADS / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) tree[threadIdx.x] = fmax(tree[threadIdx.x], tree[threadIdx.x + half]);
+        __syncthreads();
+    }
+    const double total = tree[0];
+    __syncthreads();
+    return total;
+}
+
+// One block per image (grid-stride over images), LOSS_THREADS threads over
+// its classes, in double as the CPU device. logits is
 // [tower][image][per_tower]; class t * per_tower + u is unit u of tower t.
 // Writes the gradient of the batch-mean loss for this tower's own logits
 // ([image][per_tower]) and, per image, {-log p(label), top-1 hit, top-5 hit}.
@@ -35,27 +91,32 @@ extern "C" __global__ void softmax_cross_entropy_f32(
     float* __restrict__ dlogits, double* __restrict__ stats, unsigned int batch,
     unsigned int towers, unsigned int per_tower, unsigned int tower)
 {
-    const unsigned int n = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n >= batch) return;
+    __shared__ double tree[LOSS_THREADS];
     const unsigned int classes = towers * per_tower;
-    const unsigned int label = labels[n];
+    for (unsigned int n = blockIdx.x; n < batch; n += gridDim.x) {
+        const unsigned int label = labels[n];
 #define LOGIT(cls) ((double)logits[((unsigned long long)((cls) / per_tower) * batch + n) * per_tower + (cls) % per_tower])
-    double max = -__longlong_as_double(0x7ff0000000000000LL);
-    for (unsigned int k = 0; k < classes; ++k) max = fmax(max, LOGIT(k));
-    double sum = 0.0;
-    for (unsigned int k = 0; k < classes; ++k) sum += exp(LOGIT(k) - max);
-    const double log_sum = log(sum) + max;
-    const double target = LOGIT(label);
-    unsigned int above = 0;
-    for (unsigned int k = 0; k < classes; ++k) above += LOGIT(k) > target ? 1u : 0u;
-    stats[3 * n] = log_sum - target;
-    stats[3 * n + 1] = above == 0 ? 1.0 : 0.0;
-    stats[3 * n + 2] = above < 5 ? 1.0 : 0.0;
-    for (unsigned int u = 0; u < per_tower; ++u) {
-        const unsigned int cls = tower * per_tower + u;
-        const double p = exp(LOGIT(cls) - log_sum);
-        dlogits[(unsigned long long)n * per_tower + u] =
-            (float)((p - (cls == label ? 1.0 : 0.0)) / (double)batch);
-    }
+        double local = -__longlong_as_double(0x7ff0000000000000LL);
+        for (unsigned int k = threadIdx.x; k < classes; k += LOSS_THREADS) local = fmax(local, LOGIT(k));
+        const double max = block_max(tree, local);
+        local = 0.0;
+        for (unsigned int k = threadIdx.x; k < classes; k += LOSS_THREADS) local += exp(LOGIT(k) - max);
+        const double log_sum = log(block_sum(tree, local)) + max;
+        const double target = LOGIT(label);
+        local = 0.0;
+        for (unsigned int k = threadIdx.x; k < classes; k += LOSS_THREADS) local += LOGIT(k) > target ? 1.0 : 0.0;
+        const double above = block_sum(tree, local);
+        if (threadIdx.x == 0) {
+            stats[3 * n] = log_sum - target;
+            stats[3 * n + 1] = above == 0.0 ? 1.0 : 0.0;
+            stats[3 * n + 2] = above < 5.0 ? 1.0 : 0.0;
+        }
+        for (unsigned int u = threadIdx.x; u < per_tower; u += LOSS_THREADS) {
+            const unsigned int cls = tower * per_tower + u;
+            const double p = exp(LOGIT(cls) - log_sum);
+            dlogits[(unsigned long long)n * per_tower + u] =
+                (float)((p - (cls == label ? 1.0 : 0.0)) / (double)batch);
+        }
 #undef LOGIT
+    }
 }

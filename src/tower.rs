@@ -134,6 +134,11 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
         }
         let buffers = Buffers::new(&mut device, &plan, batch)?;
+        for layer in &plan.layers {
+            if let Op::Conv(shape) = &layer.op {
+                device.prepare_conv(shape, batch)?;
+            }
+        }
         let timings = vec![LayerTiming::default(); plan.layers.len() + 2];
         Ok(Tower {
             plan,

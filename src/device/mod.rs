@@ -46,6 +46,11 @@ pub trait Device {
     fn fence(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Chooses how to run the convolution `shape` at up to `batch` images,
+    /// before the first step (a GPU measures its algorithms here).
+    fn prepare_conv(&mut self, _shape: &ConvShape, _batch: usize) -> Result<()> {
+        Ok(())
+    }
 
     /// `y = bias + Σ_s conv(x_s, w_s)`.
     fn conv_forward(

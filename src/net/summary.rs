@@ -135,9 +135,9 @@ pub fn render(plan: &Plan, batch: usize) -> String {
     let _ = writeln!(s, "  total {}: {fits} a 3 GB GTX 580", bytes(m.total()));
     let _ = writeln!(
         s,
-        "  on a GPU add at most {} of cuDNN workspace and the CUDA context's own;\n  \
-         one GPU holding both towers (--gpus 0) needs twice the total",
-        bytes(crate::device::cuda::WORKSPACE_LIMIT)
+        "  on a GPU add the cuDNN workspace its algorithms choose (at most a quarter\n  \
+         of the memory free when they are chosen) and the CUDA context's own;\n  \
+         one GPU holding both towers (--gpus 0) needs twice the total"
     );
     s
 }

@@ -1,26 +1,34 @@
-//! Convolutions through cuDNN: forward, backward-data and backward-filter,
-//! with descriptors and algorithms chosen once per shape and batch size.
+//! Convolutions through cuDNN: forward, backward-data and backward-filter.
 //!
-//! Algorithms are chosen by measurement (`cudnnFind*`), keeping only
-//! deterministic ones that fit the shared workspace ([`WORKSPACE_LIMIT`]) and,
-//! unless TF32 is allowed, use plain FMA math; the heuristic (`_v7`) answers
-//! where measuring finds none.
+//! Algorithms are chosen once per shape, by measurement (`cudnnFind*Ex` on
+//! scratch buffers of the tower's largest batch) in a warm-up before the
+//! first step ([`Convolutions::search`]), one search at a time in the
+//! process so towers sharing a GPU do not time each other's load. A search
+//! may lend a quarter of the device's free memory as workspace. It keeps the
+//! fastest deterministic algorithm that fits and uses an allowed math type;
+//! where none is deterministic, the fastest that fits, saying so in one line;
+//! the heuristic (`_v7`) answers where measuring finds nothing. A smaller
+//! batch (an epoch's short last batch, an evaluation) reuses the algorithms
+//! with its own descriptors; each direction runs with the math type of the
+//! algorithm it chose.
 
 use crate::error::{Error, Result};
 use crate::net::plan::ConvShape;
 use cudarc::cudnn::{result, sys};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// The most workspace one device lends its convolutions: 256 MiB.
-pub const WORKSPACE_LIMIT: usize = 256 << 20;
+/// One algorithm search at a time in the process (module docs).
+static SEARCH: Mutex<()> = Mutex::new(());
 
-/// cuDNN state of one device: its handle, a plan per shape, the workspace.
+/// cuDNN state of one device: its handle, algorithms per shape, descriptors
+/// per shape and batch, the workspace.
 pub struct Convolutions {
     handle: Handle,
     stream: Arc<CudaStream>,
+    algorithms: HashMap<ConvShape, Algorithms>,
     plans: HashMap<(ConvShape, usize), ConvPlan>,
     workspace: Option<CudaSlice<u8>>,
     tf32: bool,
@@ -62,15 +70,38 @@ descriptor!(
     result::destroy_convolution_descriptor
 );
 
-/// Descriptors of one source's convolution and the algorithms chosen for it.
+/// An algorithm and the math type it was measured with.
+#[derive(Debug, Clone, Copy)]
+struct Choice<A> {
+    algo: A,
+    math: sys::cudnnMathType_t,
+}
+
+/// The three directions' algorithms for one shape, measured at `batch`.
+#[derive(Debug, Clone, Copy)]
+struct Algorithms {
+    batch: usize,
+    forward: Choice<sys::cudnnConvolutionFwdAlgo_t>,
+    backward_data: Choice<sys::cudnnConvolutionBwdDataAlgo_t>,
+    backward_filter: Choice<sys::cudnnConvolutionBwdFilterAlgo_t>,
+}
+
+/// Descriptors of one source's convolution at one batch size: one
+/// convolution descriptor per direction, each set to its algorithm's math.
 struct ConvPlan {
     x: TensorDesc,
     y: TensorDesc,
     w: FilterDesc,
-    conv: ConvDesc,
-    forward: sys::cudnnConvolutionFwdAlgo_t,
-    backward_data: sys::cudnnConvolutionBwdDataAlgo_t,
-    backward_filter: sys::cudnnConvolutionBwdFilterAlgo_t,
+    forward: (ConvDesc, sys::cudnnConvolutionFwdAlgo_t),
+    backward_data: (ConvDesc, sys::cudnnConvolutionBwdDataAlgo_t),
+    backward_filter: (ConvDesc, sys::cudnnConvolutionBwdFilterAlgo_t),
+}
+
+/// Tensor and filter descriptors of one shape at one batch size.
+struct Tensors {
+    x: TensorDesc,
+    y: TensorDesc,
+    w: FilterDesc,
 }
 
 fn cudnn(what: &str) -> impl FnOnce(result::CudnnError) -> Error + '_ {
@@ -88,18 +119,67 @@ fn allowed_math(math: sys::cudnnMathType_t, tf32: bool) -> bool {
     }
 }
 
-/// Picks the first (fastest) result that succeeded, is deterministic, fits
-/// the workspace and uses an allowed math type.
-macro_rules! choose {
-    ($perfs:expr, $tf32:expr) => {
-        $perfs.iter().find(|p| {
-            p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-                && p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
-                && p.memory <= WORKSPACE_LIMIT
-                && allowed_math(p.mathType, $tf32)
-        })
+/// What the search needs to know of one direction's measured results.
+trait Perf: Copy {
+    type Algo: Copy + std::fmt::Debug;
+    fn algo(&self) -> Self::Algo;
+    fn usable(&self, budget: usize, tf32: bool) -> bool;
+    fn deterministic(&self) -> bool;
+    fn math(&self) -> sys::cudnnMathType_t;
+}
+
+macro_rules! perf {
+    ($perf:ty, $algo:ty) => {
+        impl Perf for $perf {
+            type Algo = $algo;
+            fn algo(&self) -> $algo {
+                self.algo
+            }
+            fn usable(&self, budget: usize, tf32: bool) -> bool {
+                self.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+                    && self.memory <= budget
+                    && allowed_math(self.mathType, tf32)
+            }
+            fn deterministic(&self) -> bool {
+                self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+            }
+            fn math(&self) -> sys::cudnnMathType_t {
+                self.mathType
+            }
+        }
     };
 }
+perf!(
+    sys::cudnnConvolutionFwdAlgoPerf_t,
+    sys::cudnnConvolutionFwdAlgo_t
+);
+perf!(
+    sys::cudnnConvolutionBwdDataAlgoPerf_t,
+    sys::cudnnConvolutionBwdDataAlgo_t
+);
+perf!(
+    sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+    sys::cudnnConvolutionBwdFilterAlgo_t
+);
+
+/// The fastest usable deterministic result (results come fastest first),
+/// else the fastest usable one, and whether it was deterministic.
+fn choose<P: Perf>(perfs: &[P], budget: usize, tf32: bool) -> Option<(Choice<P::Algo>, bool)> {
+    let usable = || perfs.iter().filter(|p| p.usable(budget, tf32));
+    let pick = usable()
+        .find(|p| p.deterministic())
+        .or_else(|| usable().next())?;
+    Some((
+        Choice {
+            algo: pick.algo(),
+            math: pick.math(),
+        },
+        pick.deterministic(),
+    ))
+}
+
+/// Results a `cudnnFind*`/`cudnnGet*_v7` call may return.
+const RESULTS: usize = 16;
 
 impl Convolutions {
     /// cuDNN on `stream`; `tf32` lets convolutions use TF32 tensor cores.
@@ -111,10 +191,19 @@ impl Convolutions {
         Ok(Convolutions {
             handle,
             stream,
+            algorithms: HashMap::new(),
             plans: HashMap::new(),
             workspace: None,
             tf32,
         })
+    }
+
+    /// Chooses the algorithms for `s` at `batch` images (the warm-up; module
+    /// docs) and sizes the workspace for them.
+    pub fn search(&mut self, s: &ConvShape, batch: usize) -> Result<()> {
+        let algorithms = self.measure(s, batch)?;
+        self.algorithms.insert(*s, algorithms);
+        self.prepare(s, batch).map(drop)
     }
 
     /// `y = beta·y + conv(x, w)` for one source, all raw device pointers.
@@ -131,8 +220,8 @@ impl Convolutions {
                 x as *const c_void,
                 plan.w.0,
                 w as *const c_void,
-                plan.conv.0,
-                plan.forward,
+                plan.forward.0.0,
+                plan.forward.1,
                 ws,
                 ws_len,
                 ptr(&beta),
@@ -164,8 +253,8 @@ impl Convolutions {
                 w as *const c_void,
                 plan.y.0,
                 dy as *const c_void,
-                plan.conv.0,
-                plan.backward_data,
+                plan.backward_data.0.0,
+                plan.backward_data.1,
                 ws,
                 ws_len,
                 ptr(&beta),
@@ -197,8 +286,8 @@ impl Convolutions {
                 x as *const c_void,
                 plan.y.0,
                 dy as *const c_void,
-                plan.conv.0,
-                plan.backward_filter,
+                plan.backward_filter.0.0,
+                plan.backward_filter.1,
                 ws,
                 ws_len,
                 ptr(&beta),
@@ -209,12 +298,32 @@ impl Convolutions {
         .map_err(cudnn("convolution backward filter"))
     }
 
-    /// The plan for this shape (made on first use), and the workspace as a
-    /// raw pointer and its length (null and 0 while no plan needs one).
+    /// The plan for this shape and batch (made on first use, from the
+    /// shape's algorithms when they were measured at a batch at least as
+    /// large, else by measuring now), and the workspace as a raw pointer and
+    /// its length (null and 0 while no plan needs one).
     fn prepare(&mut self, s: &ConvShape, batch: usize) -> Result<(&ConvPlan, *mut c_void, usize)> {
         let key = (*s, batch);
         if !self.plans.contains_key(&key) {
-            let plan = self.make_plan(s, batch)?;
+            let known = self.algorithms.get(s).filter(|a| a.batch >= batch).copied();
+            let algorithms = match known {
+                Some(a) => a,
+                None => {
+                    let a = self.measure(s, batch)?;
+                    self.algorithms.insert(*s, a);
+                    a
+                }
+            };
+            let (plan, bytes) = match self.plan(s, batch, &algorithms) {
+                Ok(made) => made,
+                // The larger batch's algorithm may not run at this one.
+                Err(_) if algorithms.batch != batch => {
+                    let a = self.measure(s, batch)?;
+                    self.plan(s, batch, &a)?
+                }
+                Err(e) => return Err(e),
+            };
+            self.grow_workspace(bytes)?;
             self.plans.insert(key, plan);
         }
         let (ws, len) = match self.workspace.as_ref() {
@@ -224,205 +333,305 @@ impl Convolutions {
         Ok((&self.plans[&key], ws, len))
     }
 
-    fn make_plan(&mut self, s: &ConvShape, batch: usize) -> Result<ConvPlan> {
-        let dims = |v: [usize; 4]| v.map(|d| d as i32);
-        let float = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
-        let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-        // SAFETY: each descriptor is created just before it is set, and owned by its wrapper.
-        let plan = unsafe {
-            let x = TensorDesc(result::create_tensor_descriptor().map_err(cudnn("tensor"))?);
-            result::set_tensor4d_descriptor(
-                x.0,
-                nchw,
-                float,
-                dims([batch, s.in_c, s.in_h, s.in_w]),
-            )
-            .map_err(cudnn("input shape"))?;
-            let y = TensorDesc(result::create_tensor_descriptor().map_err(cudnn("tensor"))?);
-            result::set_tensor4d_descriptor(
-                y.0,
-                nchw,
-                float,
-                dims([batch, s.out_c, s.out_h, s.out_w]),
-            )
-            .map_err(cudnn("output shape"))?;
-            let w = FilterDesc(result::create_filter_descriptor().map_err(cudnn("filter"))?);
-            result::set_filter4d_descriptor(
-                w.0,
-                float,
-                nchw,
-                dims([s.out_c, s.in_c, s.kernel, s.kernel]),
-            )
-            .map_err(cudnn("filter shape"))?;
-            let conv =
-                ConvDesc(result::create_convolution_descriptor().map_err(cudnn("convolution"))?);
-            let (pad, stride) = (s.pad as i32, s.stride as i32);
-            result::set_convolution2d_descriptor(
-                conv.0,
-                pad,
-                pad,
-                stride,
-                stride,
-                1,
-                1,
-                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                float,
-            )
-            .map_err(cudnn("convolution geometry"))?;
-            let math = if self.tf32 {
-                sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+    /// Descriptors for `batch` with the given algorithms, and the workspace
+    /// bytes they need.
+    fn plan(&self, s: &ConvShape, batch: usize, a: &Algorithms) -> Result<(ConvPlan, usize)> {
+        let Tensors { x, y, w } = tensors(s, batch)?;
+        let h = self.handle.0;
+        let math = |m: sys::cudnnMathType_t| {
+            if self.tf32 {
+                m
             } else {
                 sys::cudnnMathType_t::CUDNN_FMA_MATH
-            };
-            result::set_convolution_math_type(conv.0, math).map_err(cudnn("math type"))?;
-            let (forward, backward_data, backward_filter) =
-                self.choose_algorithms(&x, &y, &w, &conv)?;
-            ConvPlan {
-                x,
-                y,
-                w,
-                conv,
-                forward: forward.0,
-                backward_data: backward_data.0,
-                backward_filter: backward_filter.0,
             }
-            .with_workspace(forward.1.max(backward_data.1).max(backward_filter.1), self)?
         };
-        Ok(plan)
-    }
-
-    /// Each direction's algorithm and its workspace bytes.
-    #[allow(clippy::type_complexity)]
-    unsafe fn choose_algorithms(
-        &self,
-        x: &TensorDesc,
-        y: &TensorDesc,
-        w: &FilterDesc,
-        conv: &ConvDesc,
-    ) -> Result<(
-        (sys::cudnnConvolutionFwdAlgo_t, usize),
-        (sys::cudnnConvolutionBwdDataAlgo_t, usize),
-        (sys::cudnnConvolutionBwdFilterAlgo_t, usize),
-    )> {
-        const N: usize = 16;
-        let h = self.handle.0;
-        let tf32 = self.tf32;
-        let mut count = 0;
-        // SAFETY: live descriptors; the result arrays hold N entries.
+        let forward = convolution(s, math(a.forward.math))?;
+        let backward_data = convolution(s, math(a.backward_data.math))?;
+        let backward_filter = convolution(s, math(a.backward_filter.math))?;
+        let (mut f, mut d, mut g) = (0usize, 0usize, 0usize);
+        // SAFETY: live descriptors; each call writes one usize.
         unsafe {
-            let mut fwd: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
-            let found = sys::cudnnFindConvolutionForwardAlgorithm(
+            sys::cudnnGetConvolutionForwardWorkspaceSize(
                 h,
                 x.0,
                 w.0,
-                conv.0,
+                forward.0,
                 y.0,
-                N as i32,
+                a.forward.algo,
+                &mut f,
+            )
+            .result()
+            .map_err(cudnn("forward workspace size"))?;
+            sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                h,
+                w.0,
+                y.0,
+                backward_data.0,
+                x.0,
+                a.backward_data.algo,
+                &mut d,
+            )
+            .result()
+            .map_err(cudnn("backward-data workspace size"))?;
+            sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                h,
+                x.0,
+                y.0,
+                backward_filter.0,
+                w.0,
+                a.backward_filter.algo,
+                &mut g,
+            )
+            .result()
+            .map_err(cudnn("backward-filter workspace size"))?;
+        }
+        let plan = ConvPlan {
+            x,
+            y,
+            w,
+            forward: (forward, a.forward.algo),
+            backward_data: (backward_data, a.backward_data.algo),
+            backward_filter: (backward_filter, a.backward_filter.algo),
+        };
+        Ok((plan, f.max(d).max(g)))
+    }
+
+    /// Measures each direction's algorithms for `s` at `batch` on scratch
+    /// buffers, with a quarter of the device's free memory as workspace.
+    fn measure(&self, s: &ConvShape, batch: usize) -> Result<Algorithms> {
+        // A poisoned lock only means another search failed; the guard holds no data.
+        let _one_at_a_time = SEARCH.lock().unwrap_or_else(|e| e.into_inner());
+        let ctx = self.stream.context();
+        let (free, _) = ctx
+            .mem_get_info()
+            .map_err(|e| Error::cuda("asking the GPU's free memory", e))?;
+        let budget = free / 4;
+        let scratch = |len: usize| {
+            self.stream
+                .alloc_zeros::<f32>(len.max(1))
+                .map_err(|e| Error::cuda("allocating buffers for the cuDNN algorithm search", e))
+        };
+        let mut x = scratch(batch * s.in_c * s.in_h * s.in_w)?;
+        let mut y = scratch(batch * s.out_c * s.out_h * s.out_w)?;
+        let mut w = scratch(s.block_len())?;
+        let mut ws = self
+            .stream
+            .alloc_zeros::<u8>(budget.max(1))
+            .map_err(|e| Error::cuda("allocating the cuDNN search workspace", e))?;
+        let Tensors {
+            x: xd,
+            y: yd,
+            w: wd,
+        } = tensors(s, batch)?;
+        let search_math = if self.tf32 {
+            sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+        } else {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        };
+        let conv = convolution(s, search_math)?;
+        let h = self.handle.0;
+        let tf32 = self.tf32;
+        let (x, y, w) = (
+            x.device_ptr_mut(&self.stream).0 as *mut c_void,
+            y.device_ptr_mut(&self.stream).0 as *mut c_void,
+            w.device_ptr_mut(&self.stream).0 as *mut c_void,
+        );
+        let ws_ptr = ws.device_ptr_mut(&self.stream).0 as *mut c_void;
+        let mut count = 0;
+        let note = |direction: &str, deterministic: bool| {
+            if !deterministic {
+                eprintln!(
+                    "note: no deterministic cuDNN {direction} algorithm fits {} MiB for conv {}x{}x{} -> {} at batch {batch}; using the fastest that does",
+                    budget >> 20,
+                    s.in_c,
+                    s.in_h,
+                    s.in_w,
+                    s.out_c
+                );
+            }
+        };
+        // SAFETY: live descriptors describing the scratch buffers, which
+        // outlive the calls; each result array holds RESULTS entries.
+        unsafe {
+            let mut perfs: [sys::cudnnConvolutionFwdAlgoPerf_t; RESULTS] = std::mem::zeroed();
+            let found = sys::cudnnFindConvolutionForwardAlgorithmEx(
+                h,
+                xd.0,
+                x,
+                wd.0,
+                w,
+                conv.0,
+                yd.0,
+                y,
+                RESULTS as i32,
                 &mut count,
-                fwd.as_mut_ptr(),
+                perfs.as_mut_ptr(),
+                ws_ptr,
+                budget,
             );
-            if found.result().is_err() || choose!(fwd[..count as usize], tf32).is_none() {
+            if found.result().is_err() || choose(&perfs[..count as usize], budget, tf32).is_none() {
                 sys::cudnnGetConvolutionForwardAlgorithm_v7(
                     h,
-                    x.0,
-                    w.0,
+                    xd.0,
+                    wd.0,
                     conv.0,
-                    y.0,
-                    N as i32,
+                    yd.0,
+                    RESULTS as i32,
                     &mut count,
-                    fwd.as_mut_ptr(),
+                    perfs.as_mut_ptr(),
                 )
                 .result()
                 .map_err(cudnn("forward algorithm"))?;
             }
-            let forward =
-                choose!(fwd[..count as usize], tf32).ok_or_else(|| no_algorithm("forward"))?;
+            let (forward, det) = choose(&perfs[..count as usize], budget, tf32)
+                .ok_or_else(|| no_algorithm("forward", budget))?;
+            note("forward", det);
 
-            let mut data: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
-            let found = sys::cudnnFindConvolutionBackwardDataAlgorithm(
+            let mut perfs: [sys::cudnnConvolutionBwdDataAlgoPerf_t; RESULTS] = std::mem::zeroed();
+            let found = sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
                 h,
-                w.0,
-                y.0,
+                wd.0,
+                w,
+                yd.0,
+                y,
                 conv.0,
-                x.0,
-                N as i32,
+                xd.0,
+                x,
+                RESULTS as i32,
                 &mut count,
-                data.as_mut_ptr(),
+                perfs.as_mut_ptr(),
+                ws_ptr,
+                budget,
             );
-            if found.result().is_err() || choose!(data[..count as usize], tf32).is_none() {
+            if found.result().is_err() || choose(&perfs[..count as usize], budget, tf32).is_none() {
                 sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
                     h,
-                    w.0,
-                    y.0,
+                    wd.0,
+                    yd.0,
                     conv.0,
-                    x.0,
-                    N as i32,
+                    xd.0,
+                    RESULTS as i32,
                     &mut count,
-                    data.as_mut_ptr(),
+                    perfs.as_mut_ptr(),
                 )
                 .result()
                 .map_err(cudnn("backward-data algorithm"))?;
             }
-            let data = choose!(data[..count as usize], tf32)
-                .ok_or_else(|| no_algorithm("backward-data"))?;
+            let (backward_data, det) = choose(&perfs[..count as usize], budget, tf32)
+                .ok_or_else(|| no_algorithm("backward-data", budget))?;
+            note("backward-data", det);
 
-            let mut filter: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] = std::mem::zeroed();
-            let found = sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+            let mut perfs: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; RESULTS] = std::mem::zeroed();
+            let found = sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
                 h,
-                x.0,
-                y.0,
+                xd.0,
+                x,
+                yd.0,
+                y,
                 conv.0,
-                w.0,
-                N as i32,
+                wd.0,
+                w,
+                RESULTS as i32,
                 &mut count,
-                filter.as_mut_ptr(),
+                perfs.as_mut_ptr(),
+                ws_ptr,
+                budget,
             );
-            if found.result().is_err() || choose!(filter[..count as usize], tf32).is_none() {
+            if found.result().is_err() || choose(&perfs[..count as usize], budget, tf32).is_none() {
                 sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
                     h,
-                    x.0,
-                    y.0,
+                    xd.0,
+                    yd.0,
                     conv.0,
-                    w.0,
-                    N as i32,
+                    wd.0,
+                    RESULTS as i32,
                     &mut count,
-                    filter.as_mut_ptr(),
+                    perfs.as_mut_ptr(),
                 )
                 .result()
                 .map_err(cudnn("backward-filter algorithm"))?;
             }
-            let filter = choose!(filter[..count as usize], tf32)
-                .ok_or_else(|| no_algorithm("backward-filter"))?;
-            Ok((
-                (forward.algo, forward.memory),
-                (data.algo, data.memory),
-                (filter.algo, filter.memory),
-            ))
+            let (backward_filter, det) = choose(&perfs[..count as usize], budget, tf32)
+                .ok_or_else(|| no_algorithm("backward-filter", budget))?;
+            note("backward-filter", det);
+
+            Ok(Algorithms {
+                batch,
+                forward,
+                backward_data,
+                backward_filter,
+            })
         }
     }
-}
 
-impl ConvPlan {
-    /// Grows the shared workspace to `bytes` if this plan needs more.
-    fn with_workspace(self, bytes: usize, convs: &mut Convolutions) -> Result<Self> {
-        if bytes > 0 && convs.workspace.as_ref().is_none_or(|ws| ws.len() < bytes) {
-            convs.workspace = Some(
-                convs
-                    .stream
+    /// Grows the shared workspace to `bytes` if it is smaller.
+    fn grow_workspace(&mut self, bytes: usize) -> Result<()> {
+        if bytes > 0 && self.workspace.as_ref().is_none_or(|ws| ws.len() < bytes) {
+            // The old workspace is freed in stream order, after the work queued on it.
+            self.workspace = Some(
+                self.stream
                     .alloc_zeros::<u8>(bytes)
                     .map_err(|e| Error::cuda("allocating the cuDNN workspace", e))?,
             );
         }
-        Ok(self)
+        Ok(())
     }
 }
 
-fn no_algorithm(direction: &str) -> Error {
+/// NCHW f32 descriptors of `s`'s input, output and one source's filter.
+fn tensors(s: &ConvShape, batch: usize) -> Result<Tensors> {
+    let dims = |v: [usize; 4]| v.map(|d| d as i32);
+    let float = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    // SAFETY: each descriptor is created just before it is set, and owned by its wrapper.
+    unsafe {
+        let x = TensorDesc(result::create_tensor_descriptor().map_err(cudnn("tensor"))?);
+        result::set_tensor4d_descriptor(x.0, nchw, float, dims([batch, s.in_c, s.in_h, s.in_w]))
+            .map_err(cudnn("input shape"))?;
+        let y = TensorDesc(result::create_tensor_descriptor().map_err(cudnn("tensor"))?);
+        result::set_tensor4d_descriptor(y.0, nchw, float, dims([batch, s.out_c, s.out_h, s.out_w]))
+            .map_err(cudnn("output shape"))?;
+        let w = FilterDesc(result::create_filter_descriptor().map_err(cudnn("filter"))?);
+        result::set_filter4d_descriptor(
+            w.0,
+            float,
+            nchw,
+            dims([s.out_c, s.in_c, s.kernel, s.kernel]),
+        )
+        .map_err(cudnn("filter shape"))?;
+        Ok(Tensors { x, y, w })
+    }
+}
+
+/// `s`'s convolution geometry with the given math type.
+fn convolution(s: &ConvShape, math: sys::cudnnMathType_t) -> Result<ConvDesc> {
+    let (pad, stride) = (s.pad as i32, s.stride as i32);
+    // SAFETY: created just before it is set, and owned by its wrapper.
+    unsafe {
+        let conv = ConvDesc(result::create_convolution_descriptor().map_err(cudnn("convolution"))?);
+        result::set_convolution2d_descriptor(
+            conv.0,
+            pad,
+            pad,
+            stride,
+            stride,
+            1,
+            1,
+            sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        )
+        .map_err(cudnn("convolution geometry"))?;
+        result::set_convolution_math_type(conv.0, math).map_err(cudnn("math type"))?;
+        Ok(conv)
+    }
+}
+
+fn no_algorithm(direction: &str, budget: usize) -> Error {
     Error::cuda(
         format!("cuDNN {direction} convolution"),
         format!(
-            "no deterministic algorithm fits the {} MiB workspace",
-            WORKSPACE_LIMIT >> 20
+            "no algorithm fits the {} MiB workspace (a quarter of the GPU's free memory)",
+            budget >> 20
         ),
     )
 }

@@ -53,7 +53,8 @@ pub struct Kernels {
     pub maxpool_backward: CudaFunction,
     pub lrn_forward: CudaFunction,
     pub lrn_backward: CudaFunction,
-    pub bias_grad: CudaFunction,
+    pub bias_grad_partial: CudaFunction,
+    pub bias_grad_finish: CudaFunction,
     pub softmax_cross_entropy: CudaFunction,
 }
 
@@ -92,7 +93,8 @@ impl Kernels {
             maxpool_backward: f("pool", "maxpool_backward_f32")?,
             lrn_forward: f("lrn", "lrn_forward_f32")?,
             lrn_backward: f("lrn", "lrn_backward_f32")?,
-            bias_grad: f("reduce", "bias_grad_f32")?,
+            bias_grad_partial: f("reduce", "bias_grad_partial_f32")?,
+            bias_grad_finish: f("reduce", "bias_grad_finish_f32")?,
             softmax_cross_entropy: f("reduce", "softmax_cross_entropy_f32")?,
         })
     }

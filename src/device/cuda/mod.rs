@@ -25,8 +25,6 @@ use cudarc::driver::{
 use kernels::Kernels;
 use std::sync::Arc;
 
-pub use conv::WORKSPACE_LIMIT;
-
 /// How a CUDA device computes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CudaOptions {
@@ -42,9 +40,15 @@ pub struct CudaDevice {
     blas: fc::Blas,
     labels: Option<CudaSlice<u32>>,
     stats: Option<CudaSlice<f64>>,
+    /// Per-chunk sums of the bias gradient's first pass.
+    bias_partials: Option<CudaSlice<f32>>,
 }
 
 const THREADS: u32 = 256;
+
+/// Blocks a reduction aims for: enough to fill every SM of a large GPU
+/// several times over.
+const FILL_BLOCKS: usize = 1024;
 
 /// A grid-stride launch over `n` elements.
 pub fn grid(n: usize) -> LaunchConfig {
@@ -78,6 +82,7 @@ impl CudaDevice {
             convs,
             labels: None,
             stats: None,
+            bias_partials: None,
         })
     }
 
@@ -189,6 +194,10 @@ impl Device for CudaDevice {
 
     fn fence(&mut self) -> Result<()> {
         self.synchronize()
+    }
+
+    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
+        self.convs.search(shape, batch)
     }
 
     fn conv_forward(
@@ -490,9 +499,10 @@ impl Device for CudaDevice {
             self.ptr(stats),
         ];
         let d = [batch, towers, per_tower, tower].map(u32_of);
+        // One block of 256 threads per image (kernels/reduce.cu).
         let config = LaunchConfig {
-            grid_dim: (u32_of(batch.div_ceil(128)), 1, 1),
-            block_dim: (128, 1, 1),
+            grid_dim: (u32_of(batch.min(65_535)), 1, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         self.launch(
@@ -559,8 +569,12 @@ impl CudaDevice {
     }
 
     /// `dbias[c] = Σ_{n,p} dy[n][c][p]`: one block of 256 threads per channel.
+    /// `dbias[c] = Σ dy[n][c][p]` in two deterministic passes: blocks over
+    /// (chunk of images, channel) into partial sums, then each channel's
+    /// chunks in order; one pass straight into `dbias` where one chunk
+    /// already fills the GPU.
     fn bias_grad(
-        &self,
+        &mut self,
         dy: &CudaSlice<f32>,
         dbias: &CudaSlice<f32>,
         batch: usize,
@@ -568,18 +582,45 @@ impl CudaDevice {
         plane: usize,
     ) -> Result<()> {
         need(dbias, channels, "bias gradient")?;
-        let (dy, dbias) = (self.ptr(dy), self.ptr(dbias));
-        let d = [batch, channels, plane].map(u32_of);
+        need(dy, batch * channels * plane, "output gradient")?;
+        let per_chunk = batch.div_ceil((FILL_BLOCKS / channels).clamp(1, batch.max(1)));
+        let chunks = batch.div_ceil(per_chunk.max(1)).max(1);
+        let partial = if chunks == 1 {
+            self.ptr(dbias)
+        } else {
+            let len = channels * chunks;
+            let partials = match &mut self.bias_partials {
+                Some(p) if p.len() >= len => p,
+                // A smaller old buffer is freed in stream order, after the work queued on it.
+                slot => slot.insert(
+                    self.stream
+                        .alloc_zeros(len)
+                        .map_err(|e| Error::cuda("allocating bias partial sums", e))?,
+                ),
+            };
+            partials.device_ptr(&self.stream).0
+        };
+        let dy = self.ptr(dy);
+        let d = [batch, channels, plane, per_chunk].map(u32_of);
         let config = LaunchConfig {
-            grid_dim: (d[1], 1, 1),
+            grid_dim: (u32_of(chunks), d[1].min(65_535), 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         self.launch(
-            &self.kernels.bias_grad,
+            &self.kernels.bias_grad_partial,
             config,
-            &[&dy, &dbias, &d[0], &d[1], &d[2]],
-        )
+            &[&dy, &partial, &d[0], &d[1], &d[2], &d[3]],
+        )?;
+        if chunks > 1 {
+            let (dbias, chunks) = (self.ptr(dbias), u32_of(chunks));
+            self.launch(
+                &self.kernels.bias_grad_finish,
+                grid(channels),
+                &[&partial, &dbias, &d[1], &chunks],
+            )?;
+        }
+        Ok(())
     }
 
     fn dropout(
