@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod faults;
 
 use crate::error::Result;
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
