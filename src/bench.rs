@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::link;
 use crate::net::init::{InitScheme, init_twin};
 use crate::net::plan::Plan;
+use crate::net::summary::DevicePeak;
 use crate::placement::Placement;
 use crate::tower::LayerTiming;
 use crate::towers::{Batch, TowerPair};
@@ -76,6 +77,12 @@ pub struct BenchReport {
     pub exchange_ms_per_step: f64,
     /// Per GPU used, (ordinal, bytes in use after the timed steps).
     pub gpu_memory_in_use: Vec<(usize, usize)>,
+    /// Per GPU used, (ordinal, bytes in use before the towers were built:
+    /// the CUDA context and anything else on the GPU).
+    pub gpu_memory_before: Vec<(usize, usize)>,
+    /// What `summary --batch N` predicts each GPU's towers hold, to compare
+    /// with the difference of the two above.
+    pub gpu_peak_predicted: Option<DevicePeak>,
     /// Forward multiply-adds per image of the whole net.
     pub macs_per_image: usize,
     pub layers: Vec<LayerReport>,
@@ -132,6 +139,17 @@ fn layer_reports(
 pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let plan = Arc::new(Plan::load(&config.preset)?);
     let init = init_twin(&plan, InitScheme::Caffe, 1);
+    let gpus: Vec<usize> = match config.placement {
+        Placement::Cpu => vec![],
+        Placement::OneGpu { ordinal, .. } => vec![ordinal],
+        Placement::TwoGpus { ordinals, .. } => ordinals.to_vec(),
+    };
+    let memory = || -> Result<Vec<(usize, usize)>> {
+        gpus.iter()
+            .map(|&g| probe::memory_in_use(g).map(|bytes| (g, bytes)))
+            .collect()
+    };
+    let gpu_memory_before = memory()?;
     let towers = TowerPair::new(config.placement, Arc::clone(&plan), config.batch, &init)?;
     let (channels, size) = (plan.spec.input.channels, plan.spec.input.size);
     let set = Synthetic::new(1, Split::Train, config.batch, channels, size);
@@ -180,17 +198,16 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             .map(|step| step.iter().map(|t| t.exchange_s).sum())
             .collect(),
     );
-    let gpus: Vec<usize> = match config.placement {
-        Placement::Cpu => vec![],
-        Placement::OneGpu { ordinal, .. } => vec![ordinal],
-        Placement::TwoGpus { ordinals, .. } => ordinals.to_vec(),
+    let gpu_memory_in_use = memory()?;
+    let towers_per_gpu = match config.placement {
+        Placement::Cpu => None,
+        Placement::OneGpu { .. } => Some(2),
+        Placement::TwoGpus { .. } => Some(1),
     };
-    let gpu_memory_in_use = gpus
-        .into_iter()
-        .map(|g| probe::memory_in_use(g).map(|bytes| (g, bytes)))
-        .collect::<Result<_>>()?;
     Ok(BenchReport {
         gpu_memory_in_use,
+        gpu_memory_before,
+        gpu_peak_predicted: towers_per_gpu.map(|t| DevicePeak::new(&plan, config.batch, t)),
         preset: config.preset.clone(),
         batch: config.batch,
         device: config.placement.to_string(),
@@ -227,12 +244,23 @@ pub fn render(r: &BenchReport) -> String {
         r.exchange_ms_per_step,
         r.link,
     );
-    for (gpu, bytes) in &r.gpu_memory_in_use {
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    for ((gpu, after), (_, before)) in r.gpu_memory_in_use.iter().zip(&r.gpu_memory_before) {
         text += &format!(
-            "memory     GPU {gpu}: {:.2} GiB in use after the timed steps (compare `alexnet summary --batch {}`)\n",
-            *bytes as f64 / (1u64 << 30) as f64,
-            r.batch
+            "memory     GPU {gpu}: {:.2} GiB in use after the timed steps, {:.2} GiB before the towers",
+            gib(*after),
+            gib(*before)
         );
+        if let Some(p) = &r.gpu_peak_predicted {
+            text += &format!(
+                "; the towers hold {:.2} GiB, predicted {:.2} to {:.2} (`alexnet summary --batch {}`)",
+                gib(after.saturating_sub(*before)),
+                gib(p.tensors),
+                gib(p.upper()),
+                r.batch
+            );
+        }
+        text += "\n";
     }
     text += &format!(
         "\nper layer, tower 0 (medians; a layer reading both towers includes its exchange):\n\

@@ -18,9 +18,14 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A tower thread stopped unexpectedly.
-    #[error("tower {tower}: {message}")]
-    Tower { tower: usize, message: String },
+    /// A tower failed, stopped, or stopped answering; `place` says where it
+    /// ran ("GPU 1", "CPU").
+    #[error("tower {tower} ({place}): {message}")]
+    Tower {
+        tower: usize,
+        place: String,
+        message: String,
+    },
     /// A CUDA library (driver, NVRTC, cuDNN, cuBLAS, NCCL) reported an error.
     #[error("{what}: {message}")]
     Cuda { what: String, message: String },

@@ -337,8 +337,9 @@ struct DeviceArgs {
     /// Run on the CPU even where a GPU is found.
     #[arg(long)]
     cpu: bool,
-    /// GPUs to run on: `0` puts both towers on GPU 0 (emulation mode).
-    /// Default: GPU 0 where a GPU is found, else the CPU.
+    /// GPUs to run on: `0,1` one tower each, `0` both towers on GPU 0
+    /// (emulation mode). Default: GPUs 0 and 1 where there are two or more,
+    /// GPU 0 where there is one, else the CPU.
     #[arg(long, value_name = "LIST")]
     gpus: Option<String>,
     /// Let cuDNN and cuBLAS use TF32 tensor cores (default: exact f32).

@@ -1,6 +1,7 @@
-//! Where the two towers run: the CPU (one thread per tower, host memory
-//! between them) or one GPU holding both (emulation mode), chosen from
-//! `--cpu`, `--gpus` and what the machine has.
+//! Where the two towers run: two GPUs, one tower each (the paper's layout),
+//! one GPU holding both (emulation mode), or the CPU (one thread per tower,
+//! host memory between them), chosen from `--cpu`, `--gpus` and what the
+//! machine has.
 
 use crate::device::cuda::{CudaOptions, probe};
 use crate::error::{Error, Result};
@@ -32,8 +33,8 @@ impl Placement {
     }
 
     /// The placement `--cpu` and `--gpus LIST` ask for; with neither, GPUs 0
-    /// and 1 where there are two, GPU 0 where there is one, else the CPU. Returns a one-line note saying
-    /// what was chosen and, for a fallback, why.
+    /// and 1 where there are two or more, GPU 0 where there is one, else the
+    /// CPU. Returns a one-line note saying what was chosen and why.
     pub fn choose(
         cpu: bool,
         gpus: Option<&str>,
@@ -47,18 +48,36 @@ impl Placement {
                 Ok((placement, format!("device: {placement}")))
             }
             (false, None) => Ok(match probe::gpu_count() {
-                Ok(_) => {
-                    let placement = Placement::OneGpu {
-                        ordinal: 0,
-                        options,
-                    };
-                    (placement, format!("device: {placement}"))
-                }
+                Ok(count) => Placement::default_for(count, options),
                 Err(why) => (
                     Placement::Cpu,
                     format!("device: CPU, one thread per tower ({why})"),
                 ),
             }),
+        }
+    }
+
+    /// The placement without `--cpu` or `--gpus` on a machine with `count`
+    /// GPUs (at least one), and the note saying so.
+    fn default_for(count: usize, options: CudaOptions) -> (Placement, String) {
+        if count >= 2 {
+            let placement = Placement::TwoGpus {
+                ordinals: [0, 1],
+                options,
+            };
+            (
+                placement,
+                format!("device: {placement}; the paper's layout, the default with {count} GPUs"),
+            )
+        } else {
+            let placement = Placement::OneGpu {
+                ordinal: 0,
+                options,
+            };
+            (
+                placement,
+                format!("device: {placement}; the default with one GPU"),
+            )
         }
     }
 
@@ -134,6 +153,39 @@ mod tests {
         assert_eq!(error("0,x"), "--gpus 0,x: `x` is not a GPU number");
         assert_eq!(error("1,1"), "--gpus 1,1: GPU 1 is listed twice");
         assert!(error("0,1,2").contains("two towers"));
+    }
+
+    #[test]
+    fn two_gpus_or_more_get_the_papers_layout_by_default() {
+        let options = CudaOptions::default();
+        let (one, note) = Placement::default_for(1, options);
+        assert_eq!(
+            one,
+            Placement::OneGpu {
+                ordinal: 0,
+                options
+            }
+        );
+        assert_eq!(
+            note,
+            "device: GPU 0, both towers on it (emulation mode); the default with one GPU"
+        );
+        for count in [2, 8] {
+            let (two, note) = Placement::default_for(count, options);
+            assert_eq!(
+                two,
+                Placement::TwoGpus {
+                    ordinals: [0, 1],
+                    options
+                }
+            );
+            assert_eq!(
+                note,
+                format!(
+                    "device: GPUs 0 and 1, one tower each; the paper's layout, the default with {count} GPUs"
+                )
+            );
+        }
     }
 
     #[test]

@@ -14,8 +14,11 @@ use std::time::Instant;
 /// One tower: its device, its end of the link, its parameters and buffers.
 pub struct Tower<D: Device, L: Link<D::Buf>> {
     plan: Arc<Plan>,
-    device: D,
+    /// Declared (so dropped) before the device: a link that holds a
+    /// communicator aborts it before the device's libraries are torn down
+    /// (which may wait for the stream the communicator's work is on).
     link: L,
+    device: D,
     batch: usize,
     /// Per parameter layer, in layer order.
     params: Vec<LayerParams<D::Buf>>,

@@ -4,19 +4,23 @@
 
 use crate::device::cpu::{CpuDevice, Real};
 use crate::device::cuda::{CudaDevice, CudaOptions};
+use crate::device::faults::{self, Faulty};
 use crate::device::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::link::copy::{CopyLink, CopyShared};
 use crate::link::host::HostLink;
 use crate::link::nccl::{self, NcclLink};
+use crate::link::rendezvous::Rendezvous;
+use crate::link::watch::Watch;
 use crate::net::params::{TwinTensor, join_towers, split_twin};
 use crate::net::plan::{Plan, TOWERS};
 use crate::placement::Placement;
 use crate::tower::{LayerTiming, ParamSet, Tower};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A batch both towers read: the same images, NCHW, and their labels.
 #[derive(Debug, Clone)]
@@ -57,6 +61,7 @@ struct Worker {
 pub struct TowerPair {
     plan: Arc<Plan>,
     workers: Vec<Worker>,
+    watch: Arc<Watch>,
     link_note: String,
 }
 
@@ -64,19 +69,24 @@ impl TowerPair {
     /// Both towers on the CPU, over host memory, with the twin's parameters
     /// `init`, computing in `T` (f32 for training, f64 for reference checks).
     pub fn cpu<T: Real>(plan: Arc<Plan>, batch: usize, init: &[TwinTensor]) -> Result<TowerPair> {
-        let links: Vec<Mutex<Option<HostLink<T>>>> = HostLink::pair()
+        let watch = Arc::new(Watch::new(["CPU".into(), "CPU".into()])?);
+        let links: Vec<Mutex<Option<HostLink<T>>>> = HostLink::pair_in(&watch)
             .into_iter()
             .map(|l| Mutex::new(Some(l)))
             .collect();
-        let links = Arc::new(links);
-        TowerPair::spawn(plan, batch, init, move |rank| {
-            let link = links[rank].lock().ok().and_then(|mut l| l.take());
-            let link = link.ok_or_else(|| Error::Tower {
-                tower: rank,
-                message: "link end already taken".into(),
-            })?;
-            Ok((CpuDevice::<T>::default(), link))
-        })
+        let pair = TowerPair::spawn(
+            plan,
+            batch,
+            init,
+            watch,
+            |rank| faults::build(rank, || Ok(CpuDevice::<T>::default())),
+            move |rank, _: &Faulty<CpuDevice<T>>| {
+                let link = links[rank].lock().ok().and_then(|mut l| l.take());
+                link.ok_or_else(|| Error::Training(format!("tower {rank}: link end already taken")))
+            },
+        )?;
+        pair.ready()?;
+        Ok(pair)
     }
 
     /// Both towers where `placement` says, with the twin's parameters `init`.
@@ -98,6 +108,7 @@ impl TowerPair {
             Placement::TwoGpus { ordinals, options } => {
                 let why = match TowerPair::nccl(Arc::clone(&plan), batch, init, ordinals, options) {
                     Ok(pair) => return Ok(pair),
+                    Err(e) if e.is_input() => return Err(e),
                     Err(e) => e.to_string(),
                 };
                 let mut pair = TowerPair::copies(plan, batch, init, ordinals, options)?;
@@ -118,19 +129,32 @@ impl TowerPair {
         ordinals: [usize; TOWERS],
         options: CudaOptions,
     ) -> Result<TowerPair> {
-        let shared = CopyShared::default();
-        let pair = TowerPair::spawn(plan, batch, init, move |rank| {
-            let device =
-                CudaDevice::new(ordinals[rank], options).inspect_err(|_| shared.abandon())?;
-            let link = CopyLink::new(rank, &device, Arc::clone(&shared));
-            Ok((device, link))
-        })?;
+        let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
+        let shared: CopyShared = Arc::new(Rendezvous::new(Arc::clone(&watch)));
+        let device_watch = Arc::clone(&watch);
+        let pair = TowerPair::spawn(
+            plan,
+            batch,
+            init,
+            watch,
+            move |rank| {
+                faults::build(rank, || {
+                    CudaDevice::new(ordinals[rank], options)
+                        .map(|d| d.watched(Arc::clone(&device_watch), rank))
+                })
+            },
+            move |rank, device: &Faulty<CudaDevice>| {
+                Ok(CopyLink::new(rank, device.inner(), Arc::clone(&shared)))
+            },
+        )?;
         pair.ready()?;
         Ok(pair)
     }
 
     /// Tower r on GPU `ordinals[r]`, meeting over NCCL; fails when NCCL is
-    /// missing or any rank cannot join.
+    /// missing or any rank cannot join. No tower calls NCCL before both
+    /// devices are built (the start barrier), and each polls its
+    /// communicator's start against the other tower's failure.
     fn nccl(
         plan: Arc<Plan>,
         batch: usize,
@@ -140,11 +164,23 @@ impl TowerPair {
     ) -> Result<TowerPair> {
         let version = nccl::version().map_err(|why| Error::cuda("NCCL", why))?;
         let id = nccl::new_id()?;
-        let mut pair = TowerPair::spawn(plan, batch, init, move |rank| {
-            let device = CudaDevice::new(ordinals[rank], options)?;
-            let link = NcclLink::new(rank, TOWERS, id, &device)?;
-            Ok((device, link))
-        })?;
+        let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
+        let (link_watch, device_watch) = (Arc::clone(&watch), Arc::clone(&watch));
+        let mut pair = TowerPair::spawn(
+            plan,
+            batch,
+            init,
+            watch,
+            move |rank| {
+                faults::build(rank, || {
+                    CudaDevice::new(ordinals[rank], options)
+                        .map(|d| d.watched(Arc::clone(&device_watch), rank))
+                })
+            },
+            move |rank, device: &Faulty<CudaDevice>| {
+                NcclLink::new(rank, TOWERS, id, device.inner(), Arc::clone(&link_watch))
+            },
+        )?;
         pair.ready()?;
         pair.link_note = format!(
             "towers meet over NCCL {version} between GPUs {} and {}",
@@ -163,41 +199,60 @@ impl TowerPair {
         &self.link_note
     }
 
-    /// Both towers, each built on its own thread by `make(rank)`.
-    pub fn spawn<D, L, F>(
+    /// Both towers, each on its own thread: `build(rank)` makes its device;
+    /// the towers then meet at `watch`'s start barrier, so that no link is
+    /// made (no collective library called) unless both devices exist; then
+    /// `connect(rank, &device)` makes its end of the link. A tower that
+    /// fails, at any point, records its error in `watch` before it stops,
+    /// which releases the other tower wherever it waits.
+    pub fn spawn<D, L, B, C>(
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
-        make: F,
+        watch: Arc<Watch>,
+        build: B,
+        connect: C,
     ) -> Result<TowerPair>
     where
         D: Device + 'static,
         L: Link<D::Buf> + 'static,
-        F: Fn(usize) -> Result<(D, L)> + Send + Sync + 'static,
+        B: Fn(usize) -> Result<D> + Send + Sync + 'static,
+        C: Fn(usize, &D) -> Result<L> + Send + Sync + 'static,
     {
         let split = split_twin(&plan, init)?;
-        let make = Arc::new(make);
+        let make = Arc::new((build, connect));
         let mut workers = Vec::with_capacity(TOWERS);
         for (rank, host_params) in split.into_iter().enumerate() {
             let (requests, inbox) = channel::<Request>();
             let (outbox, replies) = channel::<Result<Reply>>();
-            let (plan, make) = (Arc::clone(&plan), Arc::clone(&make));
+            let place = watch.place(rank).to_string();
+            let (plan, make, watch) = (Arc::clone(&plan), Arc::clone(&make), Arc::clone(&watch));
             let thread = std::thread::Builder::new()
                 .name(format!("tower{rank}"))
                 .spawn(move || {
-                    let built = make(rank).and_then(|(device, link)| {
+                    let (build, connect) = &*make;
+                    let built = build(rank).and_then(|device| {
+                        watch.arrive(rank)?;
+                        let link = connect(rank, &device)?;
                         Tower::new(plan, device, link, batch, &host_params)
                     });
                     drop(host_params);
                     let mut tower = match built {
                         Ok(tower) => tower,
                         Err(e) => {
+                            watch.fail(rank, &e);
                             let _ = outbox.send(Err(e));
                             return;
                         }
                     };
                     for request in inbox {
                         let reply = serve(&mut tower, request);
+                        if let Err(e) = &reply {
+                            // Recorded before the tower (its link first)
+                            // is dropped, so the other tower is released
+                            // with this error rather than a bare "stopped".
+                            watch.fail(rank, e);
+                        }
                         let failed = reply.is_err();
                         if outbox.send(reply).is_err() || failed {
                             return;
@@ -206,6 +261,7 @@ impl TowerPair {
                 })
                 .map_err(|e| Error::Tower {
                     tower: rank,
+                    place,
                     message: format!("cannot start its thread: {e}"),
                 })?;
             workers.push(Worker {
@@ -217,26 +273,48 @@ impl TowerPair {
         Ok(TowerPair {
             plan,
             workers,
+            watch,
             link_note: "towers meet through host memory".into(),
         })
     }
 
     fn ask(&self, make: impl Fn() -> Request) -> Result<Vec<Reply>> {
         for (rank, w) in self.workers.iter().enumerate() {
-            w.requests.send(make()).map_err(|_| stopped(rank))?;
+            w.requests.send(make()).map_err(|_| self.stopped(rank))?;
         }
-        self.workers
-            .iter()
-            .enumerate()
-            .map(|(rank, w)| w.replies.recv().map_err(|_| stopped(rank))?)
+        (0..self.workers.len())
+            .map(|rank| self.reply(rank))
             .collect()
+    }
+
+    /// Tower `rank`'s reply, or the pair's first failure as soon as either
+    /// tower fails (never a wait for a tower that will not answer).
+    fn reply(&self, rank: usize) -> Result<Reply> {
+        let worker = &self.workers[rank];
+        loop {
+            match worker.replies.recv_timeout(REPLY_POLL) {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => return Err(self.watch.failure().unwrap_or(e)),
+                Err(RecvTimeoutError::Timeout) => self.watch.check()?,
+                Err(RecvTimeoutError::Disconnected) => return Err(self.stopped(rank)),
+            }
+        }
     }
 
     /// Asks tower 0 alone, for what does not involve the other tower.
     fn ask_first(&self, request: Request) -> Result<Reply> {
         let first = &self.workers[0];
-        first.requests.send(request).map_err(|_| stopped(0))?;
-        first.replies.recv().map_err(|_| stopped(0))?
+        first.requests.send(request).map_err(|_| self.stopped(0))?;
+        self.reply(0)
+    }
+
+    /// The pair's first failure, or that tower `rank`'s thread has ended.
+    fn stopped(&self, rank: usize) -> Error {
+        self.watch.failure().unwrap_or_else(|| Error::Tower {
+            tower: rank,
+            place: self.watch.place(rank).to_string(),
+            message: "its thread has stopped".into(),
+        })
     }
 
     /// One training step: forward, backward and, with `sgd`, the update.
@@ -291,10 +369,10 @@ impl TowerPair {
         for ((rank, w), params) in self.workers.iter().enumerate().zip(split) {
             w.requests
                 .send(Request::Upload(which, params))
-                .map_err(|_| stopped(rank))?;
+                .map_err(|_| self.stopped(rank))?;
         }
-        for (rank, w) in self.workers.iter().enumerate() {
-            w.replies.recv().map_err(|_| stopped(rank))??;
+        for rank in 0..self.workers.len() {
+            self.reply(rank)?;
         }
         Ok(())
     }
@@ -314,20 +392,29 @@ impl TowerPair {
 }
 
 impl Drop for TowerPair {
+    /// Ends both threads. After a failure a tower may never answer again (a
+    /// hung device): it gets a short grace and is then left behind, to end
+    /// with the process, rather than joined forever.
     fn drop(&mut self) {
+        let failed = self.watch.failure().is_some();
+        let grace = Instant::now() + Duration::from_secs(1);
         for w in self.workers.drain(..) {
             drop(w.requests);
+            if failed {
+                while !w.thread.is_finished() && Instant::now() < grace {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if !w.thread.is_finished() {
+                    continue;
+                }
+            }
             let _ = w.thread.join();
         }
     }
 }
 
-fn stopped(rank: usize) -> Error {
-    Error::Tower {
-        tower: rank,
-        message: "its thread has stopped".into(),
-    }
-}
+/// How often the caller's thread, waiting for a reply, looks for a failure.
+const REPLY_POLL: Duration = Duration::from_millis(20);
 
 fn first_stats(replies: Vec<Reply>) -> Result<LossStats> {
     match replies.first() {
@@ -364,6 +451,75 @@ fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) 
         Request::Profile(on) => {
             tower.set_profile(on);
             Ok(Reply::Done)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::faults::Fault;
+    use crate::net::init::{InitScheme, init_twin};
+
+    /// Runs a CPU pair whose tower 1 has `fault` until it fails, and
+    /// returns the error and how long dropping the pair then took. The
+    /// watch waits 60 s, so only a release ends the other tower's wait soon.
+    fn fail_with(fault: Fault) -> (Error, Duration) {
+        let plan = Arc::new(Plan::load("small").unwrap());
+        let watch = Arc::new(Watch::with_timeout(
+            ["CPU".into(), "CPU".into()],
+            Duration::from_secs(60),
+        ));
+        let links = Mutex::new(HostLink::<f32>::pair_in(&watch).map(Some));
+        let batch = 2;
+        let pair = TowerPair::spawn(
+            Arc::clone(&plan),
+            batch,
+            &init_twin(&plan, InitScheme::He, 1),
+            watch,
+            move |rank| {
+                Faulty::new((rank == 1).then_some(fault), || {
+                    Ok(CpuDevice::<f32>::default())
+                })
+            },
+            move |rank, _: &Faulty<CpuDevice<f32>>| Ok(links.lock().unwrap()[rank].take().unwrap()),
+        )
+        .unwrap();
+        let step = Batch {
+            images: Arc::new(vec![0.5; batch * plan.input.len()]),
+            labels: Arc::new(vec![0, 1]),
+        };
+        let sgd = SgdStep {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        };
+        let error = pair
+            .ready()
+            .and_then(|()| (1..=3).try_for_each(|k| pair.train_step(&step, k, Some(sgd)).map(drop)))
+            .unwrap_err();
+        let start = Instant::now();
+        drop(pair);
+        (error, start.elapsed())
+    }
+
+    #[test]
+    fn a_failing_tower_releases_the_other_at_once() {
+        for (fault, what) in [
+            (Fault::Build, "the device does not build"),
+            (Fault::Forward(2), "forward pass 2 fails"),
+            (Fault::Backward(2), "backward pass 2 fails"),
+        ] {
+            let (error, dropping) = fail_with(fault);
+            assert_eq!(
+                error.to_string(),
+                format!("tower 1 (CPU): injected fault (ALEXNET_FAULT): {what}")
+            );
+            // Both threads had ended: no grace was waited out.
+            assert!(
+                dropping < Duration::from_millis(500),
+                "{fault:?}: {dropping:?}"
+            );
         }
     }
 }

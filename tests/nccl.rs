@@ -6,6 +6,7 @@
 use alexnet::device::SgdStep;
 use alexnet::device::cuda::{CudaDevice, CudaOptions, probe};
 use alexnet::link::nccl::{self, NcclLink};
+use alexnet::link::watch::Watch;
 use alexnet::net::init::{InitScheme, init_twin};
 use alexnet::net::plan::Plan;
 use alexnet::placement::Placement;
@@ -14,6 +15,7 @@ use alexnet::tower::ParamSet;
 use alexnet::towers::{Batch, TowerPair};
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn skip(why: &str, required: bool) {
     assert!(
@@ -39,9 +41,15 @@ fn one_rank_joins_and_a_bad_rank_is_a_clear_error() {
     }
     let device = CudaDevice::new(0, CudaOptions::default()).expect("GPU 0 opens");
     let id = nccl::new_id().expect("an NCCL id");
-    NcclLink::new(0, 1, id, &device).expect("rank 0 of 1 joins");
+    let watch = || {
+        Arc::new(Watch::with_timeout(
+            ["GPU 0".into(), "GPU 0".into()],
+            Duration::from_secs(60),
+        ))
+    };
+    NcclLink::new(0, 1, id, &device, watch()).expect("rank 0 of 1 joins");
     let id = nccl::new_id().expect("an NCCL id");
-    let error = NcclLink::new(3, 1, id, &device)
+    let error = NcclLink::new(3, 1, id, &device, watch())
         .err()
         .expect("rank 3 of 1 is refused")
         .to_string();

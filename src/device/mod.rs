@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod faults;
 
 use crate::error::Result;
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
@@ -47,10 +48,9 @@ pub trait Device {
         Ok(())
     }
     /// Chooses how to run the convolution `shape` at up to `batch` images,
-    /// before the first step (a GPU measures its algorithms here).
-    fn prepare_conv(&mut self, _shape: &ConvShape, _batch: usize) -> Result<()> {
-        Ok(())
-    }
+    /// before the first step (a GPU measures its algorithms here). No
+    /// default, so a wrapping device cannot forget to pass it on.
+    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()>;
 
     /// `y = bias + Σ_s conv(x_s, w_s)`.
     fn conv_forward(

@@ -5,6 +5,11 @@
 //! direct where the GPUs have peer access, which this link enables, staged
 //! through host memory by the driver otherwise), waits for it, and only then
 //! lets the other tower go on and overwrite its buffer.
+//!
+//! Buffers come from cudarc's stream-ordered pool (`cuMemAllocAsync`),
+//! which `cuCtxEnablePeerAccess` does not govern: each tower also grants
+//! the other GPU access to its own pool (`cuMemPoolSetAccess`), and both
+//! grants are in place before either tower's first copy.
 
 use super::rendezvous::Rendezvous;
 use super::{Link, check_sizes, slice_of};
@@ -22,9 +27,11 @@ pub struct Published {
     address: u64,
     /// The owning context, as an integer so that it can cross threads.
     context: usize,
+    /// The GPU the buffer lives on.
+    ordinal: usize,
 }
 
-/// What both ends share; make one per pair with `Default`.
+/// What both ends share; make one per pair with [`Rendezvous::new`].
 pub type CopyShared = Arc<Rendezvous<Published>>;
 
 /// One tower's end of the copy link.
@@ -62,6 +69,7 @@ impl CopyLink {
         let mine = Published {
             address: buf.device_ptr(&self.stream).0,
             context: self.context() as usize,
+            ordinal: self.stream.context().ordinal(),
         };
         let all = self
             .shared
@@ -69,15 +77,40 @@ impl CopyLink {
         if !self.peer_checked {
             self.peer_checked = true;
             for other in all.iter().filter(|p| p.context != mine.context) {
-                // SAFETY: both contexts live as long as their towers. Any
-                // failure (no P2P between these GPUs, or already enabled)
-                // leaves the copies below to the driver, staged if need be.
-                let _ = unsafe {
-                    cudarc::driver::sys::cuCtxEnablePeerAccess(other.context as CUcontext, 0)
-                };
+                self.grant_peer(other);
             }
+            // Neither tower copies before both have granted access.
+            self.shared.meet(self.rank, |_| {}, |_| ())?;
         }
         Ok(all)
+    }
+
+    /// Enables peer access from this context to `other`'s, and lets `other`'s
+    /// GPU read and write this GPU's memory pool. Any failure (no P2P between
+    /// these GPUs, or already enabled) leaves the copies to the driver,
+    /// staged through host memory if need be.
+    fn grant_peer(&self, other: &Published) {
+        use cudarc::driver::sys;
+        // SAFETY: both contexts live as long as their towers; this thread's
+        // context is bound (CudaDevice::new); the pool and the access
+        // descriptor are plain values read during the call.
+        unsafe {
+            let _ = sys::cuCtxEnablePeerAccess(other.context as CUcontext, 0);
+            let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+            if sys::cuDeviceGetMemPool(&mut pool, self.stream.context().cu_device())
+                != sys::CUresult::CUDA_SUCCESS
+            {
+                return;
+            }
+            let access = sys::CUmemAccessDesc {
+                location: sys::CUmemLocation {
+                    type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                    id: other.ordinal as i32,
+                },
+                flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+            };
+            let _ = sys::cuMemPoolSetAccess(pool, &access, 1);
+        }
     }
 
     /// Queues a copy of `bytes` from `src` to this tower's `dst`.

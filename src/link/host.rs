@@ -2,6 +2,7 @@
 //! meet at a barrier around a shared slot per tower.
 
 use super::rendezvous::Rendezvous;
+use super::watch::Watch;
 use super::{Link, check_sizes, slice_of};
 use crate::error::Result;
 use crate::net::plan::TOWERS;
@@ -14,9 +15,14 @@ pub struct HostLink<T = f32> {
 }
 
 impl<T: Copy + Default + std::ops::AddAssign> HostLink<T> {
-    /// Both ends of a fresh link, rank 0 first.
+    /// Both ends of a fresh link between two CPU towers, rank 0 first.
     pub fn pair() -> [HostLink<T>; TOWERS] {
-        let shared = Arc::new(Rendezvous::default());
+        HostLink::pair_in(&Arc::new(Watch::cpu()))
+    }
+
+    /// Both ends of a fresh link for the pair `watch` looks after.
+    pub fn pair_in(watch: &Arc<Watch>) -> [HostLink<T>; TOWERS] {
+        let shared = Arc::new(Rendezvous::new(Arc::clone(watch)));
         std::array::from_fn(|rank| HostLink {
             rank,
             shared: Arc::clone(&shared),

@@ -12,6 +12,7 @@ pub mod copy;
 pub mod host;
 pub mod nccl;
 pub mod rendezvous;
+pub mod watch;
 
 use crate::error::{Error, Result};
 use crate::net::plan::{Plan, TOWERS};
@@ -110,6 +111,7 @@ mod tests {
     use crate::device::SgdStep;
     use crate::device::cpu::CpuDevice;
     use crate::link::host::HostLink;
+    use crate::link::watch::Watch;
     use crate::net::init::{InitScheme, init_twin};
     use crate::towers::{Batch, TowerPair};
     use std::sync::{Arc, Mutex};
@@ -152,16 +154,19 @@ mod tests {
             let logs: Vec<_> = (0..TOWERS)
                 .map(|_| Arc::new(Mutex::new(Vec::new())))
                 .collect();
-            let ends = Mutex::new(HostLink::pair().map(Some));
+            let watch = Arc::new(Watch::cpu());
+            let ends = Mutex::new(HostLink::pair_in(&watch).map(Some));
             let made = logs.clone();
             let towers = TowerPair::spawn(
                 Arc::clone(&plan),
                 batch,
                 &init_twin(&plan, InitScheme::He, 1),
-                move |rank| {
+                watch,
+                |_| Ok(CpuDevice::<f32>::default()),
+                move |rank, _: &CpuDevice<f32>| {
                     let inner = ends.lock().unwrap()[rank].take().unwrap();
                     let log = Arc::clone(&made[rank]);
-                    Ok((CpuDevice::<f32>::default(), Recording { inner, log }))
+                    Ok(Recording { inner, log })
                 },
             )
             .unwrap();

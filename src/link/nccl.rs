@@ -3,19 +3,79 @@
 //! The host never waits at an exchange: the calls are queued behind the
 //! layer that produced the data and ahead of the one that reads it. Nothing
 //! overlaps compute yet: the exchanges run on the compute stream, in order.
+//!
+//! The communicator is created non-blocking (`blocking = 0`), so that no
+//! NCCL call can hold a tower's thread while the other tower has failed:
+//! every call that answers `ncclInProgress` is polled with
+//! `ncclCommGetAsyncError` under the pair's [`Watch`] (its timeout, and the
+//! other tower's failure), as NCCL requires before the next call. The
+//! communicator is our own [`RawComm`], aborted on drop without a panic.
 
+use super::watch::Watch;
 use super::{Link, check_sizes};
 use crate::device::cuda::CudaDevice;
 use crate::error::{Error, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::nccl::Id;
 use cudarc::nccl::result::NcclError;
-use cudarc::nccl::sys::ncclResult_t;
-use cudarc::nccl::{Comm, Id, ReduceOp};
+use cudarc::nccl::sys::{self, ncclResult_t};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// One tower's end of the NCCL link.
 pub struct NcclLink {
-    comm: Comm,
+    comm: RawComm,
+    rank: usize,
+    stream: Arc<CudaStream>,
+    watch: Arc<Watch>,
+}
+
+/// An NCCL communicator owned by us. cudarc's `Comm` panics in its drop when
+/// the abort fails; this one ignores the abort's answer: dropping it never
+/// panics and never waits for the other rank (an abort, not a destroy,
+/// which would wait for queued work that may never finish).
+struct RawComm(sys::ncclComm_t);
+
+impl Drop for RawComm {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the handle came from ncclCommInitRankConfig and is
+            // dropped once; abort is valid in any state of the communicator.
+            let _ = unsafe { sys::ncclCommAbort(self.0) };
+        }
+    }
+}
+
+/// `NCCL_VERSION(2, 30, 0)`: the layout of cudarc's `ncclConfig_t`. An
+/// older library reads the prefix it knows; a newer one the fields of 2.30.
+const CONFIG_VERSION: u32 = 23000;
+/// NCCL's `NCCL_CONFIG_UNDEF_INT`: leave the setting to NCCL.
+const UNDEF: i32 = i32::MIN;
+
+/// `NCCL_CONFIG_INITIALIZER` with `blocking = 0`.
+fn non_blocking_config() -> sys::ncclConfig_t {
+    sys::ncclConfig_t {
+        size: std::mem::size_of::<sys::ncclConfig_t>(),
+        magic: 0xcafe_beef,
+        version: CONFIG_VERSION,
+        blocking: 0,
+        cgaClusterSize: UNDEF,
+        minCTAs: UNDEF,
+        maxCTAs: UNDEF,
+        netName: std::ptr::null(),
+        splitShare: UNDEF,
+        trafficClass: UNDEF,
+        commName: std::ptr::null(),
+        collnetEnable: UNDEF,
+        CTAPolicy: UNDEF,
+        shrinkShare: UNDEF,
+        nvlsCTAs: UNDEF,
+        nChannelsPerNetPeer: UNDEF,
+        nvlinkCentricSched: UNDEF,
+        graphUsageMode: UNDEF,
+        numRmaCtx: UNDEF,
+        maxP2pPeers: UNDEF,
+    }
 }
 
 /// Whether NCCL's library can be loaded, and its version.
@@ -42,34 +102,110 @@ pub fn new_id() -> Result<Id> {
 }
 
 impl NcclLink {
-    /// Tower `rank` of `world` joins communicator `id` on `device`'s stream.
-    /// Every rank must call this at the same time, each on its own thread.
-    pub fn new(rank: usize, world: usize, id: Id, device: &CudaDevice) -> Result<Self> {
-        Comm::from_rank(std::sync::Arc::clone(device.stream()), rank, world, id)
-            .map(|comm| NcclLink { comm })
-            .map_err(|e| Error::cuda(format!("NCCL init of rank {rank} of {world}"), message(&e)))
+    /// Tower `rank` of `world` joins communicator `id` on `device`'s stream,
+    /// non-blocking, waiting for the other ranks under `watch`. Every rank
+    /// calls this at the same time, each on its own thread, after the
+    /// pair's start barrier.
+    pub fn new(
+        rank: usize,
+        world: usize,
+        id: Id,
+        device: &CudaDevice,
+        watch: Arc<Watch>,
+    ) -> Result<Self> {
+        let what = format!("NCCL init of rank {rank} of {world}");
+        device.bind()?;
+        let mut config = non_blocking_config();
+        let mut raw: sys::ncclComm_t = std::ptr::null_mut();
+        let unique = sys::ncclUniqueId {
+            internal: *id.internal(),
+        };
+        // SAFETY: `raw` and `config` outlive the call; NCCL copies the id.
+        let started = unsafe {
+            sys::ncclCommInitRankConfig(&mut raw, world as i32, unique, rank as i32, &mut config)
+        };
+        // Owned from here on, so that any failure below aborts it.
+        let link = NcclLink {
+            comm: RawComm(raw),
+            rank,
+            stream: Arc::clone(device.stream()),
+            watch,
+        };
+        link.started(started, &what)?;
+        Ok(link)
+    }
+
+    /// Checks what an NCCL call answered and, while it is in progress,
+    /// polls the communicator until it is done: the next NCCL call may only
+    /// follow then. Gives up on the other tower's failure or the timeout
+    /// (the communicator is aborted when the link is dropped).
+    fn started(&self, answer: ncclResult_t, what: &str) -> Result<()> {
+        let failed = |code| Error::cuda(what, message(&NcclError(code)));
+        match answer {
+            ncclResult_t::ncclSuccess | ncclResult_t::ncclInProgress => {}
+            code => return Err(failed(code)),
+        }
+        if self.comm.0.is_null() {
+            return Err(Error::cuda(what, "NCCL returned no communicator"));
+        }
+        self.watch.poll(self.rank, what, || {
+            let mut state = ncclResult_t::ncclSuccess;
+            // SAFETY: a live communicator and an out-parameter.
+            let asked = unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut state) };
+            match (asked, state) {
+                (ncclResult_t::ncclSuccess, ncclResult_t::ncclSuccess) => Ok(true),
+                (ncclResult_t::ncclSuccess, ncclResult_t::ncclInProgress) => Ok(false),
+                (ncclResult_t::ncclSuccess, code) | (code, _) => Err(failed(code)),
+            }
+        })
+    }
+
+    fn stream(&self) -> sys::cudaStream_t {
+        self.stream.cu_stream() as sys::cudaStream_t
     }
 }
 
 impl Link<CudaSlice<f32>> for NcclLink {
     fn rank(&self) -> usize {
-        self.comm.rank()
+        self.rank
     }
 
     fn all_gather(&mut self, local: &CudaSlice<f32>, gathered: &mut CudaSlice<f32>) -> Result<()> {
         check_sizes("all-gather", local.len(), gathered.len())?;
-        self.comm
-            .all_gather(local, gathered)
-            .map(drop)
-            .map_err(|e| Error::cuda("NCCL all-gather", message(&e)))
+        let (send, _) = local.device_ptr(&self.stream);
+        let (recv, _) = gathered.device_ptr_mut(&self.stream);
+        // SAFETY: both buffers belong to this tower's context and stream,
+        // with the sizes checked above; the call is queued on that stream.
+        let answer = unsafe {
+            sys::ncclAllGather(
+                send as *const _,
+                recv as *mut _,
+                local.len(),
+                sys::ncclDataType_t::ncclFloat32,
+                self.comm.0,
+                self.stream(),
+            )
+        };
+        self.started(answer, "NCCL all-gather")
     }
 
     fn reduce_scatter(&mut self, full: &CudaSlice<f32>, local: &mut CudaSlice<f32>) -> Result<()> {
         check_sizes("reduce-scatter", local.len(), full.len())?;
-        self.comm
-            .reduce_scatter(full, local, &ReduceOp::Sum)
-            .map(drop)
-            .map_err(|e| Error::cuda("NCCL reduce-scatter", message(&e)))
+        let (send, _) = full.device_ptr(&self.stream);
+        let (recv, _) = local.device_ptr_mut(&self.stream);
+        // SAFETY: as in all_gather.
+        let answer = unsafe {
+            sys::ncclReduceScatter(
+                send as *const _,
+                recv as *mut _,
+                local.len(),
+                sys::ncclDataType_t::ncclFloat32,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm.0,
+                self.stream(),
+            )
+        };
+        self.started(answer, "NCCL reduce-scatter")
     }
 }
 

@@ -1,16 +1,19 @@
 //! Where the two tower threads of one process meet: a slot per tower and a
 //! barrier around it. The host link passes data through the slots; the
-//! emulation link passes device pointers.
+//! copy link passes device pointers. A tower never waits here for one that
+//! has failed or left, nor longer than the pair's timeout ([`Watch`]).
 
+use super::watch::{POLL, Watch, other};
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// Shared by both ends of a link.
-#[derive(Default)]
 pub struct Rendezvous<S> {
     state: Mutex<State<S>>,
     turn: Condvar,
+    watch: Arc<Watch>,
 }
 
 #[derive(Default)]
@@ -20,6 +23,17 @@ struct State<S> {
     generation: u64,
     /// A tower left (its thread ended); the other must not wait for it.
     abandoned: bool,
+}
+
+impl<S: Default> Rendezvous<S> {
+    /// A meeting place for the pair `watch` looks after.
+    pub fn new(watch: Arc<Watch>) -> Self {
+        Rendezvous {
+            state: Mutex::new(State::default()),
+            turn: Condvar::new(),
+            watch,
+        }
+    }
 }
 
 impl<S> Rendezvous<S> {
@@ -32,7 +46,7 @@ impl<S> Rendezvous<S> {
         put: impl FnOnce(&mut S),
         read: impl FnOnce(&[S; TOWERS]) -> R,
     ) -> Result<R> {
-        let mut state = self.state.lock().map_err(|_| gone(rank))?;
+        let mut state = self.state.lock().map_err(|_| self.gone(rank))?;
         put(&mut state.slots[rank]);
         state = self.wait(rank, state)?;
         let result = read(&state.slots);
@@ -48,6 +62,11 @@ impl<S> Rendezvous<S> {
         self.turn.notify_all();
     }
 
+    /// The pair this rendezvous belongs to.
+    pub fn watch(&self) -> &Arc<Watch> {
+        &self.watch
+    }
+
     fn wait<'a>(
         &self,
         rank: usize,
@@ -61,19 +80,36 @@ impl<S> Rendezvous<S> {
             self.turn.notify_all();
             return Ok(state);
         }
+        let deadline = Instant::now() + self.watch.timeout();
         while state.generation == generation {
             if state.abandoned {
-                return Err(gone(rank));
+                return Err(self.gone(rank));
             }
-            state = self.turn.wait(state).map_err(|_| gone(rank))?;
+            self.watch.check()?;
+            if Instant::now() >= deadline {
+                drop(state);
+                self.watch
+                    .lost(other(rank), "the other tower waited at an exchange");
+                return Err(self.gone(rank));
+            }
+            // A failure elsewhere (the start barrier, a polled GPU wait) is
+            // recorded in the watch without this condition variable; look
+            // again every few milliseconds.
+            state = self
+                .turn
+                .wait_timeout(state, POLL * 20)
+                .map_err(|_| self.gone(rank))?
+                .0;
         }
         Ok(state)
     }
-}
 
-fn gone(rank: usize) -> Error {
-    Error::Tower {
-        tower: rank,
-        message: "the other tower stopped in the middle of an exchange".into(),
+    /// The pair's first failure, or that the other tower left.
+    fn gone(&self, rank: usize) -> Error {
+        self.watch.failure().unwrap_or_else(|| Error::Tower {
+            tower: rank,
+            place: self.watch.place(rank).to_string(),
+            message: "the other tower stopped in the middle of an exchange".into(),
+        })
     }
 }

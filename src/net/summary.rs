@@ -37,6 +37,44 @@ impl MemoryEstimate {
     }
 }
 
+/// What one GPU holds at its peak while training at a batch size, for a
+/// number of towers on it: the tensors exactly (as the towers allocate
+/// them), the cuDNN workspace as its bound. The CUDA context (and NCCL's
+/// buffers, with two GPUs) the driver sizes; `bench` measures them before
+/// the towers are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DevicePeak {
+    /// Weights, gradients, momentum, activations, their gradients, labels,
+    /// loss statistics and the copy link's scratch buffer, of every tower.
+    pub tensors: usize,
+    /// At most this much cuDNN workspace (one per tower).
+    pub workspace_bound: usize,
+}
+
+impl DevicePeak {
+    /// The peak of a GPU holding `towers` towers (1 with `--gpus 0,1`, 2 with `--gpus 0`).
+    pub fn new(plan: &Plan, batch: usize, towers: usize) -> Self {
+        let scratch = crate::link::exchanges(plan, batch)
+            .iter()
+            .filter(|e| e.direction == crate::link::Direction::ReduceScatter)
+            .map(|e| e.elements * 4)
+            .max()
+            .unwrap_or(0);
+        // Labels (u32) and per-image loss statistics (3 × f64).
+        let per_batch = batch * 4 + batch * 3 * 8;
+        let tower = MemoryEstimate::for_tower(plan, batch).total() + scratch + per_batch;
+        DevicePeak {
+            tensors: towers * tower,
+            workspace_bound: towers * crate::device::cuda::WORKSPACE_LIMIT,
+        }
+    }
+
+    /// The most the towers may hold.
+    pub fn upper(&self) -> usize {
+        self.tensors + self.workspace_bound
+    }
+}
+
 /// Bytes as MiB or GiB.
 pub fn bytes(n: usize) -> String {
     if n >= 1 << 30 {
@@ -135,9 +173,26 @@ pub fn render(plan: &Plan, batch: usize) -> String {
     let _ = writeln!(s, "  total {}: {fits} a 3 GB GTX 580", bytes(m.total()));
     let _ = writeln!(
         s,
-        "  on a GPU add the cuDNN workspace its algorithms choose (at most a quarter\n  \
-         of the memory free when they are chosen) and the CUDA context's own;\n  \
-         one GPU holding both towers (--gpus 0) needs twice the total"
+        "predicted peak per GPU at batch {batch}, besides the CUDA context:"
+    );
+    for (towers, how) in [
+        (1, "one tower per GPU (--gpus 0,1)"),
+        (2, "both towers on one GPU (--gpus 0)"),
+    ] {
+        let peak = DevicePeak::new(plan, batch, towers);
+        let _ = writeln!(
+            s,
+            "  {how}: {} to {} (tensors {}, cuDNN workspace at most {})",
+            bytes(peak.tensors),
+            bytes(peak.upper()),
+            bytes(peak.tensors),
+            bytes(peak.workspace_bound)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  not counted: the CUDA context (and NCCL's buffers), which the driver sizes;\n  \
+         `bench` on a GPU measures them and compares the rest with this prediction"
     );
     s
 }
@@ -167,5 +222,48 @@ mod tests {
         assert_eq!(small.weights, 60_965_224 / 2 * 4);
         assert!(large.total() > GTX580_BYTES);
         assert!(render(&plan, 2048).contains("does not fit"));
+    }
+
+    #[test]
+    fn a_device_peak_counts_what_the_towers_allocate() {
+        use crate::device::cpu::CpuDevice;
+        use crate::link::host::HostLink;
+        use crate::net::init::{InitScheme, init_twin};
+        use crate::net::params::split_twin;
+        use crate::tower::Tower;
+        use std::sync::Arc;
+        let plan = Arc::new(Plan::load("small").unwrap());
+        let batch = 3;
+        let params = split_twin(&plan, &init_twin(&plan, InitScheme::He, 1)).unwrap();
+        let [link, _other] = HostLink::pair();
+        let tower = Tower::new(
+            Arc::clone(&plan),
+            CpuDevice::<f32>::default(),
+            link,
+            batch,
+            &params[0],
+        )
+        .unwrap();
+        // Counted independently: every weight and bias three times (weights,
+        // gradients, momentum) and every batch-sized buffer the tower holds.
+        let held: usize = params[0]
+            .iter()
+            .map(|l| l.bias.len() + l.weights.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        let independent = 4 * (3 * held + tower.activation_elements());
+        let peak = DevicePeak::new(&plan, batch, 1);
+        let extras = peak.tensors - independent;
+        // Only the labels, the loss statistics and the copy scratch remain.
+        let conv3_input = batch
+            * plan
+                .layers
+                .iter()
+                .find(|l| l.both_towers)
+                .unwrap()
+                .input
+                .len();
+        assert_eq!(extras, batch * 4 + batch * 24 + conv3_input * 4);
+        assert_eq!(DevicePeak::new(&plan, batch, 2).tensors, 2 * peak.tensors);
+        assert_eq!(peak.upper() - peak.tensors, 256 << 20);
     }
 }

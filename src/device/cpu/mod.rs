@@ -59,6 +59,11 @@ impl<T: Real> Device for CpuDevice<T> {
         Ok(src.iter().map(|v| v.wide() as f32).collect())
     }
 
+    /// The CPU has one way to run a convolution: nothing to choose.
+    fn prepare_conv(&mut self, _shape: &ConvShape, _batch: usize) -> Result<()> {
+        Ok(())
+    }
+
     fn conv_forward(
         &mut self,
         x: &Vec<T>,

@@ -2,9 +2,12 @@
 //!
 //! Algorithms are chosen once per shape, by measurement (`cudnnFind*Ex` on
 //! scratch buffers of the tower's largest batch) in a warm-up before the
-//! first step ([`Convolutions::search`]), one search at a time in the
-//! process so towers sharing a GPU do not time each other's load. A search
-//! may lend a quarter of the device's free memory as workspace. It keeps the
+//! first step ([`Convolutions::search`]), one search at a time on each GPU
+//! so towers sharing a GPU do not time each other's load (and towers on two
+//! GPUs, whose streams may wait for each other through NCCL, never wait for
+//! each other's search). A search
+//! may lend a quarter of the device's free memory as workspace, at most
+//! [`WORKSPACE_LIMIT`]. It keeps the
 //! fastest deterministic algorithm that fits and uses an allowed math type;
 //! where none is deterministic, the fastest that fits, saying so in one line;
 //! the heuristic (`_v7`) answers where measuring finds nothing. A smaller
@@ -20,8 +23,23 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-/// One algorithm search at a time in the process (module docs).
-static SEARCH: Mutex<()> = Mutex::new(());
+/// The most workspace a search lends one device's convolutions: 4 GiB
+/// (less where a quarter of the free memory is less).
+pub const WORKSPACE_LIMIT: usize = 4 << 30;
+
+/// One lock per GPU ordinal: one algorithm search at a time on each GPU
+/// (module docs).
+static SEARCH: Mutex<Vec<Arc<Mutex<()>>>> = Mutex::new(Vec::new());
+
+/// The search lock of GPU `ordinal`.
+fn search_lock(ordinal: usize) -> Arc<Mutex<()>> {
+    // A poisoned lock only means another search panicked; the list is intact.
+    let mut locks = SEARCH.lock().unwrap_or_else(|e| e.into_inner());
+    if locks.len() <= ordinal {
+        locks.resize_with(ordinal + 1, Default::default);
+    }
+    Arc::clone(&locks[ordinal])
+}
 
 /// cuDNN state of one device: its handle, algorithms per shape, descriptors
 /// per shape and batch, the workspace.
@@ -397,15 +415,17 @@ impl Convolutions {
     }
 
     /// Measures each direction's algorithms for `s` at `batch` on scratch
-    /// buffers, with a quarter of the device's free memory as workspace.
+    /// buffers, with a quarter of the device's free memory (at most
+    /// [`WORKSPACE_LIMIT`]) as workspace.
     fn measure(&self, s: &ConvShape, batch: usize) -> Result<Algorithms> {
-        // A poisoned lock only means another search failed; the guard holds no data.
-        let _one_at_a_time = SEARCH.lock().unwrap_or_else(|e| e.into_inner());
         let ctx = self.stream.context();
+        let lock = search_lock(ctx.ordinal());
+        // A poisoned lock only means another search failed; the guard holds no data.
+        let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
         let (free, _) = ctx
             .mem_get_info()
             .map_err(|e| Error::cuda("asking the GPU's free memory", e))?;
-        let budget = free / 4;
+        let budget = (free / 4).min(WORKSPACE_LIMIT);
         let scratch = |len: usize| {
             self.stream
                 .alloc_zeros::<f32>(len.max(1))
@@ -414,9 +434,8 @@ impl Convolutions {
         let mut x = scratch(batch * s.in_c * s.in_h * s.in_w)?;
         let mut y = scratch(batch * s.out_c * s.out_h * s.out_w)?;
         let mut w = scratch(s.block_len())?;
-        let mut ws = self
-            .stream
-            .alloc_zeros::<u8>(budget.max(1))
+        // SAFETY: the search writes the workspace before it reads it.
+        let mut ws = unsafe { self.stream.alloc::<u8>(budget.max(1)) }
             .map_err(|e| Error::cuda("allocating the cuDNN search workspace", e))?;
         let Tensors {
             x: xd,
@@ -630,7 +649,7 @@ fn no_algorithm(direction: &str, budget: usize) -> Error {
     Error::cuda(
         format!("cuDNN {direction} convolution"),
         format!(
-            "no algorithm fits the {} MiB workspace (a quarter of the GPU's free memory)",
+            "no algorithm fits the {} MiB workspace (a quarter of the GPU's free memory, at most 4 GiB)",
             budget >> 20
         ),
     )

@@ -17,12 +17,16 @@ pub mod probe;
 
 use super::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
+use crate::link::watch::Watch;
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use kernels::Kernels;
+use std::mem::ManuallyDrop;
+
+pub use conv::WORKSPACE_LIMIT;
 use std::sync::Arc;
 
 /// How a CUDA device computes.
@@ -36,12 +40,18 @@ pub struct CudaOptions {
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
     kernels: Arc<Kernels>,
-    convs: conv::Convolutions,
-    blas: fc::Blas,
+    /// Dropped by hand (see the `Drop` impl): cudarc unwraps the result of
+    /// cuDNN's and cuBLAS's destroy calls.
+    convs: ManuallyDrop<conv::Convolutions>,
+    blas: ManuallyDrop<fc::Blas>,
     labels: Option<CudaSlice<u32>>,
     stats: Option<CudaSlice<f64>>,
     /// Per-chunk sums of the bias gradient's first pass.
     bias_partials: Option<CudaSlice<f32>>,
+    /// The pair this tower belongs to and its rank: a wait for this stream
+    /// polls, so that it ends when the other tower fails (its stream may
+    /// hold NCCL work that waits for the other tower).
+    watch: Option<(Arc<Watch>, usize)>,
 }
 
 const THREADS: u32 = 256;
@@ -66,6 +76,10 @@ impl CudaDevice {
         probe::require_driver()?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::cuda(format!("opening GPU {ordinal}"), e))?;
+        // The tower's thread makes its device: bind the context to it once,
+        // before cuDNN, cuBLAS (here) and NCCL (the link) are called raw.
+        ctx.bind_to_thread()
+            .map_err(|e| Error::cuda(format!("binding GPU {ordinal} to its tower's thread"), e))?;
         // SAFETY: every buffer of a tower is used on that tower's stream only;
         // links synchronize the streams themselves (module docs).
         unsafe { ctx.disable_event_tracking() };
@@ -76,14 +90,31 @@ impl CudaDevice {
         let convs = conv::Convolutions::new(Arc::clone(&stream), options.tf32)?;
         let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::cuda("cuBLAS", e))?;
         Ok(CudaDevice {
-            blas: fc::Blas::new(blas, options.tf32)?,
+            blas: ManuallyDrop::new(fc::Blas::new(blas, options.tf32)?),
             stream,
             kernels,
-            convs,
+            convs: ManuallyDrop::new(convs),
             labels: None,
             stats: None,
             bias_partials: None,
+            watch: None,
         })
+    }
+
+    /// This device as tower `rank` of the pair `watch` looks after: its
+    /// waits give up when the other tower fails or stops answering.
+    pub fn watched(mut self, watch: Arc<Watch>, rank: usize) -> Self {
+        self.watch = Some((watch, rank));
+        self
+    }
+
+    /// Makes this device's context current on the calling thread (for raw
+    /// library calls; the tower's thread is bound once in [`CudaDevice::new`]).
+    pub fn bind(&self) -> Result<()> {
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| Error::cuda("binding the GPU to this thread", e))
     }
 
     /// The stream this tower's work runs on.
@@ -96,11 +127,18 @@ impl CudaDevice {
         &self.kernels
     }
 
-    /// Waits for everything queued on this device's stream.
+    /// Waits for everything queued on this device's stream; in a pair, by
+    /// polling an event, never longer than the pair's timeout nor past the
+    /// other tower's failure.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| Error::cuda("synchronizing the stream", e))
+        let failed = |e| Error::cuda("synchronizing the stream", e);
+        let Some((watch, rank)) = &self.watch else {
+            return self.stream.synchronize().map_err(failed);
+        };
+        let done = self.stream.record_event(None).map_err(failed)?;
+        watch.poll(*rank, "the other tower waited for its GPU", || {
+            done.try_is_complete().map_err(failed)
+        })
     }
 
     fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
@@ -115,6 +153,26 @@ impl CudaDevice {
         args: &[&dyn KernelArg],
     ) -> Result<()> {
         launch(&self.stream, f, config, args)
+    }
+}
+
+impl Drop for CudaDevice {
+    /// After either tower of a pair has failed, the GPU may be in an error
+    /// state in which cuDNN's and cuBLAS's destroy calls fail, and cudarc
+    /// unwraps them (a panic in a drop): their handles are then left to the
+    /// process's end. Otherwise they are destroyed as usual.
+    fn drop(&mut self) {
+        let failed = self
+            .watch
+            .as_ref()
+            .is_some_and(|(watch, _)| watch.failure().is_some());
+        if !failed {
+            // SAFETY: each field is dropped once, here, and not used after.
+            unsafe {
+                ManuallyDrop::drop(&mut self.convs);
+                ManuallyDrop::drop(&mut self.blas);
+            }
+        }
     }
 }
 
@@ -184,6 +242,10 @@ impl Device for CudaDevice {
     }
 
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>> {
+        // cudarc's copy to a Vec ends in a blocking stream synchronize: drain
+        // the stream first by the polled wait, so that it waits for the copy
+        // alone.
+        self.synchronize()?;
         let host = self
             .stream
             .clone_dtoh(src)
@@ -512,6 +574,8 @@ impl Device for CudaDevice {
                 &ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3], &d[0], &d[1], &d[2], &d[3],
             ],
         )?;
+        // As in `download`: the polled wait first (the logits came by NCCL).
+        self.synchronize()?;
         let per_image = self
             .stream
             .clone_dtoh(stats)
@@ -568,7 +632,6 @@ impl CudaDevice {
         self.launch(&self.kernels.bias_fill, grid(n), &[&y, &bias, &len, &c, &p])
     }
 
-    /// `dbias[c] = Σ_{n,p} dy[n][c][p]`: one block of 256 threads per channel.
     /// `dbias[c] = Σ dy[n][c][p]` in two deterministic passes: blocks over
     /// (chunk of images, channel) into partial sums, then each channel's
     /// chunks in order; one pass straight into `dbias` where one chunk

@@ -1,0 +1,266 @@
+//! What the two towers of a pair know of each other, so that neither ever
+//! waits for a tower that has failed or stopped answering: a barrier they
+//! meet at once their devices are built (before any collective library is
+//! called), the pair's first failure, and how long one tower waits for the
+//! other before it declares it lost.
+//!
+//! Every wait for the other tower goes through here: the start barrier, the
+//! host-memory rendezvous of the host and copy links, and the polled waits
+//! of the NCCL link and of a GPU stream that carries NCCL work. A failing
+//! tower records its error first and releases every waiter; the caller's
+//! thread reports that first error, naming the tower and where it ran.
+
+use crate::error::{Error, Result};
+use crate::net::plan::TOWERS;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The environment variable that overrides [`DEFAULT_TIMEOUT`], in seconds.
+pub const TIMEOUT_VAR: &str = "ALEXNET_TOWER_TIMEOUT_S";
+/// How long a tower waits for the other at the start barrier, at an
+/// exchange, or for GPU work that depends on the other tower.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a polled wait looks again, after its first [`SPIN`].
+pub(crate) const POLL: Duration = Duration::from_millis(1);
+/// How long a polled wait only yields between looks (a GPU step's wait is
+/// usually short, and a sleep would add to it).
+const SPIN: Duration = Duration::from_millis(5);
+
+/// Shared by both towers of a pair and the thread that drives them.
+pub struct Watch {
+    state: Mutex<State>,
+    changed: Condvar,
+    timeout: Duration,
+    places: [String; TOWERS],
+}
+
+#[derive(Default)]
+struct State {
+    arrived: usize,
+    failure: Option<Failure>,
+}
+
+/// The pair's first failure.
+#[derive(Debug, Clone)]
+struct Failure {
+    tower: usize,
+    message: String,
+    input: bool,
+}
+
+impl Watch {
+    /// A watch for towers running at `places` (e.g. "GPU 1"), with the
+    /// timeout of [`TIMEOUT_VAR`] or [`DEFAULT_TIMEOUT`].
+    pub fn new(places: [String; TOWERS]) -> Result<Watch> {
+        let timeout = match std::env::var(TIMEOUT_VAR) {
+            Err(_) => DEFAULT_TIMEOUT,
+            Ok(text) => text
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "{TIMEOUT_VAR}={text}: give a positive number of seconds"
+                    ))
+                })?,
+        };
+        Ok(Watch::with_timeout(places, timeout))
+    }
+
+    /// A watch with an explicit timeout.
+    pub fn with_timeout(places: [String; TOWERS], timeout: Duration) -> Watch {
+        Watch {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            timeout,
+            places,
+        }
+    }
+
+    /// Both towers on the CPU.
+    pub fn cpu() -> Watch {
+        Watch::with_timeout(std::array::from_fn(|_| "CPU".into()), DEFAULT_TIMEOUT)
+    }
+
+    /// How long one tower waits for the other.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Where tower `rank` runs.
+    pub fn place(&self, rank: usize) -> &str {
+        &self.places[rank]
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a thread panicked while holding it; the
+        // state is two plain fields and stays meaningful.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `error` of tower `rank` as the pair's failure unless one is
+    /// recorded already, and releases every waiter.
+    pub fn fail(&self, rank: usize, error: &Error) {
+        self.fail_with(rank, error.to_string(), error.is_input());
+    }
+
+    /// Records that tower `rank` did not answer within the timeout while
+    /// `what`.
+    pub fn lost(&self, rank: usize, what: &str) {
+        let message = format!(
+            "did not answer within {} s while {what}",
+            self.timeout.as_secs_f64()
+        );
+        self.fail_with(rank, message, false);
+    }
+
+    fn fail_with(&self, rank: usize, message: String, input: bool) {
+        let mut state = self.lock();
+        if state.failure.is_none() {
+            state.failure = Some(Failure {
+                tower: rank,
+                message,
+                input,
+            });
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// The pair's first failure as an error naming the tower and its place
+    /// (an input error stays one, for exit status 2).
+    pub fn failure(&self) -> Option<Error> {
+        let failure = self.lock().failure.clone()?;
+        Some(if failure.input {
+            Error::Input(failure.message)
+        } else {
+            Error::Tower {
+                tower: failure.tower,
+                place: self.places[failure.tower].clone(),
+                message: failure.message,
+            }
+        })
+    }
+
+    /// Fails with the pair's first failure, if there is one.
+    pub fn check(&self) -> Result<()> {
+        self.failure().map_or(Ok(()), Err)
+    }
+
+    /// The start barrier: tower `rank` has built its device and waits until
+    /// the other has too. Fails at once with the first failure when either
+    /// tower fails, and after the timeout naming the tower that never came.
+    pub fn arrive(&self, rank: usize) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        let mut state = self.lock();
+        state.arrived += 1;
+        self.changed.notify_all();
+        while state.arrived < TOWERS && state.failure.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(state);
+                self.lost(other(rank), "building its device");
+                return Err(self.failure().expect("just recorded"));
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(state);
+        self.check()
+    }
+
+    /// Polls `done` until it says yes: for waits that cannot block on a
+    /// condition variable (a GPU event, an NCCL communicator's state). Fails
+    /// with the first failure as soon as either tower fails, with `done`'s
+    /// own error, or after the timeout naming the other tower as lost while
+    /// `what`.
+    pub fn poll(
+        &self,
+        rank: usize,
+        what: &str,
+        mut done: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            self.check()?;
+            if done()? {
+                return Ok(());
+            }
+            let waited = start.elapsed();
+            if waited >= self.timeout {
+                self.lost(other(rank), what);
+                return self.check();
+            }
+            if waited < SPIN {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+}
+
+/// The other tower of a pair.
+pub fn other(rank: usize) -> usize {
+    (rank + 1) % TOWERS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn places() -> [String; TOWERS] {
+        ["GPU 0".into(), "GPU 1".into()]
+    }
+
+    #[test]
+    fn both_arrive_and_pass() {
+        let watch = Arc::new(Watch::with_timeout(places(), Duration::from_secs(5)));
+        let w = Arc::clone(&watch);
+        let other = std::thread::spawn(move || w.arrive(1));
+        watch.arrive(0).unwrap();
+        other.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_failing_tower_releases_the_barrier_with_its_error() {
+        let watch = Arc::new(Watch::with_timeout(places(), Duration::from_secs(60)));
+        let w = Arc::clone(&watch);
+        let waiter = std::thread::spawn(move || w.arrive(0));
+        std::thread::sleep(Duration::from_millis(50));
+        watch.fail(1, &Error::cuda("opening GPU 1", "out of memory"));
+        watch.fail(0, &Error::Training("a later failure".into()));
+        let e = waiter.join().unwrap().unwrap_err().to_string();
+        assert_eq!(e, "tower 1 (GPU 1): opening GPU 1: out of memory");
+    }
+
+    #[test]
+    fn a_tower_that_never_comes_is_named_after_the_timeout() {
+        let watch = Watch::with_timeout(places(), Duration::from_millis(100));
+        let start = Instant::now();
+        let e = watch.arrive(0).unwrap_err().to_string();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            e,
+            "tower 1 (GPU 1): did not answer within 0.1 s while building its device"
+        );
+    }
+
+    #[test]
+    fn polling_stops_at_the_other_towers_failure() {
+        let watch = Arc::new(Watch::with_timeout(places(), Duration::from_secs(60)));
+        let w = Arc::clone(&watch);
+        let failer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            w.fail(0, &Error::Input("--batch 0: bad".into()));
+        });
+        let e = watch.poll(1, "waiting", || Ok(false)).unwrap_err();
+        failer.join().unwrap();
+        assert!(e.is_input(), "{e}");
+    }
+}
