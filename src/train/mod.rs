@@ -88,9 +88,7 @@ fn check_run_dir(dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
-    let has_checkpoint = checkpoint::list(&dir.join("checkpoints"))?
-        .first()
-        .is_some();
+    let has_checkpoint = !checkpoint::list(&dir.join("checkpoints"))?.is_empty();
     let has_metrics = std::fs::metadata(dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
     if has_checkpoint || has_metrics {
         return Err(Error::Input(format!(

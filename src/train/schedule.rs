@@ -104,7 +104,7 @@ impl Schedule {
                 if patience == 0 {
                     return bad("patience", &patience, "must be at least 1");
                 }
-                if !(threshold >= 0.0 && threshold < 1.0) {
+                if !(0.0..1.0).contains(&threshold) {
                     return bad("threshold", &threshold, "must be in [0, 1)");
                 }
             }
