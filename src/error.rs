@@ -35,9 +35,19 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the error is the user's input (exit status 2) rather than a failure at run time.
+    /// Whether the error is the user's input (exit status 2) rather than a
+    /// failure at run time: a bad flag or file, or a path given that does
+    /// not exist, is not a folder (or is one), or may not be read or written.
     pub fn is_input(&self) -> bool {
-        matches!(self, Error::Input(_) | Error::File { .. })
+        use std::io::ErrorKind::*;
+        match self {
+            Error::Input(_) | Error::File { .. } => true,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                NotFound | PermissionDenied | NotADirectory | IsADirectory | ReadOnlyFilesystem
+            ),
+            _ => false,
+        }
     }
 
     /// Wraps a CUDA library's error with what was being done.

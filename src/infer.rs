@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::net::params::twin_shapes;
 use crate::net::plan::Plan;
 use crate::placement::Placement;
+use crate::progress::Progress;
 use crate::towers::{Batch, TowerPair};
 use crate::train::checkpoint::{self, RunState};
 use serde::Serialize;
@@ -39,6 +40,7 @@ impl Model {
     pub fn load(path: &Path, placement: Placement, batch: usize) -> Result<Model> {
         let (folder, ckpt) = checkpoint::load(path)?;
         let plan = Arc::new(Plan::new(ckpt.state.spec.clone())?);
+        crate::limits::check_fits(&plan, batch, placement)?;
         let weights = checkpoint::in_order(ckpt.weights, &twin_shapes(&plan), &folder)?;
         let towers = TowerPair::new(placement, Arc::clone(&plan), batch, &weights)?;
         Ok(Model {
@@ -83,6 +85,7 @@ impl Model {
         let count = images
             .or_else(|| dataset.get("val_images")?.as_u64().map(|v| v as usize))
             .unwrap_or(1000);
+        crate::limits::check_count("--images", count, crate::limits::MAX_IMAGES)?;
         let input = &self.plan.spec.input;
         let set = Synthetic::new(
             self.state.seed,
@@ -97,9 +100,10 @@ impl Model {
             top1: 0.0,
             top5: 0.0,
         };
-        let indices: Vec<usize> = (0..count).collect();
-        for chunk in indices.chunks(batch) {
-            let (pixels, labels) = set.batch(chunk);
+        let mut progress = Progress::new("eval", "images", count, false);
+        for first in (0..count).step_by(batch) {
+            let chunk: Vec<usize> = (first..count.min(first + batch)).collect();
+            let (pixels, labels) = set.batch(&chunk);
             let stats = self.towers.evaluate(&Batch {
                 images: Arc::new(pixels),
                 labels: Arc::new(labels),
@@ -108,7 +112,9 @@ impl Model {
             eval.loss += stats.loss_sum;
             eval.top1 += stats.top1 as f64;
             eval.top5 += stats.top5 as f64;
+            progress.add(chunk.len());
         }
+        progress.finish();
         let n = eval.images.max(1) as f64;
         eval.loss /= n;
         eval.top1 /= n;
@@ -132,11 +138,13 @@ impl Model {
             })
     }
 
-    /// Top-1 and top-5 on `set`, on the centre crop or with the softmax
-    /// averaged over the ten crops; unreadable images are left out and named.
+    /// Top-1 and top-5 on `set` (or on `images` of it, evenly spaced), on
+    /// the centre crop or with the softmax averaged over the ten crops;
+    /// unreadable images are left out and named.
     pub fn evaluate_images(
         &self,
         set: Arc<dyn ImageSet>,
+        images: Option<usize>,
         ten_crop: bool,
         batch: usize,
         workers: usize,
@@ -148,7 +156,14 @@ impl Model {
         } else {
             Mode::Centre
         };
-        let indices: Vec<usize> = (0..set.len()).collect();
+        let len = set.len();
+        let count = images.unwrap_or(len);
+        if count > len {
+            return Err(Error::Input(format!(
+                "--images {count}: the validation set has {len} images"
+            )));
+        }
+        let indices: Vec<usize> = (0..count).map(|i| i * len / count).collect();
         let per_batch = (batch / crops).max(1);
         let lists = indices.chunks(per_batch).map(<[usize]>::to_vec).collect();
         let classes = self.plan.classes();
@@ -159,8 +174,10 @@ impl Model {
             top5: 0.0,
         };
         let mut skipped = Vec::new();
+        let mut progress = Progress::new("eval", "images", count, false);
         for loaded in Loader::start(set, pipeline, mode, lists, workers, 2 * workers, false) {
             let loaded = loaded?;
+            progress.add(loaded.labels.len() + loaded.skipped.len());
             skipped.extend(loaded.skipped);
             let logits = self.logits(&loaded.images, batch)?;
             for (n, &label) in loaded.labels.iter().enumerate() {
@@ -179,6 +196,7 @@ impl Model {
                 eval.images += 1;
             }
         }
+        progress.finish();
         let n = eval.images.max(1) as f64;
         eval.loss /= n;
         eval.top1 /= n;

@@ -7,15 +7,18 @@ use alexnet::data::shards::{self, Encoding};
 use alexnet::device::cuda::{CudaOptions, probe};
 use alexnet::error::{Error, Result};
 use alexnet::infer::{Model, top_k};
+use alexnet::limits::{self, MAX_IMAGES, MAX_SIDE, MAX_WORKERS};
 use alexnet::net::init::InitScheme;
 use alexnet::net::plan::Plan;
 use alexnet::net::summary;
 use alexnet::npy;
+use alexnet::output::Output;
 use alexnet::placement::Placement;
 use alexnet::plot;
+use alexnet::progress::Progress;
 use alexnet::train::checkpoint;
 use alexnet::train::config::TrainConfig;
-use alexnet::train::schedule::Schedule;
+use alexnet::train::schedule::{Schedule, ScheduleState};
 use alexnet::train::{self, Start};
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -41,14 +44,14 @@ enum Command {
         #[arg(long, default_value = "paper")]
         preset: String,
         /// Batch size for the memory estimate.
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 128, value_parser = batch_range())]
         batch: u32,
     },
     /// Time training and inference steps.
     Bench {
         #[arg(long, default_value = "paper")]
         preset: String,
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 128, value_parser = batch_range())]
         batch: u32,
         /// Timed steps of each kind (the median is reported).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -69,18 +72,19 @@ enum Command {
         /// An ImageNet-style folder (train/<class>/*, val/...).
         src: PathBuf,
         /// The new shard folder.
-        dst: PathBuf,
+        #[arg(required_unless_present = "verify")]
+        dst: Option<PathBuf>,
         /// `raw` RGB bytes (fastest, about 196 KB per image) or `jpeg` at quality 90 (about 26 KB).
         #[arg(long, value_enum, default_value = "jpeg")]
         encoding: Encoding,
         /// The side of the stored square (the paper's 256).
-        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..65535))]
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIDE)))]
         side: u32,
         /// Images per shard file.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         shard_images: u32,
         /// Check every shard's checksum instead (of the folder given as SRC).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dst")]
         verify: bool,
     },
     /// Time decoding and augmentation: images/s per core and with several workers.
@@ -89,14 +93,14 @@ enum Command {
         #[arg(long, required_unless_present = "generate")]
         data: Option<PathBuf>,
         /// Training images to time.
-        #[arg(long, default_value_t = 500)]
-        images: usize,
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        images: u32,
         /// Workers for the parallel figure [default: one per core].
-        #[arg(long)]
-        workers: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
+        workers: Option<u32>,
         /// The net's input side.
-        #[arg(long, default_value_t = 227)]
-        input: usize,
+        #[arg(long, default_value_t = 227, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIDE)))]
+        input: u32,
         /// Instead, write an ImageNet-like JPEG folder (500×375, quality 97) of `--images` images here.
         #[arg(long, value_name = "DIR")]
         generate: Option<PathBuf>,
@@ -119,13 +123,14 @@ enum Command {
         /// folder whose validation images to use.
         #[arg(long, default_value = "synthetic")]
         data: String,
-        /// Validation images [default: as many as the run validated on].
-        #[arg(long)]
-        images: Option<usize>,
+        /// Validation images, evenly spaced over the set [default: all; on
+        /// the synthetic set, as many as the run validated on].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_IMAGES as u64))]
+        images: Option<u64>,
         /// Average the ten crops of each image (corners, centre, and flips).
         #[arg(long)]
         ten_crop: bool,
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 64, value_parser = batch_range())]
         batch: u32,
         /// Print JSON.
         #[arg(long)]
@@ -148,7 +153,7 @@ enum Command {
         /// Write the raw logits, images × classes, to this `.npy` file.
         #[arg(long, value_name = "FILE")]
         logits: Option<PathBuf>,
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 64, value_parser = batch_range())]
         batch: u32,
         #[command(flatten)]
         device: DeviceArgs,
@@ -163,13 +168,13 @@ struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Continue the run in this folder from its newest checkpoint.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "preset", "run_dir"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "preset", "run_dir", "init"])]
     resume: Option<PathBuf>,
     /// A built-in preset (paper, small) or a preset TOML file [default: small].
     #[arg(long)]
     preset: Option<String>,
     /// Images per step [default: 64].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = batch_range())]
     batch: Option<u32>,
     /// Steps to train in all (overrides --epochs).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -197,8 +202,8 @@ struct TrainArgs {
     /// Weight decay, on weights and biases alike [default: 0.0005, paper §5].
     #[arg(long)]
     weight_decay: Option<f32>,
-    /// Learning-rate schedule, with its default constants (set them in --config)
-    /// [default: plateau, the paper's divide-by-10].
+    /// Learning-rate schedule, with its default constants (set them in --config):
+    /// plateau is the paper's divide-by-10 [default: cosine, to 0 over the run].
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind>,
     /// Save a checkpoint every this many steps, besides each epoch's end [default: 0, epochs only].
@@ -213,23 +218,24 @@ struct TrainArgs {
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
     /// Image-decoding threads [default: one per core].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
     workers: Option<u32>,
-    /// Stop at the first unreadable image, naming it, instead of skipping it.
-    #[arg(long)]
-    strict: bool,
+    /// Stop at the first unreadable image, naming it, instead of skipping it
+    /// (`--strict=false` undoes a saved `strict = true`).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    strict: Option<bool>,
     /// Size of the synthetic training set [default: 10000].
-    #[arg(long)]
-    train_images: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_IMAGES as u64))]
+    train_images: Option<u64>,
     /// Size of the synthetic validation set [default: 1000].
-    #[arg(long)]
-    val_images: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_IMAGES as u64))]
+    val_images: Option<u64>,
     /// Print a progress line every this many steps [default: 10].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     log_every: Option<u32>,
-    /// Only validation results and the end: for logs.
-    #[arg(long)]
-    quiet: bool,
+    /// No step lines and no progress: for logs (`--quiet=false` undoes a saved `quiet = true`).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    quiet: Option<bool>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -241,8 +247,10 @@ enum ScheduleKind {
 }
 
 impl TrainArgs {
-    /// The defaults, then the config file (or the resumed run's), then the flags.
-    fn config(&self) -> Result<TrainConfig> {
+    /// The defaults, then the config file (or the resumed run's), then the
+    /// flags; with `--resume`, also the saved config.
+    fn config(&self) -> Result<(TrainConfig, Option<TrainConfig>)> {
+        let mut saved = None;
         let mut c = match (&self.resume, &self.config) {
             (Some(run), _) => {
                 let mut c =
@@ -254,6 +262,7 @@ impl TrainArgs {
                         e => e,
                     })?;
                 c.run_dir = Some(run.clone());
+                saved = Some(c.clone());
                 c
             }
             (None, Some(file)) => TrainConfig::from_file(file)?,
@@ -294,7 +303,7 @@ impl TrainArgs {
         }
         if let Some(kind) = self.schedule {
             c.schedule = match kind {
-                ScheduleKind::Plateau => Schedule::default(),
+                ScheduleKind::Plateau => Schedule::plateau(),
                 ScheduleKind::Step => Schedule::Step {
                     every: 30,
                     gamma: 0.1,
@@ -310,16 +319,20 @@ impl TrainArgs {
             c.keep = v as usize;
         }
         if let Some(v) = self.train_images {
-            c.train_images = v;
+            c.train_images = v as usize;
         }
         if let Some(v) = self.val_images {
-            c.val_images = v;
+            c.val_images = v as usize;
         }
         if let Some(v) = self.log_every {
             c.log_every = v as usize;
         }
-        c.quiet |= self.quiet;
-        c.strict |= self.strict;
+        if let Some(v) = self.quiet {
+            c.quiet = v;
+        }
+        if let Some(v) = self.strict {
+            c.strict = v;
+        }
         if let Some(v) = &self.data {
             c.data = Some(v.clone());
         }
@@ -327,7 +340,7 @@ impl TrainArgs {
             c.workers = v as usize;
         }
         c.validate()?;
-        Ok(c)
+        Ok((c, saved))
     }
 }
 
@@ -375,6 +388,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
         } => {
             let (placement, note) = device.placement()?;
+            alexnet::limits::check_fits(&Plan::load(&preset)?, batch as usize, placement)?;
             if !json {
                 println!("{note}");
             }
@@ -403,23 +417,17 @@ fn run(cli: Cli) -> Result<()> {
             shard_images,
             verify,
         } => {
-            if verify {
+            let Some(dst) = dst.filter(|_| !verify) else {
                 let checked = shards::verify(&src)?;
                 println!(
                     "{}: {checked} shards, every checksum matches",
                     src.display()
                 );
                 return Ok(());
-            }
+            };
             let source = sets::open(&src)?;
             let total = source.train.len() + source.val.len();
-            let bar = indicatif::ProgressBar::new(total as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
-                )
-                .expect("a valid template"),
-            );
+            let progress = std::sync::Mutex::new(Progress::new("prepare", "images", total, false));
             let workers = default_workers();
             let done = shards::prepare(
                 &source,
@@ -428,9 +436,15 @@ fn run(cli: Cli) -> Result<()> {
                 side as usize,
                 shard_images as usize,
                 workers,
-                &|n| bar.set_position(n as u64),
+                &|n| {
+                    if let Ok(mut p) = progress.lock() {
+                        p.set(n);
+                    }
+                },
             )?;
-            bar.finish_and_clear();
+            if let Ok(p) = progress.lock() {
+                p.finish();
+            }
             for (file, why) in &done.skipped {
                 eprintln!("skipped {file}: {why}");
             }
@@ -462,6 +476,7 @@ fn run(cli: Cli) -> Result<()> {
             generate,
             json,
         } => {
+            let images = images as usize;
             if let Some(dir) = generate {
                 alexnet::data::bench::generate(&dir, images)?;
                 println!(
@@ -471,8 +486,8 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let path = data.expect("clap requires --data without --generate");
-            let workers = workers.unwrap_or_else(default_workers);
-            let report = alexnet::data::bench::run(&path, images, workers, input)?;
+            let workers = workers.map_or_else(default_workers, |w| w as usize);
+            let report = alexnet::data::bench::run(&path, images, workers, input as usize)?;
             if json {
                 println!(
                     "{}",
@@ -487,25 +502,31 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}\n{}", png.display(), svg.display());
         }
         Command::Train(args) => {
-            let config = args.config()?;
+            let (config, saved) = args.config()?;
             let (placement, note) = args.device.placement()?;
             println!("{note}");
             let start = match &args.resume {
                 Some(run) => {
-                    let (_, ckpt) = checkpoint::load(&run.join("checkpoints"))?;
+                    let (_, mut ckpt) = checkpoint::load(&run.join("checkpoints"))?;
+                    if let Some(saved) = &saved {
+                        rebase_schedule(&mut ckpt.state.schedule, saved, &config);
+                    }
                     Start::Resume(Box::new(ckpt))
                 }
                 None => Start::Fresh,
             };
             println!("config:\n{}", indent(&config.to_toml()));
-            // The first SIGINT or SIGTERM asks for a stop after the current
-            // step and a checkpoint; a second one ends the process at once.
-            let stop = Arc::new(AtomicBool::new(false));
-            for signal in [SIGINT, SIGTERM] {
-                flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
-                    .and_then(|_| flag::register(signal, Arc::clone(&stop)))
-                    .map_err(|e| Error::io("signal handler", e))?;
+            if let Some(saved) = &saved {
+                let changes = config.changes_from(saved);
+                if changes.is_empty() {
+                    println!("resuming with the saved config unchanged");
+                } else {
+                    println!("changed from the saved config: {}", changes.join(", "));
+                }
             }
+            // The first SIGINT or SIGTERM asks for a stop after the current
+            // step (or validation batch) and a checkpoint.
+            let stop = stop_flag()?;
             let done = train::train(&config, placement, start, &stop, &mut std::io::stdout())?;
             if done.skipped_images > 0 {
                 println!(
@@ -538,6 +559,7 @@ fn run(cli: Cli) -> Result<()> {
             if !json {
                 println!("{note}");
             }
+            let images = images.map(|n| n as usize);
             let model = Model::load(&checkpoint, placement, batch as usize)?;
             let eval = if data == "synthetic" {
                 if ten_crop {
@@ -548,9 +570,15 @@ fn run(cli: Cli) -> Result<()> {
                 model.evaluate_synthetic(images, batch as usize)?
             } else {
                 let dataset = sets::open(Path::new(&data))?;
+                same_classes(&data, &dataset.classes, &model.state.classes)?;
                 let workers = default_workers();
-                let (eval, skipped) =
-                    model.evaluate_images(dataset.val, ten_crop, batch as usize, workers)?;
+                let (eval, skipped) = model.evaluate_images(
+                    dataset.val,
+                    images,
+                    ten_crop,
+                    batch as usize,
+                    workers,
+                )?;
                 for (file, why) in &skipped {
                     eprintln!("skipped {file}: {why}");
                 }
@@ -581,41 +609,56 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             device,
         } => {
+            let pending = logits
+                .as_deref()
+                .map(|p| Output::create(p, "--logits"))
+                .transpose()?;
             let (placement, note) = device.placement()?;
+            let model = Model::load(&checkpoint, placement, batch as usize)?;
+            let classes = model.plan.classes();
+            // Every input is read and checked before any work (and before the note).
+            let read: Vec<Input> = inputs
+                .iter()
+                .map(|i| read_input(i, &model))
+                .collect::<Result<_>>()?;
             if !json {
                 eprintln!("{note}");
             }
-            let model = Model::load(&checkpoint, placement, batch as usize)?;
-            let classes = model.plan.classes();
-            let (c, size) = (model.plan.spec.input.channels, model.plan.spec.input.size);
+            let stop = stop_flag()?;
+            let total = read
+                .iter()
+                .map(|r| match r {
+                    Input::Files(files) => files.len(),
+                    Input::Array(_) => 0,
+                })
+                .sum();
+            let mut progress = Progress::new("predict", "images", total, total == 0);
             let mut all_logits = Vec::new();
             // Each prediction: the input it came from, its row in an .npy
             // batch (none for an image file), and its logits.
             let mut rows: Vec<(String, Option<usize>, Vec<f32>)> = Vec::new();
-            for input in &inputs {
-                if input.extension().is_none_or(|e| e != "npy") {
-                    let files = image_files(input)?;
-                    for chunk in files.chunks(batch as usize) {
-                        let out = model.logits(&model.prepare_files(chunk)?, batch as usize)?;
-                        for (file, row) in chunk.iter().zip(out.chunks_exact(classes)) {
-                            rows.push((file.display().to_string(), None, row.to_vec()));
+            for (input, read) in inputs.iter().zip(&read) {
+                match read {
+                    Input::Files(files) => {
+                        for chunk in files.chunks(batch as usize) {
+                            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                                return Err(Error::Training(
+                                    "stopped by a signal; nothing written".into(),
+                                ));
+                            }
+                            let out = model.logits(&model.prepare_files(chunk)?, batch as usize)?;
+                            for (file, row) in chunk.iter().zip(out.chunks_exact(classes)) {
+                                rows.push((file.display().to_string(), None, row.to_vec()));
+                            }
+                            progress.add(chunk.len());
                         }
                     }
-                    continue;
-                }
-                let array = npy::read(input)?;
-                if array.shape.len() != 4 || array.shape[1..] != [c, size, size] {
-                    return Err(Error::File {
-                        path: input.clone(),
-                        message: format!(
-                            "shape {:?}; the net takes N×{c}×{size}×{size}",
-                            array.shape
-                        ),
-                    });
-                }
-                let out = model.logits(&array.data, batch as usize)?;
-                for (i, row) in out.chunks_exact(classes).enumerate() {
-                    rows.push((input.display().to_string(), Some(i), row.to_vec()));
+                    Input::Array(array) => {
+                        let out = model.logits(&array.data, batch as usize)?;
+                        for (i, row) in out.chunks_exact(classes).enumerate() {
+                            rows.push((input.display().to_string(), Some(i), row.to_vec()));
+                        }
+                    }
                 }
             }
             for (input, index, row) in &rows {
@@ -650,19 +693,52 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 all_logits.extend_from_slice(row);
             }
-            if let Some(path) = logits {
+            progress.finish();
+            if let Some(pending) = pending {
                 let rows = all_logits.len() / classes;
-                npy::write(
-                    &path,
-                    &npy::Array {
-                        shape: vec![rows, classes],
-                        data: all_logits,
-                    },
-                )?;
+                pending.commit(&npy::encode(&npy::Array {
+                    shape: vec![rows, classes],
+                    data: all_logits,
+                }))?;
             }
         }
     }
     Ok(())
+}
+
+/// One `predict` input, read and checked.
+enum Input {
+    /// Image files: one given, or those of a folder.
+    Files(Vec<PathBuf>),
+    /// An `.npy` batch, already preprocessed.
+    Array(npy::Array),
+}
+
+/// Reads an `.npy` batch (refusing other shapes and values that are not
+/// finite), or lists the image files `input` names.
+fn read_input(input: &Path, model: &Model) -> Result<Input> {
+    if input.extension().is_none_or(|e| e != "npy") {
+        return image_files(input).map(Input::Files);
+    }
+    let (c, size) = (model.plan.spec.input.channels, model.plan.spec.input.size);
+    let array = npy::read(input)?;
+    let bad = |message: String| Error::File {
+        path: input.to_path_buf(),
+        message,
+    };
+    if array.shape.len() != 4 || array.shape[1..] != [c, size, size] {
+        return Err(bad(format!(
+            "shape {:?}; the net takes N×{c}×{size}×{size}",
+            array.shape
+        )));
+    }
+    if let Some(i) = array.data.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!(
+            "value {i} is {}; the net takes finite numbers only",
+            array.data[i]
+        )));
+    }
+    Ok(Input::Array(array))
 }
 
 /// An image file, or the image files in a folder (sorted).
@@ -689,12 +765,84 @@ fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
+/// The largest batch any command takes.
+fn batch_range() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(limits::MAX_BATCH))
+}
+
+/// With `--resume`, a learning rate or schedule that differs from the saved
+/// config restarts the schedule from the new rate (keeping the best error
+/// seen); otherwise the checkpoint's rate, after its drops, goes on.
+fn rebase_schedule(state: &mut ScheduleState, saved: &TrainConfig, config: &TrainConfig) {
+    if config.schedule != saved.schedule {
+        *state = ScheduleState {
+            best_error: state.best_error,
+            ..ScheduleState::new(config.lr)
+        };
+    } else if config.lr != saved.lr {
+        state.lr = config.lr;
+        state.stale_epochs = 0;
+    }
+}
+
+/// Refuses data whose classes are not the ones the checkpoint learned.
+fn same_classes(data: &str, found: &[String], learned: &[String]) -> Result<()> {
+    if found == learned {
+        return Ok(());
+    }
+    let at = found.iter().zip(learned).position(|(a, b)| a != b);
+    let which = match at {
+        Some(i) => format!(
+            "class {i} is {:?} there, {:?} in the checkpoint",
+            found[i], learned[i]
+        ),
+        None => format!(
+            "{} classes there, {} in the checkpoint",
+            found.len(),
+            learned.len()
+        ),
+    };
+    Err(Error::Input(format!(
+        "--data {data}: not the classes the checkpoint learned ({which})"
+    )))
+}
+
+/// A flag set by the first SIGINT or SIGTERM; a second one ends the process at once.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+            .and_then(|_| flag::register(signal, Arc::clone(&stop)))
+            .map_err(|e| Error::io("signal handler", e))?;
+    }
+    Ok(stop)
+}
+
 /// `text` indented by two spaces, for the printed config.
 fn indent(text: &str) -> String {
     text.lines()
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// clap's message without its blank lines, usage and help hint: the error
+/// and what it lists (the missing arguments, the valid values).
+fn usage_error(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_usage = false;
+    for line in text.lines() {
+        in_usage = line.starts_with("Usage:") || (in_usage && line.starts_with(' '));
+        if in_usage || line.trim().is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str("error: bad arguments\n");
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -709,9 +857,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // clap's message, without its blank line and usage hint: one line.
-            let text = e.render().to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            eprint!("{}", usage_error(&e.render().to_string()));
             return ExitCode::from(2);
         }
     };

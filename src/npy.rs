@@ -66,9 +66,12 @@ pub fn read(path: &Path) -> Result<Array> {
                 .map_err(|_| bad(path, format!("shape entry {s}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let count: usize = shape.iter().product();
     let body = &bytes[start + header_len..];
-    if body.len() != 4 * count {
+    let count = shape
+        .iter()
+        .try_fold(4usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX);
+    if body.len() != count {
         return Err(bad(
             path,
             format!("{} bytes of data for shape {shape:?}", body.len()),
@@ -83,6 +86,11 @@ pub fn read(path: &Path) -> Result<Array> {
 
 /// Writes a float32 `.npy` file (format 1.0), through a temporary file.
 pub fn write(path: &Path, array: &Array) -> Result<()> {
+    crate::output::Output::create(path, "writing")?.commit(&encode(array))
+}
+
+/// A float32 array as the bytes of a `.npy` file (format 1.0).
+pub fn encode(array: &Array) -> Vec<u8> {
     let dims: Vec<String> = array.shape.iter().map(|d| d.to_string()).collect();
     let shape = match dims.len() {
         1 => format!("({},)", dims[0]),
@@ -100,9 +108,7 @@ pub fn write(path: &Path, array: &Array) -> Result<()> {
     bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend(array.data.iter().flat_map(|v| v.to_le_bytes()));
-    let tmp = path.with_extension("npy.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    bytes
 }
 
 #[cfg(test)]

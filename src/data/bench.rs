@@ -22,6 +22,8 @@ pub const TARGET: f64 = 5000.0;
 pub struct DataBench {
     pub data: String,
     pub images: usize,
+    /// Images that could not be read (left out of the timing's batches).
+    pub skipped: usize,
     pub per_core_images_per_s: f64,
     pub workers: usize,
     pub workers_images_per_s: f64,
@@ -66,13 +68,21 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
     let single = count as f64 / start.elapsed().as_secs_f64();
     let lists: Vec<Vec<usize>> = indices.chunks(32).map(<[usize]>::to_vec).collect();
     let start = Instant::now();
+    let mut skipped = Vec::new();
     for batch in Loader::start(set, pipeline, mode, lists, workers, 2 * workers, false) {
-        std::hint::black_box(batch?);
+        skipped.extend(std::hint::black_box(batch?).skipped);
     }
     let multi = count as f64 / start.elapsed().as_secs_f64();
+    if let Some((file, why)) = skipped.first().filter(|_| skipped.len() == count) {
+        return Err(Error::Input(format!(
+            "--data {}: none of the {count} images timed could be read (the first, {file}: {why})",
+            path.display()
+        )));
+    }
     Ok(DataBench {
         data: dataset.kind,
         images: count,
+        skipped: skipped.len(),
         per_core_images_per_s: single,
         workers,
         workers_images_per_s: multi,
@@ -84,12 +94,13 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
 /// The report as text.
 pub fn render(b: &DataBench) -> String {
     format!(
-        "bench-data: {}, {} images, full path (decode, resize, crop, flip, lighting, f32 CHW)\n\
+        "bench-data: {}, {} images ({} unreadable, left out), full path (decode, resize, crop, flip, lighting, f32 CHW)\n\
          one core    {:8.0} images/s\n\
          {} workers   {:8.0} images/s  ({:.2}× one core)\n\
          to feed {TARGET:.0} images/s: {:.1} cores of this speed\n",
         b.data,
         b.images,
+        b.skipped,
         b.per_core_images_per_s,
         b.workers,
         b.workers_images_per_s,

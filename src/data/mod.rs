@@ -70,13 +70,17 @@ impl TrainingData {
         self.batches(lists, Mode::Train { seed, epoch }, true)
     }
 
-    /// The whole validation set in batches of `batch`, centre crops.
-    pub fn val_batches(&self, batch: usize) -> Batches {
-        let len = match self {
+    /// Images in the validation set.
+    pub fn val_len(&self) -> usize {
+        match self {
             TrainingData::Synthetic { val, .. } => val.len,
             TrainingData::Images { dataset, .. } => dataset.val.len(),
-        };
-        let indices: Vec<usize> = (0..len).collect();
+        }
+    }
+
+    /// The whole validation set in batches of `batch`, centre crops.
+    pub fn val_batches(&self, batch: usize) -> Batches {
+        let indices: Vec<usize> = (0..self.val_len()).collect();
         let lists = indices.chunks(batch).map(<[usize]>::to_vec).collect();
         self.batches(lists, Mode::Centre, false)
     }

@@ -179,8 +179,22 @@ fn layer_kind(layer: &Layer) -> String {
 
 /// Output length of a sliding window, or `None` when the window does not fit.
 fn window_out(input: usize, kernel: usize, stride: usize, pad: usize) -> Option<usize> {
-    let padded = input + 2 * pad;
+    let padded = pad.checked_mul(2)?.checked_add(input)?;
     (kernel >= 1 && stride >= 1 && kernel <= padded).then(|| (padded - kernel) / stride + 1)
+}
+
+/// The most elements one tower's tensor may hold per image (or one weight
+/// block): the 32-bit indexing of the GPU kernels and cuDNN.
+pub const MAX_ELEMENTS: u128 = 1 << 31;
+/// The most multiply-adds per image of one layer.
+const MAX_MACS: u128 = 1 << 48;
+
+/// Whether the product of `factors` is at most `limit`, computed without overflow.
+fn within(factors: &[usize], limit: u128) -> bool {
+    factors
+        .iter()
+        .try_fold(1u128, |p, &f| p.checked_mul(f as u128))
+        .is_some_and(|p| p <= limit)
 }
 
 impl Plan {
@@ -191,10 +205,19 @@ impl Plan {
             h: spec.input.size,
             w: spec.input.size,
         };
-        if input.is_empty() {
+        if spec.input.channels == 0 || spec.input.size == 0 {
             return Err(Error::Input(format!(
                 "preset {}: input channels and size must be at least 1",
                 spec.name
+            )));
+        }
+        if !within(
+            &[spec.input.channels, spec.input.size, spec.input.size],
+            MAX_ELEMENTS,
+        ) {
+            return Err(Error::Input(format!(
+                "preset {}: input {}×{}×{} is over {MAX_ELEMENTS} values an image",
+                spec.name, spec.input.channels, spec.input.size, spec.input.size
             )));
         }
         if spec.layers.is_empty() {
@@ -234,8 +257,21 @@ impl Plan {
                     if !names.insert(name.clone()) || name.is_empty() {
                         return Err(err(format!("name {name:?} is empty or used twice")));
                     }
+                    let sources = if both_towers { TOWERS } else { 1 };
+                    if !within(&[filters, out_h, out_w], MAX_ELEMENTS)
+                        || !within(&[sources, filters, c, kernel, kernel], MAX_ELEMENTS)
+                        || !within(
+                            &[sources, filters, c, kernel, kernel, out_h, out_w],
+                            MAX_MACS,
+                        )
+                    {
+                        return Err(err(format!(
+                            "{filters} filters of {kernel}×{kernel} over {c}×{h}×{w} is too large \
+                             (at most {MAX_ELEMENTS} outputs or weights, {MAX_MACS} multiply-adds)"
+                        )));
+                    }
                     let conv = ConvShape {
-                        sources: if both_towers { TOWERS } else { 1 },
+                        sources,
                         in_c: c,
                         in_h: h,
                         in_w: w,
@@ -263,8 +299,12 @@ impl Plan {
                     let Shape::Map { c, h, w } = shape else {
                         return Err(err(format!("needs feature maps, gets a vector of {shape}")));
                     };
-                    if size % 2 == 0 || !(alpha >= 0.0 && beta > 0.0 && k > 0.0) {
-                        return Err(err("size must be odd, alpha ≥ 0, beta > 0 and k > 0".into()));
+                    let finite = alpha.is_finite() && beta.is_finite() && k.is_finite();
+                    if size % 2 == 0 || !(finite && alpha >= 0.0 && beta > 0.0 && k > 0.0) {
+                        return Err(err(format!(
+                            "size {size}, alpha {alpha}, beta {beta}, k {k}: size must be odd, \
+                             alpha ≥ 0, beta > 0 and k > 0, all finite"
+                        )));
                     }
                     let lrn = LrnShape {
                         c,
@@ -315,11 +355,18 @@ impl Plan {
                     if units == 0 {
                         return Err(err("units must be at least 1".into()));
                     }
+                    let sources = if both_towers { TOWERS } else { 1 };
+                    if !within(&[sources, units, shape.len()], MAX_ELEMENTS) {
+                        return Err(err(format!(
+                            "{units} units over {} inputs is over {MAX_ELEMENTS} weights",
+                            sources * shape.len()
+                        )));
+                    }
                     if !names.insert(name.clone()) || name.is_empty() {
                         return Err(err(format!("name {name:?} is empty or used twice")));
                     }
                     let fc = FcShape {
-                        sources: if both_towers { TOWERS } else { 1 },
+                        sources,
                         inputs: shape.len(),
                         outputs: units,
                     };

@@ -238,6 +238,14 @@ pub fn load_folder(folder: &Path) -> Result<Checkpoint> {
     let weights = tensors(&weights_path, &read_file(&weights_path)?)?;
     let state_path = folder.join("state.safetensors");
     let momentum = tensors(&state_path, &read_file(&state_path)?)?;
+    for (path, set) in [(&weights_path, &weights), (&state_path, &momentum)] {
+        if let Some(t) = set.iter().find(|t| t.data.iter().any(|v| !v.is_finite())) {
+            return Err(bad(
+                path,
+                format!("{} holds NaN or infinite values", t.name),
+            ));
+        }
+    }
     Ok(Checkpoint {
         state,
         weights,
@@ -265,8 +273,21 @@ pub fn load(path: &Path) -> Result<(PathBuf, Checkpoint)> {
     let mut last_error = None;
     for (_, folder) in list(&dir)?.into_iter().rev() {
         match load_folder(&folder) {
-            Ok(c) => return Ok((folder, c)),
-            Err(e) => last_error = Some(e),
+            Ok(c) => {
+                if let Some(e) = &last_error {
+                    eprintln!(
+                        "warning: passing over a newer checkpoint ({e}); using {}",
+                        folder.display()
+                    );
+                }
+                return Ok((folder, c));
+            }
+            Err(e) => {
+                if let Some(newer) = &last_error {
+                    eprintln!("warning: passing over a newer checkpoint ({newer})");
+                }
+                last_error = Some(e)
+            }
         }
     }
     Err(last_error
@@ -378,5 +399,20 @@ mod tests {
         std::fs::write(second.join("weights.safetensors"), b"garbage").unwrap();
         assert!(load_folder(&second).is_err());
         assert_eq!(load(dir.path()).unwrap().1.state.step, 1);
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ckpt = sample(3, None);
+        ckpt.weights[0].data[5] = f32::NAN;
+        let name = ckpt.weights[0].name.clone();
+        let folder = save(dir.path(), &ckpt, 3).unwrap();
+        let e = load_folder(&folder).unwrap_err().to_string();
+        assert!(
+            e.contains("weights.safetensors") && e.contains(&name),
+            "{e}"
+        );
+        assert!(e.contains("NaN or infinite"), "{e}");
     }
 }

@@ -4,6 +4,7 @@
 //! `config.toml`, which `--config` and `--resume` read back.
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_BATCH, MAX_IMAGES, MAX_WORKERS};
 use crate::net::init::InitScheme;
 use crate::train::schedule::Schedule;
 use serde::{Deserialize, Serialize};
@@ -79,13 +80,32 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Reads a TOML configuration file; missing keys take the defaults.
+    /// Reads a TOML configuration file, missing keys taking the defaults,
+    /// and checks its values.
     pub fn from_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::File {
+        let file = |message: String| Error::File {
             path: path.to_path_buf(),
-            message: e.message().to_string(),
-        })
+            message,
+        };
+        let config: TrainConfig = toml::from_str(&text).map_err(|e| file(e.message().into()))?;
+        config.validate().map_err(|e| file(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// The settings that differ from `saved`, as `key old -> new`, for a resumed run.
+    pub fn changes_from(&self, saved: &TrainConfig) -> Vec<String> {
+        let table =
+            |c: &TrainConfig| toml::from_str::<toml::Table>(&c.to_toml()).unwrap_or_default();
+        let (old, new) = (table(saved), table(self));
+        let show = |v: Option<&toml::Value>| v.map_or_else(|| "(none)".into(), |v| v.to_string());
+        let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| old.get(*k) != new.get(*k))
+            .map(|k| format!("{k} {} -> {}", show(old.get(k)), show(new.get(k))))
+            .collect()
     }
 
     /// The configuration as TOML, as saved with the run.
@@ -107,8 +127,8 @@ impl TrainConfig {
         let bad = |flag: &str, value: &dyn std::fmt::Display, why: &str| {
             Err(Error::Input(format!("--{flag} {value}: {why}")))
         };
-        if self.batch == 0 {
-            return bad("batch", &self.batch, "must be at least 1");
+        if self.batch == 0 || self.batch > MAX_BATCH as usize {
+            return bad("batch", &self.batch, &format!("must be in 1..={MAX_BATCH}"));
         }
         if self.epochs == 0 && self.steps.is_none() {
             return bad("epochs", &self.epochs, "must be at least 1");
@@ -125,6 +145,23 @@ impl TrainConfig {
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad("weight-decay", &self.weight_decay, "must be 0 or more");
         }
+        if self.keep == 0 {
+            return bad("keep", &0, "must be at least 1");
+        }
+        if self.workers > MAX_WORKERS as usize {
+            return bad("workers", &self.workers, &format!("at most {MAX_WORKERS}"));
+        }
+        for (flag, value) in [
+            ("train-images", self.train_images),
+            ("val-images", self.val_images),
+        ] {
+            if value > MAX_IMAGES {
+                return bad(flag, &value, &format!("at most {MAX_IMAGES}"));
+            }
+        }
+        self.schedule
+            .validate(self.lr)
+            .map_err(|why| Error::Input(format!("--schedule: {why}")))?;
         if self.log_every == 0 {
             return bad("log-every", &0, "must be at least 1");
         }
@@ -178,6 +215,30 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "--momentum 1.5: must be in [0, 1)"
+        );
+        std::fs::write(
+            &path,
+            "[schedule]\nkind = \"step\"\nevery = 0\ngamma = 0.1\n",
+        )
+        .unwrap();
+        let e = TrainConfig::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("every = 0"), "{e}");
+    }
+
+    #[test]
+    fn changes_name_each_key_that_differs() {
+        let saved = TrainConfig::default();
+        let now = TrainConfig {
+            lr: 0.5,
+            quiet: true,
+            ..saved.clone()
+        };
+        assert_eq!(
+            now.changes_from(&saved),
+            vec![
+                "lr 0.01 -> 0.5".to_string(),
+                "quiet false -> true".to_string()
+            ]
         );
     }
 }

@@ -17,6 +17,7 @@ use crate::net::init::init_twin;
 use crate::net::params::{TwinTensor, twin_shapes};
 use crate::net::plan::Plan;
 use crate::placement::Placement;
+use crate::progress::Progress;
 use crate::rng::{Rng, derive};
 use crate::tower::ParamSet;
 use crate::towers::{Batch, TowerPair};
@@ -78,15 +79,24 @@ impl Running {
     }
 }
 
-/// The run folder for a new run: refuses one that already holds a run.
-fn create_run_dir(dir: &Path) -> Result<()> {
-    if dir.join("metrics.jsonl").exists() || dir.join("checkpoints").exists() {
+/// Refuses a run folder that is a file or already holds a run (a
+/// checkpoint, or metrics of at least one step).
+fn check_run_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Input(format!(
+            "--run-dir {}: is a file, not a folder",
+            dir.display()
+        )));
+    }
+    let has_checkpoint = !checkpoint::list(&dir.join("checkpoints"))?.is_empty();
+    let has_metrics = std::fs::metadata(dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
+    if has_checkpoint || has_metrics {
         return Err(Error::Input(format!(
             "--run-dir {}: already holds a run; choose another folder, or --resume it",
             dir.display()
         )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+    Ok(())
 }
 
 /// The run folder a config names, or `runs/<preset>-<unix time>`.
@@ -125,21 +135,18 @@ pub fn train(
     out: &mut dyn Write,
 ) -> Result<RunSummary> {
     config.validate()?;
+    // Everything is checked and allocated before the run folder is made,
+    // so a failed start leaves nothing behind.
     let run_dir = run_dir_for(config);
     let (plan, resume) = match start {
         Start::Fresh => {
-            create_run_dir(&run_dir)?;
+            check_run_dir(&run_dir)?;
             (Plan::load(&config.preset)?, None)
         }
         Start::Resume(ckpt) => (Plan::new(ckpt.state.spec.clone())?, Some(*ckpt)),
     };
     let plan = Arc::new(plan);
-    let config_path = run_dir.join("config.toml");
-    let tmp = run_dir.join("config.toml.tmp");
-    std::fs::write(&tmp, config.to_toml()).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &config_path).map_err(|e| Error::io(&config_path, e))?;
     let first_step = resume.as_ref().map_or(0, |c| c.state.step);
-    let mut log = MetricsLog::open(&run_dir, first_step)?;
     let checkpoints = run_dir.join("checkpoints");
 
     let data = training_data(config, &plan, out)?;
@@ -150,6 +157,7 @@ pub fn train(
             data.train_len()
         )));
     }
+    crate::limits::check_fits(&plan, config.batch, placement)?;
     let shapes = twin_shapes(&plan);
     let (weights, mut schedule_state, mut last_checkpoint) = match &resume {
         Some(c) => {
@@ -173,6 +181,12 @@ pub fn train(
         let momentum = checkpoint::in_order(c.momentum.clone(), &shapes, &folder)?;
         towers.upload(ParamSet::Momentum, &momentum)?;
     }
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    let config_path = run_dir.join("config.toml");
+    let tmp = run_dir.join("config.toml.tmp");
+    std::fs::write(&tmp, config.to_toml()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &config_path).map_err(|e| Error::io(&config_path, e))?;
+    let mut log = MetricsLog::open(&run_dir, first_step)?;
     let say = |out: &mut dyn Write, bar: &ProgressBar, line: &str| {
         bar.suspend(|| {
             let _ = writeln!(out, "{line}");
@@ -335,7 +349,40 @@ pub fn train(
         let epoch_end = within + 1 == steps_per_epoch;
         let mut val_at = None;
         if epoch_end || last {
-            let val = evaluate(&towers, data.val_batches(config.batch))?;
+            let mut progress = Progress::new("validation", "images", data.val_len(), config.quiet);
+            let val = bar
+                .suspend(|| evaluate(&towers, data.val_batches(config.batch), stop, &mut progress));
+            progress.finish();
+            let Some(val) = val? else {
+                let folder = save(
+                    &towers,
+                    run_state(
+                        &plan,
+                        &data,
+                        config,
+                        step,
+                        steps_per_epoch,
+                        schedule_state,
+                        lr,
+                        None,
+                    ),
+                    &checkpoints,
+                    config.keep,
+                    last_checkpoint.as_deref(),
+                    &run_dir,
+                )?;
+                bar.abandon();
+                summary.stopped = true;
+                summary.checkpoint = Some(folder.clone());
+                let _ = writeln!(
+                    out,
+                    "stopped by a signal during the validation after step {} of {total_steps}; saved {} (without that validation); continue with: alexnet train --resume {}",
+                    step + 1,
+                    folder.display(),
+                    run_dir.display()
+                );
+                break;
+            };
             say(
                 out,
                 &bar,
@@ -372,23 +419,18 @@ pub fn train(
         let stopping = stop.load(Ordering::SeqCst);
         let periodic = config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0;
         if epoch_end || last || periodic || stopping {
-            let state = RunState {
-                format: FORMAT,
-                spec: plan.spec.clone(),
-                step: step + 1,
-                epoch: (step + 1) / steps_per_epoch,
-                data_position: ((step + 1) % steps_per_epoch) * config.batch,
-                seed: config.seed,
-                schedule: schedule_state,
-                lr,
-                classes: data.classes(),
-                dataset: data.describe(),
-                val_top1: val_at.map(|v| v.0),
-                val_top5: val_at.map(|v| v.1),
-            };
             let folder = save(
                 &towers,
-                state,
+                run_state(
+                    &plan,
+                    &data,
+                    config,
+                    step,
+                    steps_per_epoch,
+                    schedule_state,
+                    lr,
+                    val_at,
+                ),
                 &checkpoints,
                 config.keep,
                 last_checkpoint.as_deref(),
@@ -418,6 +460,34 @@ pub fn train(
     let images = ((summary.steps - first_step) * config.batch) as f64;
     summary.images_per_s = images / run_start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// What a checkpoint after step `step` (0-based) records besides tensors.
+#[allow(clippy::too_many_arguments)]
+fn run_state(
+    plan: &Plan,
+    data: &TrainingData,
+    config: &TrainConfig,
+    step: usize,
+    steps_per_epoch: usize,
+    schedule: ScheduleState,
+    lr: f32,
+    val: Option<(f64, f64)>,
+) -> RunState {
+    RunState {
+        format: FORMAT,
+        spec: plan.spec.clone(),
+        step: step + 1,
+        epoch: (step + 1) / steps_per_epoch,
+        data_position: ((step + 1) % steps_per_epoch) * config.batch,
+        seed: config.seed,
+        schedule,
+        lr,
+        classes: data.classes(),
+        dataset: data.describe(),
+        val_top1: val.map(|v| v.0),
+        val_top5: val.map(|v| v.1),
+    }
 }
 
 /// The shuffled image order of `epoch` (a pure function of the seed and the epoch).
@@ -488,11 +558,20 @@ fn all_finite(tensors: &[TwinTensor]) -> bool {
     tensors.iter().all(|t| t.data.iter().all(|v| v.is_finite()))
 }
 
-/// Top-1/top-5 over a whole set.
-fn evaluate(towers: &TowerPair, batches: crate::data::Batches) -> Result<Running> {
+/// Top-1/top-5 over a whole set; `None` when `stop` is set before the end.
+fn evaluate(
+    towers: &TowerPair,
+    batches: crate::data::Batches,
+    stop: &AtomicBool,
+    progress: &mut Progress,
+) -> Result<Option<Running>> {
     let mut total = Running::default();
     for loaded in batches {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         let loaded = loaded?;
+        progress.add(loaded.labels.len() + loaded.skipped.len());
         if loaded.labels.is_empty() {
             continue;
         }
@@ -503,7 +582,7 @@ fn evaluate(towers: &TowerPair, batches: crate::data::Batches) -> Result<Running
         })?;
         total.add(stats, n);
     }
-    Ok(total)
+    Ok(Some(total))
 }
 
 /// Reports each skipped file once; returns how many were skipped.

@@ -25,11 +25,24 @@ pub enum Schedule {
     Constant,
 }
 
+/// The default: cosine decay to 0 over the run. A run is given as a
+/// number of epochs, and cosine decay spends all of them, ending at a small
+/// rate however few there are; the paper's plateau rule needs epochs enough
+/// to see the error stall, and on a short run either cuts the rate too soon
+/// (on one noisy epoch) or too late to settle.
 impl Default for Schedule {
     fn default() -> Self {
+        Schedule::Cosine { min_lr: 0.0 }
+    }
+}
+
+impl Schedule {
+    /// The paper's rule (§5): divide by 10 once the error has not improved
+    /// by 0.1 % for 2 epochs (so one noisy epoch does not cut the rate), 3 times at most.
+    pub fn plateau() -> Self {
         Schedule::Plateau {
             factor: 0.1,
-            patience: 1,
+            patience: 2,
             threshold: 1e-3,
             max_drops: 3,
         }
@@ -73,6 +86,50 @@ pub fn show_lr(lr: f32) -> String {
 }
 
 impl Schedule {
+    /// Checks the constants (against the base rate `lr`), naming the bad one.
+    pub fn validate(&self, lr: f32) -> Result<(), String> {
+        let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| {
+            Err(format!("[schedule] {key} = {value}: {why}"))
+        };
+        match *self {
+            Schedule::Plateau {
+                factor,
+                patience,
+                threshold,
+                ..
+            } => {
+                if !(factor > 0.0 && factor < 1.0) {
+                    return bad("factor", &factor, "must be between 0 and 1");
+                }
+                if patience == 0 {
+                    return bad("patience", &patience, "must be at least 1");
+                }
+                if !(0.0..1.0).contains(&threshold) {
+                    return bad("threshold", &threshold, "must be in [0, 1)");
+                }
+            }
+            Schedule::Step { every, gamma } => {
+                if every == 0 {
+                    return bad("every", &every, "must be at least 1");
+                }
+                if !(gamma > 0.0 && gamma <= 1.0) {
+                    return bad("gamma", &gamma, "must be in (0, 1]");
+                }
+            }
+            Schedule::Cosine { min_lr } => {
+                if !(min_lr >= 0.0 && min_lr <= lr) {
+                    return bad(
+                        "min_lr",
+                        &min_lr,
+                        &format!("must be in [0, the learning rate {lr}]"),
+                    );
+                }
+            }
+            Schedule::Constant => {}
+        }
+        Ok(())
+    }
+
     /// The rate for `step` of `total_steps` (cosine shapes it per step).
     pub fn lr_at(
         &self,
@@ -129,7 +186,7 @@ impl Schedule {
                 ))
             }
             Schedule::Step { every, gamma } => {
-                if every == 0 || !epoch.is_multiple_of(every) {
+                if !epoch.is_multiple_of(every) {
                     return None;
                 }
                 let old = state.lr;
@@ -151,11 +208,13 @@ mod tests {
 
     #[test]
     fn plateau_divides_by_ten_when_validation_stops_improving() {
-        let schedule = Schedule::default();
+        let schedule = Schedule::plateau();
         let mut state = ScheduleState::new(0.01);
         assert!(schedule.end_epoch(&mut state, 1, 0.50).is_none());
         assert!(schedule.end_epoch(&mut state, 2, 0.40).is_none());
-        let line = schedule.end_epoch(&mut state, 3, 0.4005).expect("a drop");
+        // One noisy epoch does not drop the rate; two in a row do.
+        assert!(schedule.end_epoch(&mut state, 3, 0.4005).is_none());
+        let line = schedule.end_epoch(&mut state, 4, 0.41).expect("a drop");
         assert!(line.contains("1e-2 -> 1e-3"), "{line}");
         assert_eq!(show_lr(1.0000001e-5), "1e-5");
         assert_eq!(show_lr(0.0125), "1.25e-2");
@@ -166,6 +225,43 @@ mod tests {
         }
         assert_eq!(state.drops, 3);
         assert!((state.lr - 1e-5).abs() < 1e-10);
+    }
+
+    #[test]
+    fn bad_constants_are_refused_by_name() {
+        let cases = [
+            (
+                Schedule::Step {
+                    every: 0,
+                    gamma: 0.1,
+                },
+                "every = 0",
+            ),
+            (
+                Schedule::Step {
+                    every: 2,
+                    gamma: -0.1,
+                },
+                "gamma = -0.1",
+            ),
+            (Schedule::Cosine { min_lr: 0.5 }, "min_lr = 0.5"),
+            (
+                Schedule::Plateau {
+                    factor: f32::NAN,
+                    patience: 2,
+                    threshold: 0.0,
+                    max_drops: 3,
+                },
+                "factor = NaN",
+            ),
+        ];
+        for (schedule, needle) in cases {
+            let e = schedule.validate(0.01).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+        assert!(Schedule::default().validate(0.01).is_ok());
+        assert!(Schedule::plateau().validate(0.01).is_ok());
+        assert!(Schedule::Cosine { min_lr: 0.001 }.validate(0.01).is_ok());
     }
 
     #[test]

@@ -114,6 +114,17 @@ pub fn memory_in_use(ordinal: usize) -> Result<usize> {
     Ok(total - free)
 }
 
+/// Bytes free on GPU `ordinal`.
+pub fn memory_free(ordinal: usize) -> Result<usize> {
+    require_driver()?;
+    let ctx = cudarc::driver::CudaContext::new(ordinal)
+        .map_err(|e| Error::cuda(format!("opening GPU {ordinal}"), e))?;
+    let (free, _) = ctx
+        .mem_get_info()
+        .map_err(|e| Error::cuda("reading GPU memory", e))?;
+    Ok(free)
+}
+
 fn library(present: bool, file: &str, version: impl FnOnce() -> String) -> String {
     if present {
         version()
