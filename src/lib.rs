@@ -19,6 +19,7 @@ pub mod npy;
 pub mod placement;
 pub mod plot;
 pub mod rng;
+pub mod tensorboard;
 pub mod tower;
 pub mod towers;
 pub mod train;

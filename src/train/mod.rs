@@ -17,7 +17,9 @@ use crate::net::init::init_twin;
 use crate::net::params::{TwinTensor, twin_shapes};
 use crate::net::plan::Plan;
 use crate::placement::Placement;
+use crate::plot::filters::Filters;
 use crate::rng::{Rng, derive};
+use crate::tensorboard::{EventWriter, Value};
 use crate::tower::ParamSet;
 use crate::towers::{Batch, TowerPair};
 use checkpoint::{Checkpoint, FORMAT, RunState};
@@ -140,6 +142,7 @@ pub fn train(
     std::fs::rename(&tmp, &config_path).map_err(|e| Error::io(&config_path, e))?;
     let first_step = resume.as_ref().map_or(0, |c| c.state.step);
     let mut log = MetricsLog::open(&run_dir, first_step)?;
+    let mut board = EventWriter::create(&run_dir.join("tensorboard"), first_step)?;
     let checkpoints = run_dir.join("checkpoints");
 
     let data = training_data(config, &plan, out)?;
@@ -328,6 +331,15 @@ pub fn train(
                 images_per_s,
                 lr,
             })?;
+            board.summary(
+                step + 1,
+                &[
+                    Value::Scalar("train/loss", window.loss() as f32),
+                    Value::Scalar("train/top1", window.top1() as f32),
+                    Value::Scalar("train/learning_rate", lr),
+                    Value::Scalar("train/images_per_s", images_per_s as f32),
+                ],
+            )?;
             summary.final_loss = window.loss();
             window = Running::default();
             window_seconds = 0.0;
@@ -355,6 +367,14 @@ pub fn train(
                 top1: val.top1(),
                 top5: val.top5(),
             })?;
+            board.summary(
+                step + 1,
+                &[
+                    Value::Scalar("val/loss", val.loss() as f32),
+                    Value::Scalar("val/top1", val.top1() as f32),
+                    Value::Scalar("val/top5", val.top5() as f32),
+                ],
+            )?;
             summary.val_top1 = val.top1();
             summary.val_top5 = val.top5();
             val_at = Some((val.top1(), val.top5()));
@@ -386,13 +406,34 @@ pub fn train(
                 val_top1: val_at.map(|v| v.0),
                 val_top5: val_at.map(|v| v.1),
             };
-            let folder = save(
+            let (folder, weights) = save(
                 &towers,
                 state,
                 &checkpoints,
                 config.keep,
                 last_checkpoint.as_deref(),
                 &run_dir,
+            )?;
+            let filters = Filters::from_weights(&plan, &weights)?;
+            let saturation = filters.saturation();
+            log.write(&Metric::Filters {
+                step: step + 1,
+                epoch: epoch + 1,
+                saturation,
+            })?;
+            let (width, height) = filters.size();
+            board.summary(
+                step + 1,
+                &[
+                    Value::Image {
+                        tag: "conv1",
+                        png: &filters.png(),
+                        width: width as u32,
+                        height: height as u32,
+                    },
+                    Value::Scalar("conv1/saturation_tower1", saturation[0] as f32),
+                    Value::Scalar("conv1/saturation_tower2", saturation[1] as f32),
+                ],
             )?;
             last_checkpoint = Some(folder.clone());
             summary.checkpoint = Some(folder);
@@ -459,7 +500,7 @@ fn diverged(step: usize, what: &str, last_good: Option<&Path>, run_dir: &Path) -
 }
 
 /// Downloads weights and momentum and writes a checkpoint, refusing to save
-/// weights that are not finite.
+/// weights that are not finite; returns its folder and the weights.
 fn save(
     towers: &TowerPair,
     state: RunState,
@@ -467,21 +508,19 @@ fn save(
     keep: usize,
     last_good: Option<&Path>,
     run_dir: &Path,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, Vec<TwinTensor>)> {
     let weights = towers.download(ParamSet::Weights)?;
     if !all_finite(&weights) {
         return Err(diverged(state.step, "weights", last_good, run_dir));
     }
     let momentum = towers.download(ParamSet::Momentum)?;
-    checkpoint::save(
-        dir,
-        &Checkpoint {
-            state,
-            weights,
-            momentum,
-        },
-        keep,
-    )
+    let ckpt = Checkpoint {
+        state,
+        weights,
+        momentum,
+    };
+    let folder = checkpoint::save(dir, &ckpt, keep)?;
+    Ok((folder, ckpt.weights))
 }
 
 fn all_finite(tensors: &[TwinTensor]) -> bool {
