@@ -86,7 +86,7 @@ fn tiles_per_block(png: &[u8]) -> Vec<usize> {
     let widest = gaps.iter().copied().max().unwrap_or(0);
     let mut blocks = vec![counts[0]];
     for (gap, count) in gaps.iter().zip(&counts[1..]) {
-        if *gap == widest && gaps.iter().any(|g| g < gap) || gaps.len() == 1 {
+        if (*gap == widest && gaps.iter().any(|g| g < gap)) || gaps.len() == 1 {
             blocks.push(*count);
         } else {
             *blocks.last_mut().unwrap() += count;
