@@ -18,6 +18,17 @@ extern "C" __global__ void relu_backward_f32(
     FOR_EACH(i, n) { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
 }
 
+extern "C" __global__ void tanh_forward_f32(const float* x, float* y, unsigned long long n)
+{
+    FOR_EACH(i, n) { y[i] = tanhf(x[i]); }
+}
+
+extern "C" __global__ void tanh_backward_f32(
+    const float* y, const float* dy, float* dx, unsigned long long n)
+{
+    FOR_EACH(i, n) { dx[i] = dy[i] * (1.0f - y[i] * y[i]); }
+}
+
 // SplitMix64's finalizer, as src/rng.rs `mix`.
 __device__ unsigned long long mix64(unsigned long long z)
 {

@@ -109,10 +109,26 @@ enum Command {
     },
     /// Train (on the built-in synthetic set); SIGINT or SIGTERM saves and stops.
     Train(TrainArgs),
-    /// Draw a run's loss, accuracy and learning-rate curves to PNG and SVG.
+    /// Draw a run's loss, accuracy, learning-rate and conv1 colour-saturation
+    /// curves to PNG and SVG; or conv1's kernels; or two runs' training error.
     Plot {
         /// The run folder (holding metrics.jsonl).
-        run_dir: PathBuf,
+        #[arg(required_unless_present = "compare")]
+        run_dir: Option<PathBuf>,
+        /// Also draw conv1's kernels as the paper's Figure 3, one row block
+        /// per tower, to RUN_DIR/filters.png and .svg.
+        #[arg(long)]
+        filters: bool,
+        /// With --filters: one figure per saved checkpoint, in RUN_DIR/filters/.
+        #[arg(long, requires = "filters")]
+        every_epoch: bool,
+        /// Instead, draw two runs' training error against epochs with the
+        /// 25 % line (the paper's Figure 1) to --out.
+        #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"], conflicts_with_all = ["run_dir", "filters"])]
+        compare: Option<Vec<PathBuf>>,
+        /// Where --compare draws: this path with .png and .svg.
+        #[arg(long, default_value = "figure1", requires = "compare")]
+        out: PathBuf,
     },
     /// Top-1 and top-5 of a checkpoint on its validation set.
     Eval {
@@ -497,10 +513,17 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", alexnet::data::bench::render(&report));
             }
         }
-        Command::Plot { run_dir } => {
-            let [png, svg] = plot::plot(&run_dir, &plot::Curves::read(&run_dir)?)?;
-            println!("{}\n{}", png.display(), svg.display());
-        }
+        Command::Plot {
+            run_dir,
+            filters,
+            every_epoch,
+            compare,
+            out,
+        } => match (run_dir, compare) {
+            (_, Some(runs)) => compare_runs(&runs, &out)?,
+            (Some(run_dir), None) => plot_run(&run_dir, filters, every_epoch)?,
+            (None, None) => unreachable!("clap requires RUN_DIR without --compare"),
+        },
         Command::Train(args) => {
             let (config, saved) = args.config()?;
             let (placement, note) = args.device.placement()?;
@@ -739,6 +762,58 @@ fn read_input(input: &Path, model: &Model) -> Result<Input> {
         )));
     }
     Ok(Input::Array(array))
+}
+
+/// `alexnet plot RUN_DIR [--filters [--every-epoch]]`: the curves, each
+/// checkpoint's conv1 saturation, and the kernels.
+fn plot_run(run_dir: &Path, filters: bool, every_epoch: bool) -> Result<()> {
+    let curves = plot::Curves::read(run_dir)?;
+    let [png, svg] = plot::plot(run_dir, &curves)?;
+    println!("{}\n{}", png.display(), svg.display());
+    let [one, two] = &curves.saturation;
+    if !one.is_empty() {
+        println!("conv1 colour saturation at each checkpoint (tower 1, tower 2):");
+        for ((step, a), (_, b)) in one.iter().zip(two) {
+            println!("  step {step:>7}  {a:.3}  {b:.3}");
+        }
+    }
+    if filters {
+        for drawn in plot::filters::draw_run(run_dir, every_epoch)? {
+            let [a, b] = drawn.saturation;
+            println!(
+                "{}\n{}\n  conv1 at step {}: colour saturation tower 1 {a:.3}, tower 2 {b:.3}",
+                drawn.files[0].display(),
+                drawn.files[1].display(),
+                drawn.step
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `alexnet plot --compare RUN_A RUN_B`: Figure 1 and the epochs each run
+/// took to 25 % training error.
+fn compare_runs(runs: &[PathBuf], out: &Path) -> Result<()> {
+    use plot::compare::{ErrorCurve, TARGET};
+    let curves = [ErrorCurve::read(&runs[0])?, ErrorCurve::read(&runs[1])?];
+    let [png, svg] = plot::compare::plot(out, &curves)?;
+    println!("{}\n{}", png.display(), svg.display());
+    let reached = curves.each_ref().map(ErrorCurve::epochs_to_target);
+    for (run, at) in curves.iter().zip(reached) {
+        match at {
+            Some(x) => println!("{}: {TARGET} % training error at epoch {x:.3}", run.name),
+            None => println!("{}: never reached {TARGET} % training error", run.name),
+        }
+    }
+    if let [Some(a), Some(b)] = reached {
+        println!(
+            "{} took {:.2}× the epochs of {}",
+            curves[1].name,
+            b / a,
+            curves[0].name
+        );
+    }
+    Ok(())
 }
 
 /// An image file, or the image files in a folder (sorted).

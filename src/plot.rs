@@ -1,5 +1,9 @@
 //! `alexnet plot RUN_DIR`: the run's loss, accuracy and learning-rate curves
-//! from `metrics.jsonl`, drawn to `RUN_DIR/curves.png` and `curves.svg`.
+//! and its towers' conv1 colour saturation from `metrics.jsonl`, drawn to
+//! `RUN_DIR/curves.png` and `curves.svg`.
+
+pub mod compare;
+pub mod filters;
 
 use crate::error::{Error, Result};
 use plotters::coord::Shift;
@@ -18,6 +22,8 @@ pub struct Curves {
     pub val_top1: Vec<(f64, f64)>,
     pub val_top5: Vec<(f64, f64)>,
     pub lr: Vec<(f64, f64)>,
+    /// Each tower's conv1 colour saturation at each checkpoint ([`filters`]).
+    pub saturation: [Vec<(f64, f64)>; 2],
 }
 
 impl Curves {
@@ -49,6 +55,13 @@ impl Curves {
                     push(&mut c.val_top1, "top1", 100.0);
                     push(&mut c.val_top5, "top5", 100.0);
                 }
+                Some("filters") => {
+                    for (t, series) in c.saturation.iter_mut().enumerate() {
+                        if let Some(v) = m["saturation"][t].as_f64() {
+                            series.push((step, v));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -67,7 +80,7 @@ pub fn plot(run_dir: &Path, curves: &Curves) -> Result<[PathBuf; 2]> {
     // Registering twice (a second plot in one process) is harmless.
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     let (png, svg) = (run_dir.join("curves.png"), run_dir.join("curves.svg"));
-    let size = (1500, 450);
+    let size = (2000, 450);
     let fail = |path: &Path, e: String| Error::File {
         path: path.to_path_buf(),
         message: format!("cannot draw: {e}"),
@@ -99,7 +112,7 @@ fn draw<DB: DrawingBackend>(
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(e)?;
     let root = root.titled(title, ("sans-serif", 18)).map_err(e)?;
-    let panels = root.split_evenly((1, 3));
+    let panels = root.split_evenly((1, 4));
     let last_step = c.train_loss.iter().map(|p| p.0).fold(1.0, f64::max);
     let steps = 0.0..last_step;
     let top = |series: &[&[(f64, f64)]]| {
@@ -185,6 +198,16 @@ fn draw<DB: DrawingBackend>(
         top(&[&c.lr]),
         &[("lr", &c.lr, train)],
     )?;
+    panel(
+        &panels[3],
+        "conv1 colour saturation",
+        "mean max−min of RGB",
+        top(&[&c.saturation[0], &c.saturation[1]]),
+        &[
+            ("tower 1", &c.saturation[0], train),
+            ("tower 2", &c.saturation[1], val),
+        ],
+    )?;
     root.present().map_err(e)
 }
 
@@ -199,6 +222,7 @@ mod tests {
             r#"{"kind":"train","step":10,"epoch":1,"loss":2.3,"top1":0.1,"images_per_s":100.0,"lr":0.01}"#,
             r#"{"kind":"train","step":20,"epoch":1,"loss":1.5,"top1":0.4,"images_per_s":100.0,"lr":0.01}"#,
             r#"{"kind":"val","step":20,"epoch":1,"loss":1.4,"top1":0.5,"top5":0.9}"#,
+            r#"{"kind":"filters","step":20,"epoch":1,"saturation":[0.1,0.3]}"#,
             "not json",
         ];
         std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n")).unwrap();
@@ -206,11 +230,14 @@ mod tests {
         assert_eq!(curves.train_loss, vec![(10.0, 2.3), (20.0, 1.5)]);
         assert_eq!(curves.val_top5, vec![(20.0, 90.0)]);
         assert_eq!(curves.lr, vec![(10.0, 0.01), (20.0, 0.01)]);
+        assert_eq!(curves.saturation, [vec![(20.0, 0.1)], vec![(20.0, 0.3)]]);
         let [png, svg] = plot(dir.path(), &curves).unwrap();
         assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
         let svg = std::fs::read_to_string(&svg).unwrap();
         assert!(
-            svg.starts_with("<svg") && svg.contains("validation top-5"),
+            svg.starts_with("<svg")
+                && svg.contains("validation top-5")
+                && svg.contains("conv1 colour saturation"),
             "{}",
             &svg[..200]
         );

@@ -216,6 +216,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     dev.fc_forward(x, &p.weights, &p.bias, y, s, batch)?;
                 }
                 Op::Relu => dev.relu_forward(x, y)?,
+                Op::Tanh => dev.tanh_forward(x, y)?,
                 Op::Lrn(s) => {
                     let scale = b.lrn_scales[i]
                         .as_mut()
@@ -311,6 +312,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     };
                     match op {
                         Op::Relu => dev.relu_backward(y, dy, dx)?,
+                        Op::Tanh => dev.tanh_backward(y, dy, dx)?,
                         Op::Lrn(s) => {
                             let scale = b.lrn_scales[i]
                                 .as_ref()

@@ -22,8 +22,8 @@ use std::sync::Arc;
 /// Every test of this file, by name.
 const TESTS: &[(&str, fn())] = &[
     (
-        "every_op_matches_an_f64_reference_at_the_paper_shapes",
-        every_op_matches_an_f64_reference_at_the_paper_shapes,
+        "every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes",
+        every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes,
     ),
     (
         "loss_and_update_match_the_cpu_device",
@@ -199,17 +199,21 @@ fn layer_f64(
     out
 }
 
-fn every_op_matches_an_f64_reference_at_the_paper_shapes() {
+fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
     let mut gpu = gpu();
     let mut cpu = CpuDevice::<f32>::default();
-    let plan = Plan::load("paper").unwrap();
+    // The paper's layers, and the Figure 1 net's for tanh.
+    let layers: Vec<_> = ["paper", "figure1-tanh"]
+        .iter()
+        .flat_map(|preset| Plan::load(preset).unwrap().layers)
+        .collect();
     let batch = 4;
     let mut seed = 0;
     let mut next = || {
         seed += 1;
         seed
     };
-    for layer in &plan.layers {
+    for layer in &layers {
         let sources = if layer.both_towers { TOWERS } else { 1 };
         let (in_len, out_len) = (batch * layer.input.len(), batch * layer.output.len());
         let x = both(&mut gpu, random(sources * in_len, next(), 2.0));
@@ -313,6 +317,21 @@ fn every_op_matches_an_f64_reference_at_the_paper_shapes() {
                 gpu.relu_backward(&y.gpu, &dy.gpu, &mut dx.gpu).unwrap();
                 assert_eq!(download(&mut gpu, &y.gpu), y.cpu, "{name} y");
                 assert_eq!(download(&mut gpu, &dx.gpu), dx.cpu, "{name} dx");
+            }
+            Op::Tanh => {
+                cpu.tanh_forward(&x.cpu, &mut y.cpu).unwrap();
+                gpu.tanh_forward(&x.gpu, &mut y.gpu).unwrap();
+                cpu.tanh_backward(&y.cpu, &dy.cpu, &mut dx.cpu).unwrap();
+                gpu.tanh_backward(&y.gpu, &dy.gpu, &mut dx.gpu).unwrap();
+                // tanhf is within 2 ulp on the GPU, not bit-equal to the CPU's.
+                let y_gpu = download(&mut gpu, &y.gpu);
+                assert_close(&format!("{name} y"), &y_gpu, &y.cpu, 1e-6);
+                assert_close(
+                    &format!("{name} dx"),
+                    &download(&mut gpu, &dx.gpu),
+                    &dx.cpu,
+                    1e-6,
+                );
             }
             Op::Lrn(s) => {
                 let mut scale = both(&mut gpu, vec![0.0; out_len]);

@@ -118,6 +118,11 @@ impl Twin {
                         *v = xv.max(0.0);
                     }
                 }
+                Op::Tanh => {
+                    for (v, &xv) in y.iter_mut().zip(x) {
+                        *v = xv.tanh();
+                    }
+                }
                 Op::Lrn(s) => {
                     let (alpha, beta, k) = (f64::from(s.alpha), f64::from(s.beta), f64::from(s.k));
                     for (j, v) in y.iter_mut().enumerate() {
@@ -208,6 +213,11 @@ impl Twin {
                 Op::Relu => {
                     for j in 0..x.len() {
                         dx[j] = if y[j] > 0.0 { dy[j] } else { 0.0 };
+                    }
+                }
+                Op::Tanh => {
+                    for j in 0..x.len() {
+                        dx[j] = dy[j] * (1.0 - y[j] * y[j]);
                     }
                 }
                 Op::Lrn(s) => {
@@ -396,4 +406,14 @@ fn f32_towers_equal_the_grouped_twin_on_the_small_preset() {
 #[test]
 fn f32_towers_equal_the_grouped_twin_on_the_paper_preset() {
     check_split::<f32>("paper", 2);
+}
+
+#[test]
+fn f64_towers_equal_the_grouped_twin_on_the_figure_1_tanh_preset() {
+    check_split::<f64>("figure1-tanh", 4);
+}
+
+#[test]
+fn f32_towers_equal_the_grouped_twin_on_the_figure_1_tanh_preset() {
+    check_split::<f32>("figure1-tanh", 4);
 }

@@ -104,6 +104,10 @@ pub trait Device {
     fn relu_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// `dx = dy · [y > 0]`.
     fn relu_backward(&mut self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+    /// `y = tanh(x)` (the paper's Figure 1 baseline).
+    fn tanh_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// `dx = dy · (1 − y²)`.
+    fn tanh_backward(&mut self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
 
     /// Local response normalization across channels (paper §3.3); `scale`
     /// keeps `k + α Σ x²` for the backward pass.

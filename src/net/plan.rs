@@ -105,6 +105,7 @@ impl FcShape {
 pub enum Op {
     Conv(ConvShape),
     Relu,
+    Tanh,
     Lrn(LrnShape),
     MaxPool(PoolShape),
     Fc(FcShape),
@@ -171,6 +172,7 @@ fn layer_kind(layer: &Layer) -> String {
     match layer {
         Layer::Conv { name, .. } | Layer::Fc { name, .. } => name.clone(),
         Layer::Relu => "relu".into(),
+        Layer::Tanh => "tanh".into(),
         Layer::Lrn { .. } => "lrn".into(),
         Layer::MaxPool { .. } => "max_pool".into(),
         Layer::Dropout { .. } => "dropout".into(),
@@ -290,6 +292,7 @@ impl Plan {
                     (Op::Conv(conv), out, both_towers)
                 }
                 Layer::Relu => (Op::Relu, shape, false),
+                Layer::Tanh => (Op::Tanh, shape, false),
                 Layer::Lrn {
                     size,
                     alpha,

@@ -35,6 +35,9 @@ pub enum Layer {
     },
     /// Rectified linear unit (paper §3.1).
     Relu,
+    /// Hyperbolic tangent, the saturating unit ReLUs are compared with in
+    /// the paper's Figure 1.
+    Tanh,
     /// Local response normalization across channels (paper §3.3):
     /// `b = a / (k + alpha * sum a^2)^beta` over `size` neighbouring channels.
     /// `alpha` multiplies the sum directly, as in the paper.
@@ -78,9 +81,17 @@ pub struct NetSpec {
 }
 
 /// The built-in presets: name and TOML source.
-pub const PRESETS: [(&str, &str); 2] = [
+pub const PRESETS: [(&str, &str); 4] = [
     ("paper", include_str!("../../presets/paper.toml")),
     ("small", include_str!("../../presets/small.toml")),
+    (
+        "figure1-relu",
+        include_str!("../../presets/figure1-relu.toml"),
+    ),
+    (
+        "figure1-tanh",
+        include_str!("../../presets/figure1-tanh.toml"),
+    ),
 ];
 
 impl NetSpec {

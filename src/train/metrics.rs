@@ -26,6 +26,13 @@ pub enum Metric {
         top1: f64,
         top5: f64,
     },
+    /// Each tower's conv1 colour saturation at a checkpoint
+    /// ([`crate::plot::filters::Filters::saturation`]).
+    Filters {
+        step: usize,
+        epoch: usize,
+        saturation: [f64; 2],
+    },
 }
 
 /// The run's metrics file, open for appending.

@@ -18,7 +18,9 @@ use crate::net::params::{TwinTensor, twin_shapes};
 use crate::net::plan::Plan;
 use crate::placement::Placement;
 use crate::progress::Progress;
+use crate::plot::filters::Filters;
 use crate::rng::{Rng, derive};
+use crate::tensorboard::{EventWriter, Value};
 use crate::tower::ParamSet;
 use crate::towers::{Batch, TowerPair};
 use checkpoint::{Checkpoint, FORMAT, RunState};
@@ -187,6 +189,7 @@ pub fn train(
     std::fs::write(&tmp, config.to_toml()).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, &config_path).map_err(|e| Error::io(&config_path, e))?;
     let mut log = MetricsLog::open(&run_dir, first_step)?;
+    let mut board = EventWriter::create(&run_dir.join("tensorboard"), first_step)?;
     let say = |out: &mut dyn Write, bar: &ProgressBar, line: &str| {
         bar.suspend(|| {
             let _ = writeln!(out, "{line}");
@@ -342,6 +345,15 @@ pub fn train(
                 images_per_s,
                 lr,
             })?;
+            board.summary(
+                step + 1,
+                &[
+                    Value::Scalar("train/loss", window.loss() as f32),
+                    Value::Scalar("train/top1", window.top1() as f32),
+                    Value::Scalar("train/learning_rate", lr),
+                    Value::Scalar("train/images_per_s", images_per_s as f32),
+                ],
+            )?;
             summary.final_loss = window.loss();
             window = Running::default();
             window_seconds = 0.0;
@@ -402,6 +414,14 @@ pub fn train(
                 top1: val.top1(),
                 top5: val.top5(),
             })?;
+            board.summary(
+                step + 1,
+                &[
+                    Value::Scalar("val/loss", val.loss() as f32),
+                    Value::Scalar("val/top1", val.top1() as f32),
+                    Value::Scalar("val/top5", val.top5() as f32),
+                ],
+            )?;
             summary.val_top1 = val.top1();
             summary.val_top5 = val.top5();
             val_at = Some((val.top1(), val.top5()));
@@ -419,7 +439,7 @@ pub fn train(
         let stopping = stop.load(Ordering::SeqCst);
         let periodic = config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0;
         if epoch_end || last || periodic || stopping {
-            let folder = save(
+            let (folder, weights) = save(
                 &towers,
                 run_state(
                     &plan,
@@ -435,6 +455,27 @@ pub fn train(
                 config.keep,
                 last_checkpoint.as_deref(),
                 &run_dir,
+            )?;
+            let filters = Filters::from_weights(&plan, &weights)?;
+            let saturation = filters.saturation();
+            log.write(&Metric::Filters {
+                step: step + 1,
+                epoch: epoch + 1,
+                saturation,
+            })?;
+            let (width, height) = filters.size();
+            board.summary(
+                step + 1,
+                &[
+                    Value::Image {
+                        tag: "conv1",
+                        png: &filters.png(),
+                        width: width as u32,
+                        height: height as u32,
+                    },
+                    Value::Scalar("conv1/saturation_tower1", saturation[0] as f32),
+                    Value::Scalar("conv1/saturation_tower2", saturation[1] as f32),
+                ],
             )?;
             last_checkpoint = Some(folder.clone());
             summary.checkpoint = Some(folder);
@@ -529,7 +570,7 @@ fn diverged(step: usize, what: &str, last_good: Option<&Path>, run_dir: &Path) -
 }
 
 /// Downloads weights and momentum and writes a checkpoint, refusing to save
-/// weights that are not finite.
+/// weights that are not finite; returns its folder and the weights.
 fn save(
     towers: &TowerPair,
     state: RunState,
@@ -537,21 +578,19 @@ fn save(
     keep: usize,
     last_good: Option<&Path>,
     run_dir: &Path,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, Vec<TwinTensor>)> {
     let weights = towers.download(ParamSet::Weights)?;
     if !all_finite(&weights) {
         return Err(diverged(state.step, "weights", last_good, run_dir));
     }
     let momentum = towers.download(ParamSet::Momentum)?;
-    checkpoint::save(
-        dir,
-        &Checkpoint {
-            state,
-            weights,
-            momentum,
-        },
-        keep,
-    )
+    let ckpt = Checkpoint {
+        state,
+        weights,
+        momentum,
+    };
+    let folder = checkpoint::save(dir, &ckpt, keep)?;
+    Ok((folder, ckpt.weights))
 }
 
 fn all_finite(tensors: &[TwinTensor]) -> bool {

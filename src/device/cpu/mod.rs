@@ -17,7 +17,10 @@ pub use conv::{conv_backward, conv_forward};
 pub use fc::{fc_backward, fc_forward};
 pub use lrn::{lrn_backward, lrn_forward};
 pub use matmul::{Mat, matmul};
-pub use pointwise::{dropout_apply, dropout_keeps, relu_backward, relu_forward, sgd_update};
+pub use pointwise::{
+    dropout_apply, dropout_keeps, relu_backward, relu_forward, sgd_update, tanh_backward,
+    tanh_forward,
+};
 pub use pool::{maxpool_backward, maxpool_forward};
 pub use real::Real;
 pub use softmax::softmax_cross_entropy;
@@ -148,6 +151,16 @@ impl<T: Real> Device for CpuDevice<T> {
 
     fn relu_backward(&mut self, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
         relu_backward(y, dy, dx);
+        Ok(())
+    }
+
+    fn tanh_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
+        tanh_forward(x, y);
+        Ok(())
+    }
+
+    fn tanh_backward(&mut self, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
+        tanh_backward(y, dy, dx);
         Ok(())
     }
 

@@ -1,5 +1,5 @@
-//! Element-wise layers: ReLU (paper §3.1), inverted dropout (§4.2) and the
-//! momentum-SGD update (§5).
+//! Element-wise layers: ReLU (paper §3.1) and the tanh it is measured against
+//! (Figure 1), inverted dropout (§4.2) and the momentum-SGD update (§5).
 
 use super::real::Real;
 use crate::device::SgdStep;
@@ -16,6 +16,20 @@ pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
 pub fn relu_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T]) {
     for ((d, &g), &out) in dx.iter_mut().zip(dy).zip(y) {
         *d = if out > T::zero() { g } else { T::zero() };
+    }
+}
+
+/// `y = tanh(x)`, the saturating nonlinearity of the paper's Figure 1.
+pub fn tanh_forward<T: Real>(x: &[T], y: &mut [T]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = v.tanh();
+    }
+}
+
+/// `dx = dy · (1 − y²)`.
+pub fn tanh_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T]) {
+    for ((d, &g), &out) in dx.iter_mut().zip(dy).zip(y) {
+        *d = g * (T::one() - out * out);
     }
 }
 
@@ -67,6 +81,35 @@ mod tests {
         let mut dx = vec![0.0; 50];
         relu_backward(&y, &r, &mut dx);
         check_gradient("relu dx", &x, &dx, |x| dot(&r, &forward(x)));
+    }
+
+    #[test]
+    fn tanh_backward_matches_finite_differences() {
+        let x: Vec<f64> = random(50, 3).iter().map(|v| 3.0 * v).collect();
+        let r = random(50, 4);
+        let forward = |x: &[f64]| {
+            let mut y = vec![0.0; x.len()];
+            tanh_forward(x, &mut y);
+            y
+        };
+        let y = forward(&x);
+        // Against the definition (e^x − e^−x) / (e^x + e^−x).
+        for (y, x) in y.iter().zip(&x) {
+            let want = (x.exp() - (-x).exp()) / (x.exp() + (-x).exp());
+            assert!((y - want).abs() < 1e-12, "tanh({x}) = {y}, want {want}");
+        }
+        let mut dx = vec![0.0; 50];
+        tanh_backward(&y, &r, &mut dx);
+        check_gradient("tanh dx", &x, &dx, |x| dot(&r, &forward(x)));
+        // The f32 path the towers train with agrees with f64.
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let mut y32 = vec![0.0f32; 50];
+        tanh_forward(&x32, &mut y32);
+        assert!(
+            y32.iter()
+                .zip(&y)
+                .all(|(a, b)| (f64::from(*a) - b).abs() < 1e-6)
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub fn nvrtc_compile(name: &str, source: &str, arch: &str) -> Result<String> {
 pub struct Kernels {
     pub relu_forward: CudaFunction,
     pub relu_backward: CudaFunction,
+    pub tanh_forward: CudaFunction,
+    pub tanh_backward: CudaFunction,
     pub dropout: CudaFunction,
     pub sgd_update: CudaFunction,
     pub bias_fill: CudaFunction,
@@ -85,6 +87,8 @@ impl Kernels {
         Ok(Kernels {
             relu_forward: f("elementwise", "relu_forward_f32")?,
             relu_backward: f("elementwise", "relu_backward_f32")?,
+            tanh_forward: f("elementwise", "tanh_forward_f32")?,
+            tanh_backward: f("elementwise", "tanh_backward_f32")?,
             dropout: f("elementwise", "dropout_f32")?,
             sgd_update: f("elementwise", "sgd_update_f32")?,
             bias_fill: f("elementwise", "bias_fill_f32")?,

@@ -397,6 +397,21 @@ impl Device for CudaDevice {
         self.launch(&self.kernels.relu_backward, grid(n), &[&y, &dy, &dx, &len])
     }
 
+    fn tanh_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()> {
+        let n = x.len();
+        need(y, n, "tanh output")?;
+        let (x, y, len) = (self.ptr(x), self.ptr(y), n as u64);
+        self.launch(&self.kernels.tanh_forward, grid(n), &[&x, &y, &len])
+    }
+
+    fn tanh_backward(&mut self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()> {
+        let n = y.len();
+        need(dy, n, "tanh output gradient")?;
+        need(dx, n, "tanh input gradient")?;
+        let (y, dy, dx, len) = (self.ptr(y), self.ptr(dy), self.ptr(dx), n as u64);
+        self.launch(&self.kernels.tanh_backward, grid(n), &[&y, &dy, &dx, &len])
+    }
+
     fn lrn_forward(
         &mut self,
         x: &Self::Buf,
