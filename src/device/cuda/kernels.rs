@@ -55,6 +55,7 @@ pub struct Kernels {
     pub lrn_backward: CudaFunction,
     pub bias_grad: CudaFunction,
     pub softmax_cross_entropy: CudaFunction,
+    pub input_from_u8: CudaFunction,
 }
 
 impl Kernels {
@@ -94,6 +95,7 @@ impl Kernels {
             lrn_backward: f("lrn", "lrn_backward_f32")?,
             bias_grad: f("reduce", "bias_grad_f32")?,
             softmax_cross_entropy: f("reduce", "softmax_cross_entropy_f32")?,
+            input_from_u8: f("input", "input_from_u8_f32")?,
         })
     }
 }

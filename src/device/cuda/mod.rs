@@ -12,6 +12,7 @@
 
 mod conv;
 mod fc;
+mod input;
 pub mod kernels;
 pub mod probe;
 
@@ -42,6 +43,7 @@ pub struct CudaDevice {
     blas: fc::Blas,
     labels: Option<CudaSlice<u32>>,
     stats: Option<CudaSlice<f64>>,
+    staging: input::Staging,
 }
 
 const THREADS: u32 = 256;
@@ -78,6 +80,7 @@ impl CudaDevice {
             convs,
             labels: None,
             stats: None,
+            staging: input::Staging::default(),
         })
     }
 
@@ -176,6 +179,10 @@ impl Device for CudaDevice {
         self.stream
             .memcpy_htod(host, dst)
             .map_err(|e| Error::cuda("copying to the GPU", e))
+    }
+
+    fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
+        self.u8_input(pixels, offsets, y)
     }
 
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>> {
