@@ -317,8 +317,9 @@ pub mod tests {
         let big = jpeg(200, 130, jpeg_encoder::ColorType::Rgb);
         for (side, want) in [
             (16, (25, 17)),
-            (17, (50, 33)),
-            (40, (100, 65)),
+            (17, (25, 17)),
+            (18, (50, 33)),
+            (65, (100, 65)),
             (66, (200, 130)),
         ] {
             let image = decode_at_least(&big, side).unwrap();

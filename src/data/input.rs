@@ -11,9 +11,9 @@ pub const CHANNELS: usize = 3;
 pub fn check_u8(pixels: &[u8], offsets: &[f32], len: usize) -> Result<(), String> {
     let images = offsets.len() / CHANNELS;
     if pixels.len() != len
-        || offsets.len() % CHANNELS != 0
+        || !offsets.len().is_multiple_of(CHANNELS)
         || images == 0
-        || len % (images * CHANNELS) != 0
+        || !len.is_multiple_of(images * CHANNELS)
     {
         return Err(format!(
             "{} u8 pixels and {} offsets for an input of {len} elements",

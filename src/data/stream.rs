@@ -94,7 +94,7 @@ impl<'a> Stream<'a> {
         if self.step >= self.total {
             return None;
         }
-        if self.step % self.steps_per_epoch == 0 && self.current.is_none() {
+        if self.step.is_multiple_of(self.steps_per_epoch) && self.current.is_none() {
             self.current = Some(
                 self.next_epoch
                     .take()
@@ -106,7 +106,7 @@ impl<'a> Stream<'a> {
         self.waited
             .set(self.waited.get() + start.elapsed().as_secs_f64());
         self.step += 1;
-        if self.step % self.steps_per_epoch == 0 {
+        if self.step.is_multiple_of(self.steps_per_epoch) {
             self.current = None;
         }
         self.look_ahead();
