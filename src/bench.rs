@@ -157,7 +157,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     // A net with fewer classes than the synthetic set gets the labels folded.
     let classes = plan.classes() as u32;
     let batch = Batch {
-        images: Arc::new(images),
+        images: Arc::new(images.into()),
         labels: Arc::new(labels.into_iter().map(|l| l % classes).collect()),
     };
     let sgd = SgdStep {

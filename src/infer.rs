@@ -3,6 +3,7 @@
 
 use crate::data::augment::Pipeline;
 use crate::data::decode::decode;
+use crate::data::input::Images;
 use crate::data::loader::{Loader, Mode};
 use crate::data::sets::ImageSet;
 use crate::data::synthetic::{Split, Synthetic};
@@ -64,7 +65,7 @@ impl Model {
         for chunk in images.chunks(batch * len) {
             let n = chunk.len() / len;
             self.towers.evaluate(&Batch {
-                images: Arc::new(chunk.to_vec()),
+                images: Arc::new(chunk.to_vec().into()),
                 labels: Arc::new(vec![0; n]),
             })?;
             out.extend(self.towers.logits()?);
@@ -105,7 +106,7 @@ impl Model {
             let chunk: Vec<usize> = (first..count.min(first + batch)).collect();
             let (pixels, labels) = set.batch(&chunk);
             let stats = self.towers.evaluate(&Batch {
-                images: Arc::new(pixels),
+                images: Arc::new(pixels.into()),
                 labels: Arc::new(labels),
             })?;
             eval.images += chunk.len();
@@ -179,7 +180,7 @@ impl Model {
             let loaded = loaded?;
             progress.add(loaded.labels.len() + loaded.skipped.len());
             skipped.extend(loaded.skipped);
-            let logits = self.logits(&loaded.images, batch)?;
+            let logits = self.logits(&loaded.images.to_f32(), batch)?;
             for (n, &label) in loaded.labels.iter().enumerate() {
                 let mut p = vec![0.0f64; classes];
                 for crop in 0..crops {
@@ -221,9 +222,15 @@ impl Model {
                     path: file.clone(),
                     message: why,
                 })?;
-            let start = out.len();
-            out.resize(start + pipeline.output_len(), 0.0);
-            pipeline.centre(&square, &mut out[start..]);
+            let mut crop = vec![0; pipeline.output_len()];
+            let offsets = pipeline.centre(&square.pixels, &mut crop);
+            out.extend(
+                Images::U8 {
+                    pixels: crop,
+                    offsets: offsets.to_vec(),
+                }
+                .to_f32(),
+            );
         }
         Ok(out)
     }

@@ -558,10 +558,11 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!(
-                "{}: {} steps, {:.1} images/s, validation top-1 {:.1}%, top-5 {:.1}%; checkpoint {}",
+                "{}: {} steps, {:.1} images/s, waiting for data {:.1}% of the wall time, validation top-1 {:.1}%, top-5 {:.1}%; checkpoint {}",
                 if done.stopped { "stopped" } else { "done" },
                 done.steps,
                 done.images_per_s,
+                100.0 * done.data_wait,
                 100.0 * done.val_top1,
                 100.0 * done.val_top5,
                 done.checkpoint

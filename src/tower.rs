@@ -2,6 +2,7 @@
 //! LRN → pool, §3.5), exchanging with the other tower through a [`Link`]
 //! before every layer that reads both towers (§3.2, Fig. 2) and at the logits.
 
+use crate::data::input::Images;
 use crate::device::{Device, LossStats, SgdStep};
 use crate::error::Result;
 use crate::link::Link;
@@ -174,7 +175,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     /// [`Tower::backward`].
     pub fn forward(
         &mut self,
-        images: &[f32],
+        images: &Images,
         labels: &[u32],
         dropout_key: Option<u64>,
     ) -> Result<LossStats> {
@@ -185,7 +186,12 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         }
         self.dropout_key = dropout_key;
         let b = &mut self.buffers;
-        self.device.upload(images, &mut b.input)?;
+        match images {
+            Images::F32(v) => self.device.upload(v, &mut b.input)?,
+            Images::U8 { pixels, offsets } => {
+                self.device.input_from_u8(pixels, offsets, &mut b.input)?
+            }
+        }
         let mut param_slot = 0;
         self.timings.fill(LayerTiming::default());
         for (i, layer) in self.plan.layers.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! the link (GPU handles are not `Send`); the caller's thread hands them
 //! batches over channels and waits for both.
 
+use crate::data::input::Images;
 use crate::device::cpu::{CpuDevice, Real};
 use crate::device::cuda::{CudaDevice, CudaOptions};
 use crate::device::faults::{self, Faulty};
@@ -22,10 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A batch both towers read: the same images, NCHW, and their labels.
+/// A batch both towers read: the same images (f32 NCHW, or u8 crops each
+/// tower's device turns into its input) and their labels.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    pub images: Arc<Vec<f32>>,
+    pub images: Arc<Images>,
     pub labels: Arc<Vec<u32>>,
 }
 
@@ -486,7 +488,7 @@ mod tests {
         )
         .unwrap();
         let step = Batch {
-            images: Arc::new(vec![0.5; batch * plan.input.len()]),
+            images: Arc::new(vec![0.5; batch * plan.input.len()].into()),
             labels: Arc::new(vec![0, 1]),
         };
         let sgd = SgdStep {

@@ -449,7 +449,7 @@ fn three_training_steps_in_emulation_mode_match_the_cpu() {
             .map(|_| rng.below(plan.classes()) as u32)
             .collect();
         let batch = Batch {
-            images: Arc::new(random(batch * size, 200 + step, 1.0)),
+            images: Arc::new(random(batch * size, 200 + step, 1.0).into()),
             labels: Arc::new(labels),
         };
         let want = cpu.train_step(&batch, step, Some(sgd)).unwrap();
@@ -469,4 +469,30 @@ fn three_training_steps_in_emulation_mode_match_the_cpu() {
     for (w, g) in want.iter().zip(&got) {
         assert_close(&w.name, &g.data, &w.data, 1e-4);
     }
+}
+
+#[test]
+fn u8_input_matches_the_cpu_device_bit_for_bit() {
+    let Some(mut gpu) = gpu_or_skip() else { return };
+    let mut cpu = CpuDevice::<f32>::default();
+    let (batch, plane) = (5, 227 * 227);
+    let mut rng = Rng::new(9);
+    let pixels: Vec<u8> = (0..batch * 3 * plane)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let offsets = random(batch * 3, 10, 0.6);
+    let mut want = cpu.alloc(pixels.len()).unwrap();
+    cpu.input_from_u8(&pixels, &offsets, &mut want).unwrap();
+    let mut y = gpu.alloc(pixels.len()).unwrap();
+    // Twice, the second time after the staging buffers exist.
+    for _ in 0..2 {
+        gpu.input_from_u8(&pixels, &offsets, &mut y).unwrap();
+        assert_eq!(gpu.download(&y).unwrap(), want);
+    }
+    // Another batch size replaces the staging buffers.
+    let half = 2 * 3 * plane;
+    let mut small = gpu.alloc(half).unwrap();
+    gpu.input_from_u8(&pixels[..half], &offsets[..6], &mut small)
+        .unwrap();
+    assert_eq!(gpu.download(&small).unwrap(), want[..half]);
 }

@@ -82,14 +82,14 @@ fn two_towers_over_nccl_match_the_host_link() {
     };
     for step in 0..3u64 {
         let mut rng = Rng::new(step);
-        let images = (0..batch * size)
+        let images: Vec<f32> = (0..batch * size)
             .map(|_| (2.0 * rng.uniform() - 1.0) as f32)
             .collect();
         let labels = (0..batch)
             .map(|_| rng.below(plan.classes()) as u32)
             .collect();
         let batch = Batch {
-            images: Arc::new(images),
+            images: Arc::new(images.into()),
             labels: Arc::new(labels),
         };
         let want = cpu.train_step(&batch, step, Some(sgd)).unwrap();

@@ -258,7 +258,7 @@ fn eval_and_predict_read_a_checkpoint_and_predict_reproduces_training_logits() {
     let (images, labels) = set.batch(&(0..8).collect::<Vec<_>>());
     towers
         .evaluate(&Batch {
-            images: Arc::new(images.clone()),
+            images: Arc::new(images.clone().into()),
             labels: Arc::new(labels),
         })
         .unwrap();

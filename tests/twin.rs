@@ -336,7 +336,7 @@ fn check_split<T: Real>(preset: &str, batch: usize) {
     let plan = Arc::new(plan);
     let towers = TowerPair::cpu::<T>(Arc::clone(&plan), batch, &tensors).unwrap();
     let step = Batch {
-        images: Arc::new(images.clone()),
+        images: Arc::new(images.clone().into()),
         labels: Arc::new(labels.clone()),
     };
     let stats = towers.train_step(&step, dropout_key, None).unwrap();

@@ -61,7 +61,7 @@ impl Pipeline {
         }
     }
 
-    /// Elements of one output image, CHW.
+    /// Elements of one output image (bytes of its u8 crop, floats of the net's input).
     pub fn output_len(&self) -> usize {
         3 * self.input * self.input
     }
@@ -96,9 +96,10 @@ impl Pipeline {
         })
     }
 
-    /// A training sample from a `base` square: random crop, flip and
-    /// lighting drawn from the stream `key`, into `out` (CHW).
-    pub fn train(&self, square: &RgbImage, key: u64, out: &mut [f32]) {
+    /// A training sample from a `base` square (RGB bytes, HWC): the random
+    /// crop and flip drawn from the stream `key` into `out` (u8 HWC), and the
+    /// image's per-channel offset: its PCA lighting shift minus the mean.
+    pub fn train(&self, square: &[u8], key: u64, out: &mut [u8]) -> [f32; 3] {
         let mut rng = Rng::new(key);
         let room = self.base - self.input;
         let (x0, y0) = (rng.below(room + 1), rng.below(room + 1));
@@ -110,56 +111,47 @@ impl Pipeline {
                 .map(|i| alpha[i] * f64::from(s.eigenvalues[i]) * f64::from(s.eigenvectors[c][i]))
                 .sum::<f64>() as f32
         });
-        self.crop(square, x0, y0, flip, shift, out);
+        self.crop(square, x0, y0, flip, out);
+        self.offsets(shift)
     }
 
-    /// The centre crop, into `out` (CHW).
-    pub fn centre(&self, square: &RgbImage, out: &mut [f32]) {
+    /// The centre crop into `out` (u8 HWC), and its offsets (minus the mean).
+    pub fn centre(&self, square: &[u8], out: &mut [u8]) -> [f32; 3] {
         let at = (self.base - self.input) / 2;
-        self.crop(square, at, at, false, [0.0; 3], out);
+        self.crop(square, at, at, false, out);
+        self.offsets([0.0; 3])
     }
 
     /// The ten crops (four corners and the centre, then the same mirrored)
-    /// into `out`, ten CHW images one after another.
-    pub fn ten_crops(&self, square: &RgbImage, out: &mut [f32]) {
+    /// into `out`, ten u8 HWC images one after another, and their offsets
+    /// (minus the mean, the same for all ten).
+    pub fn ten_crops(&self, square: &[u8], out: &mut [u8]) -> [f32; 3] {
         let far = self.base - self.input;
         let corners = [(0, 0), (far, 0), (0, far), (far, far), (far / 2, far / 2)];
         let len = self.output_len();
         for (i, flip) in [false, true].into_iter().enumerate() {
             for (j, &(x, y)) in corners.iter().enumerate() {
-                self.crop(
-                    square,
-                    x,
-                    y,
-                    flip,
-                    [0.0; 3],
-                    &mut out[(i * 5 + j) * len..][..len],
-                );
+                self.crop(square, x, y, flip, &mut out[(i * 5 + j) * len..][..len]);
             }
         }
+        self.offsets([0.0; 3])
     }
 
-    fn crop(
-        &self,
-        square: &RgbImage,
-        x0: usize,
-        y0: usize,
-        flip: bool,
-        shift: [f32; 3],
-        out: &mut [f32],
-    ) {
+    fn offsets(&self, shift: [f32; 3]) -> [f32; 3] {
+        std::array::from_fn(|c| shift[c] - self.stats.mean[c])
+    }
+
+    /// Rows of the `input`-sided crop at (x0, y0), mirrored when `flip`.
+    fn crop(&self, square: &[u8], x0: usize, y0: usize, flip: bool, out: &mut [u8]) {
         let n = self.input;
-        let plane = n * n;
-        let scale = 1.0 / 255.0;
-        let offset: [f32; 3] = std::array::from_fn(|c| shift[c] - self.stats.mean[c]);
-        for y in 0..n {
-            let row = &square.pixels[((y0 + y) * square.width + x0) * 3..][..n * 3];
-            for x in 0..n {
-                let src = if flip { n - 1 - x } else { x };
-                let p = &row[src * 3..][..3];
-                for c in 0..3 {
-                    out[c * plane + y * n + x] = f32::from(p[c]) * scale + offset[c];
+        for (y, dst) in out.chunks_exact_mut(n * 3).take(n).enumerate() {
+            let row = &square[((y0 + y) * self.base + x0) * 3..][..n * 3];
+            if flip {
+                for (d, s) in dst.chunks_exact_mut(3).zip(row.chunks_exact(3).rev()) {
+                    d.copy_from_slice(s);
                 }
+            } else {
+                dst.copy_from_slice(row);
             }
         }
     }
@@ -231,6 +223,78 @@ mod tests {
         }
     }
 
+    /// The net's input of one u8 crop and its offsets (the CPU device op).
+    fn net_input(pixels: &[u8], offsets: [f32; 3]) -> Vec<f32> {
+        let mut out = vec![0.0; pixels.len()];
+        crate::data::input::u8_to_f32(pixels, &offsets, &mut out);
+        out
+    }
+
+    /// The f32 path the loader took before the u8 one: crop, flip, scale,
+    /// subtract the mean and add the lighting shift in one pass on the host.
+    fn f32_reference(p: &Pipeline, square: &RgbImage, key: Option<u64>) -> Vec<f32> {
+        let (n, plane) = (p.input, p.input * p.input);
+        let (mut x0, mut y0) = ((p.base - n) / 2, (p.base - n) / 2);
+        let (mut flip, mut shift) = (false, [0.0f32; 3]);
+        if let Some(key) = key {
+            let mut rng = Rng::new(key);
+            x0 = rng.below(p.base - n + 1);
+            y0 = rng.below(p.base - n + 1);
+            flip = rng.uniform() < 0.5;
+            let alpha: [f64; 3] = std::array::from_fn(|_| LIGHTING_STD * rng.normal());
+            let s = &p.stats;
+            shift = std::array::from_fn(|c| {
+                (0..3)
+                    .map(|i| {
+                        alpha[i] * f64::from(s.eigenvalues[i]) * f64::from(s.eigenvectors[c][i])
+                    })
+                    .sum::<f64>() as f32
+            });
+        }
+        let mut out = vec![0.0; 3 * plane];
+        for y in 0..n {
+            for x in 0..n {
+                let src = if flip { n - 1 - x } else { x };
+                let px = &square.pixels[((y0 + y) * square.width + x0 + src) * 3..];
+                for c in 0..3 {
+                    out[c * plane + y * n + x] =
+                        f32::from(px[c]) * (1.0 / 255.0) + (shift[c] - p.stats.mean[c]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_u8_path_gives_the_f32_paths_net_input() {
+        let p = Pipeline::new(227, Stats::imagenet());
+        let pixels = (0..p.base * p.base * 3)
+            .map(|i| ((i * 7919) % 251) as u8)
+            .collect();
+        let square = RgbImage {
+            width: p.base,
+            height: p.base,
+            pixels,
+        };
+        let mut crop = vec![0u8; p.output_len()];
+        let mut worst = 0.0f32;
+        for key in 0..40u64 {
+            let offsets = p.train(&square.pixels, key, &mut crop);
+            let want = f32_reference(&p, &square, Some(key));
+            for (a, b) in net_input(&crop, offsets).iter().zip(&want) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        let offsets = p.centre(&square.pixels, &mut crop);
+        for (a, b) in net_input(&crop, offsets)
+            .iter()
+            .zip(&f32_reference(&p, &square, None))
+        {
+            worst = worst.max((a - b).abs());
+        }
+        assert!(worst <= 1e-6, "largest difference {worst}");
+    }
+
     #[test]
     fn crops_flips_and_lighting_follow_their_definitions() {
         let mut stats = Stats::imagenet();
@@ -238,15 +302,19 @@ mod tests {
         let p = Pipeline::new(6, stats);
         let square = gradient(p.base, p.base);
         let len = p.output_len();
-        let mut centre = vec![0.0; len];
-        p.centre(&square, &mut centre);
+        let mut bytes = vec![0u8; 10 * len];
+        let offsets = p.centre(&square.pixels, &mut bytes[..len]);
+        let centre = net_input(&bytes[..len], offsets);
         let at = (p.base - p.input) / 2;
         let px = |x: usize, y: usize, c: usize| {
             f32::from(square.pixels[((y + at) * p.base + x + at) * 3 + c]) / 255.0
         };
         assert_eq!(centre[2 * 36 + 6 + 4], px(4, 1, 2) - 0.75);
-        let mut ten = vec![0.0; 10 * len];
-        p.ten_crops(&square, &mut ten);
+        let offsets = p.ten_crops(&square.pixels, &mut bytes);
+        let ten: Vec<f32> = bytes
+            .chunks(len)
+            .flat_map(|crop| net_input(crop, offsets))
+            .collect();
         assert_eq!(&ten[4 * len..5 * len], &centre[..]);
         // Crop 5 + j mirrors crop j.
         for j in 0..5 {
@@ -261,14 +329,15 @@ mod tests {
             }
         }
         // Lighting: one shift per channel per image, Σ αᵢ λᵢ pᵢ with small α.
-        let mut sample = vec![0.0; len];
+        let mut crop = vec![0u8; len];
         let mut shifts = Vec::new();
         for key in 0..200 {
-            p.train(&square, key, &mut sample);
-            let mut plain = vec![0.0; len];
+            let offsets = p.train(&square.pixels, key, &mut crop);
+            let sample = net_input(&crop, offsets);
             let mut q = p.clone();
             q.stats.eigenvalues = [0.0; 3];
-            q.train(&square, key, &mut plain);
+            let offsets = q.train(&square.pixels, key, &mut crop);
+            let plain = net_input(&crop, offsets);
             let d: Vec<f32> = (0..3).map(|c| sample[c * 36] - plain[c * 36]).collect();
             for c in 0..3 {
                 assert!(

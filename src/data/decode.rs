@@ -32,11 +32,18 @@ pub const MAX_PIXELS: usize = 100_000_000;
 
 /// Decodes a JPEG or PNG file's bytes, telling them apart by content.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
+    decode_at_least(bytes, usize::MAX)
+}
+
+/// Decodes like [`decode`], a JPEG at the smallest of the DCT-domain scales
+/// 1/8, 1/4 and 1/2 whose shorter side is still at least `side` pixels (at
+/// full size when none is).
+pub fn decode_at_least(bytes: &[u8], side: usize) -> Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("empty file".into());
     }
     if bytes.starts_with(&[0xff, 0xd8]) {
-        decode_jpeg(bytes)
+        decode_jpeg(bytes, side)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         decode_png(bytes)
     } else {
@@ -44,31 +51,65 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, String> {
     }
 }
 
-/// JPEG through libjpeg-turbo, falling back to zune-jpeg for what it does
-/// not convert to RGB itself (CMYK and YCCK).
+/// JPEG through libjpeg-turbo (one decompressor per thread), falling back to
+/// zune-jpeg for what it does not convert to RGB itself (CMYK and YCCK). A
+/// file libjpeg-turbo decodes only with a warning (a truncated or corrupt
+/// one) is an error: its pixels are partly made up.
 #[cfg(feature = "turbojpeg")]
-fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
-    let Ok(header) = turbojpeg::read_header(bytes) else {
-        return decode_jpeg_zune(bytes);
-    };
-    if header.width * header.height > MAX_PIXELS {
-        return Err(format!(
-            "JPEG of {}×{} is too large",
-            header.width, header.height
-        ));
+fn decode_jpeg(bytes: &[u8], side: usize) -> Result<RgbImage, String> {
+    use std::cell::RefCell;
+    use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor};
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
     }
-    match turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB) {
-        Ok(image) if image.pitch == image.width * 3 => Ok(RgbImage {
-            width: image.width,
-            height: image.height,
-            pixels: image.pixels,
-        }),
-        _ => decode_jpeg_zune(bytes),
-    }
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(Decompressor::new().map_err(|e| format!("JPEG: {e}"))?);
+        }
+        let Some(d) = slot.as_mut() else {
+            unreachable!("set above")
+        };
+        let Ok(header) = d.read_header(bytes) else {
+            return decode_jpeg_zune(bytes);
+        };
+        if header.width * header.height > MAX_PIXELS {
+            return Err(format!(
+                "JPEG of {}×{} is too large",
+                header.width, header.height
+            ));
+        }
+        if matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
+            return decode_jpeg_zune(bytes);
+        }
+        let shorter = header.width.min(header.height);
+        let factor = [8, 4, 2]
+            .into_iter()
+            .map(|denom| ScalingFactor::new(1, denom))
+            .find(|f| !header.is_lossless && f.scale(shorter) >= side)
+            .unwrap_or(ScalingFactor::ONE);
+        d.set_scaling_factor(factor)
+            .map_err(|e| format!("JPEG: {e}"))?;
+        let (width, height) = (factor.scale(header.width), factor.scale(header.height));
+        let mut pixels = vec![0; width * height * 3];
+        let image = Image {
+            pixels: &mut pixels[..],
+            width,
+            pitch: width * 3,
+            height,
+            format: PixelFormat::RGB,
+        };
+        d.decompress(bytes, image)
+            .map_err(|e| format!("JPEG: {e}"))?;
+        Ok(RgbImage {
+            width,
+            height,
+            pixels,
+        })
+    })
 }
 
 #[cfg(not(feature = "turbojpeg"))]
-fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+fn decode_jpeg(bytes: &[u8], _side: usize) -> Result<RgbImage, String> {
     decode_jpeg_zune(bytes)
 }
 
@@ -259,5 +300,49 @@ pub mod tests {
         let _ = decode(&garbled);
         let p = png(16, 16, png::ColorType::Rgb, png::BitDepth::Eight);
         assert!(decode(&p[..p.len() / 2]).is_err());
+    }
+
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn a_truncated_jpeg_is_damaged_not_padded() {
+        let good = jpeg(64, 48, jpeg_encoder::ColorType::Rgb);
+        assert!(decode(&good).is_ok());
+        let e = decode(&good[..good.len() * 2 / 3]).unwrap_err();
+        assert!(e.starts_with("JPEG: "), "{e}");
+    }
+
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn large_jpegs_decode_scaled_in_the_dct_domain_no_smaller_than_asked() {
+        let big = jpeg(200, 130, jpeg_encoder::ColorType::Rgb);
+        for (side, want) in [
+            (16, (25, 17)),
+            (17, (25, 17)),
+            (18, (50, 33)),
+            (65, (100, 65)),
+            (66, (200, 130)),
+        ] {
+            let image = decode_at_least(&big, side).unwrap();
+            assert_eq!((image.width, image.height), want, "at least {side}");
+            assert_eq!(image.pixels.len(), want.0 * want.1 * 3);
+        }
+        // Half size: each pixel near the mean of its 2×2 block at full size.
+        let full = decode(&big).unwrap();
+        let half = decode_at_least(&big, 65).unwrap();
+        let mut err = 0.0;
+        for y in 0..65 {
+            for x in 0..100 {
+                for c in 0..3 {
+                    let at = |xx: usize, yy: usize| f64::from(full.pixels[(yy * 200 + xx) * 3 + c]);
+                    let mean = (at(2 * x, 2 * y)
+                        + at(2 * x + 1, 2 * y)
+                        + at(2 * x, 2 * y + 1)
+                        + at(2 * x + 1, 2 * y + 1))
+                        / 4.0;
+                    err += (f64::from(half.pixels[(y * 100 + x) * 3 + c]) - mean).abs();
+                }
+            }
+        }
+        assert!(err / (65.0 * 100.0 * 3.0) < 20.0, "mean error {err}");
     }
 }

@@ -6,6 +6,7 @@
 //! its batch and reported; with `strict` it stops the run instead.
 
 use super::augment::Pipeline;
+use super::input::Images;
 use super::sets::ImageSet;
 use crate::error::{Error, Result};
 use crate::rng::derive;
@@ -31,46 +32,55 @@ pub enum Mode {
     TenCrop,
 }
 
-/// One batch, ready for the towers: images CHW one after another (ten per
-/// image in [`Mode::TenCrop`]), their labels, and the files left out.
+/// One batch, ready for the towers: u8 crops one after another (ten per
+/// image in [`Mode::TenCrop`]) with their offsets, their labels, and the
+/// files left out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedBatch {
-    pub images: Vec<f32>,
+    pub images: Images,
     pub labels: Vec<u32>,
     /// (file, why) of each image that could not be used.
     pub skipped: Vec<(String, String)>,
 }
 
-/// Turns image `index` of `set` into the net's input, appending to `out`.
+/// Crops image `index` of `set` as `mode` says, appending the u8 crops to
+/// `pixels` and their offsets to `offsets`. A set that stores the `base`
+/// square as it is (raw shards) is cropped straight from its storage.
 pub fn prepare(
     set: &dyn ImageSet,
     pipeline: &Pipeline,
     mode: Mode,
     index: usize,
     resizer: &mut Resizer,
-    out: &mut Vec<f32>,
+    pixels: &mut Vec<u8>,
+    offsets: &mut Vec<f32>,
 ) -> std::result::Result<(), String> {
-    let image = set.load(index)?;
-    if image.width == 0 || image.height == 0 {
-        return Err("an empty image".into());
-    }
-    let square = pipeline.square(image, resizer)?;
-    let len = pipeline.output_len();
-    let start = out.len();
-    match mode {
+    let owned;
+    let square: &[u8] = match set.stored_square(index, pipeline.base) {
+        Some(stored) => stored?,
+        None => {
+            let image = set.load_at_least(index, pipeline.base)?;
+            if image.width == 0 || image.height == 0 {
+                return Err("an empty image".into());
+            }
+            owned = pipeline.square(image, resizer)?;
+            &owned.pixels
+        }
+    };
+    let crops = if mode == Mode::TenCrop { 10 } else { 1 };
+    let start = pixels.len();
+    pixels.resize(start + crops * pipeline.output_len(), 0);
+    let out = &mut pixels[start..];
+    let offset = match mode {
         Mode::Train { seed, epoch } => {
-            out.resize(start + len, 0.0);
             let key = derive(derive(seed, epoch as u64), index as u64);
-            pipeline.train(&square, key, &mut out[start..]);
+            pipeline.train(square, key, out)
         }
-        Mode::Centre => {
-            out.resize(start + len, 0.0);
-            pipeline.centre(&square, &mut out[start..]);
-        }
-        Mode::TenCrop => {
-            out.resize(start + 10 * len, 0.0);
-            pipeline.ten_crops(&square, &mut out[start..]);
-        }
+        Mode::Centre => pipeline.centre(square, out),
+        Mode::TenCrop => pipeline.ten_crops(square, out),
+    };
+    for _ in 0..crops {
+        offsets.extend_from_slice(&offset);
     }
     Ok(())
 }
@@ -83,18 +93,21 @@ pub fn load_batch(
     indices: &[usize],
     resizer: &mut Resizer,
 ) -> LoadedBatch {
-    let mut batch = LoadedBatch {
-        images: Vec::with_capacity(indices.len() * pipeline.output_len()),
-        labels: Vec::with_capacity(indices.len()),
-        skipped: Vec::new(),
-    };
+    let mut pixels = Vec::with_capacity(indices.len() * pipeline.output_len());
+    let mut offsets = Vec::with_capacity(indices.len() * 3);
+    let mut labels = Vec::with_capacity(indices.len());
+    let mut skipped = Vec::new();
     for &i in indices {
-        match prepare(set, pipeline, mode, i, resizer, &mut batch.images) {
-            Ok(()) => batch.labels.push(set.label(i)),
-            Err(why) => batch.skipped.push((set.describe(i), why)),
+        match prepare(set, pipeline, mode, i, resizer, &mut pixels, &mut offsets) {
+            Ok(()) => labels.push(set.label(i)),
+            Err(why) => skipped.push((set.describe(i), why)),
         }
     }
-    batch
+    LoadedBatch {
+        images: Images::U8 { pixels, offsets },
+        labels,
+        skipped,
+    }
 }
 
 struct Progress {
@@ -317,7 +330,7 @@ mod tests {
             .into_iter()
             .map(|b| b.unwrap())
             .collect();
-        assert_ne!(one[0].images, other[0].images);
+        assert_ne!(one[0].images.to_f32(), other[0].images.to_f32());
         assert_eq!(one[0].labels, other[0].labels);
     }
 
@@ -346,6 +359,10 @@ mod tests {
         let kept: usize = batches.iter().map(|b| b.labels.len()).sum();
         assert_eq!(kept, 43);
         assert_eq!(batches[0].images.len(), 7 * 3 * 25);
+        let Images::U8 { offsets, .. } = &batches[0].images else {
+            panic!("the loader hands over u8 crops")
+        };
+        assert_eq!(offsets.len(), 7 * 3);
         let strict = run(3, Mode::TenCrop, true);
         let e = strict[0].as_ref().unwrap_err().to_string();
         assert!(e.starts_with("image3.jpg: truncated"), "{e}");

@@ -5,10 +5,12 @@
 pub mod augment;
 pub mod bench;
 pub mod decode;
+pub mod input;
 pub mod loader;
 pub mod sets;
 pub mod shards;
 pub mod stats;
+pub mod stream;
 pub mod synthetic;
 
 use crate::error::Result;
@@ -89,14 +91,15 @@ impl TrainingData {
         match self {
             TrainingData::Synthetic { train, val } => {
                 let set = if training { train.clone() } else { val.clone() };
-                Box::new(lists.into_iter().map(move |indices| {
+                let batches = lists.into_iter().map(move |indices| {
                     let (images, labels) = set.batch(&indices);
                     Ok(LoadedBatch {
-                        images,
+                        images: images.into(),
                         labels,
                         skipped: Vec::new(),
                     })
-                }))
+                });
+                stream::prefetched(batches, 2)
             }
             TrainingData::Images {
                 dataset,

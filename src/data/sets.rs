@@ -1,7 +1,7 @@
 //! Labelled image sets on disk: ImageNet-style folders and Fashion-MNIST's
 //! IDX files. `open` tells them apart by what the path is.
 
-use super::decode::{RgbImage, decode};
+use super::decode::{RgbImage, decode_at_least};
 use crate::error::{Error, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,19 @@ pub trait ImageSet: Send + Sync {
     fn describe(&self, i: usize) -> String;
     /// Image `i`, decoded; an error says why it cannot be.
     fn load(&self, i: usize) -> std::result::Result<RgbImage, String>;
+    /// Image `i` decoded at least `side` pixels on its shorter side where
+    /// that is cheaper than at full size (JPEG's DCT-domain scaling); smaller
+    /// images come at full size.
+    fn load_at_least(&self, i: usize, side: usize) -> std::result::Result<RgbImage, String> {
+        let _ = side;
+        self.load(i)
+    }
+    /// Image `i`'s stored RGB bytes when the set stores it as the `side ×
+    /// side` square the net crops from (raw shards), to crop without a copy.
+    fn stored_square(&self, i: usize, side: usize) -> Option<std::result::Result<&[u8], String>> {
+        let _ = (i, side);
+        None
+    }
 }
 
 /// A dataset: class names and its training and validation sets.
@@ -77,8 +90,11 @@ impl ImageSet for FileSet {
         self.files[i].0.display().to_string()
     }
     fn load(&self, i: usize) -> std::result::Result<RgbImage, String> {
+        self.load_at_least(i, usize::MAX)
+    }
+    fn load_at_least(&self, i: usize, side: usize) -> std::result::Result<RgbImage, String> {
         let bytes = std::fs::read(&self.files[i].0).map_err(|e| e.to_string())?;
-        decode(&bytes)
+        decode_at_least(&bytes, side)
     }
 }
 
@@ -167,6 +183,9 @@ fn folders(root: &Path) -> Result<Dataset> {
         for folder in &empty {
             eprintln!("warning: {folder}: no validation images");
         }
+        for folder in unknown_classes(&val_dir, &classes)? {
+            eprintln!("warning: {folder}: a class train/ does not have; its images are left out");
+        }
         files
     };
     if train.is_empty() {
@@ -179,6 +198,19 @@ fn folders(root: &Path) -> Result<Dataset> {
         train: Arc::new(FileSet { files: train }),
         val: Arc::new(FileSet { files: val }),
     })
+}
+
+/// The class folders of `dir` whose names are not among `classes`.
+fn unknown_classes(dir: &Path, classes: &[String]) -> Result<Vec<String>> {
+    Ok(sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| !classes.iter().any(|c| *c == *n.to_string_lossy()))
+        })
+        .map(|p| p.display().to_string())
+        .collect())
 }
 
 fn flat_val(dir: &Path, labels: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u32)>> {
@@ -417,6 +449,11 @@ mod tests {
         let set = open(root).unwrap();
         assert_eq!(set.classes, vec!["cat", "empty"]);
         assert_eq!(set.train.len(), 1);
+        // A validation class that train/ lacks is named.
+        write(&root.join("val/dog/z.jpg"), &img);
+        let classes = open(root).unwrap().classes;
+        let unknown = unknown_classes(&root.join("val"), &classes).unwrap();
+        assert_eq!(unknown, [root.join("val/dog").display().to_string()]);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! - `<split>-NNNNN.shard`: the images, end to end.
 
 use super::augment::Pipeline;
-use super::decode::{RgbImage, decode};
+use super::decode::{RgbImage, decode_at_least};
 use super::sets::{Dataset, ImageSet};
 use crate::error::{Error, Result};
 use fast_image_resize::Resizer;
@@ -157,11 +157,18 @@ impl ImageSet for ShardSet {
         format!("{} image {i}", self.name)
     }
     fn load(&self, i: usize) -> std::result::Result<RgbImage, String> {
+        self.load_at_least(i, usize::MAX)
+    }
+    fn load_at_least(&self, i: usize, side: usize) -> std::result::Result<RgbImage, String> {
         let bytes = self.bytes(i)?;
         match self.encoding {
             Encoding::Raw => {
                 if bytes.len() != self.side * self.side * 3 {
-                    return Err(format!("{} bytes for a {0}×{0} image", self.side));
+                    return Err(format!(
+                        "{} bytes for a {1}×{1} image",
+                        bytes.len(),
+                        self.side
+                    ));
                 }
                 Ok(RgbImage {
                     width: self.side,
@@ -169,8 +176,20 @@ impl ImageSet for ShardSet {
                     pixels: bytes.to_vec(),
                 })
             }
-            Encoding::Jpeg => decode(bytes),
+            Encoding::Jpeg => decode_at_least(bytes, side),
         }
+    }
+    fn stored_square(&self, i: usize, side: usize) -> Option<std::result::Result<&[u8], String>> {
+        if self.encoding != Encoding::Raw || self.side != side {
+            return None;
+        }
+        Some(self.bytes(i).and_then(|bytes| {
+            if bytes.len() == side * side * 3 {
+                Ok(bytes)
+            } else {
+                Err(format!("{} bytes for a {side}×{side} image", bytes.len()))
+            }
+        }))
     }
 }
 
@@ -392,6 +411,24 @@ mod tests {
         crate::data::sets::open(root).unwrap()
     }
 
+    /// A set read only through `load`, never in place.
+    struct ThroughLoad<'a>(&'a dyn ImageSet);
+
+    impl ImageSet for ThroughLoad<'_> {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn label(&self, i: usize) -> u32 {
+            self.0.label(i)
+        }
+        fn describe(&self, i: usize) -> String {
+            self.0.describe(i)
+        }
+        fn load(&self, i: usize) -> std::result::Result<RgbImage, String> {
+            self.0.load(i)
+        }
+    }
+
     #[test]
     fn raw_shards_hold_exactly_the_squares_and_their_labels() {
         let dir = tempfile::tempdir().unwrap();
@@ -420,6 +457,29 @@ mod tests {
             assert_eq!(shards.train.load(k).unwrap(), want, "image {k}");
             assert_eq!(shards.train.label(k), source.train.label(i));
         }
+        // The loader crops raw shards in place: the same crops and offsets
+        // as from the squares taken through `load`.
+        let pipeline = Pipeline::new(14, crate::data::augment::Stats::imagenet());
+        assert_eq!(pipeline.base, 16);
+        assert!(shards.train.stored_square(0, 16).is_some());
+        let all: Vec<usize> = (0..shards.train.len()).collect();
+        let mode = crate::data::loader::Mode::Train { seed: 3, epoch: 1 };
+        let in_place = crate::data::loader::load_batch(
+            shards.train.as_ref(),
+            &pipeline,
+            mode,
+            &all,
+            &mut resizer,
+        );
+        let loaded = crate::data::loader::load_batch(
+            &ThroughLoad(shards.train.as_ref()),
+            &pipeline,
+            mode,
+            &all,
+            &mut resizer,
+        );
+        assert_eq!(in_place, loaded);
+        assert_eq!(in_place.labels.len(), 10);
         // Damage is caught by the checksums.
         let shard = dst.join("train-00001.shard");
         let mut bytes = std::fs::read(&shard).unwrap();

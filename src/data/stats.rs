@@ -66,34 +66,75 @@ pub fn eigen3(m: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
     (values, vectors)
 }
 
-/// Mean and covariance of the sampled images' pixels, scaled to [0, 1].
+/// Sums over pixels of one share of the sample, in integers (exact, so the
+/// result does not depend on how the sample is shared out).
+#[derive(Default)]
+struct Sums {
+    sum: [u64; 3],
+    outer: [[u64; 3]; 3],
+    pixels: u64,
+    used: usize,
+}
+
+/// Mean and covariance of the sampled images' pixels, scaled to [0, 1],
+/// the sample shared out over one thread per core.
 pub fn compute(set: &dyn ImageSet, pipeline: &Pipeline) -> Result<(Stats, usize)> {
     let count = SAMPLE.min(set.len());
-    let mut resizer = Resizer::new();
-    let (mut sum, mut outer, mut pixels, mut used) = ([0.0f64; 3], [[0.0f64; 3]; 3], 0u64, 0);
-    for k in 0..count {
-        let i = k * set.len() / count;
-        let Ok(image) = set.load(i) else { continue };
-        let Ok(square) = pipeline.square(image, &mut resizer) else {
-            continue;
-        };
-        used += 1;
-        for p in square.pixels.chunks_exact(3) {
-            let x = [0, 1, 2].map(|c| f64::from(p[c]) / 255.0);
-            for a in 0..3 {
-                sum[a] += x[a];
-                for b in 0..3 {
-                    outer[a][b] += x[a] * x[b];
-                }
+    let threads = super::loader::default_workers().min(count).max(1);
+    let shares: Vec<Sums> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut resizer = Resizer::new();
+                    let mut s = Sums::default();
+                    for k in (t..count).step_by(threads) {
+                        let i = k * set.len() / count;
+                        let Ok(image) = set.load_at_least(i, pipeline.base) else {
+                            continue;
+                        };
+                        let Ok(square) = pipeline.square(image, &mut resizer) else {
+                            continue;
+                        };
+                        s.used += 1;
+                        for p in square.pixels.chunks_exact(3) {
+                            let x = [0, 1, 2].map(|c| u64::from(p[c]));
+                            for a in 0..3 {
+                                s.sum[a] += x[a];
+                                for b in 0..3 {
+                                    s.outer[a][b] += x[a] * x[b];
+                                }
+                            }
+                            s.pixels += 1;
+                        }
+                    }
+                    s
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a statistics thread"))
+            .collect()
+    });
+    let mut all = Sums::default();
+    for s in shares {
+        for a in 0..3 {
+            all.sum[a] += s.sum[a];
+            for b in 0..3 {
+                all.outer[a][b] += s.outer[a][b];
             }
-            pixels += 1;
         }
+        all.pixels += s.pixels;
+        all.used += s.used;
     }
+    let (used, pixels) = (all.used, all.pixels);
     if used == 0 {
         return Err(Error::Training(
             "no training image could be read to compute the colour statistics".into(),
         ));
     }
+    let sum = all.sum.map(|v| v as f64 / 255.0);
+    let outer = all.outer.map(|row| row.map(|v| v as f64 / (255.0 * 255.0)));
     let n = pixels as f64;
     let mean = sum.map(|s| s / n);
     let cov: [[f64; 3]; 3] =

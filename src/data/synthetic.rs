@@ -112,11 +112,24 @@ impl Synthetic {
     pub fn batch(&self, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
         let len = self.image_len();
         let mut images = vec![0.0; indices.len() * len];
-        let labels = indices
-            .iter()
-            .zip(images.chunks_exact_mut(len))
-            .map(|(&i, out)| self.draw(i, out))
-            .collect();
+        let mut labels = vec![0; indices.len()];
+        // Drawn on every core: each image is a pure function of its index.
+        let threads = super::loader::default_workers().min(indices.len()).max(1);
+        let per = indices.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for ((part, out), labels) in indices
+                .chunks(per)
+                .zip(images.chunks_mut(per * len))
+                .zip(labels.chunks_mut(per))
+            {
+                scope.spawn(move || {
+                    for ((&i, out), label) in part.iter().zip(out.chunks_exact_mut(len)).zip(labels)
+                    {
+                        *label = self.draw(i, out);
+                    }
+                });
+            }
+        });
         (images, labels)
     }
 }

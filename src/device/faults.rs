@@ -129,6 +129,9 @@ impl<D: Device> Device for Faulty<D> {
     fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
         self.inner.prepare_conv(shape, batch)
     }
+    fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
+        self.inner.input_from_u8(pixels, offsets, y)
+    }
     fn conv_forward(
         &mut self,
         x: &Self::Buf,
@@ -186,6 +189,12 @@ impl<D: Device> Device for Faulty<D> {
     }
     fn relu_backward(&mut self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()> {
         self.inner.relu_backward(y, dy, dx)
+    }
+    fn tanh_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()> {
+        self.inner.tanh_forward(x, y)
+    }
+    fn tanh_backward(&mut self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()> {
+        self.inner.tanh_backward(y, dy, dx)
     }
     fn lrn_forward(
         &mut self,

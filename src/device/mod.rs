@@ -40,6 +40,11 @@ pub trait Device {
     fn alloc(&mut self, len: usize) -> Result<Self::Buf>;
     /// Copies host data into a buffer of the same length.
     fn upload(&mut self, host: &[f32], dst: &mut Self::Buf) -> Result<()>;
+    /// The net's input from u8 crops (HWC, image after image) and three
+    /// offsets per image: `y[n][c][p] = pixels[n][p][c] · (1/255) +
+    /// offsets[n][c]` (§2's scaling and mean, §4.1's lighting), as
+    /// [`crate::data::input::u8_to_f32`] computes it.
+    fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()>;
     /// Copies a buffer to the host.
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>>;
     /// Waits until every queued operation has finished (for per-layer timing

@@ -172,7 +172,7 @@ mod tests {
             .unwrap();
             let size = plan.input.len();
             let step = Batch {
-                images: Arc::new(vec![0.5; batch * size]),
+                images: Arc::new(vec![0.5; batch * size].into()),
                 labels: Arc::new(vec![0, 1]),
             };
             let sgd = SgdStep {

@@ -18,6 +18,9 @@ pub enum Metric {
         top1: f64,
         images_per_s: f64,
         lr: f32,
+        /// The fraction of the wall time since the previous line spent
+        /// waiting for batches.
+        data_wait: f64,
     },
     Val {
         step: usize,
@@ -91,6 +94,7 @@ mod tests {
                 top1: 0.5,
                 images_per_s: 1.0,
                 lr: 0.01,
+                data_wait: 0.0,
             })
             .unwrap();
         }

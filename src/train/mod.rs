@@ -9,6 +9,7 @@ pub mod schedule;
 
 use crate::data::TrainingData;
 use crate::data::augment::{Pipeline, Stats};
+use crate::data::stream::Stream;
 use crate::data::synthetic::{Split, Synthetic};
 use crate::data::{sets, stats};
 use crate::device::{LossStats, SgdStep};
@@ -17,8 +18,8 @@ use crate::net::init::init_twin;
 use crate::net::params::{TwinTensor, twin_shapes};
 use crate::net::plan::Plan;
 use crate::placement::Placement;
-use crate::progress::Progress;
 use crate::plot::filters::Filters;
+use crate::progress::Progress;
 use crate::rng::{Rng, derive};
 use crate::tensorboard::{EventWriter, Value};
 use crate::tower::ParamSet;
@@ -51,6 +52,8 @@ pub struct RunSummary {
     pub stopped: bool,
     /// Training images left out because they could not be read.
     pub skipped_images: usize,
+    /// The fraction of this process's wall time spent waiting for batches.
+    pub data_wait: f64,
 }
 
 /// Sums of [`LossStats`] over several batches.
@@ -218,7 +221,20 @@ pub fn train(
             ),
         );
     }
-    let mut batches: Option<crate::data::Batches> = None;
+    let lead = match &data {
+        TrainingData::Images { workers, .. } => 2 * workers,
+        TrainingData::Synthetic { .. } => 2,
+    };
+    let mut stream = Stream::new(
+        &data,
+        config.seed,
+        config.batch,
+        first_step,
+        total_steps,
+        lead,
+    );
+    let mut reported_val = std::collections::HashSet::new();
+    let (mut window_start, mut window_waited) = (Instant::now(), 0.0);
     let mut reported = std::collections::HashSet::new();
     let mut skipped = 0usize;
     let mut window = Running::default();
@@ -239,22 +255,12 @@ pub fn train(
         checkpoint: last_checkpoint.clone(),
         stopped: false,
         skipped_images: 0,
+        data_wait: 0.0,
     };
     let chance = (plan.classes() as f64).ln();
     let (mut stuck_steps, mut hinted, mut smoothed) = (0, false, None::<f64>);
     for step in first_step..total_steps {
         let (epoch, within) = (step / steps_per_epoch, step % steps_per_epoch);
-        if batches.is_none() || within == 0 {
-            let order = epoch_order(config.seed, epoch, data.train_len());
-            batches = Some(data.train_batches(
-                &order,
-                config.batch,
-                within,
-                steps_per_epoch,
-                config.seed,
-                epoch,
-            ));
-        }
         let lr = config
             .schedule
             .lr_at(&schedule_state, config.lr, step, total_steps);
@@ -264,7 +270,7 @@ pub fn train(
             weight_decay: config.weight_decay,
         };
         let step_start = Instant::now();
-        let loaded = match batches.as_mut().and_then(Iterator::next) {
+        let loaded = match stream.next_batch() {
             Some(loaded) => loaded?,
             None => {
                 return Err(Error::Training(format!(
@@ -344,6 +350,8 @@ pub fn train(
                 top1: window.top1(),
                 images_per_s,
                 lr,
+                data_wait: (stream.waited_s() - window_waited)
+                    / window_start.elapsed().as_secs_f64().max(1e-9),
             })?;
             board.summary(
                 step + 1,
@@ -357,16 +365,26 @@ pub fn train(
             summary.final_loss = window.loss();
             window = Running::default();
             window_seconds = 0.0;
+            (window_start, window_waited) = (Instant::now(), stream.waited_s());
         }
         let epoch_end = within + 1 == steps_per_epoch;
         let mut val_at = None;
         if epoch_end || last {
             let mut progress = Progress::new("validation", "images", data.val_len(), config.quiet);
-            let val = bar
-                .suspend(|| evaluate(&towers, data.val_batches(config.batch), stop, &mut progress));
+            let mut val_skipped = Vec::new();
+            let val = bar.suspend(|| {
+                evaluate(
+                    &towers,
+                    stream.validation(),
+                    stop,
+                    &mut progress,
+                    &mut val_skipped,
+                )
+            });
             progress.finish();
+            note_skipped(&val_skipped, &mut reported_val, out, &bar);
             let Some(val) = val? else {
-                let folder = save(
+                let (folder, _) = save(
                     &towers,
                     run_state(
                         &plan,
@@ -500,6 +518,7 @@ pub fn train(
     summary.skipped_images = skipped;
     let images = ((summary.steps - first_step) * config.batch) as f64;
     summary.images_per_s = images / run_start.elapsed().as_secs_f64();
+    summary.data_wait = stream.waited_s() / run_start.elapsed().as_secs_f64().max(1e-9);
     Ok(summary)
 }
 
@@ -598,11 +617,13 @@ fn all_finite(tensors: &[TwinTensor]) -> bool {
 }
 
 /// Top-1/top-5 over a whole set; `None` when `stop` is set before the end.
+/// The images left out go to `skipped`.
 fn evaluate(
     towers: &TowerPair,
     batches: crate::data::Batches,
     stop: &AtomicBool,
     progress: &mut Progress,
+    skipped: &mut Vec<(String, String)>,
 ) -> Result<Option<Running>> {
     let mut total = Running::default();
     for loaded in batches {
@@ -611,6 +632,7 @@ fn evaluate(
         }
         let loaded = loaded?;
         progress.add(loaded.labels.len() + loaded.skipped.len());
+        skipped.extend(loaded.skipped);
         if loaded.labels.is_empty() {
             continue;
         }

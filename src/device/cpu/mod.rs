@@ -26,7 +26,8 @@ pub use real::Real;
 pub use softmax::softmax_cross_entropy;
 
 use super::{Device, LossStats, SgdStep};
-use crate::error::Result;
+use crate::data::input;
+use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 
 /// One tower's CPU device; owns the im2col scratch buffer. Training runs in
@@ -55,6 +56,12 @@ impl<T: Real> Device for CpuDevice<T> {
         for (d, &h) in dst.iter_mut().zip(host) {
             *d = T::of(f64::from(h));
         }
+        Ok(())
+    }
+
+    fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Vec<T>) -> Result<()> {
+        input::check_u8(pixels, offsets, y.len()).map_err(Error::Training)?;
+        input::u8_to_net(pixels, offsets, y, |v| T::of(f64::from(v)));
         Ok(())
     }
 

@@ -58,6 +58,7 @@ pub struct Kernels {
     pub bias_grad_partial: CudaFunction,
     pub bias_grad_finish: CudaFunction,
     pub softmax_cross_entropy: CudaFunction,
+    pub input_from_u8: CudaFunction,
 }
 
 impl Kernels {
@@ -100,6 +101,7 @@ impl Kernels {
             bias_grad_partial: f("reduce", "bias_grad_partial_f32")?,
             bias_grad_finish: f("reduce", "bias_grad_finish_f32")?,
             softmax_cross_entropy: f("reduce", "softmax_cross_entropy_f32")?,
+            input_from_u8: f("input", "input_from_u8_f32")?,
         })
     }
 }

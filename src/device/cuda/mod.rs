@@ -12,6 +12,7 @@
 
 mod conv;
 mod fc;
+mod input;
 pub mod kernels;
 pub mod probe;
 
@@ -52,6 +53,7 @@ pub struct CudaDevice {
     /// polls, so that it ends when the other tower fails (its stream may
     /// hold NCCL work that waits for the other tower).
     watch: Option<(Arc<Watch>, usize)>,
+    staging: input::Staging,
 }
 
 const THREADS: u32 = 256;
@@ -98,6 +100,7 @@ impl CudaDevice {
             stats: None,
             bias_partials: None,
             watch: None,
+            staging: input::Staging::default(),
         })
     }
 
@@ -239,6 +242,10 @@ impl Device for CudaDevice {
         self.stream
             .memcpy_htod(host, dst)
             .map_err(|e| Error::cuda("copying to the GPU", e))
+    }
+
+    fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
+        self.u8_input(pixels, offsets, y)
     }
 
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>> {

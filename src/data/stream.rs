@@ -1,0 +1,169 @@
+//! A run's batches without stalls: training batches epoch after epoch, the
+//! next epoch's loader started while the current epoch's last batches are
+//! still being taken, and each validation's loader started ahead of it. The
+//! time the trainer spends waiting for a batch is counted.
+
+use super::loader::LoadedBatch;
+use super::{Batches, TrainingData};
+use crate::error::Result;
+use crate::train::epoch_order;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Training batches from step `first` to `total`, and prefetched validations.
+pub struct Stream<'a> {
+    data: &'a TrainingData,
+    seed: u64,
+    batch: usize,
+    steps_per_epoch: usize,
+    total: usize,
+    /// The next step to hand out.
+    step: usize,
+    current: Option<Batches>,
+    next_epoch: Option<Batches>,
+    val: Option<Batches>,
+    /// How many steps before an epoch end (or the last step) the next
+    /// epoch's and the validation's loaders start.
+    lead: usize,
+    waited: Rc<Cell<f64>>,
+}
+
+impl<'a> Stream<'a> {
+    /// The batches of steps `first..total`, with loaders started `lead`
+    /// steps ahead of each epoch end and validation.
+    pub fn new(
+        data: &'a TrainingData,
+        seed: u64,
+        batch: usize,
+        first: usize,
+        total: usize,
+        lead: usize,
+    ) -> Stream<'a> {
+        let steps_per_epoch = (data.train_len() / batch).max(1);
+        let mut stream = Stream {
+            data,
+            seed,
+            batch,
+            steps_per_epoch,
+            total,
+            step: first,
+            current: None,
+            next_epoch: None,
+            val: None,
+            lead: lead.max(1),
+            waited: Rc::new(Cell::new(0.0)),
+        };
+        stream.current = Some(stream.epoch_from(first));
+        stream.look_ahead();
+        stream
+    }
+
+    /// The batches of the epoch of `step`, from `step` on.
+    fn epoch_from(&self, step: usize) -> Batches {
+        let epoch = step / self.steps_per_epoch;
+        let order = epoch_order(self.seed, epoch, self.data.train_len());
+        self.data.train_batches(
+            &order,
+            self.batch,
+            step % self.steps_per_epoch,
+            self.steps_per_epoch,
+            self.seed,
+            epoch,
+        )
+    }
+
+    /// Starts the next epoch's and the next validation's loaders once they
+    /// are at most `lead` steps away.
+    fn look_ahead(&mut self) {
+        let epoch_end = (self.step / self.steps_per_epoch + 1) * self.steps_per_epoch;
+        if self.next_epoch.is_none() && epoch_end < self.total && epoch_end - self.step <= self.lead
+        {
+            self.next_epoch = Some(self.epoch_from(epoch_end));
+        }
+        if self.val.is_none()
+            && self.step < self.total
+            && epoch_end.min(self.total) - self.step <= self.lead
+        {
+            self.val = Some(self.data.val_batches(self.batch));
+        }
+    }
+
+    /// The next training batch (`None` past the last step).
+    pub fn next_batch(&mut self) -> Option<Result<LoadedBatch>> {
+        if self.step >= self.total {
+            return None;
+        }
+        if self.step.is_multiple_of(self.steps_per_epoch) && self.current.is_none() {
+            self.current = Some(
+                self.next_epoch
+                    .take()
+                    .unwrap_or_else(|| self.epoch_from(self.step)),
+            );
+        }
+        let start = Instant::now();
+        let batch = self.current.as_mut().and_then(Iterator::next);
+        self.waited
+            .set(self.waited.get() + start.elapsed().as_secs_f64());
+        self.step += 1;
+        if self.step.is_multiple_of(self.steps_per_epoch) {
+            self.current = None;
+        }
+        self.look_ahead();
+        batch
+    }
+
+    /// The validation batches, prefetched when the validation was near
+    /// (every validation after the first comes at an epoch end or the last
+    /// step); the wait for them counts as waiting for data.
+    pub fn validation(&mut self) -> Batches {
+        let batches = self
+            .val
+            .take()
+            .unwrap_or_else(|| self.data.val_batches(self.batch));
+        let waited = Rc::clone(&self.waited);
+        self.look_ahead();
+        Box::new(Timed { batches, waited })
+    }
+
+    /// Seconds spent waiting for batches so far.
+    pub fn waited_s(&self) -> f64 {
+        self.waited.get()
+    }
+}
+
+/// Batches whose waits add to a counter.
+struct Timed {
+    batches: Batches,
+    waited: Rc<Cell<f64>>,
+}
+
+impl Iterator for Timed {
+    type Item = Result<LoadedBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let start = Instant::now();
+        let batch = self.batches.next();
+        self.waited
+            .set(self.waited.get() + start.elapsed().as_secs_f64());
+        batch
+    }
+}
+
+/// `batches` drawn on a thread of their own, at most `depth` ahead of the
+/// consumer (for batches that have no loader, the synthetic set's). The
+/// thread stops after its current batch once the consumer is gone.
+pub fn prefetched(
+    batches: impl Iterator<Item = Result<LoadedBatch>> + Send + 'static,
+    depth: usize,
+) -> Batches {
+    let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+    std::thread::spawn(move || {
+        for batch in batches {
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+    });
+    Box::new(rx.into_iter())
+}
