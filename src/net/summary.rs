@@ -264,6 +264,6 @@ mod tests {
                 .len();
         assert_eq!(extras, batch * 4 + batch * 24 + conv3_input * 4);
         assert_eq!(DevicePeak::new(&plan, batch, 2).tensors, 2 * peak.tensors);
-        assert_eq!(peak.upper() - peak.tensors, 256 << 20);
+        assert_eq!(peak.upper() - peak.tensors, 4 << 30);
     }
 }
