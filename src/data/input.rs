@@ -37,14 +37,6 @@ pub enum Images {
 }
 
 impl Images {
-    /// An empty u8 batch.
-    pub fn u8() -> Images {
-        Images::U8 {
-            pixels: Vec::new(),
-            offsets: Vec::new(),
-        }
-    }
-
     /// The f32 NCHW input, converted on this thread when the batch is u8.
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
