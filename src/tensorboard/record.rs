@@ -66,7 +66,9 @@ mod tests {
         let record = frame(b"abc");
         assert_eq!(record.len(), 8 + 4 + 3 + 4);
         assert_eq!(&record[..8], &3u64.to_le_bytes());
-        let masked = |crc: u32| crc.rotate_right(15).wrapping_add(0xa282_ead8);
+        // The mask as TFRecord's format states it, apart from `masked_crc`.
+        #[allow(clippy::manual_rotate)]
+        let masked = |crc: u32| ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8);
         assert_eq!(
             &record[8..12],
             &masked(crc32c(&3u64.to_le_bytes())).to_le_bytes()

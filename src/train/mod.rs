@@ -16,7 +16,7 @@ use crate::device::{LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::init::init_twin;
 use crate::net::params::{TwinTensor, twin_shapes};
-use crate::net::plan::Plan;
+use crate::net::plan::{Op, Plan};
 use crate::placement::Placement;
 use crate::plot::filters::Filters;
 use crate::progress::Progress;
@@ -474,27 +474,7 @@ pub fn train(
                 last_checkpoint.as_deref(),
                 &run_dir,
             )?;
-            let filters = Filters::from_weights(&plan, &weights)?;
-            let saturation = filters.saturation();
-            log.write(&Metric::Filters {
-                step: step + 1,
-                epoch: epoch + 1,
-                saturation,
-            })?;
-            let (width, height) = filters.size();
-            board.summary(
-                step + 1,
-                &[
-                    Value::Image {
-                        tag: "conv1",
-                        png: &filters.png(),
-                        width: width as u32,
-                        height: height as u32,
-                    },
-                    Value::Scalar("conv1/saturation_tower1", saturation[0] as f32),
-                    Value::Scalar("conv1/saturation_tower2", saturation[1] as f32),
-                ],
-            )?;
+            record_filters(&plan, &weights, step + 1, epoch + 1, &mut log, &mut board)?;
             last_checkpoint = Some(folder.clone());
             summary.checkpoint = Some(folder);
         }
@@ -610,6 +590,42 @@ fn save(
     };
     let folder = checkpoint::save(dir, &ckpt, keep)?;
     Ok((folder, ckpt.weights))
+}
+
+/// A checkpoint's conv1 figure and colour saturation (the paper's Figure 3)
+/// to `metrics.jsonl` and TensorBoard; nothing for a net without convolutions.
+fn record_filters(
+    plan: &Plan,
+    weights: &[TwinTensor],
+    step: usize,
+    epoch: usize,
+    log: &mut MetricsLog,
+    board: &mut EventWriter,
+) -> Result<()> {
+    if !plan.layers.iter().any(|l| matches!(l.op, Op::Conv(_))) {
+        return Ok(());
+    }
+    let filters = Filters::from_weights(plan, weights)?;
+    let saturation = filters.saturation();
+    log.write(&Metric::Filters {
+        step,
+        epoch,
+        saturation,
+    })?;
+    let (width, height) = filters.size();
+    board.summary(
+        step,
+        &[
+            Value::Image {
+                tag: "conv1",
+                png: &filters.png(),
+                width: width as u32,
+                height: height as u32,
+            },
+            Value::Scalar("conv1/saturation_tower1", saturation[0] as f32),
+            Value::Scalar("conv1/saturation_tower2", saturation[1] as f32),
+        ],
+    )
 }
 
 fn all_finite(tensors: &[TwinTensor]) -> bool {
