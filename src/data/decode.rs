@@ -58,54 +58,77 @@ pub fn decode_at_least(bytes: &[u8], side: usize) -> Result<RgbImage, String> {
 #[cfg(feature = "turbojpeg")]
 fn decode_jpeg(bytes: &[u8], side: usize) -> Result<RgbImage, String> {
     use std::cell::RefCell;
-    use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor};
+    use turbojpeg::Decompressor;
     thread_local! {
         static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
     }
     DECOMPRESSOR.with_borrow_mut(|slot| {
-        if slot.is_none() {
-            *slot = Some(Decompressor::new().map_err(|e| format!("JPEG: {e}"))?);
-        }
-        let Some(d) = slot.as_mut() else {
-            unreachable!("set above")
+        let d = match slot {
+            Some(d) => d,
+            None => slot.insert(Decompressor::new().map_err(|e| format!("JPEG: {e}"))?),
         };
-        let Ok(header) = d.read_header(bytes) else {
-            return decode_jpeg_zune(bytes);
-        };
-        if header.width * header.height > MAX_PIXELS {
-            return Err(format!(
-                "JPEG of {}×{} is too large",
-                header.width, header.height
-            ));
+        let decoded = decode_turbo(d, bytes, side);
+        // A decompressor that failed, or refused a file, may keep state from
+        // it, and which thread decodes which file depends on timing: the
+        // next file gets a fresh one, so that every decode is the same
+        // whatever the thread decoded before.
+        if !matches!(decoded, Ok(Some(_))) {
+            *slot = None;
         }
-        if matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
-            return decode_jpeg_zune(bytes);
+        match decoded {
+            Ok(Some(image)) => Ok(image),
+            Ok(None) => decode_jpeg_zune(bytes),
+            Err(e) => Err(e),
         }
-        let shorter = header.width.min(header.height);
-        let factor = [8, 4, 2]
-            .into_iter()
-            .map(|denom| ScalingFactor::new(1, denom))
-            .find(|f| !header.is_lossless && f.scale(shorter) >= side)
-            .unwrap_or(ScalingFactor::ONE);
-        d.set_scaling_factor(factor)
-            .map_err(|e| format!("JPEG: {e}"))?;
-        let (width, height) = (factor.scale(header.width), factor.scale(header.height));
-        let mut pixels = vec![0; width * height * 3];
-        let image = Image {
-            pixels: &mut pixels[..],
-            width,
-            pitch: width * 3,
-            height,
-            format: PixelFormat::RGB,
-        };
-        d.decompress(bytes, image)
-            .map_err(|e| format!("JPEG: {e}"))?;
-        Ok(RgbImage {
-            width,
-            height,
-            pixels,
-        })
     })
+}
+
+/// One JPEG through `d`, DCT-scaled where the image is at least twice
+/// `side`; `None` for what libjpeg-turbo leaves to zune-jpeg (a header it
+/// cannot read, CMYK and YCCK).
+#[cfg(feature = "turbojpeg")]
+fn decode_turbo(
+    d: &mut turbojpeg::Decompressor,
+    bytes: &[u8],
+    side: usize,
+) -> Result<Option<RgbImage>, String> {
+    use turbojpeg::{Colorspace, Image, PixelFormat, ScalingFactor};
+    let Ok(header) = d.read_header(bytes) else {
+        return Ok(None);
+    };
+    if header.width * header.height > MAX_PIXELS {
+        return Err(format!(
+            "JPEG of {}×{} is too large",
+            header.width, header.height
+        ));
+    }
+    if matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
+        return Ok(None);
+    }
+    let shorter = header.width.min(header.height);
+    let factor = [8, 4, 2]
+        .into_iter()
+        .map(|denom| ScalingFactor::new(1, denom))
+        .find(|f| !header.is_lossless && f.scale(shorter) >= side)
+        .unwrap_or(ScalingFactor::ONE);
+    d.set_scaling_factor(factor)
+        .map_err(|e| format!("JPEG: {e}"))?;
+    let (width, height) = (factor.scale(header.width), factor.scale(header.height));
+    let mut pixels = vec![0; width * height * 3];
+    let image = Image {
+        pixels: &mut pixels[..],
+        width,
+        pitch: width * 3,
+        height,
+        format: PixelFormat::RGB,
+    };
+    d.decompress(bytes, image)
+        .map_err(|e| format!("JPEG: {e}"))?;
+    Ok(Some(RgbImage {
+        width,
+        height,
+        pixels,
+    }))
 }
 
 #[cfg(not(feature = "turbojpeg"))]
