@@ -61,9 +61,71 @@ impl Drop for Output {
     }
 }
 
+/// A file that a writer of its own (a plotting backend) draws at a
+/// temporary path beside the destination, with the destination's extension
+/// (writers that choose their format by extension still do), renamed over
+/// the destination by [`Staged::commit`] and removed if dropped before.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    tmp: PathBuf,
+    done: bool,
+}
+
+impl Staged {
+    /// The temporary path for `path`.
+    pub fn new(path: &Path) -> Staged {
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let ext = path.extension().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{stem}.tmp-{}.{ext}", std::process::id()));
+        Staged {
+            path: path.to_path_buf(),
+            tmp,
+            done: false,
+        }
+    }
+
+    /// Where to draw.
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Puts the drawn file in place.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.done = true;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staged_file_appears_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("curves.png");
+        let staged = Staged::new(&path);
+        assert_eq!(staged.tmp().extension().unwrap(), "png");
+        std::fs::write(staged.tmp(), b"drawn").unwrap();
+        assert!(!path.exists());
+        assert_eq!(staged.commit().unwrap(), path);
+        assert_eq!(std::fs::read(&path).unwrap(), b"drawn");
+        let abandoned = Staged::new(&dir.path().join("other.svg"));
+        std::fs::write(abandoned.tmp(), b"half").unwrap();
+        drop(abandoned);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only curves.png is left");
+    }
 
     #[test]
     fn writes_whole_or_leaves_nothing() {

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod filters;
 
 use crate::error::{Error, Result};
+use crate::output::Staged;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -86,19 +87,20 @@ pub fn plot(run_dir: &Path, curves: &Curves) -> Result<[PathBuf; 2]> {
         message: format!("cannot draw: {e}"),
     };
     let title = run_dir.display().to_string();
+    let (png_out, svg_out) = (Staged::new(&png), Staged::new(&svg));
     draw(
-        BitMapBackend::new(&png, size).into_drawing_area(),
+        BitMapBackend::new(png_out.tmp(), size).into_drawing_area(),
         curves,
         &title,
     )
     .map_err(|e| fail(&png, e))?;
     draw(
-        SVGBackend::new(&svg, size).into_drawing_area(),
+        SVGBackend::new(svg_out.tmp(), size).into_drawing_area(),
         curves,
         &title,
     )
     .map_err(|e| fail(&svg, e))?;
-    Ok([png, svg])
+    Ok([png_out.commit()?, svg_out.commit()?])
 }
 
 /// One curve of a panel: its legend, points and colour.

@@ -155,8 +155,32 @@ pub fn render(b: &DataBench) -> String {
 /// Writes an ImageNet-like folder dataset for benchmarks: `images` JPEGs of
 /// 500×375 at quality 97 (about the 0.18 megapixels of an average ImageNet
 /// image) in `train/<class>/`, and a few in `val/<class>/`, drawn from the
-/// synthetic set's ten classes.
+/// synthetic set's ten classes. The folder is made whole or not at all: it
+/// is written under a temporary name beside `dir` and renamed at the end;
+/// an existing `dir` that holds anything is refused.
 pub fn generate(dir: &Path, images: usize) -> Result<()> {
+    let taken = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if taken || dir.is_file() {
+        return Err(Error::Input(format!(
+            "--generate {}: already exists; name a new folder",
+            dir.display()
+        )));
+    }
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = write_folder(&tmp, images).and_then(|()| {
+        // An empty `dir` (made beforehand) is replaced.
+        let _ = std::fs::remove_dir(dir);
+        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
+}
+
+/// [`generate`]'s images, into `dir`.
+fn write_folder(dir: &Path, images: usize) -> Result<()> {
     let (w, h) = (500usize, 375usize);
     // Drawn at half size and enlarged, so that pixel noise does not make the
     // files larger than photographs of the same size (about 100–150 KB).

@@ -4,6 +4,7 @@
 
 use super::{Curves, FONT};
 use crate::error::{Error, Result};
+use crate::output::Staged;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -92,9 +93,18 @@ pub fn plot(out: &Path, runs: &[ErrorCurve; 2]) -> Result<[PathBuf; 2]> {
         path: path.to_path_buf(),
         message: format!("cannot draw: {e}"),
     };
-    draw(BitMapBackend::new(&png, size).into_drawing_area(), runs).map_err(|e| fail(&png, e))?;
-    draw(SVGBackend::new(&svg, size).into_drawing_area(), runs).map_err(|e| fail(&svg, e))?;
-    Ok([png, svg])
+    let (png_out, svg_out) = (Staged::new(&png), Staged::new(&svg));
+    draw(
+        BitMapBackend::new(png_out.tmp(), size).into_drawing_area(),
+        runs,
+    )
+    .map_err(|e| fail(&png, e))?;
+    draw(
+        SVGBackend::new(svg_out.tmp(), size).into_drawing_area(),
+        runs,
+    )
+    .map_err(|e| fail(&svg, e))?;
+    Ok([png_out.commit()?, svg_out.commit()?])
 }
 
 fn draw<DB: DrawingBackend>(

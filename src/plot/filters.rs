@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::net::params::TwinTensor;
 use crate::net::plan::{Op, Plan, TOWERS};
+use crate::output::Output;
 use crate::train::checkpoint;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -189,8 +190,8 @@ impl Filters {
     /// Writes `stem.png` and `stem.svg`; returns both paths.
     pub fn write(&self, stem: &Path) -> Result<[PathBuf; 2]> {
         let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
-        std::fs::write(&png, self.png()).map_err(|e| Error::io(&png, e))?;
-        std::fs::write(&svg, self.svg()).map_err(|e| Error::io(&svg, e))?;
+        Output::create(&png, "plot")?.commit(&self.png())?;
+        Output::create(&svg, "plot")?.commit(self.svg().as_bytes())?;
         Ok([png, svg])
     }
 }
