@@ -176,6 +176,7 @@ print(json.dumps({
                 ("train/top1", "top1"),
                 ("train/learning_rate", "lr"),
                 ("train/images_per_s", "images_per_s"),
+                ("train/data_wait", "data_wait"),
             ],
             "val" => &[
                 ("val/loss", "loss"),
@@ -190,7 +191,7 @@ print(json.dumps({
                 .push((step, m[key].as_f64().unwrap()));
         }
     }
-    assert_eq!(want.len(), 7);
+    assert_eq!(want.len(), 8);
     let got = &json["scalars"];
     for (tag, points) in &want {
         let series = got[tag]

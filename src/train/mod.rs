@@ -343,6 +343,8 @@ pub fn train(
                     ),
                 );
             }
+            let data_wait = (stream.waited_s() - window_waited)
+                / window_start.elapsed().as_secs_f64().max(1e-9);
             log.write(&Metric::Train {
                 step: step + 1,
                 epoch: epoch + 1,
@@ -350,8 +352,7 @@ pub fn train(
                 top1: window.top1(),
                 images_per_s,
                 lr,
-                data_wait: (stream.waited_s() - window_waited)
-                    / window_start.elapsed().as_secs_f64().max(1e-9),
+                data_wait,
             })?;
             board.summary(
                 step + 1,
@@ -360,6 +361,7 @@ pub fn train(
                     Value::Scalar("train/top1", window.top1() as f32),
                     Value::Scalar("train/learning_rate", lr),
                     Value::Scalar("train/images_per_s", images_per_s as f32),
+                    Value::Scalar("train/data_wait", data_wait as f32),
                 ],
             )?;
             summary.final_loss = window.loss();
