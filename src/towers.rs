@@ -232,6 +232,12 @@ impl TowerPair {
             let thread = std::thread::Builder::new()
                 .name(format!("tower{rank}"))
                 .spawn(move || {
+                    // Declared first, so dropped last: a panic below is
+                    // recorded once the tower (its link first) is gone.
+                    let _on_panic = FailOnPanic {
+                        watch: Arc::clone(&watch),
+                        rank,
+                    };
                     let (build, connect) = &*make;
                     let built = build(rank).and_then(|device| {
                         watch.arrive(rank)?;
@@ -418,6 +424,23 @@ impl Drop for TowerPair {
 /// How often the caller's thread, waiting for a reply, looks for a failure.
 const REPLY_POLL: Duration = Duration::from_millis(20);
 
+/// Records a tower thread's panic in the pair's watch, so that the other
+/// tower and the caller are released with it instead of waiting for the
+/// timeout.
+struct FailOnPanic {
+    watch: Arc<Watch>,
+    rank: usize,
+}
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let bug = Error::Training("its thread panicked (a bug; the message is above)".into());
+            self.watch.fail(self.rank, &bug);
+        }
+    }
+}
+
 fn first_stats(replies: Vec<Reply>) -> Result<LossStats> {
     match replies.first() {
         Some(Reply::Stats(s)) => Ok(*s),
@@ -523,5 +546,40 @@ mod tests {
                 "{fault:?}: {dropping:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_tower_that_panics_releases_the_other_with_the_panic() {
+        let plan = Arc::new(Plan::load("small").unwrap());
+        // A minute's timeout: only the panic's record ends the wait soon.
+        let watch = Arc::new(Watch::with_timeout(
+            ["CPU".into(), "CPU".into()],
+            Duration::from_secs(60),
+        ));
+        let links = Mutex::new(HostLink::<f32>::pair_in(&watch).map(Some));
+        let start = Instant::now();
+        let pair = TowerPair::spawn(
+            Arc::clone(&plan),
+            2,
+            &init_twin(&plan, InitScheme::He, 1),
+            watch,
+            move |rank| {
+                assert_eq!(rank, 0, "a bug in tower 1's start");
+                Ok(CpuDevice::<f32>::default())
+            },
+            move |rank, _: &CpuDevice<f32>| Ok(links.lock().unwrap()[rank].take().unwrap()),
+        )
+        .unwrap();
+        let error = pair.ready().unwrap_err().to_string();
+        drop(pair);
+        assert!(
+            error.contains("tower 1") && error.contains("panicked"),
+            "{error}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

@@ -90,9 +90,16 @@ pub fn version() -> std::result::Result<String, String> {
             None => "libnccl.so not found on the loader's path".into(),
         });
     }
-    cudarc::nccl::result::get_nccl_version()
-        .map(|v| format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100))
-        .map_err(|e| message(&e))
+    let v = cudarc::nccl::result::get_nccl_version().map_err(|e| message(&e))?;
+    let version = format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100);
+    // Non-blocking communicators (ncclCommInitRankConfig) came in 2.14;
+    // cudarc's loader panics on a symbol an older library lacks.
+    if v < 21400 {
+        return Err(format!(
+            "NCCL {version} is older than 2.14, which the non-blocking communicators need"
+        ));
+    }
+    Ok(version)
 }
 
 /// A fresh communicator id, made once per pair and given to both towers.
