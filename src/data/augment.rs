@@ -1,4 +1,4 @@
-//! The paper's preprocessing and augmentation (§2, §4.1, SPEC.md "Data"):
+//! The paper's preprocessing and augmentation (§2, §4.1; docs/network.md, "Data"):
 //! the shorter side resized to 256 and the centre 256×256 cropped (scaled
 //! for smaller nets: the base side is input × 256/227); in training a random
 //! input-sized crop, a horizontal flip with p = ½ and PCA lighting (add
@@ -24,7 +24,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The widely used ImageNet statistics (SPEC.md; fb.resnet.torch's lighting).
+    /// The widely used ImageNet statistics (docs/network.md; fb.resnet.torch's lighting).
     pub fn imagenet() -> Stats {
         Stats {
             mean: [0.485, 0.456, 0.406],

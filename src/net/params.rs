@@ -1,6 +1,6 @@
 //! Named parameters and their two layouts: per tower (one weight block per
 //! source tower, as cuda-convnet2 held them) and the single-device twin's
-//! (`groups = 2`, SPEC.md: rows `0..out` are tower 0, input columns
+//! (`groups = 2`, docs/network.md: rows `0..out` are tower 0, input columns
 //! `0..in` are source tower 0).
 
 use super::plan::{Op, Plan, PlannedLayer, TOWERS};

@@ -462,7 +462,7 @@ impl Plan {
 mod tests {
     use super::*;
 
-    /// The figures of SPEC.md, which were checked against Caffe's `bvlc_alexnet`.
+    /// The figures of docs/network.md, which were checked against Caffe's `bvlc_alexnet`.
     #[test]
     fn paper_preset_matches_the_spec() {
         let plan = Plan::load("paper").unwrap();

@@ -1,7 +1,7 @@
 //! Checkpoints that survive anything. Each is a folder
 //! `checkpoints/step-NNNNNNNN/` holding
 //! - `weights.safetensors`: the single-device twin's parameters, named and
-//!   shaped as SPEC.md (`conv1.weight` [96, 3, 11, 11] …), so a PyTorch
+//!   shaped as docs/network.md gives them (`conv1.weight` [96, 3, 11, 11] …), so a PyTorch
 //!   `groups=2` AlexNet loads them directly;
 //! - `state.safetensors`: the momentum of every parameter under the same
 //!   names, and the run's metadata ([`RunState`]) as JSON in the header.
