@@ -139,12 +139,7 @@ impl TowerPair {
             batch,
             init,
             watch,
-            move |rank| {
-                faults::build(rank, || {
-                    CudaDevice::new(ordinals[rank], options)
-                        .map(|d| d.watched(Arc::clone(&device_watch), rank))
-                })
-            },
+            watched_gpus(ordinals, options, device_watch),
             move |rank, device: &Faulty<CudaDevice>| {
                 Ok(CopyLink::new(rank, device.inner(), Arc::clone(&shared)))
             },
@@ -173,12 +168,7 @@ impl TowerPair {
             batch,
             init,
             watch,
-            move |rank| {
-                faults::build(rank, || {
-                    CudaDevice::new(ordinals[rank], options)
-                        .map(|d| d.watched(Arc::clone(&device_watch), rank))
-                })
-            },
+            watched_gpus(ordinals, options, device_watch),
             move |rank, device: &Faulty<CudaDevice>| {
                 NcclLink::new(rank, TOWERS, id, device.inner(), Arc::clone(&link_watch))
             },
@@ -423,6 +413,21 @@ impl Drop for TowerPair {
 
 /// How often the caller's thread, waiting for a reply, looks for a failure.
 const REPLY_POLL: Duration = Duration::from_millis(20);
+
+/// Builds tower `rank`'s device on GPU `ordinals[rank]`, watched by the
+/// pair (its waits poll for the other tower's failure) and open to the
+/// test-only fault hook: what both GPU links start their towers with.
+fn watched_gpus(
+    ordinals: [usize; TOWERS],
+    options: CudaOptions,
+    watch: Arc<Watch>,
+) -> impl Fn(usize) -> Result<Faulty<CudaDevice>> + Send + Sync + 'static {
+    move |rank| {
+        faults::build(rank, || {
+            CudaDevice::new(ordinals[rank], options).map(|d| d.watched(Arc::clone(&watch), rank))
+        })
+    }
+}
 
 /// Records a tower thread's panic in the pair's watch, so that the other
 /// tower and the caller are released with it instead of waiting for the
