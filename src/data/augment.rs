@@ -61,6 +61,16 @@ impl Pipeline {
         }
     }
 
+    /// A pipeline that takes `side`×`side` squares whole (input = base =
+    /// side): colour statistics of prepared shards, at their stored size.
+    pub fn whole_square(side: usize, stats: Stats) -> Pipeline {
+        Pipeline {
+            input: side,
+            base: side,
+            stats,
+        }
+    }
+
     /// Elements of one output image (bytes of its u8 crop, floats of the net's input).
     pub fn output_len(&self) -> usize {
         3 * self.input * self.input

@@ -1,6 +1,8 @@
 //! Using what a run learned: evaluation and prediction from a checkpoint.
 //! The checkpoint carries the whole network, so no preset is needed.
 
+pub mod predict;
+
 use crate::data::augment::Pipeline;
 use crate::data::decode::decode;
 use crate::data::input::Images;
