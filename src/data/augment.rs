@@ -42,7 +42,7 @@ impl Stats {
 pub const LIGHTING_STD: f64 = 0.1;
 
 /// Everything that turns a decoded image into the net's input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
     /// The net's input side (227 in the paper).
     pub input: usize,

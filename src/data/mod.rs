@@ -16,7 +16,9 @@ pub mod synthetic;
 use crate::error::Result;
 use augment::Pipeline;
 use loader::{LoadedBatch, Loader, Mode};
+use serde::{Deserialize, Serialize};
 use sets::Dataset;
+use std::path::PathBuf;
 use std::sync::Arc;
 use synthetic::Synthetic;
 
@@ -126,22 +128,70 @@ impl TrainingData {
     }
 
     /// What a checkpoint records of the data.
-    pub fn describe(&self) -> serde_json::Value {
+    pub fn describe(&self) -> DataRecord {
         match self {
-            TrainingData::Synthetic { train, val } => serde_json::json!({
-                "kind": "synthetic",
-                "train_images": train.len,
-                "val_images": val.len,
-            }),
+            TrainingData::Synthetic { train, val } => DataRecord {
+                kind: SYNTHETIC.into(),
+                path: None,
+                train_images: train.len,
+                val_images: val.len,
+                pipeline: None,
+            },
             TrainingData::Images {
                 dataset, pipeline, ..
-            } => serde_json::json!({
-                "kind": dataset.kind,
-                "path": dataset.root,
-                "train_images": dataset.train.len(),
-                "val_images": dataset.val.len(),
-                "pipeline": **pipeline,
-            }),
+            } => DataRecord {
+                kind: dataset.kind.clone(),
+                path: Some(dataset.root.clone()),
+                train_images: dataset.train.len(),
+                val_images: dataset.val.len(),
+                pipeline: Some(**pipeline),
+            },
         }
+    }
+}
+
+/// [`DataRecord::kind`] of the built-in synthetic set.
+pub const SYNTHETIC: &str = "synthetic";
+
+/// What a checkpoint records of the data it was trained on: enough to
+/// evaluate on the same data, and to refuse resuming on other data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// `synthetic`, or the dataset in words (`folders at PATH`, ...).
+    pub kind: String,
+    /// The dataset's folder; none for the synthetic set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    pub train_images: usize,
+    pub val_images: usize,
+    /// The preprocessing (sizes, mean, PCA lighting); none for the synthetic set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Pipeline>,
+}
+
+impl DataRecord {
+    /// Whether this is the built-in synthetic set.
+    pub fn is_synthetic(&self) -> bool {
+        self.kind == SYNTHETIC
+    }
+
+    /// The first way `other` is not this data, in words; `None` when it is
+    /// the same (its folder may have moved).
+    pub fn difference(&self, other: &DataRecord) -> Option<String> {
+        if self.is_synthetic() != other.is_synthetic() {
+            return Some(format!("{} instead of {}", other.kind, self.kind));
+        }
+        if self.train_images != other.train_images {
+            return Some(format!(
+                "{} training images instead of {}",
+                other.train_images, self.train_images
+            ));
+        }
+        (self.val_images != other.val_images).then(|| {
+            format!(
+                "{} validation images instead of {}",
+                other.val_images, self.val_images
+            )
+        })
     }
 }

@@ -6,14 +6,22 @@
 use super::loader::LoadedBatch;
 use super::{Batches, TrainingData};
 use crate::error::Result;
-use crate::train::epoch_order;
+use crate::rng::{Rng, derive};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
+/// The shuffled image order of `epoch` (a pure function of the seed and the epoch).
+pub fn epoch_order(seed: u64, epoch: usize, images: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..images).collect();
+    Rng::new(derive(seed, 1_000_000 + epoch as u64)).shuffle(&mut order);
+    order
+}
+
 /// Training batches from step `first` to `total`, and prefetched validations.
-pub struct Stream<'a> {
-    data: &'a TrainingData,
+pub struct Stream {
+    data: Arc<TrainingData>,
     seed: u64,
     batch: usize,
     steps_per_epoch: usize,
@@ -29,17 +37,17 @@ pub struct Stream<'a> {
     waited: Rc<Cell<f64>>,
 }
 
-impl<'a> Stream<'a> {
+impl Stream {
     /// The batches of steps `first..total`, with loaders started `lead`
     /// steps ahead of each epoch end and validation.
     pub fn new(
-        data: &'a TrainingData,
+        data: Arc<TrainingData>,
         seed: u64,
         batch: usize,
         first: usize,
         total: usize,
         lead: usize,
-    ) -> Stream<'a> {
+    ) -> Stream {
         let steps_per_epoch = (data.train_len() / batch).max(1);
         let mut stream = Stream {
             data,

@@ -79,15 +79,13 @@ impl Model {
     /// trained with (`images` of it, or as many as the run validated on).
     pub fn evaluate_synthetic(&self, images: Option<usize>, batch: usize) -> Result<Evaluation> {
         let dataset = &self.state.dataset;
-        if dataset.get("kind").and_then(|k| k.as_str()) != Some("synthetic") {
+        if !dataset.is_synthetic() {
             return Err(Error::Input(format!(
                 "--checkpoint {}: was not trained on the synthetic set; give its data with --data",
                 self.folder.display()
             )));
         }
-        let count = images
-            .or_else(|| dataset.get("val_images")?.as_u64().map(|v| v as usize))
-            .unwrap_or(1000);
+        let count = images.unwrap_or(dataset.val_images);
         crate::limits::check_count("--images", count, crate::limits::MAX_IMAGES)?;
         let input = &self.plan.spec.input;
         let set = Synthetic::new(
@@ -129,11 +127,7 @@ impl Model {
 impl Model {
     /// The preprocessing the run trained with, when it trained on images.
     pub fn pipeline(&self) -> Result<Pipeline> {
-        self.state
-            .dataset
-            .get("pipeline")
-            .and_then(|p| serde_json::from_value(p.clone()).ok())
-            .ok_or_else(|| {
+        self.state.dataset.pipeline.ok_or_else(|| {
                 Error::Input(format!(
                     "--checkpoint {}: was trained on the synthetic set, not on images; give it .npy batches",
                     self.folder.display()

@@ -12,6 +12,7 @@
 //! folders are ignored and removed by the next save). The last `keep` and
 //! the best by validation top-1 are kept.
 
+use crate::data::DataRecord;
 use crate::error::{Error, Result};
 use crate::net::params::TwinTensor;
 use crate::net::spec::NetSpec;
@@ -47,7 +48,7 @@ pub struct RunState {
     /// Class names in label order.
     pub classes: Vec<String>,
     /// The dataset and its statistics (mean, PCA lighting), when it has any.
-    pub dataset: serde_json::Value,
+    pub dataset: DataRecord,
     /// Validation top-1 and top-5 at this step, when measured.
     pub val_top1: Option<f64>,
     pub val_top5: Option<f64>,
@@ -340,7 +341,13 @@ mod tests {
                 schedule: ScheduleState::new(0.01),
                 lr: 0.01,
                 classes: vec!["a".into(); 10],
-                dataset: serde_json::Value::Null,
+                dataset: crate::data::DataRecord {
+                    kind: crate::data::SYNTHETIC.into(),
+                    path: None,
+                    train_images: 640,
+                    val_images: 64,
+                    pipeline: None,
+                },
                 val_top1,
                 val_top5: None,
             },

@@ -1,0 +1,528 @@
+//! One training run, step by step (paper §5): a [`Trainer`] trains a
+//! step, validates, saves a checkpoint, and stops; [`super::train`] drives it.
+
+use super::checkpoint::{self, Checkpoint, FORMAT, RunState};
+use super::config::TrainConfig;
+use super::metrics::{Metric, MetricsLog};
+use super::schedule::{self, ScheduleState};
+use super::window::{Running, StuckWatch, Window, bar_message, progress_bar};
+use super::{RunSummary, Start, setup};
+use crate::data::stream::Stream;
+use crate::data::{Batches, TrainingData};
+use crate::device::SgdStep;
+use crate::error::{Error, Result};
+use crate::net::params::TwinTensor;
+use crate::net::plan::{Op, Plan};
+use crate::placement::Placement;
+use crate::plot::filters::Filters;
+use crate::progress::Progress;
+use crate::rng::derive;
+use crate::tensorboard::{EventWriter, Value};
+use crate::tower::ParamSet;
+use crate::towers::{Batch, TowerPair};
+use indicatif::{ProgressBar, ProgressDrawTarget};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// A run in progress: its towers, data, logs and where it stands.
+pub struct Trainer<'a> {
+    config: &'a TrainConfig,
+    plan: Arc<Plan>,
+    data: Arc<TrainingData>,
+    towers: TowerPair,
+    stream: Stream,
+    run_dir: PathBuf,
+    log: MetricsLog,
+    board: EventWriter,
+    bar: ProgressBar,
+    out: &'a mut dyn Write,
+    schedule: ScheduleState,
+    /// The newest checkpoint written (or resumed from).
+    last_checkpoint: Option<PathBuf>,
+    first_step: usize,
+    total_steps: usize,
+    steps_per_epoch: usize,
+    /// The rate of the last step trained.
+    lr: f32,
+    window: Window,
+    stuck: StuckWatch,
+    /// Unreadable files already named, in training and in validation.
+    named: [HashSet<String>; 2],
+    summary: RunSummary,
+    started: Instant,
+}
+
+/// How a validation ended.
+pub enum Validation {
+    /// Top-1 and top-5 over the whole validation set.
+    Done { top1: f64, top5: f64 },
+    /// A signal stopped it before the end.
+    Stopped,
+}
+
+impl<'a> Trainer<'a> {
+    /// Checks everything and allocates the towers, then makes the run folder
+    /// (so a failed start leaves nothing behind).
+    pub fn new(
+        config: &'a TrainConfig,
+        placement: Placement,
+        start: Start,
+        out: &'a mut dyn Write,
+    ) -> Result<Trainer<'a>> {
+        config.validate()?;
+        let run_dir = setup::run_dir_for(config);
+        let (plan, resume) = match start {
+            Start::Fresh => {
+                setup::check_run_dir(&run_dir)?;
+                (Plan::load(&config.preset)?, None)
+            }
+            Start::Resume(ckpt) => (Plan::new(ckpt.state.spec.clone())?, Some(*ckpt)),
+        };
+        let plan = Arc::new(plan);
+        let data = Arc::new(setup::training_data(config, &plan, out)?);
+        if let Some(c) = &resume {
+            setup::check_resume(&c.state, config, &data)?;
+        }
+        crate::limits::check_fits(&plan, config.batch, placement)?;
+        let checkpoints = run_dir.join("checkpoints");
+        let last_checkpoint = resume
+            .as_ref()
+            .map(|c| checkpoints.join(checkpoint::folder_name(c.state.step)));
+        let (weights, schedule) =
+            setup::start_weights(&plan, config, resume.as_ref(), last_checkpoint.as_deref())?;
+        let towers = TowerPair::new(placement, Arc::clone(&plan), config.batch, &weights)?;
+        drop(weights);
+        if let (Some(c), Some(folder)) = (&resume, &last_checkpoint) {
+            let shapes = crate::net::params::twin_shapes(&plan);
+            let momentum = checkpoint::in_order(c.momentum.clone(), &shapes, folder)?;
+            towers.upload(ParamSet::Momentum, &momentum)?;
+        }
+        setup::create_run_dir(&run_dir, config)?;
+        let first_step = resume.as_ref().map_or(0, |c| c.state.step);
+        let log = MetricsLog::open(&run_dir, first_step)?;
+        let board = EventWriter::create(&run_dir.join("tensorboard"), first_step)?;
+        let steps_per_epoch = data.train_len() / config.batch;
+        let total_steps = config.steps.unwrap_or(config.epochs * steps_per_epoch);
+        let lead = match &*data {
+            TrainingData::Images { workers, .. } => 2 * workers,
+            TrainingData::Synthetic { .. } => 2,
+        };
+        let stream = Stream::new(
+            Arc::clone(&data),
+            config.seed,
+            config.batch,
+            first_step,
+            total_steps,
+            lead,
+        );
+        let target = if config.quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let saved = resume.as_ref().map(|c| &c.state);
+        let summary = RunSummary {
+            steps: first_step,
+            final_loss: f64::NAN,
+            val_top1: saved.and_then(|s| s.val_top1).unwrap_or(0.0),
+            val_top5: saved.and_then(|s| s.val_top5).unwrap_or(0.0),
+            images_per_s: 0.0,
+            checkpoint: last_checkpoint.clone(),
+            stopped: false,
+            skipped_images: 0,
+            data_wait: 0.0,
+        };
+        let mut trainer = Trainer {
+            config,
+            stuck: StuckWatch::new(plan.classes()),
+            plan,
+            data,
+            towers,
+            stream,
+            run_dir,
+            log,
+            board,
+            bar: progress_bar(total_steps, first_step, target),
+            out,
+            schedule,
+            last_checkpoint,
+            first_step,
+            total_steps,
+            steps_per_epoch,
+            lr: config.lr,
+            window: Window::open(0.0),
+            named: [HashSet::new(), HashSet::new()],
+            summary,
+            started: Instant::now(),
+        };
+        trainer.announce(placement.is_gpu());
+        Ok(trainer)
+    }
+
+    /// The link in use (on a GPU) and where a resumed run picks up.
+    fn announce(&mut self, gpu: bool) {
+        if gpu {
+            let note = self.towers.link_note().to_string();
+            self.say(&note);
+        }
+        if self.first_step > 0 {
+            let line = format!(
+                "resuming {} at step {} of {}",
+                self.run_dir.display(),
+                self.first_step,
+                self.total_steps
+            );
+            self.say(&line);
+        }
+    }
+
+    /// The steps this process trains (0-based).
+    pub fn steps(&self) -> std::ops::Range<usize> {
+        self.first_step..self.total_steps
+    }
+
+    /// Whether step `step` (0-based) ends an epoch, and whether it is the run's last.
+    pub fn boundary(&self, step: usize) -> (bool, bool) {
+        (
+            (step + 1) % self.steps_per_epoch == 0,
+            step + 1 == self.total_steps,
+        )
+    }
+
+    /// Whether `--checkpoint-every` asks for a checkpoint after `step`.
+    pub fn periodic(&self, step: usize) -> bool {
+        let every = self.config.checkpoint_every;
+        every > 0 && (step + 1) % every == 0
+    }
+
+    /// Trains step `step` (0-based): its batch, forward, backward and the
+    /// momentum update (paper §5), then the progress line when one is due.
+    /// A loss that is not finite stops the run, naming the last good checkpoint.
+    pub fn step(&mut self, step: usize) -> Result<()> {
+        let config = self.config;
+        self.lr = config
+            .schedule
+            .lr_at(&self.schedule, config.lr, step, self.total_steps);
+        let sgd = SgdStep {
+            lr: self.lr,
+            momentum: config.momentum,
+            weight_decay: config.weight_decay,
+        };
+        let started = Instant::now();
+        let Some(loaded) = self.stream.next_batch() else {
+            return Err(Error::Training(format!(
+                "the data ran out at step {}",
+                step + 1
+            )));
+        };
+        let loaded = loaded?;
+        self.summary.skipped_images += self.name_skipped(&loaded.skipped, 0);
+        self.summary.steps = step + 1;
+        if loaded.labels.is_empty() {
+            return Ok(());
+        }
+        let images = loaded.labels.len();
+        let batch = Batch {
+            images: Arc::new(loaded.images),
+            labels: Arc::new(loaded.labels),
+        };
+        let stats = self
+            .towers
+            .train_step(&batch, derive(config.seed, step as u64), Some(sgd))?;
+        if !stats.loss_sum.is_finite() {
+            return Err(self.diverged(step + 1, "loss"));
+        }
+        if let Some(hint) = self.stuck.observe(stats.loss_sum / images as f64) {
+            self.say(&hint);
+        }
+        self.window.running.add(stats, images);
+        self.window.seconds += started.elapsed().as_secs_f64();
+        self.bar.set_position((step + 1) as u64);
+        self.bar.set_message(bar_message(
+            self.window.running.loss(),
+            self.window.images_per_s(),
+        ));
+        let (_, last) = self.boundary(step);
+        if (step + 1) % config.log_every == 0 || last {
+            self.progress_line(step)?;
+        }
+        Ok(())
+    }
+
+    /// The progress line after `step`: printed, and written to
+    /// `metrics.jsonl` and TensorBoard; then a new window opens.
+    fn progress_line(&mut self, step: usize) -> Result<()> {
+        let epoch = step / self.steps_per_epoch + 1;
+        let (running, images_per_s) = (&self.window.running, self.window.images_per_s());
+        let data_wait = self.window.data_wait(self.stream.waited_s());
+        let (loss, top1, lr) = (running.loss(), running.top1(), self.lr);
+        if !self.config.quiet {
+            let line = format!(
+                "step {:>5}/{}  epoch {epoch:>3}  loss {loss:.4}  top-1 {:5.1}%  {images_per_s:7.1} img/s  lr {}",
+                step + 1,
+                self.total_steps,
+                100.0 * top1,
+                schedule::show_lr(lr)
+            );
+            self.say(&line);
+        }
+        self.log.write(&Metric::Train {
+            step: step + 1,
+            epoch,
+            loss,
+            top1,
+            images_per_s,
+            lr,
+            data_wait,
+        })?;
+        self.board.summary(
+            step + 1,
+            &[
+                Value::Scalar("train/loss", loss as f32),
+                Value::Scalar("train/top1", top1 as f32),
+                Value::Scalar("train/learning_rate", lr),
+                Value::Scalar("train/images_per_s", images_per_s as f32),
+                Value::Scalar("train/data_wait", data_wait as f32),
+            ],
+        )?;
+        self.summary.final_loss = loss;
+        self.window = Window::open(self.stream.waited_s());
+        Ok(())
+    }
+
+    /// Validates after `step` on the whole validation set (centre crops),
+    /// reports it, and at an epoch's end lets the schedule see the error.
+    pub fn validate(&mut self, step: usize, stop: &AtomicBool) -> Result<Validation> {
+        let mut progress = Progress::new(
+            "validation",
+            "images",
+            self.data.val_len(),
+            self.config.quiet,
+        );
+        let mut skipped = Vec::new();
+        let batches = self.stream.validation();
+        let towers = &self.towers;
+        let val = self
+            .bar
+            .suspend(|| evaluate(towers, batches, stop, &mut progress, &mut skipped));
+        progress.finish();
+        self.name_skipped(&skipped, 1);
+        let Some(val) = val? else {
+            return Ok(Validation::Stopped);
+        };
+        let epoch = step / self.steps_per_epoch + 1;
+        let (loss, top1, top5) = (val.loss(), val.top1(), val.top5());
+        let line = format!(
+            "validation after epoch {epoch}: loss {loss:.4}  top-1 {:.1}%  top-5 {:.1}%  ({} images)",
+            100.0 * top1,
+            100.0 * top5,
+            val.images
+        );
+        self.say(&line);
+        self.log.write(&Metric::Val {
+            step: step + 1,
+            epoch,
+            loss,
+            top1,
+            top5,
+        })?;
+        self.board.summary(
+            step + 1,
+            &[
+                Value::Scalar("val/loss", loss as f32),
+                Value::Scalar("val/top1", top1 as f32),
+                Value::Scalar("val/top5", top5 as f32),
+            ],
+        )?;
+        (self.summary.val_top1, self.summary.val_top5) = (top1, top5);
+        let (epoch_end, _) = self.boundary(step);
+        let change = epoch_end
+            .then(|| {
+                self.config
+                    .schedule
+                    .end_epoch(&mut self.schedule, epoch, 1.0 - top1)
+            })
+            .flatten();
+        if let Some(line) = change {
+            self.say(&line);
+        }
+        Ok(Validation::Done { top1, top5 })
+    }
+
+    /// Saves a checkpoint after `step` (with the validation just measured,
+    /// if any), refusing weights that are not finite, and records conv1's
+    /// filters (the paper's Figure 3); returns its folder.
+    pub fn checkpoint(&mut self, step: usize, val: Option<(f64, f64)>) -> Result<PathBuf> {
+        let weights = self.towers.download(ParamSet::Weights)?;
+        if !weights.iter().all(|t| t.data.iter().all(|v| v.is_finite())) {
+            return Err(self.diverged(step + 1, "weights"));
+        }
+        let momentum = self.towers.download(ParamSet::Momentum)?;
+        let ckpt = Checkpoint {
+            state: self.run_state(step, val),
+            weights,
+            momentum,
+        };
+        let folder = checkpoint::save(&self.run_dir.join("checkpoints"), &ckpt, self.config.keep)?;
+        self.record_filters(&ckpt.weights, step + 1)?;
+        self.last_checkpoint = Some(folder.clone());
+        self.summary.checkpoint = Some(folder.clone());
+        Ok(folder)
+    }
+
+    /// Ends the run early after `step`, saying where it was saved and how
+    /// to go on; `in_validation` when the signal came during a validation.
+    pub fn stop(&mut self, step: usize, in_validation: bool) {
+        self.bar.abandon();
+        self.summary.stopped = true;
+        let saved = self
+            .last_checkpoint
+            .as_deref()
+            .unwrap_or(Path::new("?"))
+            .display()
+            .to_string();
+        let when = if in_validation {
+            format!(
+                "during the validation after step {} of {}; saved {saved} (without that validation)",
+                step + 1,
+                self.total_steps
+            )
+        } else {
+            format!(
+                "after step {} of {}; saved {saved}",
+                step + 1,
+                self.total_steps
+            )
+        };
+        let _ = writeln!(
+            self.out,
+            "stopped by a signal {when}; continue with: alexnet train --resume {}",
+            self.run_dir.display()
+        );
+    }
+
+    /// What the run did, over this process's steps.
+    pub fn finish(mut self) -> RunSummary {
+        self.bar.finish_and_clear();
+        let wall = self.started.elapsed().as_secs_f64().max(1e-9);
+        let images = ((self.summary.steps - self.first_step) * self.config.batch) as f64;
+        self.summary.images_per_s = images / wall;
+        self.summary.data_wait = self.stream.waited_s() / wall;
+        self.summary
+    }
+
+    /// What a checkpoint after `step` (0-based) records besides tensors.
+    fn run_state(&self, step: usize, val: Option<(f64, f64)>) -> RunState {
+        RunState {
+            format: FORMAT,
+            spec: self.plan.spec.clone(),
+            step: step + 1,
+            epoch: (step + 1) / self.steps_per_epoch,
+            data_position: ((step + 1) % self.steps_per_epoch) * self.config.batch,
+            seed: self.config.seed,
+            schedule: self.schedule,
+            lr: self.lr,
+            classes: self.data.classes(),
+            dataset: self.data.describe(),
+            val_top1: val.map(|v| v.0),
+            val_top5: val.map(|v| v.1),
+        }
+    }
+
+    /// A checkpoint's conv1 figure and colour saturation to `metrics.jsonl`
+    /// and TensorBoard; nothing for a net without convolutions.
+    fn record_filters(&mut self, weights: &[TwinTensor], step: usize) -> Result<()> {
+        if !self.plan.layers.iter().any(|l| matches!(l.op, Op::Conv(_))) {
+            return Ok(());
+        }
+        let filters = Filters::from_weights(&self.plan, weights)?;
+        let saturation = filters.saturation();
+        self.log.write(&Metric::Filters {
+            step,
+            epoch: step.div_ceil(self.steps_per_epoch),
+            saturation,
+        })?;
+        let (width, height) = filters.size();
+        self.board.summary(
+            step,
+            &[
+                Value::Image {
+                    tag: "conv1",
+                    png: &filters.png(),
+                    width: width as u32,
+                    height: height as u32,
+                },
+                Value::Scalar("conv1/saturation_tower1", saturation[0] as f32),
+                Value::Scalar("conv1/saturation_tower2", saturation[1] as f32),
+            ],
+        )
+    }
+
+    /// A NaN or infinity in `what` at `step`: the error names the last good checkpoint.
+    fn diverged(&self, step: usize, what: &str) -> Error {
+        let good = match &self.last_checkpoint {
+            Some(c) => format!(
+                "the last good checkpoint is {}; resume it with a smaller --lr: alexnet train --resume {} --lr …",
+                c.display(),
+                self.run_dir.display()
+            ),
+            None => "no checkpoint was saved before it".into(),
+        };
+        Error::Training(format!(
+            "a NaN or infinity in the {what} at step {step}: {good}"
+        ))
+    }
+
+    /// A line on the run's output, above the progress bar.
+    fn say(&mut self, line: &str) {
+        let out = &mut self.out;
+        self.bar.suspend(|| {
+            let _ = writeln!(out, "{line}");
+        });
+    }
+
+    /// Names each skipped file once (`which`: 0 training, 1 validation);
+    /// returns how many were skipped.
+    fn name_skipped(&mut self, skipped: &[(String, String)], which: usize) -> usize {
+        for (file, why) in skipped {
+            if self.named[which].insert(file.clone()) {
+                self.say(&format!("skipped {file}: {why}"));
+            }
+        }
+        skipped.len()
+    }
+}
+
+/// Top-1/top-5 over a whole set; `None` when `stop` is set before the end.
+/// The images left out go to `skipped`.
+fn evaluate(
+    towers: &TowerPair,
+    batches: Batches,
+    stop: &AtomicBool,
+    progress: &mut Progress,
+    skipped: &mut Vec<(String, String)>,
+) -> Result<Option<Running>> {
+    let mut total = Running::default();
+    for loaded in batches {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let loaded = loaded?;
+        progress.add(loaded.labels.len() + loaded.skipped.len());
+        skipped.extend(loaded.skipped);
+        if loaded.labels.is_empty() {
+            continue;
+        }
+        let n = loaded.labels.len();
+        let stats = towers.evaluate(&Batch {
+            images: Arc::new(loaded.images),
+            labels: Arc::new(loaded.labels),
+        })?;
+        total.add(stats, n);
+    }
+    Ok(Some(total))
+}
