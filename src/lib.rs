@@ -22,6 +22,7 @@ pub mod placement;
 pub mod plot;
 pub mod progress;
 pub mod rng;
+pub mod summary;
 pub mod tensorboard;
 pub mod tower;
 pub mod towers;

@@ -3,6 +3,7 @@
 //! prints) against the memory the device and the host have free.
 
 use crate::error::{Error, Result};
+use crate::net::buffers::BufferSizes;
 use crate::net::plan::{Plan, TOWERS};
 use crate::placement::Placement;
 
@@ -29,8 +30,8 @@ pub fn host_available() -> Option<f64> {
 /// gradients), computed in f64 so that no size can overflow.
 pub fn tower_bytes(plan: &Plan, batch: usize) -> f64 {
     let params = plan.params() as f64 / TOWERS as f64 * 4.0;
-    let (kept, grads) = plan.activation_elements(1);
-    3.0 * params + (kept + grads) as f64 * 4.0 * batch as f64
+    let one = BufferSizes::new(plan, 1);
+    3.0 * params + (one.kept() + one.gradients()) as f64 * 4.0 * batch as f64
 }
 
 /// Bytes as GiB, for messages.
@@ -89,7 +90,7 @@ mod tests {
     #[test]
     fn the_estimate_is_summarys_and_a_huge_batch_is_refused() {
         let plan = Plan::load("paper").unwrap();
-        let m = crate::net::summary::MemoryEstimate::for_tower(&plan, 128);
+        let m = crate::summary::MemoryEstimate::for_tower(&plan, 128);
         assert_eq!(tower_bytes(&plan, 128), m.total() as f64);
         let e = check_fits(&plan, MAX_BATCH as usize, Placement::Cpu).unwrap_err();
         assert!(

@@ -6,6 +6,7 @@ use crate::data::input::Images;
 use crate::device::{Device, LossStats, SgdStep};
 use crate::error::Result;
 use crate::link::Link;
+use crate::net::buffers::BufferSizes;
 use crate::net::params::LayerParams;
 use crate::net::plan::{Op, Plan, TOWERS};
 use crate::rng::derive;
@@ -64,28 +65,26 @@ struct Buffers<B> {
 }
 
 impl<B> Buffers<B> {
+    /// Allocates the buffers [`BufferSizes`] lists for `batch`.
     fn new<D: Device<Buf = B>>(device: &mut D, plan: &Plan, batch: usize) -> Result<Self> {
+        let sizes = BufferSizes::new(plan, batch);
         let mut elements = 0;
         let mut alloc = |len: usize| {
             elements += len;
             device.alloc(len)
         };
-        let input = alloc(batch * plan.input.len())?;
+        let input = alloc(sizes.input)?;
         let (mut outputs, mut output_grads) = (Vec::new(), Vec::new());
         let (mut gathered, mut gathered_grads, mut lrn_scales) =
             (Vec::new(), Vec::new(), Vec::new());
-        for layer in &plan.layers {
-            let out = batch * layer.output.len();
-            outputs.push(alloc(out)?);
-            output_grads.push(alloc(out)?);
-            let both = layer.both_towers;
-            let gathered_len = TOWERS * batch * layer.input.len();
-            gathered.push(both.then(|| alloc(gathered_len)).transpose()?);
-            gathered_grads.push(both.then(|| alloc(gathered_len)).transpose()?);
-            let lrn = matches!(layer.op, Op::Lrn(_));
-            lrn_scales.push(lrn.then(|| alloc(out)).transpose()?);
+        for layer in &sizes.layers {
+            outputs.push(alloc(layer.output)?);
+            output_grads.push(alloc(layer.output)?);
+            gathered.push(layer.gathered.map(&mut alloc).transpose()?);
+            gathered_grads.push(layer.gathered.map(&mut alloc).transpose()?);
+            lrn_scales.push(layer.lrn_scale.map(&mut alloc).transpose()?);
         }
-        let logits = alloc(TOWERS * batch * plan.logits_per_tower())?;
+        let logits = alloc(sizes.logits)?;
         Ok(Buffers {
             input,
             outputs,
@@ -279,66 +278,46 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             };
             // Where this layer's input gradient goes: the gathered buffer
             // (reduce-scattered below), the previous layer, or nowhere.
-            let mut dx = match b.gathered_grads[i].as_mut() {
+            let dx = match b.gathered_grads[i].as_mut() {
                 Some(g) => Some(g),
                 None => grads_before.last_mut(),
             };
             let dev = &mut self.device;
             param_slot -= usize::from(layer.has_params());
-            match &layer.op {
-                Op::Conv(s) => {
+            match (&layer.op, dx) {
+                (Op::Conv(s), dx) => {
                     let (p, g) = (&self.params[param_slot], &mut self.grads[param_slot]);
                     dev.conv_backward(
                         x,
                         &p.weights,
                         dy,
-                        dx.as_deref_mut(),
+                        dx,
                         &mut g.weights,
                         &mut g.bias,
                         s,
                         batch,
                     )?;
                 }
-                Op::Fc(s) => {
+                (Op::Fc(s), dx) => {
                     let (p, g) = (&self.params[param_slot], &mut self.grads[param_slot]);
-                    dev.fc_backward(
-                        x,
-                        &p.weights,
-                        dy,
-                        dx.as_deref_mut(),
-                        &mut g.weights,
-                        &mut g.bias,
-                        s,
-                        batch,
-                    )?;
+                    dev.fc_backward(x, &p.weights, dy, dx, &mut g.weights, &mut g.bias, s, batch)?;
                 }
-                op => {
-                    let Some(dx) = dx else {
-                        continue;
-                    };
-                    match op {
-                        Op::Relu => dev.relu_backward(y, dy, dx)?,
-                        Op::Tanh => dev.tanh_backward(y, dy, dx)?,
-                        Op::Lrn(s) => {
-                            let scale = b.lrn_scales[i]
-                                .as_ref()
-                                .expect("LRN layers have a scale buffer");
-                            dev.lrn_backward(x, y, scale, dy, dx, s, batch)?;
-                        }
-                        Op::MaxPool(s) => dev.maxpool_backward(x, y, dy, dx, s, batch)?,
-                        Op::Dropout { p } => {
-                            let key = self
-                                .dropout_key
-                                .expect("backward follows a training forward");
-                            dev.dropout_backward(
-                                dy,
-                                dx,
-                                *p,
-                                dropout_key_for(key, i, self.link.rank()),
-                            )?;
-                        }
-                        Op::Conv(_) | Op::Fc(_) => unreachable!("handled above"),
-                    }
+                // The first layer's input is the image: no gradient to pass on.
+                (_, None) => {}
+                (Op::Relu, Some(dx)) => dev.relu_backward(y, dy, dx)?,
+                (Op::Tanh, Some(dx)) => dev.tanh_backward(y, dy, dx)?,
+                (Op::Lrn(s), Some(dx)) => {
+                    let scale = b.lrn_scales[i]
+                        .as_ref()
+                        .expect("LRN layers have a scale buffer");
+                    dev.lrn_backward(x, y, scale, dy, dx, s, batch)?;
+                }
+                (Op::MaxPool(s), Some(dx)) => dev.maxpool_backward(x, y, dy, dx, s, batch)?,
+                (Op::Dropout { p }, Some(dx)) => {
+                    let key = self
+                        .dropout_key
+                        .expect("backward follows a training forward");
+                    dev.dropout_backward(dy, dx, *p, dropout_key_for(key, i, self.link.rank()))?;
                 }
             }
             if let (Some(full), Some(own)) = (b.gathered_grads[i].as_ref(), grads_before.last_mut())
@@ -471,11 +450,12 @@ mod tests {
     use super::*;
     use crate::device::cpu::CpuDevice;
     use crate::link::host::HostLink;
-    use crate::net::init::{InitScheme, init_twin};
+    use crate::net::init::init_twin;
     use crate::net::params::split_twin;
+    use crate::net::spec::InitScheme;
 
     #[test]
-    fn the_plan_counts_what_a_tower_allocates() {
+    fn a_tower_allocates_what_the_buffer_table_lists() {
         let plan = Arc::new(Plan::load("small").unwrap());
         let params = split_twin(&plan, &init_twin(&plan, InitScheme::Paper, 1)).unwrap();
         let [link, _other] = HostLink::pair();
@@ -487,7 +467,10 @@ mod tests {
             &params[0],
         )
         .unwrap();
-        let (kept, grads) = plan.activation_elements(3);
-        assert_eq!(tower.activation_elements(), kept + grads);
+        let sizes = BufferSizes::new(&plan, 3);
+        assert_eq!(
+            tower.activation_elements(),
+            sizes.kept() + sizes.gradients()
+        );
     }
 }

@@ -489,7 +489,8 @@ fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) 
 mod tests {
     use super::*;
     use crate::device::faults::Fault;
-    use crate::net::init::{InitScheme, init_twin};
+    use crate::net::init::init_twin;
+    use crate::net::spec::InitScheme;
 
     /// Runs a CPU pair whose tower 1 has `fault` until it fails, and
     /// returns the error and how long dropping the pair then took. The

@@ -647,3 +647,32 @@ fn a_damaged_newest_checkpoint_is_passed_over_aloud() {
         "{first}"
     );
 }
+
+#[test]
+fn a_resume_with_another_seed_batch_or_data_set_is_refused_and_says_why() {
+    let dir = scratch("resume-refused");
+    let run = dir.join("run");
+    assert!(tiny_run(&run, &["--quiet"]).status.success());
+    let before = files(&run);
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["train", "--cpu", "--resume", s(&run), "--steps", "4"];
+        args.extend(extra);
+        alexnet(&args)
+    };
+    refused(
+        &resume(&["--seed", "2"]),
+        "--seed 2: the run was saved with seed 1",
+    );
+    // 16 images at batch 8: step 2 ends epoch 1; at batch 4 it is mid-epoch.
+    refused(
+        &resume(&["--batch", "4"]),
+        "--batch 4: the run was saved at image 0 of epoch 2, where batch 4 would put step 2 at image 8 of epoch 1",
+    );
+    refused(
+        &resume(&["--train-images", "32"]),
+        "this data has 32 training images instead of 16",
+    );
+    assert_eq!(files(&run), before, "a refused resume wrote nothing");
+    // The saved batch, seed and data resume.
+    assert!(resume(&[]).status.success());
+}

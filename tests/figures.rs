@@ -6,8 +6,9 @@
 
 mod common;
 
-use alexnet::net::init::{InitScheme, init_twin};
+use alexnet::net::init::init_twin;
 use alexnet::net::plan::Plan;
+use alexnet::net::spec::InitScheme;
 use alexnet::plot::filters::Filters;
 use common::{alexnet, scratch};
 use std::io::Write;

@@ -9,8 +9,9 @@
 use alexnet::device::cpu::CpuDevice;
 use alexnet::device::cuda::{CudaDevice, CudaOptions, probe};
 use alexnet::device::{Device, SgdStep};
-use alexnet::net::init::{InitScheme, init_twin};
+use alexnet::net::init::init_twin;
 use alexnet::net::plan::{Op, Plan, TOWERS};
+use alexnet::net::spec::InitScheme;
 use alexnet::placement::Placement;
 use alexnet::rng::Rng;
 use alexnet::tower::ParamSet;

@@ -5,7 +5,7 @@ use super::print_json;
 use alexnet::data::augment::{Pipeline, Stats};
 use alexnet::data::loader::default_workers;
 use alexnet::data::shards::{self, Encoding};
-use alexnet::data::{self, sets};
+use alexnet::data;
 use alexnet::error::{Error, Result};
 use alexnet::limits::{MAX_SIDE, MAX_WORKERS};
 use alexnet::progress::Progress;
@@ -43,7 +43,7 @@ impl PrepareArgs {
             );
             return Ok(());
         };
-        let source = sets::open(&self.src)?;
+        let source = data::open(&self.src)?;
         let total = source.train.len() + source.val.len();
         let progress = Mutex::new(Progress::new("prepare", "images", total, false));
         let side = self.side as usize;
@@ -66,7 +66,7 @@ impl PrepareArgs {
         for (file, why) in &done.skipped {
             eprintln!("skipped {file}: {why}");
         }
-        let dataset = sets::open(&dst)?;
+        let dataset = data::open(&dst)?;
         let pipeline = Pipeline::whole_square(side, Stats::imagenet());
         let (_, how) = data::stats::load_or_compute(&dst, dataset.train.as_ref(), &pipeline)?;
         println!(

@@ -1,8 +1,8 @@
 //! `eval`: a checkpoint's loss, top-1 and top-5 on a validation set.
 
 use super::{DeviceArgs, batch_range};
+use alexnet::data;
 use alexnet::data::loader::default_workers;
-use alexnet::data::sets;
 use alexnet::error::{Error, Result};
 use alexnet::infer::{Evaluation, Model};
 use alexnet::limits::MAX_IMAGES;
@@ -72,7 +72,7 @@ impl EvalArgs {
             }
             return model.evaluate_synthetic(images, batch);
         }
-        let dataset = sets::open(Path::new(&self.data))?;
+        let dataset = data::open(Path::new(&self.data))?;
         same_classes(&self.data, &dataset.classes, &model.state.classes)?;
         let (eval, skipped) =
             model.evaluate_images(dataset.val, images, self.ten_crop, batch, default_workers())?;

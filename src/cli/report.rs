@@ -5,8 +5,8 @@ use super::{DeviceArgs, batch_range, print_json};
 use alexnet::bench::{self, BenchConfig};
 use alexnet::error::{Error, Result};
 use alexnet::net::plan::Plan;
-use alexnet::net::summary;
 use alexnet::plot;
+use alexnet::summary;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]

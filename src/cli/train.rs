@@ -4,7 +4,7 @@
 use super::{DeviceArgs, batch_range, stop_flag};
 use alexnet::error::{Error, Result};
 use alexnet::limits::{MAX_IMAGES, MAX_WORKERS};
-use alexnet::net::init::InitScheme;
+use alexnet::net::spec::InitScheme;
 use alexnet::train::checkpoint;
 use alexnet::train::config::TrainConfig;
 use alexnet::train::schedule::{Schedule, ScheduleState};

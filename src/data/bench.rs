@@ -8,8 +8,8 @@
 
 use super::augment::{Pipeline, Stats};
 use super::decode::RgbImage;
+use super::image_set::ImageSet;
 use super::loader::{Loader, Mode, default_workers, load_batch};
-use super::sets::{self, ImageSet};
 use super::synthetic::{CLASSES, Split, Synthetic};
 use crate::error::{Error, Result};
 use fast_image_resize::Resizer;
@@ -40,7 +40,7 @@ pub struct DataBench {
 
 /// Times the u8 path over the first `images` training images of `path`.
 pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<DataBench> {
-    let dataset = sets::open(path)?;
+    let dataset = super::open(path)?;
     let set: Arc<dyn ImageSet> = Arc::clone(&dataset.train);
     let count = images.min(set.len());
     if count == 0 {

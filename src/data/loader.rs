@@ -6,8 +6,8 @@
 //! its batch and reported; with `strict` it stops the run instead.
 
 use super::augment::Pipeline;
+use super::image_set::ImageSet;
 use super::input::Images;
-use super::sets::ImageSet;
 use crate::error::{Error, Result};
 use crate::rng::derive;
 use fast_image_resize::Resizer;
@@ -121,6 +121,27 @@ struct Progress {
 struct Shared {
     progress: Mutex<Progress>,
     turn: Condvar,
+}
+
+/// Batches ahead of the trainer.
+pub type Batches = Box<dyn Iterator<Item = Result<LoadedBatch>>>;
+
+/// `batches` drawn on a thread of their own, at most `depth` ahead of the
+/// consumer (for batches that have no loader, the synthetic set's). The
+/// thread stops after its current batch once the consumer is gone.
+pub fn prefetched(
+    batches: impl Iterator<Item = Result<LoadedBatch>> + Send + 'static,
+    depth: usize,
+) -> Batches {
+    let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+    std::thread::spawn(move || {
+        for batch in batches {
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+    });
+    Box::new(rx.into_iter())
 }
 
 /// Batches of a fixed list, prepared ahead on worker threads, in order.

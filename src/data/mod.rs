@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod bench;
 pub mod decode;
+pub mod image_set;
 pub mod input;
 pub mod loader;
 pub mod sets;
@@ -13,14 +14,37 @@ pub mod stats;
 pub mod stream;
 pub mod synthetic;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use augment::Pipeline;
 use loader::{LoadedBatch, Loader, Mode};
+
+pub use loader::Batches;
 use serde::{Deserialize, Serialize};
-use sets::Dataset;
+use std::path::Path;
+
+pub use image_set::{Dataset, ImageSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use synthetic::Synthetic;
+
+/// Opens the dataset at `path`: shards made by `alexnet prepare` (an
+/// `index.json`), a folder holding Fashion-MNIST's
+/// `train-images-idx3-ubyte(.gz)` and friends, or a folder with `train/` and `val/`.
+pub fn open(path: &Path) -> Result<Dataset> {
+    if !path.is_dir() {
+        return Err(Error::Input(format!(
+            "--data {}: no such folder (give an ImageNet-style folder with train/ and val/, or Fashion-MNIST's folder)",
+            path.display()
+        )));
+    }
+    if shards::is_shards(path) {
+        return shards::open(path);
+    }
+    if sets::find_idx(path, "train-images-idx3-ubyte").is_some() {
+        return sets::fashion(path);
+    }
+    sets::folders(path)
+}
 
 /// The data of a training run.
 pub enum TrainingData {
@@ -36,9 +60,6 @@ pub enum TrainingData {
         strict: bool,
     },
 }
-
-/// Batches ahead of the trainer.
-pub type Batches = Box<dyn Iterator<Item = Result<LoadedBatch>>>;
 
 impl TrainingData {
     pub fn train_len(&self) -> usize {
@@ -101,7 +122,7 @@ impl TrainingData {
                         skipped: Vec::new(),
                     })
                 });
-                stream::prefetched(batches, 2)
+                loader::prefetched(batches, 2)
             }
             TrainingData::Images {
                 dataset,

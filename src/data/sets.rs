@@ -1,70 +1,15 @@
 //! Labelled image sets on disk: ImageNet-style folders and Fashion-MNIST's
-//! IDX files. `open` tells them apart by what the path is.
+//! IDX files.
 
 use super::decode::{RgbImage, decode_at_least};
+use super::image_set::{Dataset, ImageSet};
 use crate::error::{Error, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A labelled set of images, read one at a time from any thread.
-pub trait ImageSet: Send + Sync {
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// The label of image `i`.
-    fn label(&self, i: usize) -> u32;
-    /// Where image `i` comes from, for messages.
-    fn describe(&self, i: usize) -> String;
-    /// Image `i`, decoded; an error says why it cannot be.
-    fn load(&self, i: usize) -> std::result::Result<RgbImage, String>;
-    /// Image `i` decoded at least `side` pixels on its shorter side where
-    /// that is cheaper than at full size (JPEG's DCT-domain scaling); smaller
-    /// images come at full size.
-    fn load_at_least(&self, i: usize, side: usize) -> std::result::Result<RgbImage, String> {
-        let _ = side;
-        self.load(i)
-    }
-    /// Image `i`'s stored RGB bytes when the set stores it as the `side ×
-    /// side` square the net crops from (raw shards), to crop without a copy.
-    fn stored_square(&self, i: usize, side: usize) -> Option<std::result::Result<&[u8], String>> {
-        let _ = (i, side);
-        None
-    }
-}
-
-/// A dataset: class names and its training and validation sets.
-pub struct Dataset {
-    /// What it is, in words (`folders at PATH`, `Fashion-MNIST at PATH`).
-    pub kind: String,
-    pub root: PathBuf,
-    pub classes: Vec<String>,
-    pub train: Arc<dyn ImageSet>,
-    pub val: Arc<dyn ImageSet>,
-}
-
-/// Opens the dataset at `path`: shards made by `alexnet prepare` (an
-/// `index.json`), a folder holding Fashion-MNIST's
-/// `train-images-idx3-ubyte(.gz)` and friends, or a folder with `train/` and `val/`.
-pub fn open(path: &Path) -> Result<Dataset> {
-    if !path.is_dir() {
-        return Err(Error::Input(format!(
-            "--data {}: no such folder (give an ImageNet-style folder with train/ and val/, or Fashion-MNIST's folder)",
-            path.display()
-        )));
-    }
-    if super::shards::is_shards(path) {
-        return super::shards::open(path);
-    }
-    if find_idx(path, "train-images-idx3-ubyte").is_some() {
-        return fashion(path);
-    }
-    folders(path)
-}
-
 /// A file `name` or `name.gz` in `dir`.
-fn find_idx(dir: &Path, name: &str) -> Option<PathBuf> {
+pub(super) fn find_idx(dir: &Path, name: &str) -> Option<PathBuf> {
     [dir.join(name), dir.join(format!("{name}.gz"))]
         .into_iter()
         .find(|p| p.is_file())
@@ -121,7 +66,7 @@ type Labelled = Vec<(PathBuf, u32)>;
 /// `root/train/<class>/*` and `root/val/<class>/*`, or a flat `root/val/*`
 /// with `root/val_labels.txt` (one class folder name per line, in the
 /// sorted order of the files). Classes are the sorted folder names of train/.
-fn folders(root: &Path) -> Result<Dataset> {
+pub(super) fn folders(root: &Path) -> Result<Dataset> {
     let train_dir = root.join("train");
     if !train_dir.is_dir() {
         return Err(Error::Input(format!(
@@ -369,7 +314,7 @@ fn fashion_split(root: &Path, prefix: &str) -> Result<GreySet> {
 }
 
 /// Fashion-MNIST: train-* for training, t10k-* (the test set) for validation.
-fn fashion(root: &Path) -> Result<Dataset> {
+pub(super) fn fashion(root: &Path) -> Result<Dataset> {
     Ok(Dataset {
         kind: format!("Fashion-MNIST at {}", root.display()),
         root: root.to_path_buf(),
@@ -383,6 +328,7 @@ fn fashion(root: &Path) -> Result<Dataset> {
 mod tests {
     use super::*;
     use crate::data::decode::tests::{jpeg, png};
+    use crate::data::open;
 
     fn write(path: &Path, bytes: &[u8]) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -12,7 +12,7 @@
 
 use super::augment::Pipeline;
 use super::decode::{RgbImage, decode_at_least};
-use super::sets::{Dataset, ImageSet};
+use super::image_set::{Dataset, ImageSet};
 use crate::error::{Error, Result};
 use fast_image_resize::Resizer;
 use memmap2::Mmap;
@@ -261,11 +261,7 @@ pub fn prepare(
     }
     std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     // The square the net crops from: a pipeline whose base is `side`.
-    let pipeline = Pipeline {
-        input: side,
-        base: side,
-        stats: super::augment::Stats::imagenet(),
-    };
+    let pipeline = Pipeline::whole_square(side, super::augment::Stats::imagenet());
     let mut done = 0;
     let mut prepared = Prepared {
         images: 0,
@@ -282,30 +278,7 @@ pub fn prepare(
         let mut offset = 0u64;
         let indices: Vec<usize> = (0..set.len()).collect();
         for (s, chunk) in indices.chunks(per_shard).enumerate() {
-            // Encode this shard's images in parallel, keep them in order.
-            let encoded: Vec<std::result::Result<Vec<u8>, (String, String)>> =
-                std::thread::scope(|scope| {
-                    let per = chunk.len().div_ceil(workers.max(1));
-                    let handles: Vec<_> = chunk
-                        .chunks(per.max(1))
-                        .map(|part| {
-                            let (set, pipeline) = (set.as_ref(), &pipeline);
-                            scope.spawn(move || {
-                                let mut resizer = Resizer::new();
-                                part.iter()
-                                    .map(|&i| {
-                                        encode(set, pipeline, encoding, i, &mut resizer)
-                                            .map_err(|why| (set.describe(i), why))
-                                    })
-                                    .collect::<Vec<_>>()
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .flat_map(|h| h.join().expect("an encoder thread"))
-                        .collect()
-                });
+            let encoded = encode_in_parallel(set.as_ref(), &pipeline, encoding, chunk, workers);
             let file = format!("{split}-{s:05}.shard");
             let path = dst.join(&file);
             let mut out =
@@ -366,6 +339,38 @@ pub fn prepare(
     Ok(prepared)
 }
 
+/// The images `chunk` of `set`, encoded on `workers` threads, in order;
+/// an image that cannot be read comes back as (its name, why).
+fn encode_in_parallel(
+    set: &dyn ImageSet,
+    pipeline: &Pipeline,
+    encoding: Encoding,
+    chunk: &[usize],
+    workers: usize,
+) -> Vec<std::result::Result<Vec<u8>, (String, String)>> {
+    std::thread::scope(|scope| {
+        let per = chunk.len().div_ceil(workers.max(1));
+        let handles: Vec<_> = chunk
+            .chunks(per.max(1))
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut resizer = Resizer::new();
+                    part.iter()
+                        .map(|&i| {
+                            encode(set, pipeline, encoding, i, &mut resizer)
+                                .map_err(|why| (set.describe(i), why))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("an encoder thread"))
+            .collect()
+    })
+}
+
 fn encode(
     set: &dyn ImageSet,
     pipeline: &Pipeline,
@@ -408,7 +413,7 @@ mod tests {
             std::fs::write(path, jpeg(33, 33, jpeg_encoder::ColorType::Rgb)).unwrap();
         }
         std::fs::write(root.join("train/a/broken.jpg"), b"\xff\xd8 not really").unwrap();
-        crate::data::sets::open(root).unwrap()
+        crate::data::open(root).unwrap()
     }
 
     /// A set read only through `load`, never in place.

@@ -6,7 +6,7 @@
 //! cache folder when the dataset's is read-only).
 
 use super::augment::{Pipeline, Stats};
-use super::sets::ImageSet;
+use super::image_set::ImageSet;
 use crate::error::{Error, Result};
 use fast_image_resize::Resizer;
 use serde::{Deserialize, Serialize};

@@ -3,8 +3,9 @@
 //! still being taken, and each validation's loader started ahead of it. The
 //! time the trainer spends waiting for a batch is counted.
 
+use super::TrainingData;
+use super::loader::Batches;
 use super::loader::LoadedBatch;
-use super::{Batches, TrainingData};
 use crate::error::Result;
 use crate::rng::{Rng, derive};
 use std::cell::Cell;
@@ -156,22 +157,4 @@ impl Iterator for Timed {
             .set(self.waited.get() + start.elapsed().as_secs_f64());
         batch
     }
-}
-
-/// `batches` drawn on a thread of their own, at most `depth` ahead of the
-/// consumer (for batches that have no loader, the synthetic set's). The
-/// thread stops after its current batch once the consumer is gone.
-pub fn prefetched(
-    batches: impl Iterator<Item = Result<LoadedBatch>> + Send + 'static,
-    depth: usize,
-) -> Batches {
-    let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
-    std::thread::spawn(move || {
-        for batch in batches {
-            if tx.send(batch).is_err() {
-                return;
-            }
-        }
-    });
-    Box::new(rx.into_iter())
 }

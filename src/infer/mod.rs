@@ -3,11 +3,11 @@
 
 pub mod predict;
 
+use crate::data::ImageSet;
 use crate::data::augment::Pipeline;
 use crate::data::decode::decode;
 use crate::data::input::Images;
 use crate::data::loader::{Loader, Mode};
-use crate::data::sets::ImageSet;
 use crate::data::synthetic::{Split, Synthetic};
 use crate::error::{Error, Result};
 use crate::net::params::twin_shapes;

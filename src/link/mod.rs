@@ -112,7 +112,8 @@ mod tests {
     use crate::device::cpu::CpuDevice;
     use crate::link::host::HostLink;
     use crate::link::watch::Watch;
-    use crate::net::init::{InitScheme, init_twin};
+    use crate::net::init::init_twin;
+    use crate::net::spec::InitScheme;
     use crate::towers::{Batch, TowerPair};
     use std::sync::{Arc, Mutex};
 

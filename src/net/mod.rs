@@ -1,8 +1,8 @@
 //! What the network is: the layer table, its checked shapes and counts,
-//! named parameters, initialization and the `summary` report.
+//! named parameters, initialization and the tower's buffer table.
 
+pub mod buffers;
 pub mod init;
 pub mod params;
 pub mod plan;
 pub mod spec;
-pub mod summary;

@@ -230,158 +230,7 @@ impl Plan {
         let mut layers = Vec::with_capacity(spec.layers.len());
         for (i, layer) in spec.layers.iter().enumerate() {
             let err = |what: String| bad(&spec, i, what);
-            let (op, output, both) = match *layer {
-                Layer::Conv {
-                    ref name,
-                    filters,
-                    kernel,
-                    stride,
-                    pad,
-                    both_towers,
-                } => {
-                    let Shape::Map { c, h, w } = shape else {
-                        return Err(err(format!("needs feature maps, gets a vector of {shape}")));
-                    };
-                    if filters == 0 || stride == 0 || kernel == 0 {
-                        return Err(err("filters, kernel and stride must be at least 1".into()));
-                    }
-                    if pad >= kernel {
-                        return Err(err(format!("pad {pad} must be below kernel {kernel}")));
-                    }
-                    let (Some(out_h), Some(out_w)) = (
-                        window_out(h, kernel, stride, pad),
-                        window_out(w, kernel, stride, pad),
-                    ) else {
-                        return Err(err(format!(
-                            "kernel {kernel} with pad {pad} does not fit its {h}×{w} input"
-                        )));
-                    };
-                    if !names.insert(name.clone()) || name.is_empty() {
-                        return Err(err(format!("name {name:?} is empty or used twice")));
-                    }
-                    let sources = if both_towers { TOWERS } else { 1 };
-                    if !within(&[filters, out_h, out_w], MAX_ELEMENTS)
-                        || !within(&[sources, filters, c, kernel, kernel], MAX_ELEMENTS)
-                        || !within(
-                            &[sources, filters, c, kernel, kernel, out_h, out_w],
-                            MAX_MACS,
-                        )
-                    {
-                        return Err(err(format!(
-                            "{filters} filters of {kernel}×{kernel} over {c}×{h}×{w} is too large \
-                             (at most {MAX_ELEMENTS} outputs or weights, {MAX_MACS} multiply-adds)"
-                        )));
-                    }
-                    let conv = ConvShape {
-                        sources,
-                        in_c: c,
-                        in_h: h,
-                        in_w: w,
-                        out_c: filters,
-                        kernel,
-                        stride,
-                        pad,
-                        out_h,
-                        out_w,
-                    };
-                    let out = Shape::Map {
-                        c: filters,
-                        h: out_h,
-                        w: out_w,
-                    };
-                    (Op::Conv(conv), out, both_towers)
-                }
-                Layer::Relu => (Op::Relu, shape, false),
-                Layer::Tanh => (Op::Tanh, shape, false),
-                Layer::Lrn {
-                    size,
-                    alpha,
-                    beta,
-                    k,
-                } => {
-                    let Shape::Map { c, h, w } = shape else {
-                        return Err(err(format!("needs feature maps, gets a vector of {shape}")));
-                    };
-                    let finite = alpha.is_finite() && beta.is_finite() && k.is_finite();
-                    if size % 2 == 0 || !(finite && alpha >= 0.0 && beta > 0.0 && k > 0.0) {
-                        return Err(err(format!(
-                            "size {size}, alpha {alpha}, beta {beta}, k {k}: size must be odd, \
-                             alpha ≥ 0, beta > 0 and k > 0, all finite"
-                        )));
-                    }
-                    let lrn = LrnShape {
-                        c,
-                        plane: h * w,
-                        size,
-                        alpha,
-                        beta,
-                        k,
-                    };
-                    (Op::Lrn(lrn), shape, false)
-                }
-                Layer::MaxPool { size, stride } => {
-                    let Shape::Map { c, h, w } = shape else {
-                        return Err(err(format!("needs feature maps, gets a vector of {shape}")));
-                    };
-                    let (Some(out_h), Some(out_w)) = (
-                        window_out(h, size, stride, 0),
-                        window_out(w, size, stride, 0),
-                    ) else {
-                        return Err(err(format!(
-                            "window {size} / stride {stride} does not fit its {h}×{w} input"
-                        )));
-                    };
-                    let pool = PoolShape {
-                        c,
-                        in_h: h,
-                        in_w: w,
-                        size,
-                        stride,
-                        out_h,
-                        out_w,
-                    };
-                    (
-                        Op::MaxPool(pool),
-                        Shape::Map {
-                            c,
-                            h: out_h,
-                            w: out_w,
-                        },
-                        false,
-                    )
-                }
-                Layer::Fc {
-                    ref name,
-                    units,
-                    both_towers,
-                } => {
-                    if units == 0 {
-                        return Err(err("units must be at least 1".into()));
-                    }
-                    let sources = if both_towers { TOWERS } else { 1 };
-                    if !within(&[sources, units, shape.len()], MAX_ELEMENTS) {
-                        return Err(err(format!(
-                            "{units} units over {} inputs is over {MAX_ELEMENTS} weights",
-                            sources * shape.len()
-                        )));
-                    }
-                    if !names.insert(name.clone()) || name.is_empty() {
-                        return Err(err(format!("name {name:?} is empty or used twice")));
-                    }
-                    let fc = FcShape {
-                        sources,
-                        inputs: shape.len(),
-                        outputs: units,
-                    };
-                    (Op::Fc(fc), Shape::Flat(units), both_towers)
-                }
-                Layer::Dropout { p } => {
-                    if !(0.0..1.0).contains(&p) {
-                        return Err(err(format!("p = {p} must be in [0, 1)")));
-                    }
-                    (Op::Dropout { p }, shape, false)
-                }
-            };
+            let (op, output, both) = plan_layer(layer, shape, &mut names).map_err(err)?;
             if both && i == 0 {
                 return Err(err(
                     "the first layer reads the image, which both towers already share; \
@@ -431,31 +280,186 @@ impl Plan {
         TOWERS * self.layers.iter().map(PlannedLayer::params).sum::<usize>()
     }
 
-    /// Elements one tower holds in batch-sized buffers for training at
-    /// `batch`: (activations kept for backward, their gradients). This counts
-    /// exactly what [`crate::tower::Tower`] allocates.
-    pub fn activation_elements(&self, batch: usize) -> (usize, usize) {
-        let mut kept = batch * self.input.len() + TOWERS * batch * self.logits_per_tower();
-        let mut grads = 0;
-        for layer in &self.layers {
-            let out = batch * layer.output.len();
-            kept += out;
-            grads += out;
-            if layer.both_towers {
-                kept += TOWERS * batch * layer.input.len();
-                grads += TOWERS * batch * layer.input.len();
-            }
-            if matches!(layer.op, Op::Lrn(_)) {
-                kept += out;
-            }
-        }
-        (kept, grads)
-    }
-
     /// Multiply-adds per image in the whole net (both towers).
     pub fn macs(&self) -> usize {
         TOWERS * self.layers.iter().map(PlannedLayer::macs).sum::<usize>()
     }
+}
+
+/// One layer's operation and output shape over `shape`, and whether it
+/// reads both towers; or why it cannot be. `names` collects the names of
+/// the layers with parameters, each at most once.
+fn plan_layer(
+    layer: &Layer,
+    shape: Shape,
+    names: &mut std::collections::HashSet<String>,
+) -> std::result::Result<(Op, Shape, bool), String> {
+    Ok(match *layer {
+        Layer::Conv {
+            ref name,
+            filters,
+            kernel,
+            stride,
+            pad,
+            both_towers,
+        } => {
+            if !names.insert(name.clone()) || name.is_empty() {
+                return Err(format!("name {name:?} is empty or used twice"));
+            }
+            let (op, out) = conv_layer(filters, kernel, stride, pad, both_towers, shape)?;
+            (op, out, both_towers)
+        }
+        Layer::Relu => (Op::Relu, shape, false),
+        Layer::Tanh => (Op::Tanh, shape, false),
+        Layer::Lrn {
+            size,
+            alpha,
+            beta,
+            k,
+        } => {
+            let Shape::Map { c, h, w } = shape else {
+                return Err(format!("needs feature maps, gets a vector of {shape}"));
+            };
+            let finite = alpha.is_finite() && beta.is_finite() && k.is_finite();
+            if size % 2 == 0 || !(finite && alpha >= 0.0 && beta > 0.0 && k > 0.0) {
+                return Err(format!(
+                    "size {size}, alpha {alpha}, beta {beta}, k {k}: size must be odd, \
+                     alpha ≥ 0, beta > 0 and k > 0, all finite"
+                ));
+            }
+            let lrn = LrnShape {
+                c,
+                plane: h * w,
+                size,
+                alpha,
+                beta,
+                k,
+            };
+            (Op::Lrn(lrn), shape, false)
+        }
+        Layer::MaxPool { size, stride } => {
+            let Shape::Map { c, h, w } = shape else {
+                return Err(format!("needs feature maps, gets a vector of {shape}"));
+            };
+            let (Some(out_h), Some(out_w)) = (
+                window_out(h, size, stride, 0),
+                window_out(w, size, stride, 0),
+            ) else {
+                return Err(format!(
+                    "window {size} / stride {stride} does not fit its {h}×{w} input"
+                ));
+            };
+            let pool = PoolShape {
+                c,
+                in_h: h,
+                in_w: w,
+                size,
+                stride,
+                out_h,
+                out_w,
+            };
+            (
+                Op::MaxPool(pool),
+                Shape::Map {
+                    c,
+                    h: out_h,
+                    w: out_w,
+                },
+                false,
+            )
+        }
+        Layer::Fc {
+            ref name,
+            units,
+            both_towers,
+        } => {
+            if units == 0 {
+                return Err("units must be at least 1".into());
+            }
+            let sources = if both_towers { TOWERS } else { 1 };
+            if !within(&[sources, units, shape.len()], MAX_ELEMENTS) {
+                return Err(format!(
+                    "{units} units over {} inputs is over {MAX_ELEMENTS} weights",
+                    sources * shape.len()
+                ));
+            }
+            if !names.insert(name.clone()) || name.is_empty() {
+                return Err(format!("name {name:?} is empty or used twice"));
+            }
+            let fc = FcShape {
+                sources,
+                inputs: shape.len(),
+                outputs: units,
+            };
+            (Op::Fc(fc), Shape::Flat(units), both_towers)
+        }
+        Layer::Dropout { p } => {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("p = {p} must be in [0, 1)"));
+            }
+            (Op::Dropout { p }, shape, false)
+        }
+    })
+}
+
+/// A convolution layer's shape over `shape` (paper §3.5's conv layers),
+/// or why it cannot be one.
+fn conv_layer(
+    filters: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    both_towers: bool,
+    shape: Shape,
+) -> std::result::Result<(Op, Shape), String> {
+    let Shape::Map { c, h, w } = shape else {
+        return Err(format!("needs feature maps, gets a vector of {shape}"));
+    };
+    if filters == 0 || stride == 0 || kernel == 0 {
+        return Err("filters, kernel and stride must be at least 1".into());
+    }
+    if pad >= kernel {
+        return Err(format!("pad {pad} must be below kernel {kernel}"));
+    }
+    let (Some(out_h), Some(out_w)) = (
+        window_out(h, kernel, stride, pad),
+        window_out(w, kernel, stride, pad),
+    ) else {
+        return Err(format!(
+            "kernel {kernel} with pad {pad} does not fit its {h}×{w} input"
+        ));
+    };
+    let sources = if both_towers { TOWERS } else { 1 };
+    if !within(&[filters, out_h, out_w], MAX_ELEMENTS)
+        || !within(&[sources, filters, c, kernel, kernel], MAX_ELEMENTS)
+        || !within(
+            &[sources, filters, c, kernel, kernel, out_h, out_w],
+            MAX_MACS,
+        )
+    {
+        return Err(format!(
+            "{filters} filters of {kernel}×{kernel} over {c}×{h}×{w} is too large \
+                 (at most {MAX_ELEMENTS} outputs or weights, {MAX_MACS} multiply-adds)"
+        ));
+    }
+    let conv = ConvShape {
+        sources,
+        in_c: c,
+        in_h: h,
+        in_w: w,
+        out_c: filters,
+        kernel,
+        stride,
+        pad,
+        out_h,
+        out_w,
+    };
+    let out = Shape::Map {
+        c: filters,
+        h: out_h,
+        w: out_w,
+    };
+    Ok((Op::Conv(conv), out))
 }
 
 #[cfg(test)]

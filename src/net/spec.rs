@@ -3,7 +3,6 @@
 //! concatenation of both towers' previous outputs (paper §3.2, Fig. 2).
 
 use crate::error::{Error, Result};
-use crate::net::init::InitScheme;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -121,6 +120,46 @@ impl NetSpec {
                     .map(|s| format!(" (at byte {})", s.start))
                     .unwrap_or_default(),
         })
+    }
+}
+
+/// Layers whose biases the paper sets to 1 (§5), Caffe to 0.1.
+pub const POSITIVE_BIAS_LAYERS: [&str; 5] = ["conv2", "conv4", "conv5", "fc6", "fc7"];
+
+/// How to draw the initial weights and biases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum InitScheme {
+    /// Paper §5: weights N(0, 0.01²); biases 1 in conv2, conv4, conv5, fc6,
+    /// fc7 and 0 elsewhere. Known to sit at loss ln(classes) for a while.
+    Paper,
+    /// Caffe's `bvlc_alexnet`: as the paper but std 0.005 in fc6 and fc7 and
+    /// bias 0.1 instead of 1.
+    Caffe,
+    /// He et al. (2015): weights N(0, 2/fan_in), biases 0. Not the paper's;
+    /// for the small presets, where std 0.01 starves the signal.
+    He,
+}
+
+impl InitScheme {
+    /// The standard deviation of `layer`'s weights, of fan-in `fan_in`.
+    pub fn weight_std(self, layer: &str, fan_in: usize) -> f64 {
+        match self {
+            InitScheme::Paper => 0.01,
+            InitScheme::Caffe if layer == "fc6" || layer == "fc7" => 0.005,
+            InitScheme::Caffe => 0.01,
+            InitScheme::He => (2.0 / fan_in as f64).sqrt(),
+        }
+    }
+
+    /// The initial value of `layer`'s biases.
+    pub fn bias(self, layer: &str) -> f32 {
+        let positive = POSITIVE_BIAS_LAYERS.contains(&layer);
+        match self {
+            InitScheme::Paper if positive => 1.0,
+            InitScheme::Caffe if positive => 0.1,
+            _ => 0.0,
+        }
     }
 }
 

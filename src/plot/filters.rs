@@ -276,7 +276,8 @@ fn hex([r, g, b]: [u8; 3]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::init::{InitScheme, init_twin};
+    use crate::net::init::init_twin;
+    use crate::net::spec::InitScheme;
 
     /// Small's conv1 with tower 1's kernels grey (equal channels) and
     /// tower 2's kernels pure red and green.

@@ -323,8 +323,9 @@ pub fn in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::init::{InitScheme, init_twin};
+    use crate::net::init::init_twin;
     use crate::net::plan::Plan;
+    use crate::net::spec::InitScheme;
 
     fn sample(step: usize, val_top1: Option<f64>) -> Checkpoint {
         let plan = Plan::load("small").unwrap();

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_BATCH, MAX_IMAGES, MAX_WORKERS};
-use crate::net::init::InitScheme;
+use crate::net::spec::InitScheme;
 use crate::train::schedule::Schedule;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

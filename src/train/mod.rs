@@ -12,41 +12,13 @@ mod window;
 
 use crate::error::Result;
 use crate::placement::Placement;
-use checkpoint::Checkpoint;
 use config::TrainConfig;
-use serde::Serialize;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use trainer::{Trainer, Validation};
 
 pub use setup::run_dir_for;
-
-/// What a finished (or stopped) run reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    /// Steps done in all, counting those before a resume.
-    pub steps: usize,
-    pub final_loss: f64,
-    pub val_top1: f64,
-    pub val_top5: f64,
-    /// Over this process's steps.
-    pub images_per_s: f64,
-    /// The newest checkpoint.
-    pub checkpoint: Option<PathBuf>,
-    /// Whether a signal stopped the run before its end.
-    pub stopped: bool,
-    /// Training images left out because they could not be read.
-    pub skipped_images: usize,
-    /// The fraction of this process's wall time spent waiting for batches.
-    pub data_wait: f64,
-}
-
-/// Where a run starts: fresh, or from a checkpoint.
-pub enum Start {
-    Fresh,
-    Resume(Box<Checkpoint>),
-}
+pub use trainer::{RunSummary, Start};
 
 /// Runs `config` where `placement` says, writing progress to `out`, until
 /// its last step or until `stop` is set (then it saves and returns): each

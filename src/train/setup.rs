@@ -7,7 +7,7 @@ use super::config::TrainConfig;
 use super::schedule::ScheduleState;
 use crate::data::augment::{Pipeline, Stats};
 use crate::data::synthetic::{Split, Synthetic};
-use crate::data::{TrainingData, sets, stats};
+use crate::data::{self, TrainingData, stats};
 use crate::error::{Error, Result};
 use crate::net::init::init_twin;
 use crate::net::params::{TwinTensor, twin_shapes};
@@ -106,7 +106,7 @@ pub fn check_resume(saved: &RunState, config: &TrainConfig, data: &TrainingData)
     );
     if (epoch, position) != (saved.epoch, saved.data_position) {
         return Err(Error::Input(format!(
-            "--batch {}: the run was saved after image {} of epoch {}, where batch {} would put step {} \
+            "--batch {}: the run was saved at image {} of epoch {}, where batch {} would put step {} \
              at image {position} of epoch {}; resume with the batch it was saved with",
             config.batch,
             saved.data_position,
@@ -152,7 +152,7 @@ pub fn training_data(
                     input.channels
                 )));
             }
-            let dataset = sets::open(path)?;
+            let dataset = data::open(path)?;
             let provisional = Pipeline::new(input.size, Stats::imagenet());
             let (stats, how) =
                 stats::load_or_compute(&dataset.root, dataset.train.as_ref(), &provisional)?;

@@ -5,8 +5,8 @@ use super::checkpoint::{self, Checkpoint, FORMAT, RunState};
 use super::config::TrainConfig;
 use super::metrics::{Metric, MetricsLog};
 use super::schedule::{self, ScheduleState};
+use super::setup;
 use super::window::{Running, StuckWatch, Window, bar_message, progress_bar};
-use super::{RunSummary, Start, setup};
 use crate::data::stream::Stream;
 use crate::data::{Batches, TrainingData};
 use crate::device::SgdStep;
@@ -21,12 +21,39 @@ use crate::tensorboard::{EventWriter, Value};
 use crate::tower::ParamSet;
 use crate::towers::{Batch, TowerPair};
 use indicatif::{ProgressBar, ProgressDrawTarget};
+use serde::Serialize;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Steps done in all, counting those before a resume.
+    pub steps: usize,
+    pub final_loss: f64,
+    pub val_top1: f64,
+    pub val_top5: f64,
+    /// Over this process's steps.
+    pub images_per_s: f64,
+    /// The newest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+    /// Whether a signal stopped the run before its end.
+    pub stopped: bool,
+    /// Training images left out because they could not be read.
+    pub skipped_images: usize,
+    /// The fraction of this process's wall time spent waiting for batches.
+    pub data_wait: f64,
+}
+
+/// Where a run starts: fresh, or from a checkpoint.
+pub enum Start {
+    Fresh,
+    Resume(Box<Checkpoint>),
+}
 
 /// A run in progress: its towers, data, logs and where it stands.
 pub struct Trainer<'a> {

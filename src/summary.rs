@@ -1,7 +1,8 @@
 //! `alexnet summary`: shapes, parameters, multiply-adds and memory per layer,
 //! and whether one tower fits the paper's 3 GB GTX 580.
 
-use super::plan::{Plan, TOWERS};
+use crate::net::buffers::BufferSizes;
+use crate::net::plan::{Plan, TOWERS};
 use std::fmt::Write;
 
 /// Memory of the paper's GPUs, GTX 580 with 3 GB (§3.2).
@@ -21,7 +22,8 @@ impl MemoryEstimate {
     /// One tower's memory for training at `batch` (f32 everywhere).
     pub fn for_tower(plan: &Plan, batch: usize) -> Self {
         let params = plan.params() / TOWERS * 4;
-        let (kept, grads) = plan.activation_elements(batch);
+        let buffers = BufferSizes::new(plan, batch);
+        let (kept, grads) = (buffers.kept(), buffers.gradients());
         MemoryEstimate {
             weights: params,
             gradients: params,
@@ -147,6 +149,12 @@ pub fn render(plan: &Plan, batch: usize) -> String {
         grouped(plan.params()),
         plan.macs() as f64 / 1e6
     );
+    memory(&mut s, plan, batch);
+    s
+}
+
+/// One tower's training memory at `batch`, and each GPU's predicted peak.
+fn memory(s: &mut String, plan: &Plan, batch: usize) {
     let m = MemoryEstimate::for_tower(plan, batch);
     let _ = writeln!(
         s,
@@ -194,7 +202,6 @@ pub fn render(plan: &Plan, batch: usize) -> String {
         "  not counted: the CUDA context (and NCCL's buffers), which the driver sizes;\n  \
          `bench` on a GPU measures them and compares the rest with this prediction"
     );
-    s
 }
 
 #[cfg(test)]
@@ -228,8 +235,9 @@ mod tests {
     fn a_device_peak_counts_what_the_towers_allocate() {
         use crate::device::cpu::CpuDevice;
         use crate::link::host::HostLink;
-        use crate::net::init::{InitScheme, init_twin};
+        use crate::net::init::init_twin;
         use crate::net::params::split_twin;
+        use crate::net::spec::InitScheme;
         use crate::tower::Tower;
         use std::sync::Arc;
         let plan = Arc::new(Plan::load("small").unwrap());
