@@ -2,10 +2,10 @@
 //! the loader.
 
 use super::print_json;
+use alexnet::data;
 use alexnet::data::augment::{Pipeline, Stats};
 use alexnet::data::loader::default_workers;
 use alexnet::data::shards::{self, Encoding};
-use alexnet::data;
 use alexnet::error::{Error, Result};
 use alexnet::limits::{MAX_SIDE, MAX_WORKERS};
 use alexnet::progress::Progress;

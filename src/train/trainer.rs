@@ -553,3 +553,74 @@ fn evaluate(
     }
     Ok(Some(total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::spec::InitScheme;
+
+    #[test]
+    fn a_trainer_steps_validates_saves_and_stops_without_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        // 16 images at batch 8: two steps an epoch, two epochs.
+        let config = TrainConfig {
+            batch: 8,
+            steps: Some(4),
+            train_images: 16,
+            val_images: 8,
+            log_every: 2,
+            quiet: true,
+            init: Some(InitScheme::He),
+            run_dir: Some(dir.path().join("run")),
+            ..TrainConfig::default()
+        };
+        let mut out = Vec::new();
+        let mut trainer = Trainer::new(&config, Placement::Cpu, Start::Fresh, &mut out).unwrap();
+        assert_eq!(trainer.steps(), 0..4);
+        assert_eq!(trainer.boundary(0), (false, false));
+        assert_eq!(trainer.boundary(1), (true, false));
+        assert_eq!(trainer.boundary(3), (true, true));
+        let weights = |t: &Trainer| t.towers.download(ParamSet::Weights).unwrap();
+        let before = weights(&trainer);
+        trainer.step(0).unwrap();
+        assert_ne!(weights(&trainer), before, "a step moves the weights");
+        trainer.step(1).unwrap();
+        let Validation::Done { top1, top5 } = trainer.validate(1, &AtomicBool::new(false)).unwrap()
+        else {
+            panic!("a validation with no stop runs to its end");
+        };
+        // Counts over the 8 validation images.
+        assert_eq!((top1 * 8.0).fract(), 0.0, "{top1}");
+        assert!(top1 <= top5 && top5 <= 1.0, "{top1} {top5}");
+        let folder = trainer.checkpoint(1, Some((top1, top5))).unwrap();
+        let saved = checkpoint::load_folder(&folder).unwrap();
+        assert_eq!(
+            (
+                saved.state.step,
+                saved.state.epoch,
+                saved.state.data_position
+            ),
+            (2, 1, 0)
+        );
+        assert_eq!(saved.state.val_top1, Some(top1));
+        let by_name = |mut tensors: Vec<TwinTensor>| {
+            tensors.sort_by(|a, b| a.name.cmp(&b.name));
+            tensors
+        };
+        let same = by_name(saved.weights) == by_name(weights(&trainer));
+        assert!(same, "the checkpoint holds the towers' weights");
+        let stopped = trainer.validate(1, &AtomicBool::new(true)).unwrap();
+        assert!(matches!(stopped, Validation::Stopped));
+        trainer.stop(1, false);
+        let summary = trainer.finish();
+        assert!(summary.stopped);
+        assert_eq!(summary.steps, 2);
+        assert_eq!(summary.checkpoint, Some(folder.clone()));
+        let text = String::from_utf8(out).unwrap();
+        let said = format!(
+            "stopped by a signal after step 2 of 4; saved {}",
+            folder.display()
+        );
+        assert!(text.contains(&said), "{text}");
+    }
+}
