@@ -6,13 +6,13 @@
 use alexnet::device::SgdStep;
 use alexnet::device::cuda::{CudaDevice, CudaOptions, probe};
 use alexnet::link::nccl::{self, NcclLink};
-use alexnet::link::watch::Watch;
 use alexnet::net::init::{InitScheme, init_twin};
 use alexnet::net::plan::Plan;
 use alexnet::placement::Placement;
 use alexnet::rng::Rng;
 use alexnet::tower::ParamSet;
 use alexnet::towers::{Batch, TowerPair};
+use alexnet::watch::Watch;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ fn available(gpus: usize) -> Result<(), String> {
     if count < gpus {
         return Err(format!("needs {gpus} GPUs, this machine has {count}"));
     }
-    nccl::version().map(drop)
+    alexnet::device::cuda::nccl_lib::version().map(drop)
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod losses;
 pub mod metrics;
 pub mod schedule;
 
@@ -57,7 +58,7 @@ pub struct RunSummary {
 }
 
 /// Sums of [`LossStats`] over several batches.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Running {
     stats: LossStats,
     images: usize,
@@ -123,15 +124,15 @@ pub enum Start {
     Resume(Box<Checkpoint>),
 }
 
-/// A smoothed loss within this fraction of ln(classes) counts as "not learning".
-const STUCK_BAND: f64 = 0.05;
-/// Steps near ln(classes) before the hint.
-const STUCK_STEPS: usize = 300;
-/// Weight of each step's loss in the smoothed loss (about a 50-step window).
-const SMOOTHING: f64 = 0.02;
-
 /// Runs `config` where `placement` says, writing progress to `out`, until
 /// its last step or until `stop` is set (then it saves and returns).
+///
+/// Steps are queued on the towers, which run ahead of the host by a few
+/// steps; their loss statistics are read at each progress line and before
+/// each checkpoint. A NaN or infinite loss is therefore found at the next
+/// such read (at most `log_every` steps, or the steps to the next
+/// checkpoint, after it) and reported with the step it came from; no
+/// checkpoint is written after it.
 pub fn train(
     config: &TrainConfig,
     placement: Placement,
@@ -237,7 +238,7 @@ pub fn train(
     let (mut window_start, mut window_waited) = (Instant::now(), 0.0);
     let mut reported = std::collections::HashSet::new();
     let mut skipped = 0usize;
-    let mut window = Running::default();
+    let mut losses = losses::Losses::new(plan.classes());
     let mut window_seconds = 0.0;
     let run_start = Instant::now();
     let mut summary = RunSummary {
@@ -257,8 +258,6 @@ pub fn train(
         skipped_images: 0,
         data_wait: 0.0,
     };
-    let chance = (plan.classes() as f64).ln();
-    let (mut stuck_steps, mut hinted, mut smoothed) = (0, false, None::<f64>);
     for step in first_step..total_steps {
         let (epoch, within) = (step / steps_per_epoch, step % steps_per_epoch);
         let lr = config
@@ -288,45 +287,23 @@ pub fn train(
             images: Arc::new(loaded.images),
             labels: Arc::new(loaded.labels),
         };
-        let stats = towers.train_step(&batch, derive(config.seed, step as u64), Some(sgd))?;
-        if !stats.loss_sum.is_finite() {
-            return Err(diverged(
-                step + 1,
-                "loss",
-                last_checkpoint.as_deref(),
-                &run_dir,
-            ));
-        }
-        let loss = stats.loss_sum / images_in_step as f64;
-        let smooth = smoothed.map_or(loss, |s| s + SMOOTHING * (loss - s));
-        smoothed = Some(smooth);
-        stuck_steps = if (smooth - chance).abs() < STUCK_BAND * chance {
-            stuck_steps + 1
-        } else {
-            0
-        };
-        if stuck_steps >= STUCK_STEPS && !hinted {
-            hinted = true;
-            say(
-                out,
-                &bar,
-                &format!(
-                    "hint: the loss has stayed near ln({}) = {chance:.3}, chance level, for {STUCK_STEPS} steps: \
-                 the paper's N(0, 0.01²) initialization is known to stall here; try --init he, or a smaller --lr",
-                    plan.classes()
-                ),
-            );
-        }
-        window.add(stats, images_in_step);
+        towers.queue_step(&batch, derive(config.seed, step as u64), Some(sgd))?;
+        losses.queued(step, images_in_step);
         window_seconds += step_start.elapsed().as_secs_f64();
         summary.steps = step + 1;
         bar.set_position((step + 1) as u64);
-        bar.set_message(bar_message(
-            window.loss(),
-            window.images as f64 / window_seconds.max(1e-9),
-        ));
         let last = step + 1 == total_steps;
         if (step + 1) % config.log_every == 0 || last {
+            read_losses(
+                &mut losses,
+                &towers,
+                &mut window_seconds,
+                last_checkpoint.as_deref(),
+                &run_dir,
+                out,
+                &bar,
+            )?;
+            let window = &losses.window;
             let images_per_s = window.images as f64 / window_seconds;
             if !config.quiet {
                 say(
@@ -365,7 +342,7 @@ pub fn train(
                 ],
             )?;
             summary.final_loss = window.loss();
-            window = Running::default();
+            losses.window = Running::default();
             window_seconds = 0.0;
             (window_start, window_waited) = (Instant::now(), stream.waited_s());
         }
@@ -386,6 +363,15 @@ pub fn train(
             progress.finish();
             note_skipped(&val_skipped, &mut reported_val, out, &bar);
             let Some(val) = val? else {
+                read_losses(
+                    &mut losses,
+                    &towers,
+                    &mut window_seconds,
+                    last_checkpoint.as_deref(),
+                    &run_dir,
+                    out,
+                    &bar,
+                )?;
                 let (folder, _) = save(
                     &towers,
                     run_state(
@@ -459,6 +445,15 @@ pub fn train(
         let stopping = stop.load(Ordering::SeqCst);
         let periodic = config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0;
         if epoch_end || last || periodic || stopping {
+            read_losses(
+                &mut losses,
+                &towers,
+                &mut window_seconds,
+                last_checkpoint.as_deref(),
+                &run_dir,
+                out,
+                &bar,
+            )?;
             let (folder, weights) = save(
                 &towers,
                 run_state(
@@ -554,6 +549,39 @@ fn progress_bar(total: usize, done: usize, target: ProgressDrawTarget) -> Progre
     );
     bar.set_position(done as u64);
     bar
+}
+
+/// Reads the queued steps' loss statistics into `losses`: fails, naming the
+/// step, at a NaN or infinite loss; says the stuck-loss hint when it first
+/// applies; shows the window's loss and speed on the bar. The read waits
+/// for the queued steps to finish, and that wait counts in the window's
+/// `window_seconds`.
+fn read_losses(
+    losses: &mut losses::Losses,
+    towers: &TowerPair,
+    window_seconds: &mut f64,
+    last_good: Option<&Path>,
+    run_dir: &Path,
+    out: &mut dyn Write,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let start = Instant::now();
+    let read = losses.read(towers)?;
+    *window_seconds += start.elapsed().as_secs_f64();
+    if let Some(step) = read.diverged_at {
+        return Err(diverged(step, "loss", last_good, run_dir));
+    }
+    if let Some(hint) = read.hint {
+        bar.suspend(|| {
+            let _ = writeln!(out, "{hint}");
+        });
+    }
+    let window = &losses.window;
+    bar.set_message(bar_message(
+        window.loss(),
+        window.images as f64 / window_seconds.max(1e-9),
+    ));
+    Ok(())
 }
 
 fn diverged(step: usize, what: &str, last_good: Option<&Path>, run_dir: &Path) -> Error {

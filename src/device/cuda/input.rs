@@ -2,7 +2,7 @@
 //! copied to the GPU (a quarter of the bytes of its f32 input) and turned
 //! into the net's input there.
 
-use super::{CudaDevice, grid, need, u32_of};
+use super::{CudaDevice, need};
 use crate::data::input;
 use crate::error::{Error, Result};
 use cudarc::driver::CudaSlice;
@@ -29,8 +29,6 @@ impl CudaDevice {
     ) -> Result<()> {
         input::check_u8(pixels, offsets, pixels.len()).map_err(Error::Training)?;
         need(y, pixels.len(), "net input")?;
-        let n = u32_of(pixels.len());
-        let plane = u32_of(pixels.len() / offsets.len());
         let stream = &self.stream;
         let staging = &mut self.staging;
         if staging.pixels.as_ref().map(CudaSlice::len) != Some(pixels.len()) {
@@ -48,7 +46,10 @@ impl CudaDevice {
             );
         }
         let (Some(dp), Some(doff)) = (staging.pixels.as_mut(), staging.offsets.as_mut()) else {
-            unreachable!("allocated above");
+            return Err(Error::cuda(
+                "the u8 input",
+                "its buffers were not allocated",
+            ));
         };
         stream
             .memcpy_htod(pixels, dp)
@@ -56,14 +57,9 @@ impl CudaDevice {
         stream
             .memcpy_htod(offsets, doff)
             .map_err(|e| Error::cuda("copying input offsets to the GPU", e))?;
-        let (Some(dp), Some(doff)) = (&self.staging.pixels, &self.staging.offsets) else {
-            unreachable!("allocated above");
-        };
-        let ptrs = [self.ptr(dp), self.ptr(doff), self.ptr(y)];
-        self.launch(
-            &self.kernels.input_from_u8,
-            grid(pixels.len()),
-            &[&ptrs[0], &ptrs[1], &ptrs[2], &n, &plane],
-        )
+        let plane = pixels.len() / offsets.len();
+        self.kernels
+            .input
+            .from_u8(stream, dp, doff, y, pixels.len(), plane)
     }
 }
