@@ -214,7 +214,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         self.dropout_key = dropout_key;
         let b = &mut self.buffers;
         match images {
-            Images::F32(v) => self.device.upload(v, &mut b.input)?,
+            Images::F32(v) => self.device.input_from_f32(v, &mut b.input)?,
             Images::U8 { pixels, offsets } => {
                 self.device.input_from_u8(pixels, offsets, &mut b.input)?
             }

@@ -132,6 +132,9 @@ impl<D: Device> Device for Faulty<D> {
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
         self.inner.input_from_u8(pixels, offsets, y)
     }
+    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()> {
+        self.inner.input_from_f32(images, y)
+    }
     fn conv_forward(
         &mut self,
         x: &Self::Buf,

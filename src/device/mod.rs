@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod faults;
+pub mod run_ahead;
 
 use crate::error::Result;
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
@@ -45,6 +46,11 @@ pub trait Device {
     /// offsets[n][c]` (§2's scaling and mean, §4.1's lighting), as
     /// [`crate::data::input::u8_to_f32`] computes it.
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()>;
+    /// The net's input from f32 images (NCHW, image after image), as
+    /// [`Device::upload`] but staged for overlap: a GPU copies it from
+    /// pinned memory on a stream of its own while it still computes the
+    /// previous batch.
+    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()>;
     /// Copies a buffer to the host.
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>>;
     /// Waits until every queued operation has finished (for per-layer timing

@@ -67,6 +67,11 @@ impl<T: Real> Device for CpuDevice<T> {
         Ok(())
     }
 
+    /// Nothing to overlap on the CPU: the same as [`Device::upload`].
+    fn input_from_f32(&mut self, images: &[f32], y: &mut Vec<T>) -> Result<()> {
+        self.upload(images, y)
+    }
+
     fn download(&mut self, src: &Vec<T>) -> Result<Vec<f32>> {
         Ok(src.iter().map(|v| v.wide() as f32).collect())
     }

@@ -25,21 +25,21 @@ pub mod kernels;
 pub mod nccl_lib;
 pub mod probe;
 
+use super::run_ahead::RunAhead;
 use super::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 use crate::watch::Watch;
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, DeviceSlice, LaunchConfig,
     ValidAsZeroBits,
 };
 use kernels::Kernels;
 use kernels::reduce::{BiasGrad, Loss};
-use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
 
 pub use conv::WORKSPACE_LIMIT;
+pub use input::{LABEL_TURNS, TURNS as INPUT_TURNS};
 use std::sync::Arc;
 
 /// How a CUDA device computes.
@@ -57,14 +57,13 @@ pub struct CudaDevice {
     /// cuDNN's and cuBLAS's destroy calls.
     convs: ManuallyDrop<conv::Convolutions>,
     blas: ManuallyDrop<fc::Blas>,
-    labels: Option<CudaSlice<u32>>,
     /// {−log p(label), top-1 hit, top-5 hit} of each image of the last loss.
     per_image: Option<CudaSlice<f64>>,
     /// Three sums per loss not yet taken, in order ([`Device::take_loss_stats`]).
     loss_sums: Option<CudaSlice<f64>>,
     losses_pending: usize,
-    /// An event at the end of each queued step, oldest first ([`Device::end_step`]).
-    steps: VecDeque<CudaEvent>,
+    /// An event at the end of each queued step ([`Device::end_step`]).
+    steps: RunAhead<CudaEvent>,
     /// Per-chunk sums of the bias gradient's first pass.
     bias_partials: Option<CudaSlice<f32>>,
     /// The pair this tower belongs to and its rank: a wait for this stream
@@ -108,20 +107,18 @@ impl CudaDevice {
             .map_err(|e| Error::cuda("creating a stream", e))?;
         let kernels = Arc::new(Kernels::load(&ctx)?);
         let convs = conv::Convolutions::new(Arc::clone(&stream), options.tf32)?;
-        let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::cuda("cuBLAS", e))?;
         Ok(CudaDevice {
-            blas: ManuallyDrop::new(fc::Blas::new(blas, options.tf32)?),
+            blas: ManuallyDrop::new(fc::Blas::new(Arc::clone(&stream), options.tf32)?),
             stream,
             kernels,
             convs: ManuallyDrop::new(convs),
-            labels: None,
             per_image: None,
             loss_sums: None,
             losses_pending: 0,
-            steps: VecDeque::new(),
+            steps: RunAhead::default(),
             bias_partials: None,
             watch: None,
-            staging: input::Staging::default(),
+            staging: input::Staging::new(&ctx)?,
         })
     }
 
@@ -176,10 +173,6 @@ impl CudaDevice {
             }),
         }
     }
-
-    fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
-        buf.device_ptr(&self.stream).0
-    }
 }
 
 impl Drop for CudaDevice {
@@ -203,7 +196,7 @@ impl Drop for CudaDevice {
 }
 
 /// Fails unless `buf` holds at least `len` elements.
-pub(crate) fn need<T>(buf: &CudaSlice<T>, len: usize, what: &str) -> Result<()> {
+pub(crate) fn need<T>(buf: &impl DeviceSlice<T>, len: usize, what: &str) -> Result<()> {
     if buf.len() < len {
         return Err(Error::cuda(
             what,
@@ -211,6 +204,11 @@ pub(crate) fn need<T>(buf: &CudaSlice<T>, len: usize, what: &str) -> Result<()> 
         ));
     }
     Ok(())
+}
+
+/// Where source `src`'s part of a buffer laid out `[source][len]` lies.
+fn part(src: usize, len: usize) -> std::ops::Range<usize> {
+    src * len..(src + 1) * len
 }
 
 /// A zeroed buffer of `len` elements on `stream`.
@@ -246,6 +244,10 @@ impl Device for CudaDevice {
 
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
         self.u8_input(pixels, offsets, y)
+    }
+
+    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()> {
+        self.f32_input(images, y)
     }
 
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>> {
@@ -294,10 +296,8 @@ impl Device for CudaDevice {
             u32_of(s.out_h * s.out_w),
         )?;
         for (src, w) in w.iter().enumerate() {
-            need(w, s.block_len(), "conv weights")?;
-            let x_src = self.ptr(x) + (src * in_len * 4) as u64;
-            let (w, y) = (self.ptr(w), self.ptr(y));
-            self.convs.forward(s, batch, x_src, w, y)?;
+            let x_src = x.slice(part(src, in_len));
+            self.convs.forward(s, batch, &x_src, w, y)?;
         }
         Ok(())
     }
@@ -321,20 +321,15 @@ impl Device for CudaDevice {
             "conv output gradient",
         )?;
         self.bias_grad(dy, dbias, batch, s.out_c, s.out_h * s.out_w)?;
-        let dy_ptr = self.ptr(dy);
-        for (src, dw) in dw.iter().enumerate() {
-            need(dw, s.block_len(), "conv weight gradient")?;
-            let x_src = self.ptr(x) + (src * in_len * 4) as u64;
-            let dw_src = self.ptr(dw);
-            self.convs
-                .backward_filter(s, batch, x_src, dy_ptr, dw_src)?;
+        for (src, dw) in dw.iter_mut().enumerate() {
+            let x_src = x.slice(part(src, in_len));
+            self.convs.backward_filter(s, batch, &x_src, dy, dw)?;
         }
         if let Some(dx) = dx {
             need(dx, s.sources * in_len, "conv input gradient")?;
             for (src, w) in w.iter().enumerate() {
-                let dx_src = self.ptr(dx) + (src * in_len * 4) as u64;
-                let w = self.ptr(w);
-                self.convs.backward_data(s, batch, w, dy_ptr, dx_src)?;
+                let mut dx_src = dx.slice_mut(part(src, in_len));
+                self.convs.backward_data(s, batch, w, dy, &mut dx_src)?;
             }
         }
         Ok(())
@@ -361,11 +356,9 @@ impl Device for CudaDevice {
             u32_of(s.outputs),
             1,
         )?;
+        let dims = [batch, s.inputs, s.outputs];
         for (src, w) in w.iter().enumerate() {
-            need(w, s.block_len(), "fc weights")?;
-            let x_src = self.ptr(x) + (src * in_len * 4) as u64;
-            self.blas
-                .forward(batch, s.inputs, s.outputs, x_src, self.ptr(w), self.ptr(y))?;
+            self.blas.forward(dims, &x.slice(part(src, in_len)), w, y)?;
         }
         Ok(())
     }
@@ -385,19 +378,16 @@ impl Device for CudaDevice {
         need(x, s.sources * in_len, "fc input")?;
         need(dy, batch * s.outputs, "fc output gradient")?;
         self.bias_grad(dy, dbias, batch, s.outputs, 1)?;
-        let dy_ptr = self.ptr(dy);
-        for (src, dw) in dw.iter().enumerate() {
-            need(dw, s.block_len(), "fc weight gradient")?;
-            let x_src = self.ptr(x) + (src * in_len * 4) as u64;
+        let dims = [batch, s.inputs, s.outputs];
+        for (src, dw) in dw.iter_mut().enumerate() {
             self.blas
-                .weight_grad(batch, s.inputs, s.outputs, x_src, dy_ptr, self.ptr(dw))?;
+                .weight_grad(dims, &x.slice(part(src, in_len)), dy, dw)?;
         }
         if let Some(dx) = dx {
             need(dx, s.sources * in_len, "fc input gradient")?;
             for (src, w) in w.iter().enumerate() {
-                let dx_src = self.ptr(dx) + (src * in_len * 4) as u64;
-                self.blas
-                    .input_grad(batch, s.inputs, s.outputs, self.ptr(w), dy_ptr, dx_src)?;
+                let mut dx_src = dx.slice_mut(part(src, in_len));
+                self.blas.input_grad(dims, w, dy, &mut dx_src)?;
             }
         }
         Ok(())
@@ -516,10 +506,10 @@ impl Device for CudaDevice {
             per_tower,
             tower,
         };
+        let turn = self.stage_labels(labels)?;
         let stream = &self.stream;
-        if self.labels.as_ref().is_none_or(|l| l.len() != batch) {
-            // Older buffers are freed in stream order, after the work queued on them.
-            self.labels = Some(zeros(stream, batch, "labels")?);
+        if self.per_image.as_ref().is_none_or(|l| l.len() != 3 * batch) {
+            // An older buffer is freed in stream order, after the work queued on it.
             self.per_image = Some(zeros(stream, 3 * batch, "loss statistics")?);
         }
         let at = 3 * self.losses_pending;
@@ -534,18 +524,11 @@ impl Device for CudaDevice {
             }
             self.loss_sums = Some(grown);
         }
-        let (Some(device_labels), Some(per_image), Some(sums)) = (
-            self.labels.as_mut(),
-            self.per_image.as_mut(),
-            self.loss_sums.as_mut(),
-        ) else {
+        let device_labels = self.staging.labels(turn)?;
+        let (Some(per_image), Some(sums)) = (self.per_image.as_mut(), self.loss_sums.as_mut())
+        else {
             return Err(Error::cuda("the loss", "its buffers were not allocated"));
         };
-        // From pageable memory: the driver stages the labels before this
-        // returns, so they may go at once.
-        stream
-            .memcpy_htod(labels, device_labels)
-            .map_err(|e| Error::cuda("copying labels", e))?;
         let reduce = &self.kernels.reduce;
         reduce.softmax_cross_entropy(stream, logits, device_labels, dlogits, per_image, shape)?;
         // The next loss overwrites `per_image` after this sum, in stream order.
@@ -583,13 +566,10 @@ impl Device for CudaDevice {
             .stream
             .record_event(None)
             .map_err(|e| Error::cuda("marking the end of a step", e))?;
-        self.steps.push_back(event);
-        while self.steps.len() > queued {
-            if let Some(oldest) = self.steps.pop_front() {
-                self.wait_for(&oldest)?;
-            }
-        }
-        Ok(())
+        let mut steps = std::mem::take(&mut self.steps);
+        let waited = steps.end_step(event, queued, |oldest| self.wait_for(oldest));
+        self.steps = steps;
+        waited
     }
 
     fn sgd_update(
