@@ -617,6 +617,59 @@ mod tests {
     }
 
     #[test]
+    fn statistics_read_later_are_each_queued_steps_in_order() {
+        let plan = Arc::new(Plan::load("small").unwrap());
+        let init = init_twin(&plan, InitScheme::He, 3);
+        let (batch, classes) = (2, plan.classes() as u32);
+        let steps: Vec<Batch> = (0..4u32)
+            .map(|k| Batch {
+                images: Arc::new(
+                    (0..batch * plan.input.len())
+                        .map(|i| ((i as u32 * 7 + k * 13) % 17) as f32 / 17.0)
+                        .collect::<Vec<f32>>()
+                        .into(),
+                ),
+                labels: Arc::new(vec![k % classes, (k + 3) % classes]),
+            })
+            .collect();
+        let sgd = SgdStep {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        };
+        // Read after each step, and an evaluation after the second.
+        let at_once = TowerPair::cpu::<f32>(Arc::clone(&plan), batch, &init).unwrap();
+        let mut want = Vec::new();
+        let mut want_eval = None;
+        for (k, step) in steps.iter().enumerate() {
+            want.push(at_once.train_step(step, k as u64, Some(sgd)).unwrap());
+            if k == 1 {
+                want_eval = Some(at_once.evaluate(&steps[0]).unwrap());
+            }
+        }
+        // Queued, with the same evaluation between, and read at the end.
+        let later = TowerPair::cpu::<f32>(Arc::clone(&plan), batch, &init).unwrap();
+        let mut got_eval = None;
+        for (k, step) in steps.iter().enumerate() {
+            later.queue_step(step, k as u64, Some(sgd)).unwrap();
+            if k == 1 {
+                got_eval = Some(later.evaluate(&steps[0]).unwrap());
+            }
+        }
+        assert_eq!(later.take_stats().unwrap(), want);
+        assert_eq!(got_eval, want_eval);
+        assert!(later.take_stats().unwrap().is_empty());
+        assert!(want.iter().all(|s| s.loss_sum > 0.0));
+        let (a, b) = (
+            at_once.download(ParamSet::Weights).unwrap(),
+            later.download(ParamSet::Weights).unwrap(),
+        );
+        for (a, b) in a.iter().zip(&b) {
+            assert!(a.data == b.data, "{}", a.name);
+        }
+    }
+
+    #[test]
     fn a_tower_that_panics_releases_the_other_with_the_panic() {
         let plan = Arc::new(Plan::load("small").unwrap());
         // A minute's timeout: only the panic's record ends the wait soon.
