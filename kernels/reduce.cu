@@ -1,7 +1,8 @@
-// Reductions: the bias gradient and softmax cross-entropy over logits split
-// across the towers. Both are deterministic: every sum is taken in an order
-// fixed by the shapes alone (fixed chunks, fixed trees), never by atomics or
-// by the order blocks happen to run in.
+// Reductions: the bias gradient, softmax cross-entropy over logits split
+// across the towers, and a batch's loss statistics. All are deterministic:
+// every sum is taken in an order fixed by the shapes alone (fixed chunks,
+// fixed trees, image order), never by atomics or by the order blocks happen
+// to run in.
 
 #define BIAS_THREADS 256
 #define LOSS_THREADS 256
@@ -119,4 +120,24 @@ extern "C" __global__ void softmax_cross_entropy_f32(
         }
 #undef LOGIT
     }
+}
+
+// One batch's loss statistics from the per-image ones softmax_cross_entropy_f32
+// wrote: out = {sum of -log p(label), top-1 hits, top-5 hits}, summed in image
+// order (as the host summed them before, so the sums are the same bit for
+// bit). A single thread: a batch is a few hundred images, and the sums stay
+// on the GPU until the host asks for a run of them.
+extern "C" __global__ void loss_stats_sum_f64(
+    const double* __restrict__ per_image, unsigned int batch, double* __restrict__ out)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double loss = 0.0, top1 = 0.0, top5 = 0.0;
+    for (unsigned int n = 0; n < batch; ++n) {
+        loss += per_image[3 * n];
+        top1 += per_image[3 * n + 1] > 0.5 ? 1.0 : 0.0;
+        top5 += per_image[3 * n + 2] > 0.5 ? 1.0 : 0.0;
+    }
+    out[0] = loss;
+    out[1] = top1;
+    out[2] = top5;
 }

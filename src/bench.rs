@@ -166,7 +166,11 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         momentum: 0.9,
         weight_decay: 5e-4,
     };
-    // Each timed step's wall time, and tower 0's per-layer times of it.
+    // Each timed step's wall time, and tower 0's per-layer times of it. A
+    // training step is queued (the towers run a few steps ahead, as in
+    // training): after the warm-up fills the queue, each step's time is
+    // that of one step through the GPU, and the wait for the last ones to
+    // finish counts in the last step's.
     let time = |f: &mut dyn FnMut(u64) -> Result<()>| -> Result<(Vec<f64>, Vec<Vec<LayerTiming>>)> {
         for i in 0..config.warmup {
             f(i as u64)?;
@@ -175,6 +179,9 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         for i in 0..config.steps {
             let start = Instant::now();
             f((config.warmup + i) as u64)?;
+            if i + 1 == config.steps {
+                towers.take_stats()?;
+            }
             steps.push(start.elapsed().as_secs_f64());
             layers.push(towers.timings()?);
         }
@@ -187,11 +194,11 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
                 *layer = towers.timings()?;
             }
             towers.set_profile(false)?;
+            towers.take_stats()?;
         }
         Ok((steps, layers))
     };
-    let (train, train_layers) =
-        time(&mut |key| towers.train_step(&batch, key, Some(sgd)).map(drop))?;
+    let (train, train_layers) = time(&mut |key| towers.queue_step(&batch, key, Some(sgd)))?;
     let (inference, inference_layers) = time(&mut |_| towers.evaluate(&batch).map(drop))?;
     let exchange_s = median(
         train_layers

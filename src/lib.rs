@@ -27,3 +27,4 @@ pub mod tensorboard;
 pub mod tower;
 pub mod towers;
 pub mod train;
+pub mod watch;

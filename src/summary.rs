@@ -62,8 +62,12 @@ impl DevicePeak {
             .map(|e| e.elements * 4)
             .max()
             .unwrap_or(0);
-        // Labels (u32) and per-image loss statistics (3 × f64).
-        let per_batch = batch * 4 + batch * 3 * 8;
+        // The input staged in turns (f32 images at most: u8 crops and their
+        // offsets take less), the labels (u32) in turns, and per-image loss
+        // statistics (3 × f64).
+        use crate::device::cuda::{INPUT_TURNS, LABEL_TURNS};
+        let per_batch =
+            INPUT_TURNS * batch * plan.input.len() * 4 + LABEL_TURNS * batch * 4 + batch * 3 * 8;
         let tower = MemoryEstimate::for_tower(plan, batch).total() + scratch + per_batch;
         DevicePeak {
             tensors: towers * tower,
@@ -261,7 +265,8 @@ mod tests {
         let independent = 4 * (3 * held + tower.activation_elements());
         let peak = DevicePeak::new(&plan, batch, 1);
         let extras = peak.tensors - independent;
-        // Only the labels, the loss statistics and the copy scratch remain.
+        // Only the staged input and labels, the loss statistics and the
+        // copy scratch remain.
         let conv3_input = batch
             * plan
                 .layers
@@ -270,7 +275,8 @@ mod tests {
                 .unwrap()
                 .input
                 .len();
-        assert_eq!(extras, batch * 4 + batch * 24 + conv3_input * 4);
+        let staged = 2 * batch * plan.input.len() * 4 + 3 * batch * 4;
+        assert_eq!(extras, staged + batch * 24 + conv3_input * 4);
         assert_eq!(DevicePeak::new(&plan, batch, 2).tensors, 2 * peak.tensors);
         assert_eq!(peak.upper() - peak.tensors, 4 << 30);
     }

@@ -168,16 +168,43 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         self.buffers.elements
     }
 
-    /// Forward pass over `labels.len()` images, then the loss. With
-    /// `dropout_key` the pass is a training pass: dropout is on, and the
-    /// gradient of the loss with respect to this tower's logits is kept for
-    /// [`Tower::backward`].
-    pub fn forward(
+    /// One pass queued on the device: forward over `labels.len()` images and
+    /// the loss; with `dropout_key` a training pass (dropout on), also
+    /// backward and, with `sgd`, the update. The loss statistics stay on the
+    /// device ([`Tower::take_loss_stats`]); this returns once at most
+    /// `queued` passes are unfinished on the device (see [`Device::end_step`]).
+    pub fn step(
         &mut self,
         images: &Images,
         labels: &[u32],
         dropout_key: Option<u64>,
-    ) -> Result<LossStats> {
+        sgd: Option<SgdStep>,
+        queued: usize,
+    ) -> Result<()> {
+        self.forward(images, labels, dropout_key)?;
+        if dropout_key.is_some() {
+            self.backward()?;
+        }
+        // The pass's last exchange is behind: the next pass may overwrite
+        // what this one sent once the other tower has read it.
+        self.link.end_pass()?;
+        if let Some(step) = sgd.filter(|_| dropout_key.is_some()) {
+            self.update(step)?;
+        }
+        self.device.end_step(queued)
+    }
+
+    /// The loss statistics of every pass since the last take, oldest first
+    /// (waits for the device).
+    pub fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
+        self.device.take_loss_stats()
+    }
+
+    /// Forward pass over `labels.len()` images, then the loss. With
+    /// `dropout_key` the pass is a training pass: dropout is on, and the
+    /// gradient of the loss with respect to this tower's logits is kept for
+    /// [`Tower::backward`].
+    fn forward(&mut self, images: &Images, labels: &[u32], dropout_key: Option<u64>) -> Result<()> {
         let batch = labels.len();
         if batch != self.batch {
             self.buffers = Buffers::new(&mut self.device, &self.plan, batch)?;
@@ -186,7 +213,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         self.dropout_key = dropout_key;
         let b = &mut self.buffers;
         match images {
-            Images::F32(v) => self.device.upload(v, &mut b.input)?,
+            Images::F32(v) => self.device.input_from_f32(v, &mut b.input)?,
             Images::U8 { pixels, offsets } => {
                 self.device.input_from_u8(pixels, offsets, &mut b.input)?
             }
@@ -250,19 +277,22 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         self.timings[self.plan.layers.len()].exchange_s = exchange.elapsed().as_secs_f64();
         let dlogits = b.output_grads.last_mut().expect("a plan has layers");
         let per_tower = self.plan.logits_per_tower();
-        let stats = self.device.softmax_cross_entropy(
+        self.device.softmax_cross_entropy(
             &b.logits,
             labels,
             self.link.rank(),
             per_tower,
             dlogits,
         )?;
+        if self.profile {
+            self.device.fence()?;
+        }
         self.timings[self.plan.layers.len()].forward_s = start.elapsed().as_secs_f64();
-        Ok(stats)
+        Ok(())
     }
 
     /// Backward pass after a training [`Tower::forward`]: fills the parameter gradients.
-    pub fn backward(&mut self) -> Result<()> {
+    fn backward(&mut self) -> Result<()> {
         let batch = self.batch;
         let b = &mut self.buffers;
         let mut param_slot = self.params.len();
@@ -341,7 +371,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     }
 
     /// One momentum-SGD step on every weight and bias (paper §5).
-    pub fn update(&mut self, step: SgdStep) -> Result<()> {
+    fn update(&mut self, step: SgdStep) -> Result<()> {
         let start = Instant::now();
         for ((p, g), v) in self
             .params
@@ -360,11 +390,6 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         }
         self.timings[self.plan.layers.len() + 1].backward_s = start.elapsed().as_secs_f64();
         Ok(())
-    }
-
-    /// Waits until the device has finished everything queued (a GPU runs ahead of the CPU).
-    pub fn wait(&mut self) -> Result<()> {
-        self.device.fence()
     }
 
     /// With `on`, waits for the device after each layer so that

@@ -1,6 +1,12 @@
 //! Both towers, each on its own OS thread that owns its device and its end of
-//! the link (GPU handles are not `Send`); the caller's thread hands them
-//! batches over channels and waits for both.
+//! the link (GPU handles are not `Send`). The caller's thread hands each
+//! tower typed work (a closure over the tower) and waits for both answers,
+//! each on its own channel of the answer's type.
+//!
+//! A training step is queued, not waited for: a tower answers once its
+//! device holds the step's work and at most [`RUN_AHEAD`] steps are
+//! unfinished, and the loss statistics are read only when the caller asks
+//! ([`TowerPair::take_stats`]).
 
 use crate::data::input::Images;
 use crate::device::cpu::{CpuDevice, Real};
@@ -12,12 +18,11 @@ use crate::link::Link;
 use crate::link::copy::{CopyLink, CopyShared};
 use crate::link::host::HostLink;
 use crate::link::nccl::{self, NcclLink};
-use crate::link::rendezvous::Rendezvous;
-use crate::link::watch::Watch;
-use crate::net::params::{TwinTensor, join_towers, split_twin};
+use crate::net::params::{LayerParams, TwinTensor, join_towers, split_twin};
 use crate::net::plan::{Plan, TOWERS};
 use crate::placement::Placement;
 use crate::tower::{LayerTiming, ParamSet, Tower};
+use crate::watch::Watch;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,31 +36,65 @@ pub struct Batch {
     pub labels: Arc<Vec<u32>>,
 }
 
-enum Request {
-    /// Forward; with a dropout key also backward and, with `sgd`, an update.
-    Step {
-        batch: Batch,
+/// How many training steps a tower may have queued on its device, unfinished,
+/// when it answers: the host prepares step k + 1 while the GPU runs step k,
+/// and waits (for the event at the end of step k − 1) before it queues k + 2.
+pub const RUN_AHEAD: usize = 2;
+
+/// What a tower thread does for the caller, whatever its device and link.
+trait Work {
+    fn step(&mut self, batch: &Batch, dropout_key: Option<u64>, sgd: Option<SgdStep>)
+    -> Result<()>;
+    fn take_loss_stats(&mut self) -> Result<Vec<LossStats>>;
+    fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>>;
+    fn upload(&mut self, which: ParamSet, params: &[LayerParams<Vec<f32>>]) -> Result<()>;
+    fn logits(&mut self) -> Result<Vec<f32>>;
+    fn timings(&self) -> Vec<LayerTiming>;
+    fn set_profile(&mut self, on: bool);
+}
+
+impl<D: Device, L: Link<D::Buf>> Work for Tower<D, L> {
+    fn step(
+        &mut self,
+        batch: &Batch,
         dropout_key: Option<u64>,
         sgd: Option<SgdStep>,
-    },
-    Download(ParamSet),
-    Upload(ParamSet, Vec<crate::net::params::LayerParams<Vec<f32>>>),
-    Logits,
-    Timings,
-    Profile(bool),
+    ) -> Result<()> {
+        Tower::step(
+            self,
+            &batch.images,
+            &batch.labels,
+            dropout_key,
+            sgd,
+            RUN_AHEAD,
+        )
+    }
+    fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
+        Tower::take_loss_stats(self)
+    }
+    fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>> {
+        Tower::download(self, which)
+    }
+    fn upload(&mut self, which: ParamSet, params: &[LayerParams<Vec<f32>>]) -> Result<()> {
+        Tower::upload(self, which, params)
+    }
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        Tower::logits(self)
+    }
+    fn timings(&self) -> Vec<LayerTiming> {
+        Tower::timings(self).to_vec()
+    }
+    fn set_profile(&mut self, on: bool) {
+        Tower::set_profile(self, on);
+    }
 }
 
-enum Reply {
-    Stats(LossStats),
-    Params(Vec<crate::net::params::LayerParams<Vec<f32>>>),
-    Logits(Vec<f32>),
-    Timings(Vec<LayerTiming>),
-    Done,
-}
+/// One piece of work for a tower thread; it answers on its own channel and
+/// says whether the tower may go on (false after a failure).
+type Job = Box<dyn FnOnce(&mut dyn Work) -> bool + Send>;
 
 struct Worker {
-    requests: Sender<Request>,
-    replies: Receiver<Result<Reply>>,
+    jobs: Sender<Job>,
     thread: JoinHandle<()>,
 }
 
@@ -65,6 +104,9 @@ pub struct TowerPair {
     workers: Vec<Worker>,
     watch: Arc<Watch>,
     link_note: String,
+    /// Loss statistics read from the towers but not yet given to the
+    /// caller (those of queued steps read along with an evaluation's).
+    untaken: Mutex<Vec<LossStats>>,
 }
 
 impl TowerPair {
@@ -132,7 +174,7 @@ impl TowerPair {
         options: CudaOptions,
     ) -> Result<TowerPair> {
         let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
-        let shared: CopyShared = Arc::new(Rendezvous::new(Arc::clone(&watch)));
+        let shared = CopyShared::new(Arc::clone(&watch));
         let device_watch = Arc::clone(&watch);
         let pair = TowerPair::spawn(
             plan,
@@ -159,7 +201,8 @@ impl TowerPair {
         ordinals: [usize; TOWERS],
         options: CudaOptions,
     ) -> Result<TowerPair> {
-        let version = nccl::version().map_err(|why| Error::cuda("NCCL", why))?;
+        let version =
+            crate::device::cuda::nccl_lib::version().map_err(|why| Error::cuda("NCCL", why))?;
         let id = nccl::new_id()?;
         let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
         let (link_watch, device_watch) = (Arc::clone(&watch), Arc::clone(&watch));
@@ -183,7 +226,7 @@ impl TowerPair {
 
     /// Waits until both towers are built, returning the first failure.
     fn ready(&self) -> Result<()> {
-        self.ask(|| Request::Profile(false)).map(drop)
+        self.set_profile(false)
     }
 
     /// How the towers meet, in one line.
@@ -215,8 +258,7 @@ impl TowerPair {
         let make = Arc::new((build, connect));
         let mut workers = Vec::with_capacity(TOWERS);
         for (rank, host_params) in split.into_iter().enumerate() {
-            let (requests, inbox) = channel::<Request>();
-            let (outbox, replies) = channel::<Result<Reply>>();
+            let (jobs, inbox) = channel::<Job>();
             let place = watch.place(rank).to_string();
             let (plan, make, watch) = (Arc::clone(&plan), Arc::clone(&make), Arc::clone(&watch));
             let thread = std::thread::Builder::new()
@@ -237,22 +279,12 @@ impl TowerPair {
                     drop(host_params);
                     let mut tower = match built {
                         Ok(tower) => tower,
-                        Err(e) => {
-                            watch.fail(rank, &e);
-                            let _ = outbox.send(Err(e));
-                            return;
-                        }
+                        // Recorded before the thread ends: the caller's
+                        // first job finds this error in the watch.
+                        Err(e) => return watch.fail(rank, &e),
                     };
-                    for request in inbox {
-                        let reply = serve(&mut tower, request);
-                        if let Err(e) = &reply {
-                            // Recorded before the tower (its link first)
-                            // is dropped, so the other tower is released
-                            // with this error rather than a bare "stopped".
-                            watch.fail(rank, e);
-                        }
-                        let failed = reply.is_err();
-                        if outbox.send(reply).is_err() || failed {
+                    for job in inbox {
+                        if !job(&mut tower) {
                             return;
                         }
                     }
@@ -262,36 +294,50 @@ impl TowerPair {
                     place,
                     message: format!("cannot start its thread: {e}"),
                 })?;
-            workers.push(Worker {
-                requests,
-                replies,
-                thread,
-            });
+            workers.push(Worker { jobs, thread });
         }
         Ok(TowerPair {
             plan,
             workers,
             watch,
             link_note: "towers meet through host memory".into(),
+            untaken: Mutex::new(Vec::new()),
         })
     }
 
-    fn ask(&self, make: impl Fn() -> Request) -> Result<Vec<Reply>> {
-        for (rank, w) in self.workers.iter().enumerate() {
-            w.requests.send(make()).map_err(|_| self.stopped(rank))?;
+    /// Gives tower r the work `work[r]` and waits for both answers, or for
+    /// the pair's first failure as soon as either tower fails (never for a
+    /// tower that will not answer).
+    fn ask_each<R, W>(&self, work: [W; TOWERS]) -> Result<Vec<R>>
+    where
+        R: Send + 'static,
+        W: FnOnce(&mut dyn Work) -> Result<R> + Send + 'static,
+    {
+        let mut answers = Vec::with_capacity(TOWERS);
+        for (rank, work) in work.into_iter().enumerate() {
+            answers.push(self.give(rank, work)?);
         }
-        (0..self.workers.len())
-            .map(|rank| self.reply(rank))
+        answers
+            .iter()
+            .enumerate()
+            .map(|(rank, receive)| self.answer(rank, receive))
             .collect()
     }
 
-    /// Tower `rank`'s reply, or the pair's first failure as soon as either
-    /// tower fails (never a wait for a tower that will not answer).
-    fn reply(&self, rank: usize) -> Result<Reply> {
-        let worker = &self.workers[rank];
+    /// Gives both towers the work `make` makes.
+    fn ask<R, W>(&self, make: impl Fn() -> W) -> Result<Vec<R>>
+    where
+        R: Send + 'static,
+        W: FnOnce(&mut dyn Work) -> Result<R> + Send + 'static,
+    {
+        self.ask_each(std::array::from_fn(|_| make()))
+    }
+
+    /// Tower `rank`'s answer on `receive`, or the pair's first failure.
+    fn answer<R>(&self, rank: usize, receive: &Receiver<Result<R>>) -> Result<R> {
         loop {
-            match worker.replies.recv_timeout(REPLY_POLL) {
-                Ok(Ok(reply)) => return Ok(reply),
+            match receive.recv_timeout(REPLY_POLL) {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) => return Err(self.watch.failure().unwrap_or(e)),
                 Err(RecvTimeoutError::Timeout) => self.watch.check()?,
                 Err(RecvTimeoutError::Disconnected) => return Err(self.stopped(rank)),
@@ -300,10 +346,40 @@ impl TowerPair {
     }
 
     /// Asks tower 0 alone, for what does not involve the other tower.
-    fn ask_first(&self, request: Request) -> Result<Reply> {
-        let first = &self.workers[0];
-        first.requests.send(request).map_err(|_| self.stopped(0))?;
-        self.reply(0)
+    fn ask_first<R, W>(&self, work: W) -> Result<R>
+    where
+        R: Send + 'static,
+        W: FnOnce(&mut dyn Work) -> Result<R> + Send + 'static,
+    {
+        let receive = self.give(0, work)?;
+        self.answer(0, &receive)
+    }
+
+    /// Gives tower `rank` the work `work`; its answer comes on the channel returned.
+    fn give<R, W>(&self, rank: usize, work: W) -> Result<Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        W: FnOnce(&mut dyn Work) -> Result<R> + Send + 'static,
+    {
+        let (answer, receive) = channel::<Result<R>>();
+        let watch = Arc::clone(&self.watch);
+        let job: Job = Box::new(move |tower| {
+            let result = work(tower);
+            if let Err(e) = &result {
+                // Recorded before the tower (its link first) is dropped,
+                // so the other tower is released with this error rather
+                // than a bare "stopped".
+                watch.fail(rank, e);
+            }
+            let ok = result.is_ok();
+            let _ = answer.send(result);
+            ok
+        });
+        self.workers[rank]
+            .jobs
+            .send(job)
+            .map_err(|_| self.stopped(rank))?;
+        Ok(receive)
     }
 
     /// The pair's first failure, or that tower `rank`'s thread has ended.
@@ -315,76 +391,102 @@ impl TowerPair {
         })
     }
 
-    /// One training step: forward, backward and, with `sgd`, the update.
+    /// Queues one training step on both towers: forward, backward and, with
+    /// `sgd`, the update. Returns once both devices hold it and at most
+    /// [`RUN_AHEAD`] steps are unfinished; its loss statistics wait on the
+    /// device for [`TowerPair::take_stats`].
+    pub fn queue_step(&self, batch: &Batch, dropout_key: u64, sgd: Option<SgdStep>) -> Result<()> {
+        self.ask(|| {
+            let batch = batch.clone();
+            move |t: &mut dyn Work| t.step(&batch, Some(dropout_key), sgd)
+        })
+        .map(drop)
+    }
+
+    /// The loss statistics of every step queued since the last take, oldest
+    /// first (tower 0's; both towers compute the same). Waits for the devices.
+    pub fn take_stats(&self) -> Result<Vec<LossStats>> {
+        let read = self.read_stats()?;
+        let mut untaken = self.untaken.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = std::mem::take(&mut *untaken);
+        all.extend(read);
+        Ok(all)
+    }
+
+    /// Tower 0's loss statistics, read from both towers' devices.
+    fn read_stats(&self) -> Result<Vec<LossStats>> {
+        let mut towers = self.ask(|| |t: &mut dyn Work| t.take_loss_stats())?;
+        Ok(towers.swap_remove(0))
+    }
+
+    /// The statistics of the pass just queued; those of earlier queued
+    /// steps are kept for [`TowerPair::take_stats`].
+    fn take_last(&self) -> Result<LossStats> {
+        let mut read = self.read_stats()?;
+        let last = read
+            .pop()
+            .ok_or_else(|| Error::Training("a pass computed no loss".into()))?;
+        self.untaken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(read);
+        Ok(last)
+    }
+
+    /// One training step, waited for: [`TowerPair::queue_step`], then its
+    /// loss statistics.
     pub fn train_step(
         &self,
         batch: &Batch,
         dropout_key: u64,
         sgd: Option<SgdStep>,
     ) -> Result<LossStats> {
-        let replies = self.ask(|| Request::Step {
-            batch: batch.clone(),
-            dropout_key: Some(dropout_key),
-            sgd,
-        })?;
-        first_stats(replies)
+        self.queue_step(batch, dropout_key, sgd)?;
+        self.take_last()
     }
 
-    /// Forward only, dropout off.
+    /// Forward only, dropout off, waited for.
     pub fn evaluate(&self, batch: &Batch) -> Result<LossStats> {
-        let replies = self.ask(|| Request::Step {
-            batch: batch.clone(),
-            dropout_key: None,
-            sgd: None,
+        self.ask(|| {
+            let batch = batch.clone();
+            move |t: &mut dyn Work| t.step(&batch, None, None)
         })?;
-        first_stats(replies)
+        self.take_last()
     }
 
     /// The last forward pass's logits, `[image][class]` (both towers hold them; tower 0's).
     pub fn logits(&self) -> Result<Vec<f32>> {
-        match self.ask_first(Request::Logits)? {
-            Reply::Logits(l) => Ok(l),
-            _ => unreachable!("a logits request answers with logits"),
-        }
+        self.ask_first(|t: &mut dyn Work| t.logits())
     }
 
     /// Tower 0's per-layer wall times of the last step (see [`Tower::timings`]).
     pub fn timings(&self) -> Result<Vec<LayerTiming>> {
-        match self.ask_first(Request::Timings)? {
-            Reply::Timings(t) => Ok(t),
-            _ => unreachable!("a timings request answers with timings"),
-        }
+        self.ask_first(|t: &mut dyn Work| Ok(t.timings()))
     }
 
     /// Makes both towers wait for their device after each layer (see [`Tower::set_profile`]).
     pub fn set_profile(&self, on: bool) -> Result<()> {
-        self.ask(|| Request::Profile(on)).map(drop)
+        self.ask(|| {
+            move |t: &mut dyn Work| {
+                t.set_profile(on);
+                Ok(())
+            }
+        })
+        .map(drop)
     }
 
     /// Replaces weights, gradients or momentum with the twin's tensors `twin`.
     pub fn upload(&self, which: ParamSet, twin: &[TwinTensor]) -> Result<()> {
-        let split = split_twin(&self.plan, twin)?;
-        for ((rank, w), params) in self.workers.iter().enumerate().zip(split) {
-            w.requests
-                .send(Request::Upload(which, params))
-                .map_err(|_| self.stopped(rank))?;
-        }
-        for rank in 0..self.workers.len() {
-            self.reply(rank)?;
-        }
-        Ok(())
+        let split: [_; TOWERS] = split_twin(&self.plan, twin)?.try_into().map_err(|_| {
+            Error::Training("the twin's tensors split into the wrong number of towers".into())
+        })?;
+        self.ask_each(split.map(|params| move |t: &mut dyn Work| t.upload(which, &params)))
+            .map(drop)
     }
 
     /// Weights, gradients or momentum, joined into the twin's tensors.
     pub fn download(&self, which: ParamSet) -> Result<Vec<TwinTensor>> {
-        let towers = self
-            .ask(|| Request::Download(which))?
-            .into_iter()
-            .map(|r| match r {
-                Reply::Params(p) => p,
-                _ => unreachable!("a download answers with parameters"),
-            })
-            .collect::<Vec<_>>();
+        let towers = self.ask(|| move |t: &mut dyn Work| t.download(which))?;
         Ok(join_towers(&self.plan, &towers))
     }
 }
@@ -397,7 +499,7 @@ impl Drop for TowerPair {
         let failed = self.watch.failure().is_some();
         let grace = Instant::now() + Duration::from_secs(1);
         for w in self.workers.drain(..) {
-            drop(w.requests);
+            drop(w.jobs);
             if failed {
                 while !w.thread.is_finished() && Instant::now() < grace {
                     std::thread::sleep(Duration::from_millis(5));
@@ -442,45 +544,6 @@ impl Drop for FailOnPanic {
         if std::thread::panicking() {
             let bug = Error::Training("its thread panicked (a bug; the message is above)".into());
             self.watch.fail(self.rank, &bug);
-        }
-    }
-}
-
-fn first_stats(replies: Vec<Reply>) -> Result<LossStats> {
-    match replies.first() {
-        Some(Reply::Stats(s)) => Ok(*s),
-        _ => unreachable!("a step answers with statistics"),
-    }
-}
-
-fn serve<D: Device, L: Link<D::Buf>>(tower: &mut Tower<D, L>, request: Request) -> Result<Reply> {
-    match request {
-        Request::Step {
-            batch,
-            dropout_key,
-            sgd,
-        } => {
-            let stats = tower.forward(&batch.images, &batch.labels, dropout_key)?;
-            if dropout_key.is_some() {
-                tower.backward()?;
-                if let Some(step) = sgd {
-                    tower.update(step)?;
-                }
-            }
-            // A step's reply means the step is done, on a GPU too.
-            tower.wait()?;
-            Ok(Reply::Stats(stats))
-        }
-        Request::Download(which) => Ok(Reply::Params(tower.download(which)?)),
-        Request::Upload(which, params) => {
-            tower.upload(which, &params)?;
-            Ok(Reply::Done)
-        }
-        Request::Logits => Ok(Reply::Logits(tower.logits()?)),
-        Request::Timings => Ok(Reply::Timings(tower.timings().to_vec())),
-        Request::Profile(on) => {
-            tower.set_profile(on);
-            Ok(Reply::Done)
         }
     }
 }
@@ -551,6 +614,59 @@ mod tests {
                 dropping < Duration::from_millis(500),
                 "{fault:?}: {dropping:?}"
             );
+        }
+    }
+
+    #[test]
+    fn statistics_read_later_are_each_queued_steps_in_order() {
+        let plan = Arc::new(Plan::load("small").unwrap());
+        let init = init_twin(&plan, InitScheme::He, 3);
+        let (batch, classes) = (2, plan.classes() as u32);
+        let steps: Vec<Batch> = (0..4u32)
+            .map(|k| Batch {
+                images: Arc::new(
+                    (0..batch * plan.input.len())
+                        .map(|i| ((i as u32 * 7 + k * 13) % 17) as f32 / 17.0)
+                        .collect::<Vec<f32>>()
+                        .into(),
+                ),
+                labels: Arc::new(vec![k % classes, (k + 3) % classes]),
+            })
+            .collect();
+        let sgd = SgdStep {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        };
+        // Read after each step, and an evaluation after the second.
+        let at_once = TowerPair::cpu::<f32>(Arc::clone(&plan), batch, &init).unwrap();
+        let mut want = Vec::new();
+        let mut want_eval = None;
+        for (k, step) in steps.iter().enumerate() {
+            want.push(at_once.train_step(step, k as u64, Some(sgd)).unwrap());
+            if k == 1 {
+                want_eval = Some(at_once.evaluate(&steps[0]).unwrap());
+            }
+        }
+        // Queued, with the same evaluation between, and read at the end.
+        let later = TowerPair::cpu::<f32>(Arc::clone(&plan), batch, &init).unwrap();
+        let mut got_eval = None;
+        for (k, step) in steps.iter().enumerate() {
+            later.queue_step(step, k as u64, Some(sgd)).unwrap();
+            if k == 1 {
+                got_eval = Some(later.evaluate(&steps[0]).unwrap());
+            }
+        }
+        assert_eq!(later.take_stats().unwrap(), want);
+        assert_eq!(got_eval, want_eval);
+        assert!(later.take_stats().unwrap().is_empty());
+        assert!(want.iter().all(|s| s.loss_sum > 0.0));
+        let (a, b) = (
+            at_once.download(ParamSet::Weights).unwrap(),
+            later.download(ParamSet::Weights).unwrap(),
+        );
+        for (a, b) in a.iter().zip(&b) {
+            assert!(a.data == b.data, "{}", a.name);
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The floors of docs/architecture.md, top (0) to bottom, by top-level module.
-const FLOORS: [(&str, usize); 19] = [
+const FLOORS: [(&str, usize); 20] = [
     ("train", 1),
     ("infer", 1),
     ("bench", 1),
@@ -16,6 +16,7 @@ const FLOORS: [(&str, usize); 19] = [
     ("placement", 2),
     ("limits", 2),
     ("tower", 3),
+    ("watch", 4),
     ("device", 4),
     ("link", 4),
     ("net", 5),
@@ -104,7 +105,8 @@ fn resolve(modules: &BTreeMap<Module, PathBuf>, path: &[String]) -> Option<Modul
         .find(|m| modules.contains_key(m))
 }
 
-/// Which modules each module's code names (`crate::…`, `super::…`, a child's `name::…`).
+/// Which modules each module's code names (`crate::…`, `super::…`, a child's
+/// `name::…`), leaving out what a module takes from its own ancestors.
 fn imports(modules: &BTreeMap<Module, PathBuf>) -> BTreeMap<Module, BTreeSet<Module>> {
     let mut edges = BTreeMap::new();
     for (module, file) in modules {
@@ -139,8 +141,10 @@ fn imports(modules: &BTreeMap<Module, PathBuf>) -> BTreeMap<Module, BTreeSet<Mod
                 segs.remove(0);
             }
             base.extend(segs);
+            // A submodule using its parent's items (`super::…`) is part of
+            // its parent's room, not an arrow of its own.
             if let Some(target) = resolve(modules, &base)
-                && &target != module
+                && !module.starts_with(&target)
             {
                 named.insert(target);
             }

@@ -398,12 +398,17 @@ fn loss_and_update_match_the_cpu_device() {
         .collect();
     for tower in 0..TOWERS {
         let mut d = both(&mut gpu, vec![0.0; batch * per_tower]);
-        let want = cpu
-            .softmax_cross_entropy(&logits.cpu, &labels, tower, per_tower, &mut d.cpu)
+        cpu.softmax_cross_entropy(&logits.cpu, &labels, tower, per_tower, &mut d.cpu)
             .unwrap();
-        let got = gpu
-            .softmax_cross_entropy(&logits.gpu, &labels, tower, per_tower, &mut d.gpu)
+        gpu.softmax_cross_entropy(&logits.gpu, &labels, tower, per_tower, &mut d.gpu)
             .unwrap();
+        let (want, got) = (
+            cpu.take_loss_stats().unwrap(),
+            gpu.take_loss_stats().unwrap(),
+        );
+        let ([want], [got]) = (want.as_slice(), got.as_slice()) else {
+            panic!("one loss each: {want:?} and {got:?}");
+        };
         assert!(
             (got.loss_sum - want.loss_sum).abs() <= 1e-9 * want.loss_sum.abs(),
             "loss {got:?} vs {want:?}"

@@ -6,7 +6,6 @@
 use alexnet::device::SgdStep;
 use alexnet::device::cuda::{CudaDevice, CudaOptions, probe};
 use alexnet::link::nccl::{self, NcclLink};
-use alexnet::link::watch::Watch;
 use alexnet::net::init::init_twin;
 use alexnet::net::plan::Plan;
 use alexnet::net::spec::InitScheme;
@@ -14,6 +13,7 @@ use alexnet::placement::Placement;
 use alexnet::rng::Rng;
 use alexnet::tower::ParamSet;
 use alexnet::towers::{Batch, TowerPair};
+use alexnet::watch::Watch;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ fn available(gpus: usize) -> Result<(), String> {
     if count < gpus {
         return Err(format!("needs {gpus} GPUs, this machine has {count}"));
     }
-    nccl::version().map(drop)
+    alexnet::device::cuda::nccl_lib::version().map(drop)
 }
 
 #[test]

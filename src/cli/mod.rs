@@ -92,7 +92,7 @@ impl DeviceArgs {
             CudaOptions { tf32: self.tf32 },
         )?;
         if matches!(chosen.0, Placement::TwoGpus { .. }) {
-            alexnet::link::nccl::relaunch_with_unversioned_name()?;
+            alexnet::device::cuda::nccl_lib::relaunch_with_unversioned_name()?;
         }
         Ok(chosen)
     }

@@ -132,6 +132,9 @@ impl<D: Device> Device for Faulty<D> {
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
         self.inner.input_from_u8(pixels, offsets, y)
     }
+    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()> {
+        self.inner.input_from_f32(images, y)
+    }
     fn conv_forward(
         &mut self,
         x: &Self::Buf,
@@ -263,12 +266,17 @@ impl<D: Device> Device for Faulty<D> {
         tower: usize,
         per_tower: usize,
         dlogits: &mut Self::Buf,
-    ) -> Result<LossStats> {
-        let stats = self
-            .inner
+    ) -> Result<()> {
+        self.inner
             .softmax_cross_entropy(logits, labels, tower, per_tower, dlogits)?;
         self.passes += 1;
-        Ok(stats)
+        Ok(())
+    }
+    fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
+        self.inner.take_loss_stats()
+    }
+    fn end_step(&mut self, queued: usize) -> Result<()> {
+        self.inner.end_step(queued)
     }
     fn sgd_update(
         &mut self,

@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod faults;
+pub mod run_ahead;
 
 use crate::error::Result;
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
@@ -45,6 +46,11 @@ pub trait Device {
     /// offsets[n][c]` (§2's scaling and mean, §4.1's lighting), as
     /// [`crate::data::input::u8_to_f32`] computes it.
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()>;
+    /// The net's input from f32 images (NCHW, image after image), as
+    /// [`Device::upload`] but staged for overlap: a GPU copies it from
+    /// pinned memory on a stream of its own while it still computes the
+    /// previous batch.
+    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()>;
     /// Copies a buffer to the host.
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>>;
     /// Waits until every queued operation has finished (for per-layer timing
@@ -172,7 +178,9 @@ pub trait Device {
     /// Softmax cross-entropy over logits split across towers: `logits` is
     /// `[tower][image][per_tower]` (gathered), class `t · per_tower + u` is
     /// unit `u` of tower `t`. Writes the gradient of the batch-mean loss with
-    /// respect to this tower's own logits into `dlogits` (`[image][per_tower]`).
+    /// respect to this tower's own logits into `dlogits` (`[image][per_tower]`),
+    /// and keeps the batch's [`LossStats`] on the device for
+    /// [`Device::take_loss_stats`] (a GPU does not wait for them here).
     fn softmax_cross_entropy(
         &mut self,
         logits: &Self::Buf,
@@ -180,7 +188,14 @@ pub trait Device {
         tower: usize,
         per_tower: usize,
         dlogits: &mut Self::Buf,
-    ) -> Result<LossStats>;
+    ) -> Result<()>;
+    /// The [`LossStats`] of every [`Device::softmax_cross_entropy`] since the
+    /// last take, oldest first; waits for the device to compute them.
+    fn take_loss_stats(&mut self) -> Result<Vec<LossStats>>;
+    /// Marks the end of one step's queued work, then waits until at most
+    /// `queued` steps are unfinished: how far the host may run ahead of a
+    /// device that runs asynchronously (the CPU has nothing queued).
+    fn end_step(&mut self, queued: usize) -> Result<()>;
 
     /// Momentum SGD (paper §5): `v ← m·v − wd·lr·w − lr·g; w ← w + v`.
     fn sgd_update(

@@ -1,24 +1,39 @@
 //! The link by device copies: both towers on one GPU (emulation mode), or
 //! one tower per GPU where NCCL is missing or fails to start. Each tower
-//! publishes the address (and CUDA context) of what it sends; each copies
-//! what it needs onto its own GPU on its own stream (`cuMemcpyPeerAsync`:
-//! direct where the GPUs have peer access, which this link enables, staged
-//! through host memory by the driver otherwise), waits for it, and only then
-//! lets the other tower go on and overwrite its buffer.
+//! copies what it needs of the other's buffers onto its own GPU, on its own
+//! stream (`cuMemcpyPeerAsync`: direct where the GPUs have peer access,
+//! which this link enables, staged through host memory by the driver
+//! otherwise).
+//!
+//! No exchange waits for a GPU. The streams are ordered by CUDA events that
+//! the tower threads hand each other ([`Handoff`]): at each exchange a tower
+//! records "my buffer is written" on its stream and posts that event with
+//! the buffer's address; the other makes its stream wait for the event
+//! (`cuStreamWaitEvent`) before its copy. The host only orders the record
+//! before the wait (a wait on an event not yet recorded would not wait). A
+//! pass sends each buffer once and the next pass overwrites it, so at the
+//! end of a pass ([`Link::end_pass`]) each tower records "I have read yours"
+//! and the other's stream waits for it before anything it queues later.
+//! Every wait is thus on an event already recorded, which the GPU reaches
+//! as long as the other tower's queued work runs; the host-side handoffs
+//! give up on the other tower's failure or after the pair's timeout.
 //!
 //! Buffers come from cudarc's stream-ordered pool (`cuMemAllocAsync`),
 //! which `cuCtxEnablePeerAccess` does not govern: each tower also grants
 //! the other GPU access to its own pool (`cuMemPoolSetAccess`), and both
 //! grants are in place before either tower's first copy.
 
+use super::handoff::Handoff;
 use super::rendezvous::Rendezvous;
 use super::{Link, check_sizes, slice_of};
+use crate::device::cuda::CudaDevice;
 use crate::device::cuda::kernels::Kernels;
-use crate::device::cuda::{CudaDevice, grid, launch};
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
-use cudarc::driver::sys::CUcontext;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use crate::watch::Watch;
+use cudarc::driver::sys::{CUcontext, CUevent, CUevent_wait_flags};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A buffer's address and the context that owns it.
@@ -31,24 +46,80 @@ pub struct Published {
     ordinal: usize,
 }
 
-/// What both ends share; make one per pair with [`Rendezvous::new`].
-pub type CopyShared = Arc<Rendezvous<Published>>;
+/// A CUDA event recorded on the sending tower's stream, as an integer so
+/// that it can cross threads. The sender owns it and destroys it only once
+/// the other tower has taken it (or after the handoff is abandoned).
+#[derive(Debug, Clone, Copy)]
+struct SentEvent(usize);
+
+/// What a tower hands the other at each exchange: the buffer it sends, and
+/// the event after which that buffer holds what it sends.
+struct Ready {
+    source: Published,
+    written: SentEvent,
+}
+
+/// What both ends share; make one per pair with [`CopyShared::new`].
+pub struct CopyShared {
+    /// The one meeting of the towers: their contexts, before the first copy.
+    grant: Rendezvous<Published>,
+    ready: Handoff<Ready>,
+    /// "I have read what you sent this pass", at each pass's end.
+    read: Handoff<SentEvent>,
+}
+
+impl CopyShared {
+    /// What the two ends of one pair's link share.
+    pub fn new(watch: Arc<Watch>) -> Arc<CopyShared> {
+        Arc::new(CopyShared {
+            grant: Rendezvous::new(Arc::clone(&watch)),
+            ready: Handoff::new(Arc::clone(&watch)),
+            read: Handoff::new(watch),
+        })
+    }
+}
 
 /// One tower's end of the copy link.
 pub struct CopyLink {
     rank: usize,
     stream: Arc<CudaStream>,
     kernels: Arc<Kernels>,
-    shared: CopyShared,
+    shared: Arc<CopyShared>,
     /// The other tower's part of a reduce-scatter, copied here first.
     scratch: Option<CudaSlice<f32>>,
-    /// Whether peer access to the other tower's context was attempted.
+    /// Whether peer access to the other tower's context was granted.
     peer_checked: bool,
+    /// Events posted to the other tower and not yet known to be taken.
+    sent_ready: Sent,
+    sent_read: Sent,
+    /// Whether this pass copied anything of the other tower's.
+    read_this_pass: bool,
+}
+
+/// Events a tower posted, numbered, kept alive until the other has taken them.
+#[derive(Default)]
+struct Sent {
+    events: VecDeque<(u64, CudaEvent)>,
+    posted: u64,
+}
+
+impl Sent {
+    /// Keeps `event` as post number `posted`, and drops those the other
+    /// tower has taken (`taken` of them): its wait on them is queued.
+    fn keep(&mut self, event: CudaEvent, taken: u64) -> SentEvent {
+        let sent = SentEvent(event.cu_event() as usize);
+        self.events.push_back((self.posted, event));
+        self.posted += 1;
+        while self.events.front().is_some_and(|(k, _)| *k < taken) {
+            self.events.pop_front();
+        }
+        sent
+    }
 }
 
 impl CopyLink {
     /// Tower `rank`'s end, working on `device`'s stream.
-    pub fn new(rank: usize, device: &CudaDevice, shared: CopyShared) -> Self {
+    pub fn new(rank: usize, device: &CudaDevice, shared: Arc<CopyShared>) -> Self {
         CopyLink {
             rank,
             stream: Arc::clone(device.stream()),
@@ -56,6 +127,9 @@ impl CopyLink {
             shared,
             scratch: None,
             peer_checked: false,
+            sent_ready: Sent::default(),
+            sent_read: Sent::default(),
+            read_this_pass: false,
         }
     }
 
@@ -63,26 +137,31 @@ impl CopyLink {
         self.stream.context().cu_ctx()
     }
 
-    /// Waits for this tower's queued work, publishes `buf`, and returns every tower's.
-    fn publish(&mut self, buf: &CudaSlice<f32>) -> Result<[Published; TOWERS]> {
-        self.sync()?;
-        let mine = Published {
+    fn published(&self, buf: &CudaSlice<f32>) -> Published {
+        Published {
             address: buf.device_ptr(&self.stream).0,
             context: self.context() as usize,
             ordinal: self.stream.context().ordinal(),
-        };
+        }
+    }
+
+    /// At the first exchange: learns the other tower's context and grants
+    /// it peer access, and waits until the other has granted too.
+    fn grant_once(&mut self, buf: &CudaSlice<f32>) -> Result<()> {
+        if self.peer_checked {
+            return Ok(());
+        }
+        self.peer_checked = true;
+        let mine = self.published(buf);
         let all = self
             .shared
+            .grant
             .meet(self.rank, |slot| *slot = mine, |slots| *slots)?;
-        if !self.peer_checked {
-            self.peer_checked = true;
-            for other in all.iter().filter(|p| p.context != mine.context) {
-                self.grant_peer(other);
-            }
-            // Neither tower copies before both have granted access.
-            self.shared.meet(self.rank, |_| {}, |_| ())?;
+        for other in all.iter().filter(|p| p.context != mine.context) {
+            self.grant_peer(other);
         }
-        Ok(all)
+        // Neither tower copies before both have granted access.
+        self.shared.grant.meet(self.rank, |_| {}, |_| ())
     }
 
     /// Enables peer access from this context to `other`'s, and lets `other`'s
@@ -113,9 +192,55 @@ impl CopyLink {
         }
     }
 
+    /// Records on this stream that `buf` is written, and posts it with that
+    /// event; returns what this tower sends.
+    fn send(&mut self, buf: &CudaSlice<f32>) -> Result<Published> {
+        let source = self.published(buf);
+        let event = self.record("marking a buffer sent")?;
+        let taken = self.shared.ready.taken_from(self.rank)?;
+        let written = self.sent_ready.keep(event, taken);
+        self.shared
+            .ready
+            .post(self.rank, Ready { source, written })?;
+        Ok(source)
+    }
+
+    /// The other tower's buffer of this exchange, this stream made to wait
+    /// until it is written.
+    fn receive(&self) -> Result<Published> {
+        self.shared.ready.take(self.rank, |ready| {
+            self.wait(ready.written)?;
+            Ok(ready.source)
+        })
+    }
+
+    fn record(&self, what: &str) -> Result<CudaEvent> {
+        self.stream
+            .record_event(None)
+            .map_err(|e| Error::cuda(what, e))
+    }
+
+    /// Makes this stream wait for the other tower's event `event`.
+    fn wait(&self, event: SentEvent) -> Result<()> {
+        // SAFETY: the event is alive: its owner keeps it until this take
+        // has returned (the handoff's lock is held through it); the wait is
+        // queued on this tower's own stream, in its bound context (an event
+        // of another context is allowed).
+        unsafe {
+            cudarc::driver::result::stream::wait_event(
+                self.stream.cu_stream(),
+                event.0 as CUevent,
+                CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::cuda("ordering the towers' streams", e))
+    }
+
     /// Queues a copy of `bytes` from `src` to this tower's `dst`.
     fn copy(&self, dst: u64, src: Published, bytes: usize) -> Result<()> {
-        // SAFETY: `src` stays untouched until `done_reading`; `dst` is ours.
+        // SAFETY: `src` is not overwritten before this copy is done (the
+        // other tower's later passes wait for this pass's reads, end_pass);
+        // `dst` is ours.
         unsafe {
             cudarc::driver::result::memcpy_peer_async(
                 self.context(),
@@ -128,23 +253,17 @@ impl CopyLink {
         }
         .map_err(|e| Error::cuda("copying between towers", e))
     }
-
-    /// Waits for this tower's copies, then for the other tower's.
-    fn done_reading(&self) -> Result<()> {
-        self.sync()?;
-        self.shared.meet(self.rank, |_| {}, |_| ())
-    }
-
-    fn sync(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| Error::cuda("synchronizing an exchange", e))
-    }
 }
 
 impl Drop for CopyLink {
+    /// Releases the other tower; once the handoffs are abandoned it neither
+    /// uses nor takes this tower's events, which are then destroyed with
+    /// the link (a destroyed event still pending is released by the driver
+    /// when it completes).
     fn drop(&mut self) {
-        self.shared.abandon();
+        self.shared.grant.abandon();
+        self.shared.ready.abandon();
+        self.shared.read.abandon();
     }
 }
 
@@ -156,53 +275,59 @@ impl Link<CudaSlice<f32>> for CopyLink {
     fn all_gather(&mut self, local: &CudaSlice<f32>, gathered: &mut CudaSlice<f32>) -> Result<()> {
         let len = local.len();
         check_sizes("all-gather", len, gathered.len())?;
-        let sources = self.publish(local)?;
+        self.grant_once(local)?;
+        let mine = self.send(local)?;
+        let theirs = self.receive()?;
         let base = gathered.device_ptr(&self.stream).0;
-        for (r, &src) in sources.iter().enumerate() {
+        for r in 0..TOWERS {
+            let src = if r == self.rank { mine } else { theirs };
             self.copy(base + (slice_of(r, len).start * 4) as u64, src, len * 4)?;
         }
-        self.done_reading()
+        self.read_this_pass = true;
+        Ok(())
     }
 
     fn reduce_scatter(&mut self, full: &CudaSlice<f32>, local: &mut CudaSlice<f32>) -> Result<()> {
         let len = local.len();
         check_sizes("reduce-scatter", len, full.len())?;
+        self.grant_once(full)?;
         if self.scratch.as_ref().is_none_or(|s| s.len() < len) {
+            // An old one is freed in stream order, after the work queued on it.
             self.scratch = Some(
                 self.stream
                     .alloc_zeros(len)
                     .map_err(|e| Error::cuda("allocating the exchange buffer", e))?,
             );
         }
-        let offset = (slice_of(self.rank, len).start * 4) as u64;
-        let parts = self.publish(full)?;
-        let scratch = match self.scratch.as_ref() {
-            Some(s) => s.device_ptr(&self.stream).0,
-            None => unreachable!("allocated above"),
+        self.send(full)?;
+        let theirs = self.receive()?;
+        let own = slice_of(self.rank, len);
+        let part = Published {
+            address: theirs.address + (own.start * 4) as u64,
+            ..theirs
         };
-        // Each tower's part of this slice, on this GPU, in rank order.
-        let mut on_this_gpu = [0u64; TOWERS];
-        for (r, part) in parts.iter().enumerate() {
-            on_this_gpu[r] = if r == self.rank {
-                part.address + offset
-            } else {
-                let moved = Published {
-                    address: part.address + offset,
-                    ..*part
-                };
-                self.copy(scratch, moved, len * 4)?;
-                scratch
-            };
+        let Some(scratch) = self.scratch.as_ref() else {
+            return Err(Error::cuda("a reduce-scatter", "no exchange buffer"));
+        };
+        self.copy(scratch.device_ptr(&self.stream).0, part, len * 4)?;
+        // Two summands: a + b is b + a exactly, so the rank order of the
+        // sum needs no care.
+        self.kernels
+            .elementwise
+            .add(&self.stream, local, &full.slice(own), scratch)?;
+        self.read_this_pass = true;
+        Ok(())
+    }
+
+    fn end_pass(&mut self) -> Result<()> {
+        // Both towers make the same exchanges, so both skip or neither.
+        if !std::mem::take(&mut self.read_this_pass) {
+            return Ok(());
         }
-        let [a, b] = on_this_gpu;
-        let out = local.device_ptr(&self.stream).0;
-        let n = len as u64;
-        launch(
-            &self.stream,
-            &self.kernels.add,
-            grid(len),
-            &[&out, &a, &b, &n],
-        )?;
-        self.done_reading()
+        let event = self.record("marking the other tower's buffers read")?;
+        let taken = self.shared.read.taken_from(self.rank)?;
+        let read = self.sent_read.keep(event, taken);
+        self.shared.read.post(self.rank, read)?;
+        self.shared.read.take(self.rank, |theirs| self.wait(theirs))
     }
 }

@@ -2,10 +2,10 @@
 //! meet at a barrier around a shared slot per tower.
 
 use super::rendezvous::Rendezvous;
-use super::watch::Watch;
 use super::{Link, check_sizes, slice_of};
 use crate::error::Result;
 use crate::net::plan::TOWERS;
+use crate::watch::Watch;
 use std::sync::Arc;
 
 /// One tower's end of the host-memory link, carrying `T` (f32 in training).
@@ -74,6 +74,11 @@ impl<T: Copy + Default + std::ops::AddAssign> Link<Vec<T>> for HostLink<T> {
                 }
             }
         })
+    }
+
+    /// Nothing to order: each exchange has copied what it read before it returns.
+    fn end_pass(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 

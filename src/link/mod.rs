@@ -9,10 +9,10 @@
 //! the host link tests it on any machine for the GPU links too.
 
 pub mod copy;
+pub mod handoff;
 pub mod host;
 pub mod nccl;
 pub mod rendezvous;
-pub mod watch;
 
 use crate::error::{Error, Result};
 use crate::net::plan::{Plan, TOWERS};
@@ -26,6 +26,12 @@ pub trait Link<B> {
     fn all_gather(&mut self, local: &B, gathered: &mut B) -> Result<()>;
     /// `local = Σ_r full of tower r [slice_of(rank, len)]`.
     fn reduce_scatter(&mut self, full: &B, local: &mut B) -> Result<()>;
+    /// Ends a pass (a forward-only pass, or a training step after its last
+    /// reduce-scatter): a pass sends each buffer once, and the next pass
+    /// overwrites it, so a link whose exchanges return before the other
+    /// tower has read what was sent makes this tower's later work wait for
+    /// those reads here.
+    fn end_pass(&mut self) -> Result<()>;
 }
 
 /// Where tower `rank`'s part of `local_len` elements lies in a gathered buffer.
@@ -111,10 +117,10 @@ mod tests {
     use crate::device::SgdStep;
     use crate::device::cpu::CpuDevice;
     use crate::link::host::HostLink;
-    use crate::link::watch::Watch;
     use crate::net::init::init_twin;
     use crate::net::spec::InitScheme;
     use crate::towers::{Batch, TowerPair};
+    use crate::watch::Watch;
     use std::sync::{Arc, Mutex};
 
     /// The host link, logging each call as an [`Exchange`].
@@ -144,6 +150,9 @@ mod tests {
         fn reduce_scatter(&mut self, full: &Vec<f32>, local: &mut Vec<f32>) -> Result<()> {
             self.note(Direction::ReduceScatter, local.len());
             self.inner.reduce_scatter(full, local)
+        }
+        fn end_pass(&mut self) -> Result<()> {
+            self.inner.end_pass()
         }
     }
 

@@ -3,9 +3,9 @@
 //! copy link passes device pointers. A tower never waits here for one that
 //! has failed or left, nor longer than the pair's timeout ([`Watch`]).
 
-use super::watch::{POLL, Watch, other};
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
+use crate::watch::{POLL, Watch, other};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 

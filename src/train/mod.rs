@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod losses;
 pub mod metrics;
 pub mod schedule;
 mod setup;

@@ -3,10 +3,11 @@
 
 use super::checkpoint::{self, Checkpoint, FORMAT, RunState};
 use super::config::TrainConfig;
+use super::losses::Losses;
 use super::metrics::{Metric, MetricsLog};
 use super::schedule::{self, ScheduleState};
 use super::setup;
-use super::window::{Running, StuckWatch, Window, bar_message, progress_bar};
+use super::window::{Running, Window, bar_message, progress_bar};
 use crate::data::stream::Stream;
 use crate::data::{Batches, TrainingData};
 use crate::device::SgdStep;
@@ -76,7 +77,8 @@ pub struct Trainer<'a> {
     /// The rate of the last step trained.
     lr: f32,
     window: Window,
-    stuck: StuckWatch,
+    /// The queued steps' losses, read at progress lines and checkpoints.
+    losses: Losses,
     /// Unreadable files already named, in training and in validation.
     named: [HashSet<String>; 2],
     summary: RunSummary,
@@ -165,7 +167,7 @@ impl<'a> Trainer<'a> {
         };
         let mut trainer = Trainer {
             config,
-            stuck: StuckWatch::new(plan.classes()),
+            losses: Losses::new(plan.classes()),
             plan,
             data,
             towers,
@@ -226,9 +228,12 @@ impl<'a> Trainer<'a> {
         every > 0 && (step + 1) % every == 0
     }
 
-    /// Trains step `step` (0-based): its batch, forward, backward and the
-    /// momentum update (paper §5), then the progress line when one is due.
-    /// A loss that is not finite stops the run, naming the last good checkpoint.
+    /// Queues step `step` (0-based) on the towers: its batch, forward,
+    /// backward and the momentum update (paper §5), then the progress line
+    /// when one is due. The towers run ahead of the host by a few steps; the
+    /// loss is read at progress lines and checkpoints, so a loss that is not
+    /// finite stops the run at the next read, naming the step it came from
+    /// and the last good checkpoint.
     pub fn step(&mut self, step: usize) -> Result<()> {
         let config = self.config;
         self.lr = config
@@ -249,30 +254,18 @@ impl<'a> Trainer<'a> {
         let loaded = loaded?;
         self.summary.skipped_images += self.name_skipped(&loaded.skipped, 0);
         self.summary.steps = step + 1;
-        if loaded.labels.is_empty() {
-            return Ok(());
+        if !loaded.labels.is_empty() {
+            let images = loaded.labels.len();
+            let batch = Batch {
+                images: Arc::new(loaded.images),
+                labels: Arc::new(loaded.labels),
+            };
+            self.towers
+                .queue_step(&batch, derive(config.seed, step as u64), Some(sgd))?;
+            self.losses.queued(step, images);
+            self.window.seconds += started.elapsed().as_secs_f64();
+            self.bar.set_position((step + 1) as u64);
         }
-        let images = loaded.labels.len();
-        let batch = Batch {
-            images: Arc::new(loaded.images),
-            labels: Arc::new(loaded.labels),
-        };
-        let stats = self
-            .towers
-            .train_step(&batch, derive(config.seed, step as u64), Some(sgd))?;
-        if !stats.loss_sum.is_finite() {
-            return Err(self.diverged(step + 1, "loss"));
-        }
-        if let Some(hint) = self.stuck.observe(stats.loss_sum / images as f64) {
-            self.say(&hint);
-        }
-        self.window.running.add(stats, images);
-        self.window.seconds += started.elapsed().as_secs_f64();
-        self.bar.set_position((step + 1) as u64);
-        self.bar.set_message(bar_message(
-            self.window.running.loss(),
-            self.window.images_per_s(),
-        ));
         let (_, last) = self.boundary(step);
         if (step + 1) % config.log_every == 0 || last {
             self.progress_line(step)?;
@@ -280,11 +273,32 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Reads the losses of the steps queued since the last read: a loss
+    /// that is not finite is an error naming its step; the stuck-loss hint
+    /// is said once.
+    fn read_losses(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let read = self.losses.read(&self.towers)?;
+        self.window.seconds += started.elapsed().as_secs_f64();
+        if let Some(step) = read.diverged_at {
+            return Err(self.diverged(step, "loss"));
+        }
+        if let Some(hint) = read.hint {
+            self.say(&hint);
+        }
+        let window = &self.losses.window;
+        let message = bar_message(window.loss(), self.window.images_per_s(window.images));
+        self.bar.set_message(message);
+        Ok(())
+    }
+
     /// The progress line after `step`: printed, and written to
     /// `metrics.jsonl` and TensorBoard; then a new window opens.
     fn progress_line(&mut self, step: usize) -> Result<()> {
+        self.read_losses()?;
         let epoch = step / self.steps_per_epoch + 1;
-        let (running, images_per_s) = (&self.window.running, self.window.images_per_s());
+        let running = &self.losses.window;
+        let images_per_s = self.window.images_per_s(running.images);
         let data_wait = self.window.data_wait(self.stream.waited_s());
         let (loss, top1, lr) = (running.loss(), running.top1(), self.lr);
         if !self.config.quiet {
@@ -318,6 +332,7 @@ impl<'a> Trainer<'a> {
         )?;
         self.summary.final_loss = loss;
         self.window = Window::open(self.stream.waited_s());
+        self.losses.window = Running::default();
         Ok(())
     }
 
@@ -382,8 +397,10 @@ impl<'a> Trainer<'a> {
 
     /// Saves a checkpoint after `step` (with the validation just measured,
     /// if any), refusing weights that are not finite, and records conv1's
-    /// filters (the paper's Figure 3); returns its folder.
+    /// filters (the paper's Figure 3); returns its folder. The queued
+    /// steps' losses are read first, so no checkpoint follows a NaN loss.
     pub fn checkpoint(&mut self, step: usize, val: Option<(f64, f64)>) -> Result<PathBuf> {
+        self.read_losses()?;
         let weights = self.towers.download(ParamSet::Weights)?;
         if !weights.iter().all(|t| t.data.iter().all(|v| v.is_finite())) {
             return Err(self.diverged(step + 1, "weights"));

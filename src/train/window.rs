@@ -1,14 +1,14 @@
 //! What a run says as it goes: loss, accuracy and speed over the steps
-//! since the last progress line, the stuck-loss hint, and the progress bar.
+//! since the last progress line, and the progress bar.
 
 use crate::device::LossStats;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Instant;
 
 /// Sums of [`LossStats`] over several batches.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Running {
-    stats: LossStats,
+    pub stats: LossStats,
     pub images: usize,
 }
 
@@ -37,7 +37,6 @@ impl Running {
 
 /// The training steps since the last progress line.
 pub struct Window {
-    pub running: Running,
     /// Seconds spent in those steps (loading and training).
     pub seconds: f64,
     /// When the window opened, and the data wait counted by then.
@@ -49,68 +48,21 @@ impl Window {
     /// A window opening now, when the stream has waited `waited_s` for data.
     pub fn open(waited_s: f64) -> Window {
         Window {
-            running: Running::default(),
             seconds: 0.0,
             opened: Instant::now(),
             waited_before: waited_s,
         }
     }
 
-    pub fn images_per_s(&self) -> f64 {
-        self.running.images as f64 / self.seconds.max(1e-9)
+    /// The rate of `images` trained in the window's seconds.
+    pub fn images_per_s(&self, images: usize) -> f64 {
+        images as f64 / self.seconds.max(1e-9)
     }
 
     /// The fraction of the window's wall time spent waiting for data, when
     /// the stream has waited `waited_s` in all.
     pub fn data_wait(&self, waited_s: f64) -> f64 {
         (waited_s - self.waited_before) / self.opened.elapsed().as_secs_f64().max(1e-9)
-    }
-}
-
-/// A smoothed loss within this fraction of ln(classes) counts as "not learning".
-const STUCK_BAND: f64 = 0.05;
-/// Steps near ln(classes) before the hint.
-pub const STUCK_STEPS: usize = 300;
-/// Weight of each step's loss in the smoothed loss (about a 50-step window).
-const SMOOTHING: f64 = 0.02;
-
-/// Watches for the known stall of the paper's N(0, 0.01²) initialization
-/// on narrow nets: a smoothed loss stuck at chance, ln(classes).
-pub struct StuckWatch {
-    classes: usize,
-    chance: f64,
-    smoothed: Option<f64>,
-    steps: usize,
-    hinted: bool,
-}
-
-impl StuckWatch {
-    pub fn new(classes: usize) -> StuckWatch {
-        StuckWatch {
-            classes,
-            chance: (classes as f64).ln(),
-            smoothed: None,
-            steps: 0,
-            hinted: false,
-        }
-    }
-
-    /// Takes one step's mean loss; the hint, once, when the loss has stayed
-    /// at chance for [`STUCK_STEPS`] steps.
-    pub fn observe(&mut self, loss: f64) -> Option<String> {
-        let smooth = self.smoothed.map_or(loss, |s| s + SMOOTHING * (loss - s));
-        self.smoothed = Some(smooth);
-        let near = (smooth - self.chance).abs() < STUCK_BAND * self.chance;
-        self.steps = if near { self.steps + 1 } else { 0 };
-        if self.steps < STUCK_STEPS || self.hinted {
-            return None;
-        }
-        self.hinted = true;
-        Some(format!(
-            "hint: the loss has stayed near ln({}) = {:.3}, chance level, for {STUCK_STEPS} steps: \
-             the paper's N(0, 0.01²) initialization is known to stall here; try --init he, or a smaller --lr",
-            self.classes, self.chance
-        ))
     }
 }
 
@@ -150,22 +102,6 @@ mod tests {
         let shown = term.contents();
         for part in ["251/1000 steps", "loss 1.2345", "678.9 img/s", "ETA"] {
             assert!(shown.contains(part), "{part:?} not in {shown:?}");
-        }
-    }
-
-    #[test]
-    fn the_stuck_hint_comes_once_after_its_steps_at_chance_and_never_when_learning() {
-        let chance = 10f64.ln();
-        let mut watch = StuckWatch::new(10);
-        for step in 1..STUCK_STEPS {
-            assert_eq!(watch.observe(chance), None, "step {step}");
-        }
-        let hint = watch.observe(chance).expect("the hint at step 300");
-        assert!(hint.contains("ln(10) = 2.303"), "{hint}");
-        assert_eq!(watch.observe(chance), None, "only once");
-        let mut learning = StuckWatch::new(10);
-        for step in 0..2 * STUCK_STEPS {
-            assert_eq!(learning.observe(0.5 * chance), None, "step {step}");
         }
     }
 }

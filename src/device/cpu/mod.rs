@@ -35,6 +35,8 @@ use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 #[derive(Debug, Default)]
 pub struct CpuDevice<T = f32> {
     col: Vec<T>,
+    /// Each loss computed since the last [`Device::take_loss_stats`].
+    stats: Vec<LossStats>,
 }
 
 fn slices<T>(bufs: &[Vec<T>]) -> Vec<&[T]> {
@@ -63,6 +65,11 @@ impl<T: Real> Device for CpuDevice<T> {
         input::check_u8(pixels, offsets, y.len()).map_err(Error::Training)?;
         input::u8_to_net(pixels, offsets, y, |v| T::of(f64::from(v)));
         Ok(())
+    }
+
+    /// Nothing to overlap on the CPU: the same as [`Device::upload`].
+    fn input_from_f32(&mut self, images: &[f32], y: &mut Vec<T>) -> Result<()> {
+        self.upload(images, y)
     }
 
     fn download(&mut self, src: &Vec<T>) -> Result<Vec<f32>> {
@@ -238,10 +245,18 @@ impl<T: Real> Device for CpuDevice<T> {
         tower: usize,
         per_tower: usize,
         dlogits: &mut Vec<T>,
-    ) -> Result<LossStats> {
-        Ok(softmax_cross_entropy(
-            logits, labels, tower, per_tower, dlogits,
-        ))
+    ) -> Result<()> {
+        let stats = softmax_cross_entropy(logits, labels, tower, per_tower, dlogits);
+        self.stats.push(stats);
+        Ok(())
+    }
+
+    fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
+        Ok(std::mem::take(&mut self.stats))
+    }
+
+    fn end_step(&mut self, _queued: usize) -> Result<()> {
+        Ok(())
     }
 
     fn sgd_update(

@@ -15,6 +15,7 @@
 //! with its own descriptors; each direction runs with the math type of the
 //! algorithm it chose.
 
+use super::need;
 use crate::error::{Error, Result};
 use crate::net::plan::ConvShape;
 use cudarc::cudnn::{result, sys};
@@ -224,41 +225,58 @@ impl Convolutions {
         self.prepare(s, batch).map(drop)
     }
 
-    /// `y = beta·y + conv(x, w)` for one source, all raw device pointers.
-    pub fn forward(&mut self, s: &ConvShape, batch: usize, x: u64, w: u64, y: u64) -> Result<()> {
+    /// `y += conv(x, w)` for one source (`x` that source's slice of the input).
+    pub fn forward(
+        &mut self,
+        s: &ConvShape,
+        batch: usize,
+        x: &impl DevicePtr<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let lens = Lens::new(s, batch);
+        need(x, lens.x, "conv input")?;
+        need(w, lens.w, "conv weights")?;
+        need(y, lens.y, "conv output")?;
+        let (x, w, y) = (self.read(x), self.read(w), self.write(y));
         let handle = self.handle.0;
         let (plan, ws, ws_len) = self.prepare(s, batch)?;
         let (alpha, beta) = (1.0f32, 1.0f32);
-        // SAFETY: the pointers hold the shapes the descriptors describe (the device checks lengths).
+        // SAFETY: the buffers hold the shapes the descriptors describe (checked above).
         unsafe {
             result::convolution_forward(
                 handle,
                 ptr(&alpha),
                 plan.x.0,
-                x as *const c_void,
+                x,
                 plan.w.0,
-                w as *const c_void,
+                w,
                 plan.forward.0.0,
                 plan.forward.1,
                 ws,
                 ws_len,
                 ptr(&beta),
                 plan.y.0,
-                y as *mut c_void,
+                y,
             )
         }
         .map_err(cudnn("convolution forward"))
     }
 
-    /// `dx = conv_transpose(dy, w)` for one source.
+    /// `dx = conv_transpose(dy, w)` for one source (`dx` that source's slice).
     pub fn backward_data(
         &mut self,
         s: &ConvShape,
         batch: usize,
-        w: u64,
-        dy: u64,
-        dx: u64,
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
+        let lens = Lens::new(s, batch);
+        need(w, lens.w, "conv weights")?;
+        need(dy, lens.y, "conv output gradient")?;
+        need(dx, lens.x, "conv input gradient")?;
+        let (w, dy, dx) = (self.read(w), self.read(dy), self.write(dx));
         let handle = self.handle.0;
         let (plan, ws, ws_len) = self.prepare(s, batch)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
@@ -268,30 +286,35 @@ impl Convolutions {
                 handle,
                 ptr(&alpha),
                 plan.w.0,
-                w as *const c_void,
+                w,
                 plan.y.0,
-                dy as *const c_void,
+                dy,
                 plan.backward_data.0.0,
                 plan.backward_data.1,
                 ws,
                 ws_len,
                 ptr(&beta),
                 plan.x.0,
-                dx as *mut c_void,
+                dx,
             )
         }
         .map_err(cudnn("convolution backward data"))
     }
 
-    /// `dw = Σ_n x ⋆ dy` for one source.
+    /// `dw = Σ_n x ⋆ dy` for one source (`x` that source's slice of the input).
     pub fn backward_filter(
         &mut self,
         s: &ConvShape,
         batch: usize,
-        x: u64,
-        dy: u64,
-        dw: u64,
+        x: &impl DevicePtr<f32>,
+        dy: &CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        let lens = Lens::new(s, batch);
+        need(x, lens.x, "conv input")?;
+        need(dy, lens.y, "conv output gradient")?;
+        need(dw, lens.w, "conv weight gradient")?;
+        let (x, dy, dw) = (self.read(x), self.read(dy), self.write(dw));
         let handle = self.handle.0;
         let (plan, ws, ws_len) = self.prepare(s, batch)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
@@ -301,16 +324,16 @@ impl Convolutions {
                 handle,
                 ptr(&alpha),
                 plan.x.0,
-                x as *const c_void,
+                x,
                 plan.y.0,
-                dy as *const c_void,
+                dy,
                 plan.backward_filter.0.0,
                 plan.backward_filter.1,
                 ws,
                 ws_len,
                 ptr(&beta),
                 plan.w.0,
-                dw as *mut c_void,
+                dw,
             )
         }
         .map_err(cudnn("convolution backward filter"))
@@ -653,6 +676,35 @@ fn no_algorithm(direction: &str, budget: usize) -> Error {
             budget >> 20
         ),
     )
+}
+
+/// Elements one source's input, its weights and the output hold.
+struct Lens {
+    x: usize,
+    w: usize,
+    y: usize,
+}
+
+impl Lens {
+    fn new(s: &ConvShape, batch: usize) -> Lens {
+        Lens {
+            x: batch * s.in_c * s.in_h * s.in_w,
+            w: s.block_len(),
+            y: batch * s.out_c * s.out_h * s.out_w,
+        }
+    }
+}
+
+impl Convolutions {
+    /// The address of a buffer cuDNN reads, on this stream.
+    fn read(&self, buf: &impl DevicePtr<f32>) -> *const c_void {
+        buf.device_ptr(&self.stream).0 as *const c_void
+    }
+
+    /// The address of a buffer cuDNN writes, on this stream.
+    fn write(&self, buf: &mut impl DevicePtrMut<f32>) -> *mut c_void {
+        buf.device_ptr_mut(&self.stream).0 as *mut c_void
+    }
 }
 
 fn ptr(v: &f32) -> *const c_void {

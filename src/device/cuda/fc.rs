@@ -2,20 +2,26 @@
 //! is column-major, so a row-major `rows × cols` matrix is its `cols × rows`
 //! transpose and every product below is written in those terms.
 
+use super::need;
 use crate::error::{Error, Result};
 use cudarc::cublas::{CudaBlas, result, sys};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::ffi::c_int;
+use std::sync::Arc;
 
 /// cuBLAS on one stream, exact f32 unless `tf32`.
 pub struct Blas {
     blas: CudaBlas,
+    stream: Arc<CudaStream>,
 }
 
 const N: sys::cublasOperation_t = sys::cublasOperation_t::CUBLAS_OP_N;
 const T: sys::cublasOperation_t = sys::cublasOperation_t::CUBLAS_OP_T;
 
 impl Blas {
-    pub fn new(blas: CudaBlas, tf32: bool) -> Result<Self> {
+    /// cuBLAS on `stream`.
+    pub fn new(stream: Arc<CudaStream>, tf32: bool) -> Result<Self> {
+        let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::cuda("cuBLAS", e))?;
         let mode = if tf32 {
             sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         } else {
@@ -25,19 +31,21 @@ impl Blas {
         unsafe { sys::cublasSetMathMode(*blas.handle(), mode) }
             .result()
             .map_err(|e| Error::cuda("cuBLAS math mode", e))?;
-        Ok(Blas { blas })
+        Ok(Blas { blas, stream })
     }
 
     /// `y[b][o] += Σ_i x[b][i] · w[o][i]` (x: batch × inputs, w: outputs × inputs).
     pub fn forward(
         &self,
-        batch: usize,
-        inputs: usize,
-        outputs: usize,
-        x: u64,
-        w: u64,
-        y: u64,
+        [batch, inputs, outputs]: [usize; 3],
+        x: &impl DevicePtr<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        need(x, batch * inputs, "fc input")?;
+        need(w, outputs * inputs, "fc weights")?;
+        need(y, batch * outputs, "fc output")?;
+        let (x, w, y) = (self.read(x), self.read(w), self.write(y));
         self.gemm(
             T,
             N,
@@ -52,13 +60,15 @@ impl Blas {
     /// `dw[o][i] = Σ_b dy[b][o] · x[b][i]`.
     pub fn weight_grad(
         &self,
-        batch: usize,
-        inputs: usize,
-        outputs: usize,
-        x: u64,
-        dy: u64,
-        dw: u64,
+        [batch, inputs, outputs]: [usize; 3],
+        x: &impl DevicePtr<f32>,
+        dy: &CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        need(x, batch * inputs, "fc input")?;
+        need(dy, batch * outputs, "fc output gradient")?;
+        need(dw, outputs * inputs, "fc weight gradient")?;
+        let (x, dy, dw) = (self.read(x), self.read(dy), self.write(dw));
         self.gemm(
             N,
             T,
@@ -73,13 +83,15 @@ impl Blas {
     /// `dx[b][i] = Σ_o dy[b][o] · w[o][i]`.
     pub fn input_grad(
         &self,
-        batch: usize,
-        inputs: usize,
-        outputs: usize,
-        w: u64,
-        dy: u64,
-        dx: u64,
+        [batch, inputs, outputs]: [usize; 3],
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
+        need(w, outputs * inputs, "fc weights")?;
+        need(dy, batch * outputs, "fc output gradient")?;
+        need(dx, batch * inputs, "fc input gradient")?;
+        let (w, dy, dx) = (self.read(w), self.read(dy), self.write(dx));
         self.gemm(
             N,
             N,
@@ -89,6 +101,16 @@ impl Blas {
             0.0,
             (dx, inputs),
         )
+    }
+
+    /// The address of a buffer cuBLAS reads, on this stream.
+    fn read(&self, buf: &impl DevicePtr<f32>) -> u64 {
+        buf.device_ptr(&self.stream).0
+    }
+
+    /// The address of a buffer cuBLAS writes, on this stream.
+    fn write(&self, buf: &mut impl DevicePtrMut<f32>) -> u64 {
+        buf.device_ptr_mut(&self.stream).0
     }
 
     /// Column-major `C (m × n) = op(A) · op(B) + beta · C`, `[m, n, k]`, each
@@ -109,7 +131,8 @@ impl Blas {
             c_int::try_from(v)
                 .map_err(|_| Error::cuda("cuBLAS", format!("dimension {v} exceeds a C int")))
         };
-        // SAFETY: the caller's buffers hold the matrices these dimensions describe.
+        // SAFETY: the buffers hold the matrices these dimensions describe
+        // (checked by the callers above).
         unsafe {
             result::sgemm(
                 *self.blas.handle(),

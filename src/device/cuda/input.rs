@@ -1,26 +1,178 @@
-//! The launcher of kernels/input.cu: a batch of u8 crops and their offsets
-//! copied to the GPU (a quarter of the bytes of its f32 input) and turned
-//! into the net's input there.
+//! A batch's way onto the GPU: pinned, double-buffered staging uploaded on
+//! a copy stream of its own, so that batch k + 1 is copied while the
+//! compute stream still runs batch k. Events order the two streams:
+//!
+//! - the host refills a turn's pinned memory only once the upload that last
+//!   read it is done (`uploaded`, polled);
+//! - the copy stream overwrites a turn's device buffers only after the
+//!   compute work that last read them (`consumed`);
+//! - the compute stream reads a turn only after its upload (`uploaded`).
+//!
+//! cudarc's own tracking of pinned memory is off with its event tracking
+//! (see the module docs of [`super`]), so these events are the only guard:
+//! a turn's buffers are replaced (a new batch size) only behind the same
+//! waits, and freed on the copy stream after them.
 
-use super::{CudaDevice, grid, need, u32_of};
+use super::{CudaDevice, need};
 use crate::data::input;
 use crate::error::{Error, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+};
+use std::sync::Arc;
 
-/// The GPU copies of the last batch's crops and offsets, kept from batch to
-/// batch and replaced when the batch size changes.
-#[derive(Default)]
+/// Batches in flight between the host and the compute stream.
+pub const TURNS: usize = 2;
+/// Label buffers in turn: the labels of pass k are copied during its loss,
+/// on the compute stream, and pass k + 3 reuses their pinned memory once
+/// that copy is done (with the towers' two passes of run-ahead, pass k is
+/// then finished and nothing waits).
+pub const LABEL_TURNS: usize = 3;
+
+/// The copy stream and its turns.
 pub struct Staging {
-    pixels: Option<CudaSlice<u8>>,
-    offsets: Option<CudaSlice<f32>>,
+    copy: Arc<CudaStream>,
+    turns: [Turn; TURNS],
+    next: usize,
+    labels: [Option<Staged<u32>>; LABEL_TURNS],
+    /// Recorded on the compute stream after each label turn's copy.
+    labels_copied: [CudaEvent; LABEL_TURNS],
+    next_labels: usize,
+}
+
+/// One turn's buffers, each kept from batch to batch while its length holds.
+struct Turn {
+    pixels: Option<Staged<u8>>,
+    offsets: Option<Staged<f32>>,
+    images: Option<Staged<f32>>,
+    /// Recorded on the copy stream after this turn's upload.
+    uploaded: CudaEvent,
+    /// Recorded on the compute stream after the work that read this turn.
+    consumed: CudaEvent,
+}
+
+/// Pinned host memory and its device copy.
+struct Staged<T> {
+    host: PinnedHostSlice<T>,
+    device: CudaSlice<T>,
+}
+
+impl Staging {
+    /// A copy stream on `ctx` and empty turns.
+    pub fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
+        let failed = |e| Error::cuda("creating the input's copy stream", e);
+        let copy = ctx.new_stream().map_err(failed)?;
+        let turn = || -> Result<Turn> {
+            Ok(Turn {
+                pixels: None,
+                offsets: None,
+                images: None,
+                uploaded: ctx.new_event(None).map_err(failed)?,
+                consumed: ctx.new_event(None).map_err(failed)?,
+            })
+        };
+        let event = || ctx.new_event(None).map_err(failed);
+        Ok(Staging {
+            copy,
+            turns: [turn()?, turn()?],
+            next: 0,
+            labels: [None, None, None],
+            labels_copied: [event()?, event()?, event()?],
+            next_labels: 0,
+        })
+    }
+}
+
+impl Staging {
+    /// The labels staged in turn `at`.
+    pub(super) fn labels(&self, at: usize) -> Result<&CudaSlice<u32>> {
+        match &self.labels[at] {
+            Some(staged) => Ok(&staged.device),
+            None => Err(Error::cuda("the labels", "their buffer was not staged")),
+        }
+    }
+}
+
+/// Copies `data` into `slot`'s pinned memory and queues its upload on
+/// `copy`, replacing the buffers (freed on `copy`, behind the waits its
+/// callers queue first) when the length changed.
+fn fill<T: DeviceRepr + ValidAsZeroBits + Copy>(
+    slot: &mut Option<Staged<T>>,
+    copy: &Arc<CudaStream>,
+    data: &[T],
+    what: &str,
+) -> Result<()> {
+    let failed = |e| Error::cuda(format!("staging {what}"), e);
+    if slot.as_ref().map(|s| s.host.len()) != Some(data.len()) {
+        // SAFETY: the pinned memory is uninitialized only until the copy
+        // below overwrites all of it, before anything reads it.
+        let host = unsafe { copy.context().alloc_pinned::<T>(data.len()) }.map_err(failed)?;
+        let device = copy.alloc_zeros::<T>(data.len()).map_err(failed)?;
+        *slot = Some(Staged { host, device });
+    }
+    let Some(staged) = slot.as_mut() else {
+        return Err(Error::cuda(format!("staging {what}"), "no buffer"));
+    };
+    staged
+        .host
+        .as_mut_slice()
+        .map_err(failed)?
+        .copy_from_slice(data);
+    copy.memcpy_htod(&staged.host, &mut staged.device)
+        .map_err(failed)
 }
 
 impl CudaDevice {
-    /// [`crate::device::Device::input_from_u8`] on this device's stream. The
-    /// copies are queued before the kernel on the same stream, and the next
-    /// batch's copies after it, so one pair of staging buffers serves every
-    /// step; the host slices may go as soon as this returns (copies from
-    /// pageable memory are staged by the driver before the call returns).
+    /// Queues `labels`' copy to the GPU on the compute stream, from pinned
+    /// memory (a copy from pageable memory may wait for the stream);
+    /// returns their turn, for [`Staging::labels`].
+    pub(super) fn stage_labels(&mut self, labels: &[u32]) -> Result<usize> {
+        let at = self.staging.next_labels;
+        self.staging.next_labels = (at + 1) % LABEL_TURNS;
+        self.wait_for(&self.staging.labels_copied[at])?;
+        let slot = &mut self.staging.labels[at];
+        fill(slot, &self.stream, labels, "labels")?;
+        self.staging.labels_copied[at]
+            .record(&self.stream)
+            .map_err(|e| Error::cuda("ordering the labels' copy", e))?;
+        Ok(at)
+    }
+
+    /// The next turn, ready to be filled: its last upload is done (so its
+    /// pinned memory is free) and the copy stream waits for the compute
+    /// work that read it (so its device buffers may be overwritten).
+    fn turn(&mut self) -> Result<usize> {
+        let at = self.staging.next;
+        self.staging.next = (at + 1) % TURNS;
+        let turn = &self.staging.turns[at];
+        self.wait_for(&turn.uploaded)?;
+        self.staging
+            .copy
+            .wait(&turn.consumed)
+            .map_err(|e| Error::cuda("ordering the input's copy", e))?;
+        Ok(at)
+    }
+
+    /// Records the end of turn `at`'s upload and makes the compute stream
+    /// wait for it.
+    fn uploaded(&self, at: usize) -> Result<()> {
+        let failed = |e| Error::cuda("ordering the input's copy", e);
+        let turn = &self.staging.turns[at];
+        turn.uploaded.record(&self.staging.copy).map_err(failed)?;
+        self.stream.wait(&turn.uploaded).map_err(failed)
+    }
+
+    /// Records that the compute stream has queued everything that reads turn `at`.
+    fn consumed(&self, at: usize) -> Result<()> {
+        self.staging.turns[at]
+            .consumed
+            .record(&self.stream)
+            .map_err(|e| Error::cuda("ordering the input's copy", e))
+    }
+
+    /// [`crate::device::Device::input_from_u8`]: the crops and offsets
+    /// staged, then turned into the net's input on the compute stream. The
+    /// host slices may go as soon as this returns.
     pub(super) fn u8_input(
         &mut self,
         pixels: &[u8],
@@ -29,41 +181,42 @@ impl CudaDevice {
     ) -> Result<()> {
         input::check_u8(pixels, offsets, pixels.len()).map_err(Error::Training)?;
         need(y, pixels.len(), "net input")?;
-        let n = u32_of(pixels.len());
-        let plane = u32_of(pixels.len() / offsets.len());
-        let stream = &self.stream;
-        let staging = &mut self.staging;
-        if staging.pixels.as_ref().map(CudaSlice::len) != Some(pixels.len()) {
-            staging.pixels = Some(
-                stream
-                    .alloc_zeros(pixels.len())
-                    .map_err(|e| Error::cuda("allocating the u8 input", e))?,
-            );
-        }
-        if staging.offsets.as_ref().map(CudaSlice::len) != Some(offsets.len()) {
-            staging.offsets = Some(
-                stream
-                    .alloc_zeros(offsets.len())
-                    .map_err(|e| Error::cuda("allocating the input offsets", e))?,
-            );
-        }
-        let (Some(dp), Some(doff)) = (staging.pixels.as_mut(), staging.offsets.as_mut()) else {
-            unreachable!("allocated above");
+        let at = self.turn()?;
+        let Staging { copy, turns, .. } = &mut self.staging;
+        let turn = &mut turns[at];
+        fill(&mut turn.pixels, copy, pixels, "u8 crops")?;
+        fill(&mut turn.offsets, copy, offsets, "input offsets")?;
+        self.uploaded(at)?;
+        let turn = &self.staging.turns[at];
+        let (Some(dp), Some(doff)) = (&turn.pixels, &turn.offsets) else {
+            return Err(Error::cuda("the u8 input", "its buffers were not staged"));
         };
-        stream
-            .memcpy_htod(pixels, dp)
-            .map_err(|e| Error::cuda("copying u8 crops to the GPU", e))?;
-        stream
-            .memcpy_htod(offsets, doff)
-            .map_err(|e| Error::cuda("copying input offsets to the GPU", e))?;
-        let (Some(dp), Some(doff)) = (&self.staging.pixels, &self.staging.offsets) else {
-            unreachable!("allocated above");
+        let plane = pixels.len() / offsets.len();
+        self.kernels.input.from_u8(
+            &self.stream,
+            &dp.device,
+            &doff.device,
+            y,
+            pixels.len(),
+            plane,
+        )?;
+        self.consumed(at)
+    }
+
+    /// [`crate::device::Device::input_from_f32`]: the images staged, then
+    /// copied into the net's input on the compute stream.
+    pub(super) fn f32_input(&mut self, images: &[f32], y: &mut CudaSlice<f32>) -> Result<()> {
+        need(y, images.len(), "net input")?;
+        let at = self.turn()?;
+        let Staging { copy, turns, .. } = &mut self.staging;
+        fill(&mut turns[at].images, copy, images, "input images")?;
+        self.uploaded(at)?;
+        let Some(staged) = &self.staging.turns[at].images else {
+            return Err(Error::cuda("the input", "its buffer was not staged"));
         };
-        let ptrs = [self.ptr(dp), self.ptr(doff), self.ptr(y)];
-        self.launch(
-            &self.kernels.input_from_u8,
-            grid(pixels.len()),
-            &[&ptrs[0], &ptrs[1], &ptrs[2], &n, &plane],
-        )
+        self.stream
+            .memcpy_dtod(&staged.device, &mut y.slice_mut(..images.len()))
+            .map_err(|e| Error::cuda("copying the input", e))?;
+        self.consumed(at)
     }
 }

@@ -1,8 +1,21 @@
 //! Our CUDA kernels (`kernels/*.cu`), embedded by build.rs as PTX compiled by
-//! nvcc or as source for NVRTC, loaded once per device.
+//! nvcc or as source for NVRTC, loaded once per device. Each file's
+//! launchers live beside it (`kernels/NAME.rs`): methods that take typed
+//! device buffers and shapes, so that no call site orders raw pointers.
+
+#[path = "../../../kernels/elementwise.rs"]
+pub mod elementwise;
+#[path = "../../../kernels/input.rs"]
+pub mod input;
+#[path = "../../../kernels/lrn.rs"]
+pub mod lrn;
+#[path = "../../../kernels/pool.rs"]
+pub mod pool;
+#[path = "../../../kernels/reduce.rs"]
+pub mod reduce;
 
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchArgs, LaunchConfig};
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use std::sync::Arc;
 
@@ -41,24 +54,13 @@ pub fn nvrtc_compile(name: &str, source: &str, arch: &str) -> Result<String> {
         .map_err(|e| Error::cuda(format!("NVRTC on kernels/{name}.cu"), e))
 }
 
-/// Every kernel the CUDA device launches.
+/// Every kernel the CUDA device launches, by file.
 pub struct Kernels {
-    pub relu_forward: CudaFunction,
-    pub relu_backward: CudaFunction,
-    pub tanh_forward: CudaFunction,
-    pub tanh_backward: CudaFunction,
-    pub dropout: CudaFunction,
-    pub sgd_update: CudaFunction,
-    pub bias_fill: CudaFunction,
-    pub add: CudaFunction,
-    pub maxpool_forward: CudaFunction,
-    pub maxpool_backward: CudaFunction,
-    pub lrn_forward: CudaFunction,
-    pub lrn_backward: CudaFunction,
-    pub bias_grad_partial: CudaFunction,
-    pub bias_grad_finish: CudaFunction,
-    pub softmax_cross_entropy: CudaFunction,
-    pub input_from_u8: CudaFunction,
+    pub elementwise: elementwise::Elementwise,
+    pub input: input::Input,
+    pub lrn: lrn::Lrn,
+    pub pool: pool::Pool,
+    pub reduce: reduce::Reduce,
 }
 
 impl Kernels {
@@ -84,38 +86,48 @@ impl Kernels {
                 Ok((*name, module))
             })
             .collect::<Result<Vec<_>>>()?;
-        let f = |file: &str, function: &str| function_in(&modules, file, function);
+        let file = |name: &'static str| Loaded {
+            modules: &modules,
+            file: name,
+        };
         Ok(Kernels {
-            relu_forward: f("elementwise", "relu_forward_f32")?,
-            relu_backward: f("elementwise", "relu_backward_f32")?,
-            tanh_forward: f("elementwise", "tanh_forward_f32")?,
-            tanh_backward: f("elementwise", "tanh_backward_f32")?,
-            dropout: f("elementwise", "dropout_f32")?,
-            sgd_update: f("elementwise", "sgd_update_f32")?,
-            bias_fill: f("elementwise", "bias_fill_f32")?,
-            add: f("elementwise", "add_f32")?,
-            maxpool_forward: f("pool", "maxpool_forward_f32")?,
-            maxpool_backward: f("pool", "maxpool_backward_f32")?,
-            lrn_forward: f("lrn", "lrn_forward_f32")?,
-            lrn_backward: f("lrn", "lrn_backward_f32")?,
-            bias_grad_partial: f("reduce", "bias_grad_partial_f32")?,
-            bias_grad_finish: f("reduce", "bias_grad_finish_f32")?,
-            softmax_cross_entropy: f("reduce", "softmax_cross_entropy_f32")?,
-            input_from_u8: f("input", "input_from_u8_f32")?,
+            elementwise: elementwise::Elementwise::load(&file("elementwise"))?,
+            input: input::Input::load(&file("input"))?,
+            lrn: lrn::Lrn::load(&file("lrn"))?,
+            pool: pool::Pool::load(&file("pool"))?,
+            reduce: reduce::Reduce::load(&file("reduce"))?,
         })
     }
 }
 
-fn function_in(
-    modules: &[(&str, Arc<CudaModule>)],
-    file: &str,
-    function: &str,
-) -> Result<CudaFunction> {
-    let (_, module) = modules
-        .iter()
-        .find(|(name, _)| *name == file)
-        .ok_or_else(|| Error::cuda("loading kernels", format!("kernels/{file}.cu is missing")))?;
-    module
-        .load_function(function)
-        .map_err(|e| Error::cuda(format!("finding {function} in kernels/{file}.cu"), e))
+/// One kernel file among the loaded modules, for its launchers to find their functions in.
+pub struct Loaded<'a> {
+    modules: &'a [(&'static str, Arc<CudaModule>)],
+    file: &'static str,
+}
+
+impl Loaded<'_> {
+    /// The kernel `function` of this file.
+    fn function(&self, function: &str) -> Result<CudaFunction> {
+        let file = self.file;
+        let (_, module) = self
+            .modules
+            .iter()
+            .find(|(name, _)| *name == file)
+            .ok_or_else(|| {
+                Error::cuda("loading kernels", format!("kernels/{file}.cu is missing"))
+            })?;
+        module
+            .load_function(function)
+            .map_err(|e| Error::cuda(format!("finding {function} in kernels/{file}.cu"), e))
+    }
+}
+
+/// Launches what `builder` holds with `config`.
+fn run(mut builder: LaunchArgs, config: LaunchConfig) -> Result<()> {
+    // SAFETY: every launcher pushes the arguments its kernel declares, in
+    // its order and of its types, with buffers whose lengths it checked.
+    unsafe { builder.launch(config) }
+        .map(|_| ())
+        .map_err(|e| Error::cuda("launching a kernel", e))
 }

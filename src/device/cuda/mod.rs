@@ -8,26 +8,38 @@
 //! to 10-bit mantissas.
 //!
 //! Each tower's work runs in order on the tower's own stream, so cudarc's
-//! cross-stream event tracking is turned off; links synchronize explicitly.
+//! cross-stream event tracking is turned off; links order the streams
+//! themselves (CUDA events, or NCCL on the stream).
+//!
+//! The host runs ahead of the GPU: nothing in a training step waits for the
+//! stream. The loss statistics stay on the GPU until
+//! [`Device::take_loss_stats`] reads a run of them, and
+//! [`Device::end_step`] bounds how many steps may be queued: it records an
+//! event at each step's end and waits for the one recorded `queued` steps
+//! earlier.
 
 mod conv;
 mod fc;
 mod input;
 pub mod kernels;
+pub mod nccl_lib;
 pub mod probe;
 
+use super::run_ahead::RunAhead;
 use super::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
-use crate::link::watch::Watch;
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
-use cudarc::cublas::CudaBlas;
+use crate::watch::Watch;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, DeviceSlice, LaunchConfig,
+    ValidAsZeroBits,
 };
 use kernels::Kernels;
+use kernels::reduce::{BiasGrad, Loss};
 use std::mem::ManuallyDrop;
 
 pub use conv::WORKSPACE_LIMIT;
+pub use input::{LABEL_TURNS, TURNS as INPUT_TURNS};
 use std::sync::Arc;
 
 /// How a CUDA device computes.
@@ -45,8 +57,13 @@ pub struct CudaDevice {
     /// cuDNN's and cuBLAS's destroy calls.
     convs: ManuallyDrop<conv::Convolutions>,
     blas: ManuallyDrop<fc::Blas>,
-    labels: Option<CudaSlice<u32>>,
-    stats: Option<CudaSlice<f64>>,
+    /// {−log p(label), top-1 hit, top-5 hit} of each image of the last loss.
+    per_image: Option<CudaSlice<f64>>,
+    /// Three sums per loss not yet taken, in order ([`Device::take_loss_stats`]).
+    loss_sums: Option<CudaSlice<f64>>,
+    losses_pending: usize,
+    /// An event at the end of each queued step ([`Device::end_step`]).
+    steps: RunAhead<CudaEvent>,
     /// Per-chunk sums of the bias gradient's first pass.
     bias_partials: Option<CudaSlice<f32>>,
     /// The pair this tower belongs to and its rank: a wait for this stream
@@ -90,17 +107,18 @@ impl CudaDevice {
             .map_err(|e| Error::cuda("creating a stream", e))?;
         let kernels = Arc::new(Kernels::load(&ctx)?);
         let convs = conv::Convolutions::new(Arc::clone(&stream), options.tf32)?;
-        let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::cuda("cuBLAS", e))?;
         Ok(CudaDevice {
-            blas: ManuallyDrop::new(fc::Blas::new(blas, options.tf32)?),
+            blas: ManuallyDrop::new(fc::Blas::new(Arc::clone(&stream), options.tf32)?),
             stream,
             kernels,
             convs: ManuallyDrop::new(convs),
-            labels: None,
-            stats: None,
+            per_image: None,
+            loss_sums: None,
+            losses_pending: 0,
+            steps: RunAhead::default(),
             bias_partials: None,
             watch: None,
-            staging: input::Staging::default(),
+            staging: input::Staging::new(&ctx)?,
         })
     }
 
@@ -144,18 +162,16 @@ impl CudaDevice {
         })
     }
 
-    fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
-        buf.device_ptr(&self.stream).0
-    }
-
-    /// Launches `f` on this stream over `n` elements with the given arguments.
-    fn launch(
-        &self,
-        f: &CudaFunction,
-        config: LaunchConfig,
-        args: &[&dyn KernelArg],
-    ) -> Result<()> {
-        launch(&self.stream, f, config, args)
+    /// Waits for the work `event` recorded on this stream: polled in a
+    /// pair, as [`CudaDevice::synchronize`].
+    fn wait_for(&self, event: &CudaEvent) -> Result<()> {
+        let failed = |e| Error::cuda("waiting for a queued step", e);
+        match &self.watch {
+            None => event.synchronize().map_err(failed),
+            Some((watch, rank)) => watch.poll(*rank, "the other tower waited for its GPU", || {
+                event.try_is_complete().map_err(failed)
+            }),
+        }
     }
 }
 
@@ -179,42 +195,8 @@ impl Drop for CudaDevice {
     }
 }
 
-/// A kernel argument: a device pointer or a scalar.
-pub trait KernelArg {
-    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>);
-}
-
-macro_rules! kernel_arg {
-    ($($t:ty),*) => {$(
-        impl KernelArg for $t {
-            fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>) {
-                builder.arg(self);
-            }
-        }
-    )*};
-}
-kernel_arg!(u64, u32, f32);
-
-/// Launches `f` on `stream`.
-pub fn launch(
-    stream: &CudaStream,
-    f: &CudaFunction,
-    config: LaunchConfig,
-    args: &[&dyn KernelArg],
-) -> Result<()> {
-    let mut builder = stream.launch_builder(f);
-    for arg in args {
-        arg.push(&mut builder);
-    }
-    // SAFETY: every caller passes the argument list its kernel declares, with
-    // buffers whose lengths the caller checked.
-    unsafe { builder.launch(config) }
-        .map(|_| ())
-        .map_err(|e| Error::cuda("launching a kernel", e))
-}
-
 /// Fails unless `buf` holds at least `len` elements.
-fn need<T>(buf: &CudaSlice<T>, len: usize, what: &str) -> Result<()> {
+pub(crate) fn need<T>(buf: &impl DeviceSlice<T>, len: usize, what: &str) -> Result<()> {
     if buf.len() < len {
         return Err(Error::cuda(
             what,
@@ -224,7 +206,23 @@ fn need<T>(buf: &CudaSlice<T>, len: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn u32_of(v: usize) -> u32 {
+/// Where source `src`'s part of a buffer laid out `[source][len]` lies.
+fn part(src: usize, len: usize) -> std::ops::Range<usize> {
+    src * len..(src + 1) * len
+}
+
+/// A zeroed buffer of `len` elements on `stream`.
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    len: usize,
+    what: &str,
+) -> Result<CudaSlice<T>> {
+    stream
+        .alloc_zeros(len)
+        .map_err(|e| Error::cuda(format!("allocating {what}"), e))
+}
+
+pub(crate) fn u32_of(v: usize) -> u32 {
     u32::try_from(v).expect("layer dimensions fit in 32 bits")
 }
 
@@ -246,6 +244,10 @@ impl Device for CudaDevice {
 
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
         self.u8_input(pixels, offsets, y)
+    }
+
+    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()> {
+        self.f32_input(images, y)
     }
 
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>> {
@@ -285,12 +287,17 @@ impl Device for CudaDevice {
         need(x, s.sources * in_len, "conv input")?;
         need(y, out_len, "conv output")?;
         need(bias, s.out_c, "conv bias")?;
-        self.bias_fill(y, bias, out_len, s.out_c, s.out_h * s.out_w)?;
+        self.kernels.elementwise.bias_fill(
+            &self.stream,
+            y,
+            bias,
+            out_len,
+            u32_of(s.out_c),
+            u32_of(s.out_h * s.out_w),
+        )?;
         for (src, w) in w.iter().enumerate() {
-            need(w, s.block_len(), "conv weights")?;
-            let x_src = self.ptr(x) + (src * in_len * 4) as u64;
-            let (w, y) = (self.ptr(w), self.ptr(y));
-            self.convs.forward(s, batch, x_src, w, y)?;
+            let x_src = x.slice(part(src, in_len));
+            self.convs.forward(s, batch, &x_src, w, y)?;
         }
         Ok(())
     }
@@ -314,20 +321,15 @@ impl Device for CudaDevice {
             "conv output gradient",
         )?;
         self.bias_grad(dy, dbias, batch, s.out_c, s.out_h * s.out_w)?;
-        let dy_ptr = self.ptr(dy);
-        for (src, dw) in dw.iter().enumerate() {
-            need(dw, s.block_len(), "conv weight gradient")?;
-            let x_src = self.ptr(x) + (src * in_len * 4) as u64;
-            let dw_src = self.ptr(dw);
-            self.convs
-                .backward_filter(s, batch, x_src, dy_ptr, dw_src)?;
+        for (src, dw) in dw.iter_mut().enumerate() {
+            let x_src = x.slice(part(src, in_len));
+            self.convs.backward_filter(s, batch, &x_src, dy, dw)?;
         }
         if let Some(dx) = dx {
             need(dx, s.sources * in_len, "conv input gradient")?;
             for (src, w) in w.iter().enumerate() {
-                let dx_src = self.ptr(dx) + (src * in_len * 4) as u64;
-                let w = self.ptr(w);
-                self.convs.backward_data(s, batch, w, dy_ptr, dx_src)?;
+                let mut dx_src = dx.slice_mut(part(src, in_len));
+                self.convs.backward_data(s, batch, w, dy, &mut dx_src)?;
             }
         }
         Ok(())
@@ -346,12 +348,17 @@ impl Device for CudaDevice {
         need(x, s.sources * in_len, "fc input")?;
         need(y, batch * s.outputs, "fc output")?;
         need(bias, s.outputs, "fc bias")?;
-        self.bias_fill(y, bias, batch * s.outputs, s.outputs, 1)?;
+        self.kernels.elementwise.bias_fill(
+            &self.stream,
+            y,
+            bias,
+            batch * s.outputs,
+            u32_of(s.outputs),
+            1,
+        )?;
+        let dims = [batch, s.inputs, s.outputs];
         for (src, w) in w.iter().enumerate() {
-            need(w, s.block_len(), "fc weights")?;
-            let x_src = self.ptr(x) + (src * in_len * 4) as u64;
-            self.blas
-                .forward(batch, s.inputs, s.outputs, x_src, self.ptr(w), self.ptr(y))?;
+            self.blas.forward(dims, &x.slice(part(src, in_len)), w, y)?;
         }
         Ok(())
     }
@@ -371,52 +378,43 @@ impl Device for CudaDevice {
         need(x, s.sources * in_len, "fc input")?;
         need(dy, batch * s.outputs, "fc output gradient")?;
         self.bias_grad(dy, dbias, batch, s.outputs, 1)?;
-        let dy_ptr = self.ptr(dy);
-        for (src, dw) in dw.iter().enumerate() {
-            need(dw, s.block_len(), "fc weight gradient")?;
-            let x_src = self.ptr(x) + (src * in_len * 4) as u64;
+        let dims = [batch, s.inputs, s.outputs];
+        for (src, dw) in dw.iter_mut().enumerate() {
             self.blas
-                .weight_grad(batch, s.inputs, s.outputs, x_src, dy_ptr, self.ptr(dw))?;
+                .weight_grad(dims, &x.slice(part(src, in_len)), dy, dw)?;
         }
         if let Some(dx) = dx {
             need(dx, s.sources * in_len, "fc input gradient")?;
             for (src, w) in w.iter().enumerate() {
-                let dx_src = self.ptr(dx) + (src * in_len * 4) as u64;
-                self.blas
-                    .input_grad(batch, s.inputs, s.outputs, self.ptr(w), dy_ptr, dx_src)?;
+                let mut dx_src = dx.slice_mut(part(src, in_len));
+                self.blas.input_grad(dims, w, dy, &mut dx_src)?;
             }
         }
         Ok(())
     }
 
     fn relu_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()> {
-        let n = x.len();
-        need(y, n, "relu output")?;
-        let (x, y, len) = (self.ptr(x), self.ptr(y), n as u64);
-        self.launch(&self.kernels.relu_forward, grid(n), &[&x, &y, &len])
+        self.kernels
+            .elementwise
+            .activation_forward(&self.stream, false, x, y)
     }
 
     fn relu_backward(&mut self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()> {
-        let n = y.len();
-        need(dy, n, "relu output gradient")?;
-        need(dx, n, "relu input gradient")?;
-        let (y, dy, dx, len) = (self.ptr(y), self.ptr(dy), self.ptr(dx), n as u64);
-        self.launch(&self.kernels.relu_backward, grid(n), &[&y, &dy, &dx, &len])
+        self.kernels
+            .elementwise
+            .activation_backward(&self.stream, false, y, dy, dx)
     }
 
     fn tanh_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()> {
-        let n = x.len();
-        need(y, n, "tanh output")?;
-        let (x, y, len) = (self.ptr(x), self.ptr(y), n as u64);
-        self.launch(&self.kernels.tanh_forward, grid(n), &[&x, &y, &len])
+        self.kernels
+            .elementwise
+            .activation_forward(&self.stream, true, x, y)
     }
 
     fn tanh_backward(&mut self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()> {
-        let n = y.len();
-        need(dy, n, "tanh output gradient")?;
-        need(dx, n, "tanh input gradient")?;
-        let (y, dy, dx, len) = (self.ptr(y), self.ptr(dy), self.ptr(dx), n as u64);
-        self.launch(&self.kernels.tanh_backward, grid(n), &[&y, &dy, &dx, &len])
+        self.kernels
+            .elementwise
+            .activation_backward(&self.stream, true, y, dy, dx)
     }
 
     fn lrn_forward(
@@ -427,23 +425,9 @@ impl Device for CudaDevice {
         s: &LrnShape,
         batch: usize,
     ) -> Result<()> {
-        let n = batch * s.c * s.plane;
-        for (buf, what) in [
-            (x, "lrn input"),
-            (&*y, "lrn output"),
-            (&*scale, "lrn scale"),
-        ] {
-            need(buf, n, what)?;
-        }
-        let (x, y, scale) = (self.ptr(x), self.ptr(y), self.ptr(scale));
-        let dims = [batch, s.c, s.plane, s.size].map(u32_of);
-        self.launch(
-            &self.kernels.lrn_forward,
-            grid(n),
-            &[
-                &x, &y, &scale, &dims[0], &dims[1], &dims[2], &dims[3], &s.alpha, &s.beta, &s.k,
-            ],
-        )
+        self.kernels
+            .lrn
+            .forward(&self.stream, x, y, scale, s, batch)
     }
 
     fn lrn_backward(
@@ -456,26 +440,9 @@ impl Device for CudaDevice {
         s: &LrnShape,
         batch: usize,
     ) -> Result<()> {
-        let n = batch * s.c * s.plane;
-        for (buf, what) in [
-            (x, "lrn input"),
-            (y, "lrn output"),
-            (scale, "lrn scale"),
-            (dy, "lrn output gradient"),
-            (&*dx, "lrn input gradient"),
-        ] {
-            need(buf, n, what)?;
-        }
-        let ptrs = [x, y, scale, dy, &*dx].map(|b| self.ptr(b));
-        let dims = [batch, s.c, s.plane, s.size].map(u32_of);
-        self.launch(
-            &self.kernels.lrn_backward,
-            grid(n),
-            &[
-                &ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3], &ptrs[4], &dims[0], &dims[1], &dims[2],
-                &dims[3], &s.alpha, &s.beta,
-            ],
-        )
+        self.kernels
+            .lrn
+            .backward(&self.stream, x, y, scale, dy, dx, s, batch)
     }
 
     fn maxpool_forward(
@@ -485,16 +452,7 @@ impl Device for CudaDevice {
         s: &PoolShape,
         batch: usize,
     ) -> Result<()> {
-        let planes = batch * s.c;
-        need(x, planes * s.in_h * s.in_w, "pool input")?;
-        need(y, planes * s.out_h * s.out_w, "pool output")?;
-        let (x, y, p) = (self.ptr(x), self.ptr(y), planes as u64);
-        let d = [s.in_h, s.in_w, s.size, s.stride, s.out_h, s.out_w].map(u32_of);
-        self.launch(
-            &self.kernels.maxpool_forward,
-            grid(planes * s.out_h * s.out_w),
-            &[&x, &y, &p, &d[0], &d[1], &d[2], &d[3], &d[4], &d[5]],
-        )
+        self.kernels.pool.forward(&self.stream, x, y, s, batch)
     }
 
     fn maxpool_backward(
@@ -506,23 +464,9 @@ impl Device for CudaDevice {
         s: &PoolShape,
         batch: usize,
     ) -> Result<()> {
-        let planes = batch * s.c;
-        let (in_len, out_len) = (planes * s.in_h * s.in_w, planes * s.out_h * s.out_w);
-        need(x, in_len, "pool input")?;
-        need(dx, in_len, "pool input gradient")?;
-        need(y, out_len, "pool output")?;
-        need(dy, out_len, "pool output gradient")?;
-        let ptrs = [x, y, dy, &*dx].map(|b| self.ptr(b));
-        let p = planes as u64;
-        let d = [s.in_h, s.in_w, s.size, s.stride, s.out_h, s.out_w].map(u32_of);
-        self.launch(
-            &self.kernels.maxpool_backward,
-            grid(in_len),
-            &[
-                &ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3], &p, &d[0], &d[1], &d[2], &d[3], &d[4],
-                &d[5],
-            ],
-        )
+        self.kernels
+            .pool
+            .backward(&self.stream, x, y, dy, dx, s, batch)
     }
 
     fn dropout_forward(
@@ -532,7 +476,7 @@ impl Device for CudaDevice {
         p: f32,
         key: u64,
     ) -> Result<()> {
-        self.dropout(x, y, p, key)
+        self.kernels.elementwise.dropout(&self.stream, x, y, p, key)
     }
 
     fn dropout_backward(
@@ -542,7 +486,9 @@ impl Device for CudaDevice {
         p: f32,
         key: u64,
     ) -> Result<()> {
-        self.dropout(dy, dx, p, key)
+        self.kernels
+            .elementwise
+            .dropout(&self.stream, dy, dx, p, key)
     }
 
     fn softmax_cross_entropy(
@@ -552,64 +498,78 @@ impl Device for CudaDevice {
         tower: usize,
         per_tower: usize,
         dlogits: &mut Self::Buf,
-    ) -> Result<LossStats> {
+    ) -> Result<()> {
         let batch = labels.len();
-        let towers = logits.len() / (batch * per_tower);
-        need(dlogits, batch * per_tower, "logit gradient")?;
-        if self.labels.as_ref().is_none_or(|l| l.len() != batch) {
-            self.labels = Some(
-                self.stream
-                    .alloc_zeros(batch)
-                    .map_err(|e| Error::cuda("allocating labels", e))?,
-            );
-            self.stats = Some(
-                self.stream
-                    .alloc_zeros(3 * batch)
-                    .map_err(|e| Error::cuda("allocating loss statistics", e))?,
-            );
-        }
-        if let Some(device_labels) = self.labels.as_mut() {
-            self.stream
-                .memcpy_htod(labels, device_labels)
-                .map_err(|e| Error::cuda("copying labels", e))?;
-        }
-        let (Some(device_labels), Some(stats)) = (self.labels.as_ref(), self.stats.as_ref()) else {
-            unreachable!("allocated above");
+        let shape = Loss {
+            batch,
+            towers: logits.len() / (batch * per_tower).max(1),
+            per_tower,
+            tower,
         };
-        let ptrs = [
-            self.ptr(logits),
-            self.ptr(device_labels),
-            self.ptr(dlogits),
-            self.ptr(stats),
-        ];
-        let d = [batch, towers, per_tower, tower].map(u32_of);
-        // One block of 256 threads per image (kernels/reduce.cu).
-        let config = LaunchConfig {
-            grid_dim: (u32_of(batch.min(65_535)), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        let turn = self.stage_labels(labels)?;
+        let stream = &self.stream;
+        if self.per_image.as_ref().is_none_or(|l| l.len() != 3 * batch) {
+            // An older buffer is freed in stream order, after the work queued on it.
+            self.per_image = Some(zeros(stream, 3 * batch, "loss statistics")?);
+        }
+        let at = 3 * self.losses_pending;
+        if self.loss_sums.as_ref().is_none_or(|s| s.len() < at + 3) {
+            // Room for twice as many losses, the pending ones copied over in
+            // stream order (the old buffer is freed after the copy).
+            let mut grown = zeros(stream, 2 * (at + 3), "loss sums")?;
+            if let Some(old) = &self.loss_sums {
+                stream
+                    .memcpy_dtod(&old.slice(..at), &mut grown.slice_mut(..at))
+                    .map_err(|e| Error::cuda("keeping loss sums", e))?;
+            }
+            self.loss_sums = Some(grown);
+        }
+        let device_labels = self.staging.labels(turn)?;
+        let (Some(per_image), Some(sums)) = (self.per_image.as_mut(), self.loss_sums.as_mut())
+        else {
+            return Err(Error::cuda("the loss", "its buffers were not allocated"));
         };
-        self.launch(
-            &self.kernels.softmax_cross_entropy,
-            config,
-            &[
-                &ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3], &d[0], &d[1], &d[2], &d[3],
-            ],
-        )?;
-        // As in `download`: the polled wait first (the logits came by NCCL).
+        let reduce = &self.kernels.reduce;
+        reduce.softmax_cross_entropy(stream, logits, device_labels, dlogits, per_image, shape)?;
+        // The next loss overwrites `per_image` after this sum, in stream order.
+        reduce.loss_stats_sum(stream, per_image, batch, &mut sums.slice_mut(at..at + 3))?;
+        self.losses_pending += 1;
+        Ok(())
+    }
+
+    fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
+        let pending = std::mem::take(&mut self.losses_pending);
+        let Some(sums) = self.loss_sums.as_ref().filter(|_| pending > 0) else {
+            return Ok(Vec::new());
+        };
+        // As in `download`: the polled wait first (the logits came from the
+        // other tower), then cudarc's blocking copy of a drained stream.
         self.synchronize()?;
-        let per_image = self
+        let host = self
             .stream
-            .clone_dtoh(stats)
+            .clone_dtoh(&sums.slice(..3 * pending))
             .map_err(|e| Error::cuda("copying loss statistics", e))?;
         self.synchronize()?;
-        let mut total = LossStats::default();
-        for image in per_image.chunks_exact(3) {
-            total.loss_sum += image[0];
-            total.top1 += usize::from(image[1] > 0.5);
-            total.top5 += usize::from(image[2] > 0.5);
-        }
-        Ok(total)
+        // The hit counts are whole numbers below 2^53, exact in f64.
+        Ok(host
+            .chunks_exact(3)
+            .map(|s| LossStats {
+                loss_sum: s[0],
+                top1: s[1] as usize,
+                top5: s[2] as usize,
+            })
+            .collect())
+    }
+
+    fn end_step(&mut self, queued: usize) -> Result<()> {
+        let event = self
+            .stream
+            .record_event(None)
+            .map_err(|e| Error::cuda("marking the end of a step", e))?;
+        let mut steps = std::mem::take(&mut self.steps);
+        let waited = steps.end_step(event, queued, |oldest| self.wait_for(oldest));
+        self.steps = steps;
+        waited
     }
 
     fn sgd_update(
@@ -619,41 +579,13 @@ impl Device for CudaDevice {
         v: &mut Self::Buf,
         step: SgdStep,
     ) -> Result<()> {
-        let n = w.len();
-        need(g, n, "gradient")?;
-        need(v, n, "momentum")?;
-        let (w, g, v, len) = (self.ptr(w), self.ptr(g), self.ptr(v), n as u64);
-        self.launch(
-            &self.kernels.sgd_update,
-            grid(n),
-            &[
-                &w,
-                &g,
-                &v,
-                &len,
-                &step.lr,
-                &step.momentum,
-                &step.weight_decay,
-            ],
-        )
+        self.kernels
+            .elementwise
+            .sgd_update(&self.stream, w, g, v, step)
     }
 }
 
 impl CudaDevice {
-    /// `y[n][c][p] = bias[c]`.
-    fn bias_fill(
-        &self,
-        y: &CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
-        n: usize,
-        channels: usize,
-        plane: usize,
-    ) -> Result<()> {
-        let (y, bias, len) = (self.ptr(y), self.ptr(bias), n as u64);
-        let (c, p) = (u32_of(channels), u32_of(plane));
-        self.launch(&self.kernels.bias_fill, grid(n), &[&y, &bias, &len, &c, &p])
-    }
-
     /// `dbias[c] = Σ dy[n][c][p]` in two deterministic passes: blocks over
     /// (chunk of images, channel) into partial sums, then each channel's
     /// chunks in order; one pass straight into `dbias` where one chunk
@@ -661,63 +593,35 @@ impl CudaDevice {
     fn bias_grad(
         &mut self,
         dy: &CudaSlice<f32>,
-        dbias: &CudaSlice<f32>,
+        dbias: &mut CudaSlice<f32>,
         batch: usize,
         channels: usize,
         plane: usize,
     ) -> Result<()> {
-        need(dbias, channels, "bias gradient")?;
-        need(dy, batch * channels * plane, "output gradient")?;
         let per_chunk = batch.div_ceil((FILL_BLOCKS / channels).clamp(1, batch.max(1)));
         let chunks = batch.div_ceil(per_chunk.max(1)).max(1);
-        let partial = if chunks == 1 {
-            self.ptr(dbias)
-        } else {
-            let len = channels * chunks;
-            let partials = match &mut self.bias_partials {
-                Some(p) if p.len() >= len => p,
-                // A smaller old buffer is freed in stream order, after the work queued on it.
-                slot => slot.insert(
-                    self.stream
-                        .alloc_zeros(len)
-                        .map_err(|e| Error::cuda("allocating bias partial sums", e))?,
-                ),
-            };
-            partials.device_ptr(&self.stream).0
+        let shape = BiasGrad {
+            batch,
+            channels,
+            plane,
+            per_chunk,
+            chunks,
         };
-        let dy = self.ptr(dy);
-        let d = [batch, channels, plane, per_chunk].map(u32_of);
-        let config = LaunchConfig {
-            grid_dim: (u32_of(chunks), d[1].min(65_535), 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        self.launch(
-            &self.kernels.bias_grad_partial,
-            config,
-            &[&dy, &partial, &d[0], &d[1], &d[2], &d[3]],
-        )?;
-        if chunks > 1 {
-            let (dbias, chunks) = (self.ptr(dbias), u32_of(chunks));
-            self.launch(
-                &self.kernels.bias_grad_finish,
-                grid(channels),
-                &[&partial, &dbias, &d[1], &chunks],
-            )?;
+        let reduce = &self.kernels.reduce;
+        if chunks == 1 {
+            return reduce.bias_grad_partial(&self.stream, dy, dbias, shape);
         }
-        Ok(())
-    }
-
-    fn dropout(
-        &self,
-        input: &CudaSlice<f32>,
-        out: &CudaSlice<f32>,
-        p: f32,
-        key: u64,
-    ) -> Result<()> {
-        let n = input.len();
-        need(out, n, "dropout output")?;
-        let (i, o, len) = (self.ptr(input), self.ptr(out), n as u64);
-        self.launch(&self.kernels.dropout, grid(n), &[&i, &o, &len, &p, &key])
+        let len = channels * chunks;
+        let partials = match &mut self.bias_partials {
+            Some(p) if p.len() >= len => p,
+            // A smaller old buffer is freed in stream order, after the work queued on it.
+            slot => slot.insert(
+                self.stream
+                    .alloc_zeros(len)
+                    .map_err(|e| Error::cuda("allocating bias partial sums", e))?,
+            ),
+        };
+        reduce.bias_grad_partial(&self.stream, dy, partials, shape)?;
+        reduce.bias_grad_finish(&self.stream, partials, dbias, shape)
     }
 }

@@ -82,7 +82,7 @@ pub fn report() -> String {
             || "present".into(),
         )
     );
-    let nccl = crate::link::nccl::version().unwrap_or_else(|why| why);
+    let nccl = super::nccl_lib::version().unwrap_or_else(|why| why);
     let _ = writeln!(out, "NCCL:    {nccl}");
     let _ = writeln!(
         out,

@@ -1,0 +1,73 @@
+//! Launchers of `pool.cu`, beside it: max-pooling's forward and backward
+//! pass over typed device buffers and the layer's shape.
+
+use super::{Loaded, run};
+use crate::device::cuda::{grid, need, u32_of};
+use crate::error::Result;
+use crate::net::plan::PoolShape;
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, PushKernelArg};
+
+/// The kernels of `pool.cu`.
+pub struct Pool {
+    forward: CudaFunction,
+    backward: CudaFunction,
+}
+
+impl Pool {
+    pub(super) fn load(file: &Loaded) -> Result<Self> {
+        Ok(Pool {
+            forward: file.function("maxpool_forward_f32")?,
+            backward: file.function("maxpool_backward_f32")?,
+        })
+    }
+
+    /// Max-pool `x` into `y` (paper §3.4).
+    pub fn forward(
+        &self,
+        stream: &CudaStream,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        s: &PoolShape,
+        batch: usize,
+    ) -> Result<()> {
+        let planes = batch * s.c;
+        need(x, planes * s.in_h * s.in_w, "pool input")?;
+        need(y, planes * s.out_h * s.out_w, "pool output")?;
+        let p = planes as u64;
+        let d = [s.in_h, s.in_w, s.size, s.stride, s.out_h, s.out_w].map(u32_of);
+        let mut b = stream.launch_builder(&self.forward);
+        b.arg(x).arg(y).arg(&p);
+        for dim in &d {
+            b.arg(dim);
+        }
+        run(b, grid(planes * s.out_h * s.out_w))
+    }
+
+    /// Routes each output's gradient to the first input attaining its max.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        stream: &CudaStream,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+        s: &PoolShape,
+        batch: usize,
+    ) -> Result<()> {
+        let planes = batch * s.c;
+        let (in_len, out_len) = (planes * s.in_h * s.in_w, planes * s.out_h * s.out_w);
+        need(x, in_len, "pool input")?;
+        need(dx, in_len, "pool input gradient")?;
+        need(y, out_len, "pool output")?;
+        need(dy, out_len, "pool output gradient")?;
+        let p = planes as u64;
+        let d = [s.in_h, s.in_w, s.size, s.stride, s.out_h, s.out_w].map(u32_of);
+        let mut b = stream.launch_builder(&self.backward);
+        b.arg(x).arg(y).arg(dy).arg(dx).arg(&p);
+        for dim in &d {
+            b.arg(dim);
+        }
+        run(b, grid(in_len))
+    }
+}

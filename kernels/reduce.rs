@@ -1,0 +1,154 @@
+//! Launchers of `reduce.cu`, beside it: the bias gradient's two passes,
+//! softmax cross-entropy, and one batch's loss statistics, over typed
+//! device buffers.
+
+use super::{Loaded, run};
+use crate::device::cuda::{grid, need, u32_of};
+use crate::error::Result;
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaViewMut, LaunchConfig, PushKernelArg,
+};
+
+/// Threads per block of the bias gradient's and the loss's kernels
+/// (`BIAS_THREADS`, `LOSS_THREADS`).
+const BLOCK: u32 = 256;
+
+/// The kernels of `reduce.cu`.
+pub struct Reduce {
+    bias_grad_partial: CudaFunction,
+    bias_grad_finish: CudaFunction,
+    softmax_cross_entropy: CudaFunction,
+    loss_stats_sum: CudaFunction,
+}
+
+/// The layout of one bias gradient: `dy` is `[batch][channels][plane]`,
+/// summed in `chunks` chunks of `per_chunk` images.
+#[derive(Debug, Clone, Copy)]
+pub struct BiasGrad {
+    pub batch: usize,
+    pub channels: usize,
+    pub plane: usize,
+    pub per_chunk: usize,
+    pub chunks: usize,
+}
+
+/// The layout of one loss: `logits` is `[towers][batch][per_tower]`, and
+/// the gradient is of tower `tower`'s own logits.
+#[derive(Debug, Clone, Copy)]
+pub struct Loss {
+    pub batch: usize,
+    pub towers: usize,
+    pub per_tower: usize,
+    pub tower: usize,
+}
+
+impl Reduce {
+    pub(super) fn load(file: &Loaded) -> Result<Self> {
+        Ok(Reduce {
+            bias_grad_partial: file.function("bias_grad_partial_f32")?,
+            bias_grad_finish: file.function("bias_grad_finish_f32")?,
+            softmax_cross_entropy: file.function("softmax_cross_entropy_f32")?,
+            loss_stats_sum: file.function("loss_stats_sum_f64")?,
+        })
+    }
+
+    /// Pass 1: `partial[c · chunks + chunk]` = the sum of channel `c` over the
+    /// chunk's images (with one chunk, `partial` may be the bias gradient).
+    pub fn bias_grad_partial(
+        &self,
+        stream: &CudaStream,
+        dy: &CudaSlice<f32>,
+        partial: &mut CudaSlice<f32>,
+        s: BiasGrad,
+    ) -> Result<()> {
+        need(dy, s.batch * s.channels * s.plane, "output gradient")?;
+        need(partial, s.channels * s.chunks, "bias partial sums")?;
+        let d = [s.batch, s.channels, s.plane, s.per_chunk].map(u32_of);
+        let config = LaunchConfig {
+            grid_dim: (u32_of(s.chunks), d[1].min(65_535), 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = stream.launch_builder(&self.bias_grad_partial);
+        b.arg(dy).arg(partial);
+        for dim in &d {
+            b.arg(dim);
+        }
+        run(b, config)
+    }
+
+    /// Pass 2: `dbias[c]` = channel `c`'s chunks summed in chunk order.
+    pub fn bias_grad_finish(
+        &self,
+        stream: &CudaStream,
+        partial: &CudaSlice<f32>,
+        dbias: &mut CudaSlice<f32>,
+        s: BiasGrad,
+    ) -> Result<()> {
+        need(partial, s.channels * s.chunks, "bias partial sums")?;
+        need(dbias, s.channels, "bias gradient")?;
+        let (channels, chunks) = (u32_of(s.channels), u32_of(s.chunks));
+        let mut b = stream.launch_builder(&self.bias_grad_finish);
+        b.arg(partial).arg(dbias).arg(&channels).arg(&chunks);
+        run(b, grid(s.channels))
+    }
+
+    /// Softmax cross-entropy: the gradient of the batch-mean loss into
+    /// `dlogits`, and per image {−log p(label), top-1 hit, top-5 hit} into
+    /// `per_image`.
+    pub fn softmax_cross_entropy(
+        &self,
+        stream: &CudaStream,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<u32>,
+        dlogits: &mut CudaSlice<f32>,
+        per_image: &mut CudaSlice<f64>,
+        s: Loss,
+    ) -> Result<()> {
+        need(logits, s.towers * s.batch * s.per_tower, "logits")?;
+        need(labels, s.batch, "labels")?;
+        need(dlogits, s.batch * s.per_tower, "logit gradient")?;
+        need(per_image, 3 * s.batch, "loss statistics")?;
+        let d = [s.batch, s.towers, s.per_tower, s.tower].map(u32_of);
+        // One block per image (grid-stride over images).
+        let config = LaunchConfig {
+            grid_dim: (u32_of(s.batch.min(65_535)), 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = stream.launch_builder(&self.softmax_cross_entropy);
+        b.arg(logits).arg(labels).arg(dlogits).arg(per_image);
+        for dim in &d {
+            b.arg(dim);
+        }
+        run(b, config)
+    }
+
+    /// One batch's {loss sum, top-1 hits, top-5 hits} from the per-image
+    /// statistics of [`Reduce::softmax_cross_entropy`], into `out` (three
+    /// elements), summed in image order.
+    pub fn loss_stats_sum(
+        &self,
+        stream: &CudaStream,
+        per_image: &CudaSlice<f64>,
+        batch: usize,
+        out: &mut CudaViewMut<f64>,
+    ) -> Result<()> {
+        need(per_image, 3 * batch, "loss statistics")?;
+        if out.len() < 3 {
+            return Err(crate::error::Error::cuda(
+                "summing loss statistics",
+                format!("{} elements for three sums", out.len()),
+            ));
+        }
+        let n = u32_of(batch);
+        let config = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = stream.launch_builder(&self.loss_stats_sum);
+        b.arg(per_image).arg(&n).arg(out);
+        run(b, config)
+    }
+}
