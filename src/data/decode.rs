@@ -314,13 +314,15 @@ pub mod tests {
         assert!(decode(&[]).unwrap_err().contains("empty"));
         assert!(decode(b"GIF89a").unwrap_err().contains("neither"));
         for cut in [2, 20, good.len() / 3, good.len() - 10] {
-            let _ = decode(&good[..cut]);
+            let e = decode(&good[..cut]).expect_err("a truncated JPEG");
+            assert!(e.starts_with("JPEG: "), "cut at {cut}: {e}");
         }
         let mut garbled = good.clone();
         for b in garbled.iter_mut().skip(200).step_by(7) {
             *b ^= 0x5a;
         }
-        let _ = decode(&garbled);
+        let e = decode(&garbled).expect_err("a garbled JPEG");
+        assert!(e.starts_with("JPEG: "), "{e}");
         let p = png(16, 16, png::ColorType::Rgb, png::BitDepth::Eight);
         assert!(decode(&p[..p.len() / 2]).is_err());
     }
