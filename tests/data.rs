@@ -206,12 +206,12 @@ fn crops_f64(square: &RgbImage, input: usize, mean: [f32; 3], ten: bool) -> Vec<
     places.extend(places.clone().into_iter().map(|(x, y, _)| (x, y, true)));
     let mut out = Vec::new();
     for &(x0, y0, mirror) in if ten { &places[..] } else { &centre[..] } {
-        for c in 0..3 {
+        for (c, &m) in mean.iter().enumerate() {
             for y in 0..input {
                 for x in 0..input {
                     let sx = if mirror { input - 1 - x } else { x };
                     let v = square.pixels[((y0 + y) * base + x0 + sx) * 3 + c];
-                    out.push(f64::from(v) / 255.0 - f64::from(mean[c]));
+                    out.push(f64::from(v) / 255.0 - f64::from(m));
                 }
             }
         }

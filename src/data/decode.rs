@@ -313,16 +313,18 @@ pub mod tests {
         let good = jpeg(64, 48, jpeg_encoder::ColorType::Rgb);
         assert!(decode(&[]).unwrap_err().contains("empty"));
         assert!(decode(b"GIF89a").unwrap_err().contains("neither"));
+        let damaged = |bytes: &[u8], what: &str| match decode(bytes) {
+            Ok(image) => panic!("{what} decodes as {}×{}", image.width, image.height),
+            Err(e) => assert!(e.starts_with("JPEG: "), "{what}: {e}"),
+        };
         for cut in [2, 20, good.len() / 3, good.len() - 10] {
-            let e = decode(&good[..cut]).expect_err("a truncated JPEG");
-            assert!(e.starts_with("JPEG: "), "cut at {cut}: {e}");
+            damaged(&good[..cut], &format!("the first {cut} bytes of a JPEG"));
         }
         let mut garbled = good.clone();
         for b in garbled.iter_mut().skip(200).step_by(7) {
             *b ^= 0x5a;
         }
-        let e = decode(&garbled).expect_err("a garbled JPEG");
-        assert!(e.starts_with("JPEG: "), "{e}");
+        damaged(&garbled, "a garbled JPEG");
         let p = png(16, 16, png::ColorType::Rgb, png::BitDepth::Eight);
         assert!(decode(&p[..p.len() / 2]).is_err());
     }
