@@ -326,13 +326,19 @@ fn check_split<T: Real>(preset: &str, batch: usize) {
         .collect();
     let expected = flat(&base.grads);
     assert_eq!(grads.len(), expected.len());
+    let norms: Vec<f64> = expected
+        .iter()
+        .map(|e| e.iter().map(|v| v * v).sum::<f64>().sqrt())
+        .collect();
+    let largest_effect = effects
+        .iter()
+        .flat_map(|effect| effect.iter().zip(&norms))
+        .map(|(d, n)| d.iter().map(|v| v * v).sum::<f64>().sqrt() / n)
+        .fold(0.0f64, f64::max);
     let got: Vec<Vec<f64>> = grads.iter().map(|t| widen(&t.data)).collect();
     // Which ties the towers routed the other way: coordinate descent on the
     // squared error, each tensor weighted by its norm; then the bounds decide.
-    let weight: Vec<f64> = expected
-        .iter()
-        .map(|e| 1.0 / e.iter().map(|v| v * v).sum::<f64>())
-        .collect();
+    let weight: Vec<f64> = norms.iter().map(|n| 1.0 / (n * n)).collect();
     let mut residual: Vec<Vec<f64>> = got
         .iter()
         .zip(&expected)
@@ -377,7 +383,8 @@ fn check_split<T: Real>(preset: &str, batch: usize) {
         .map(|(t, _)| t)
         .collect();
     eprintln!(
-        "{what}: {} pool windows within {tie_gap:e} of a tie, {} routed the other way: {routed:?}",
+        "{what}: {} pool windows within {tie_gap:e} of a tie (the largest effect of one: \
+         {largest_effect:e} of a gradient's norm), {} routed the other way: {routed:?}",
         ties.len(),
         routed.len()
     );
