@@ -3,8 +3,19 @@
 //! predicted from, through the binary.
 
 mod common;
+mod reference;
 
+use alexnet::data::ImageSet;
+use alexnet::data::augment::{Pipeline, Stats};
+use alexnet::data::decode::{RgbImage, decode_at_least};
+use alexnet::data::loader::{Mode, prepare};
+use alexnet::net::params::twin_shapes;
+use alexnet::net::plan::Plan;
+use alexnet::rng::Rng;
+use alexnet::train::checkpoint;
 use common::{alexnet, scratch};
+use fast_image_resize::Resizer;
+use reference::Twin;
 use std::path::Path;
 use std::process::Output;
 
@@ -181,6 +192,72 @@ fn awkward_files_are_converted_or_skipped_once_and_strict_stops() {
     );
 }
 
+/// The ten crops (corners, centre, then mirrored) or the centre crop of a
+/// `base` square, as the net's f64 input (CHW, scaled to [0, 1], the mean
+/// subtracted), one crop after another.
+fn crops_f64(square: &RgbImage, input: usize, mean: [f32; 3], ten: bool) -> Vec<f64> {
+    let base = square.width;
+    let far = base - input;
+    let centre = [(far / 2, far / 2, false)];
+    let mut places = vec![(0, 0), (far, 0), (0, far), (far, far), (far / 2, far / 2)]
+        .into_iter()
+        .map(|(x, y)| (x, y, false))
+        .collect::<Vec<_>>();
+    places.extend(places.clone().into_iter().map(|(x, y, _)| (x, y, true)));
+    let mut out = Vec::new();
+    for &(x0, y0, mirror) in if ten { &places[..] } else { &centre[..] } {
+        for (c, &m) in mean.iter().enumerate() {
+            for y in 0..input {
+                for x in 0..input {
+                    let sx = if mirror { input - 1 - x } else { x };
+                    let v = square.pixels[((y0 + y) * base + x0 + sx) * 3 + c];
+                    out.push(f64::from(v) / 255.0 - f64::from(m));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Loss, top-1 and top-5 of the checkpoint in `run` on the folder `val`,
+/// from the f64 twin: each image's softmax averaged over its crops.
+fn twin_evaluation(run: &Path, val: &Path, ten: bool) -> (f64, f64, f64) {
+    let (folder, ckpt) = checkpoint::load(run).unwrap();
+    let plan = Plan::new(ckpt.state.spec.clone()).unwrap();
+    let weights = checkpoint::in_order(ckpt.weights, &twin_shapes(&plan), &folder).unwrap();
+    let pipeline: Pipeline = ckpt.state.dataset.pipeline.expect("trained on images");
+    let twin = Twin::new(plan.clone(), &weights);
+    let (classes, crops) = (plan.classes(), if ten { 10 } else { 1 });
+    let (mut loss, mut top1, mut top5, mut images) = (0.0, 0.0, 0.0, 0);
+    let mut resizer = Resizer::new();
+    for (label, class) in ckpt.state.classes.iter().enumerate() {
+        let Ok(files) = std::fs::read_dir(val.join(class)) else {
+            continue;
+        };
+        for file in files {
+            let bytes = std::fs::read(file.unwrap().path()).unwrap();
+            let image = decode_at_least(&bytes, pipeline.base).unwrap();
+            let square = pipeline.square(image, &mut resizer).unwrap();
+            let x = crops_f64(&square, pipeline.input, pipeline.stats.mean, ten);
+            let logits = twin.forward(&x, crops, None).pop().unwrap();
+            let mut p = vec![0.0; classes];
+            for row in logits.chunks(classes) {
+                let sum: f64 = row.iter().map(|v| v.exp()).sum();
+                for (q, v) in p.iter_mut().zip(row) {
+                    *q += v.exp() / sum / crops as f64;
+                }
+            }
+            let above = p.iter().filter(|&&q| q > p[label]).count();
+            loss -= p[label].ln();
+            top1 += f64::from(u8::from(above == 0));
+            top5 += f64::from(u8::from(above < 5));
+            images += 1;
+        }
+    }
+    let n = f64::from(images);
+    (loss / n, top1 / n, top5 / n)
+}
+
 #[test]
 fn a_folder_run_evaluates_with_ten_crops_and_predicts_images() {
     let dir = scratch("eval");
@@ -191,7 +268,20 @@ fn a_folder_run_evaluates_with_ten_crops_and_predicts_images() {
     // The checkpoint records the data and its colour statistics.
     let stats = std::fs::read_to_string(root.join("alexnet-stats.json")).unwrap();
     assert!(stats.contains("eigenvalues"), "{stats}");
-    for extra in [&[][..], &["--ten-crop"][..]] {
+    // Validation images of other sizes: wide, tall, smaller than the crop.
+    write(
+        &root.join("val/cat/wide.png"),
+        &png(150, 60, png::ColorType::Rgb, png::BitDepth::Eight),
+    );
+    write(
+        &root.join("val/dog/tall.jpg"),
+        &jpeg(50, 130, jpeg_encoder::ColorType::Rgb, 5),
+    );
+    write(
+        &root.join("val/dog/small.png"),
+        &png(30, 20, png::ColorType::Rgb, png::BitDepth::Eight),
+    );
+    for ten in [false, true] {
         let mut args = vec![
             "eval",
             "--cpu",
@@ -201,7 +291,9 @@ fn a_folder_run_evaluates_with_ten_crops_and_predicts_images() {
             "--data",
             root.to_str().unwrap(),
         ];
-        args.extend(extra);
+        if ten {
+            args.push("--ten-crop");
+        }
         let out = alexnet(&args);
         assert!(
             out.status.success(),
@@ -209,7 +301,15 @@ fn a_folder_run_evaluates_with_ten_crops_and_predicts_images() {
             String::from_utf8_lossy(&out.stderr)
         );
         let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(eval["images"], 2, "{extra:?}");
+        assert_eq!(eval["images"], 5, "ten crops: {ten}");
+        let (loss, top1, top5) = twin_evaluation(&run, &root.join("val"), ten);
+        let got = eval["loss"].as_f64().unwrap();
+        assert!(
+            (got - loss).abs() <= 1e-5 * loss,
+            "ten crops: {ten}: loss {got}, the f64 twin's {loss}"
+        );
+        assert_eq!(eval["top1"].as_f64(), Some(top1), "ten crops: {ten}");
+        assert_eq!(eval["top5"].as_f64(), Some(top5), "ten crops: {ten}");
     }
     let out = alexnet(&[
         "predict",
@@ -301,4 +401,113 @@ fn a_run_on_images_resumed_mid_epoch_equals_an_unbroken_one() {
         weights(&whole) == weights(&halves),
         "the resumed run's weights differ"
     );
+}
+
+/// Images in memory, for the loader.
+struct Pictures(Vec<RgbImage>);
+
+impl ImageSet for Pictures {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn label(&self, i: usize) -> u32 {
+        i as u32
+    }
+    fn describe(&self, i: usize) -> String {
+        format!("picture {i}")
+    }
+    fn load(&self, i: usize) -> Result<RgbImage, String> {
+        Ok(self.0[i].clone())
+    }
+}
+
+/// Noise, so that any crop misplaced by a pixel differs.
+fn noise(width: usize, height: usize, seed: u64) -> RgbImage {
+    let mut rng = Rng::new(seed);
+    RgbImage {
+        width,
+        height,
+        pixels: (0..width * height * 3)
+            .map(|_| rng.below(256) as u8)
+            .collect(),
+    }
+}
+
+#[test]
+fn ten_crops_are_the_corners_and_the_centre_and_their_mirrors_for_images_of_any_size() {
+    let mut resizer = Resizer::new();
+    // Nets of several input sides: the room a crop has is 29 (the paper's), 8 and 3.
+    for (input, room) in [(227, 29), (64, 8), (24, 3)] {
+        let pipeline = Pipeline::new(input, Stats::imagenet());
+        let (base, far) = (pipeline.base, pipeline.base - input);
+        assert_eq!(far, room);
+        // Square already, wide, tall, and small (smaller than the larger crops).
+        let sizes = [
+            (base, base),
+            (base + 13, base),
+            (base, 2 * base + 1),
+            (40, 25),
+        ];
+        let set = Pictures(
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &(w, h))| noise(w, h, i as u64))
+                .collect(),
+        );
+        for (index, image) in set.0.iter().enumerate() {
+            let (mut pixels, mut offsets) = (Vec::new(), Vec::new());
+            prepare(
+                &set,
+                &pipeline,
+                Mode::TenCrop,
+                index,
+                &mut resizer,
+                &mut pixels,
+                &mut offsets,
+            )
+            .unwrap();
+            // The square the crops come from (the image itself where it is one).
+            let square = pipeline.square(image.clone(), &mut resizer).unwrap();
+            if (image.width, image.height) == (base, base) {
+                assert_eq!(square, *image);
+            }
+            let at = |x: usize, y: usize| &square.pixels[(y * base + x) * 3..][..3];
+            let crop = |x0: usize, y0: usize, mirror: bool| -> Vec<u8> {
+                (0..input)
+                    .flat_map(|y| {
+                        (0..input).flat_map(move |x| {
+                            let sx = if mirror { input - 1 - x } else { x };
+                            at(x0 + sx, y0 + y).to_vec()
+                        })
+                    })
+                    .collect()
+            };
+            let len = 3 * input * input;
+            assert_eq!(pixels.len(), 10 * len, "{input}: image {index}");
+            let crops: Vec<&[u8]> = pixels.chunks(len).collect();
+            // The four corners and the centre, in some order, then the same mirrored.
+            let places = [(0, 0), (far, 0), (0, far), (far, far), (far / 2, far / 2)];
+            for (j, &(x0, y0)) in places.iter().enumerate() {
+                let want = crop(x0, y0, false);
+                let k = crops[..5]
+                    .iter()
+                    .position(|c| *c == want)
+                    .unwrap_or_else(|| {
+                        panic!("{input}: image {index} has no crop at ({x0}, {y0})")
+                    });
+                assert_eq!(
+                    crops[5 + k],
+                    crop(x0, y0, true),
+                    "{input}: image {index}, crop {j} mirrored"
+                );
+            }
+            // Every crop's offset is minus the mean (no lighting at test time).
+            let mean = Stats::imagenet().mean;
+            assert_eq!(offsets.len(), 30);
+            for o in offsets.chunks(3) {
+                assert_eq!(o, mean.map(|m| -m));
+            }
+        }
+    }
 }

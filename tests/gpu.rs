@@ -19,6 +19,9 @@ use alexnet::towers::{Batch, TowerPair};
 use libtest_mimic::{Arguments, Trial};
 use std::process::ExitCode;
 use std::sync::Arc;
+use update::{UPDATE_ELEMENT_TOL, UPDATE_NORM_TOL, compare_updates};
+
+mod update;
 
 /// Every test of this file, by name.
 const TESTS: &[(&str, fn())] = &[
@@ -33,6 +36,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "three_training_steps_in_emulation_mode_match_the_cpu",
         three_training_steps_in_emulation_mode_match_the_cpu,
+    ),
+    (
+        "u8_input_matches_the_cpu_device_bit_for_bit",
+        u8_input_matches_the_cpu_device_bit_for_bit,
     ),
 ];
 
@@ -472,14 +479,13 @@ fn three_training_steps_in_emulation_mode_match_the_cpu() {
         cpu.download(ParamSet::Weights).unwrap(),
         gpu.download(ParamSet::Weights).unwrap(),
     );
-    for (w, g) in want.iter().zip(&got) {
-        assert_close(&w.name, &g.data, &w.data, 1e-4);
+    if let Err(e) = compare_updates(&init, &want, &got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
+        panic!("GPU against CPU: {e}");
     }
 }
 
-#[test]
 fn u8_input_matches_the_cpu_device_bit_for_bit() {
-    let Some(mut gpu) = gpu_or_skip() else { return };
+    let mut gpu = gpu();
     let mut cpu = CpuDevice::<f32>::default();
     let (batch, plane) = (5, 227 * 227);
     let mut rng = Rng::new(9);

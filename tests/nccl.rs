@@ -17,6 +17,9 @@ use alexnet::watch::Watch;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
+use update::{UPDATE_ELEMENT_TOL, UPDATE_NORM_TOL, compare_updates};
+
+mod update;
 
 fn skip(why: &str, required: bool) {
     assert!(
@@ -33,6 +36,66 @@ fn available(gpus: usize) -> Result<(), String> {
         return Err(format!("needs {gpus} GPUs, this machine has {count}"));
     }
     alexnet::device::cuda::nccl_lib::version().map(drop)
+}
+
+/// The version the library file says it is: the digits after the
+/// "NCCL version " that NCCL prints at init, in the file the loader mapped.
+fn version_in_loaded_file() -> (String, String) {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let file = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libnccl.so"))
+        .expect("NCCL's library is mapped once its version was read")
+        .to_string();
+    let bytes = std::fs::read(&file).expect("the mapped library reads");
+    let key = b"NCCL version ";
+    let version = bytes
+        .windows(key.len())
+        .enumerate()
+        .filter(|(_, w)| *w == key)
+        .map(|(at, _)| {
+            let digits = bytes[at + key.len()..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit() || **b == b'.')
+                .map(|&b| char::from(b))
+                .collect::<String>();
+            digits.trim_end_matches('.').to_string()
+        })
+        .find(|v| v.split('.').count() == 3)
+        .unwrap_or_else(|| panic!("{file} holds no \"NCCL version X.Y.Z\""));
+    (file, version)
+}
+
+#[test]
+fn the_version_is_the_loaded_librarys_or_its_absence_is_a_clear_error() {
+    match alexnet::device::cuda::nccl_lib::version() {
+        Ok(v) => {
+            let parts: Vec<u32> = v
+                .split('.')
+                .map(|p| p.parse().unwrap_or_else(|_| panic!("version {v}")))
+                .collect();
+            assert_eq!(parts.len(), 3, "version {v}");
+            assert!((parts[0], parts[1]) >= (2, 14), "version {v}");
+            let (file, in_file) = version_in_loaded_file();
+            assert_eq!(v, in_file, "ncclGetVersion against {file}");
+            nccl::new_id().expect("an NCCL id where NCCL loads");
+        }
+        Err(why) if why.contains("older than 2.14") => {
+            assert!(why.starts_with("NCCL 2."), "{why}");
+            let e = nccl::new_id().unwrap_err().to_string();
+            assert!(e.contains("older than 2.14"), "{e}");
+        }
+        Err(why) => {
+            assert!(why.starts_with("libnccl.so not found"), "{why}");
+            let e = nccl::new_id().unwrap_err().to_string();
+            assert!(e.starts_with("NCCL: libnccl.so not found"), "{e}");
+            skip(
+                &format!("{why}: its absence is a clear error, its version not checked"),
+                false,
+            );
+        }
+    }
 }
 
 #[test]
@@ -107,14 +170,7 @@ fn two_towers_over_nccl_match_the_host_link() {
         cpu.download(ParamSet::Weights).unwrap(),
         gpus.download(ParamSet::Weights).unwrap(),
     );
-    for (w, g) in want.iter().zip(&got) {
-        let scale = w.data.iter().fold(1e-20f32, |m, v| m.max(v.abs()));
-        for (i, (a, b)) in g.data.iter().zip(&w.data).enumerate() {
-            assert!(
-                (a - b).abs() / scale <= 1e-4,
-                "{}[{i}]: {a} over NCCL, {b} on the CPU",
-                w.name
-            );
-        }
+    if let Err(e) = compare_updates(&init, &want, &got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
+        panic!("NCCL against CPU: {e}");
     }
 }

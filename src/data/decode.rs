@@ -137,7 +137,9 @@ fn decode_jpeg(bytes: &[u8], _side: usize) -> Result<RgbImage, String> {
 }
 
 fn decode_jpeg_zune(bytes: &[u8]) -> Result<RgbImage, String> {
+    // Strict: a truncated or corrupt file is an error, not padded with grey.
     let options = DecoderOptions::default()
+        .set_strict_mode(true)
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(1 << 15)
         .set_max_height(1 << 15);
@@ -145,6 +147,13 @@ fn decode_jpeg_zune(bytes: &[u8]) -> Result<RgbImage, String> {
     decoder
         .decode_headers()
         .map_err(|e| format!("JPEG: {e:?}"))?;
+    // zune-jpeg fills a last row whose data is cut off with grey even in
+    // strict mode; such a file lacks the end-of-image marker after its last
+    // scan (inside a scan a 0xff byte is never followed by 0xd9).
+    let last_scan = bytes.windows(2).rposition(|m| m == [0xff, 0xda]);
+    if !last_scan.is_some_and(|at| bytes[at..].windows(2).any(|m| m == [0xff, 0xd9])) {
+        return Err("JPEG: no end-of-image marker after the last scan (truncated?)".into());
+    }
     let (width, height) = decoder.dimensions().ok_or("JPEG: no dimensions")?;
     if width * height > MAX_PIXELS {
         return Err(format!("JPEG of {width}×{height} is too large"));
@@ -313,14 +322,27 @@ pub mod tests {
         let good = jpeg(64, 48, jpeg_encoder::ColorType::Rgb);
         assert!(decode(&[]).unwrap_err().contains("empty"));
         assert!(decode(b"GIF89a").unwrap_err().contains("neither"));
+        let damaged = |bytes: &[u8], what: &str| match decode(bytes) {
+            Ok(image) => panic!("{what} decodes as {}×{}", image.width, image.height),
+            Err(e) => assert!(e.starts_with("JPEG: "), "{what}: {e}"),
+        };
         for cut in [2, 20, good.len() / 3, good.len() - 10] {
-            let _ = decode(&good[..cut]);
+            damaged(&good[..cut], &format!("the first {cut} bytes of a JPEG"));
         }
         let mut garbled = good.clone();
         for b in garbled.iter_mut().skip(200).step_by(7) {
             *b ^= 0x5a;
         }
-        let _ = decode(&garbled);
+        damaged(&garbled, "a garbled JPEG");
+        // CMYK goes to zune-jpeg whatever the features.
+        let cmyk = jpeg(64, 48, jpeg_encoder::ColorType::Cmyk);
+        assert!(decode(&cmyk).is_ok());
+        for cut in [cmyk.len() / 3, cmyk.len() - 10] {
+            damaged(
+                &cmyk[..cut],
+                &format!("the first {cut} bytes of a CMYK JPEG"),
+            );
+        }
         let p = png(16, 16, png::ColorType::Rgb, png::BitDepth::Eight);
         assert!(decode(&p[..p.len() / 2]).is_err());
     }
