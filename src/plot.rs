@@ -7,6 +7,7 @@ pub mod filters;
 
 use crate::error::{Error, Result};
 use crate::output::Staged;
+use crate::train::metrics::{self, Metric};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -30,45 +31,32 @@ pub struct Curves {
 impl Curves {
     /// Reads `RUN_DIR/metrics.jsonl`; lines it does not understand are skipped.
     pub fn read(run_dir: &Path) -> Result<Curves> {
-        let path = run_dir.join("metrics.jsonl");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let mut c = Curves::default();
-        for line in text.lines() {
-            let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let Some(step) = m["step"].as_f64() else {
-                continue;
-            };
-            let push = |series: &mut Vec<(f64, f64)>, key: &str, scale: f64| {
-                if let Some(v) = m[key].as_f64() {
-                    series.push((step, scale * v));
+        for metric in metrics::read(run_dir)? {
+            let at = metric.step() as f64;
+            match metric {
+                Metric::Train { loss, top1, lr, .. } => {
+                    c.train_loss.push((at, loss));
+                    c.train_top1.push((at, 100.0 * top1));
+                    c.lr.push((at, f64::from(lr)));
                 }
-            };
-            match m["kind"].as_str() {
-                Some("train") => {
-                    push(&mut c.train_loss, "loss", 1.0);
-                    push(&mut c.train_top1, "top1", 100.0);
-                    push(&mut c.lr, "lr", 1.0);
+                Metric::Val {
+                    loss, top1, top5, ..
+                } => {
+                    c.val_loss.push((at, loss));
+                    c.val_top1.push((at, 100.0 * top1));
+                    c.val_top5.push((at, 100.0 * top5));
                 }
-                Some("val") => {
-                    push(&mut c.val_loss, "loss", 1.0);
-                    push(&mut c.val_top1, "top1", 100.0);
-                    push(&mut c.val_top5, "top5", 100.0);
-                }
-                Some("filters") => {
-                    for (t, series) in c.saturation.iter_mut().enumerate() {
-                        if let Some(v) = m["saturation"][t].as_f64() {
-                            series.push((step, v));
-                        }
+                Metric::Filters { saturation, .. } => {
+                    for (series, s) in c.saturation.iter_mut().zip(saturation) {
+                        series.push((at, s));
                     }
                 }
-                _ => {}
             }
         }
         if c.train_loss.is_empty() {
             return Err(Error::File {
-                path,
+                path: run_dir.join("metrics.jsonl"),
                 message: "holds no training metrics yet".into(),
             });
         }

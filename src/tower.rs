@@ -10,6 +10,7 @@ use crate::net::buffers::BufferSizes;
 use crate::net::params::LayerParams;
 use crate::net::plan::{Op, Plan, TOWERS};
 use crate::rng::derive;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,12 +23,13 @@ pub struct Tower<D: Device, L: Link<D::Buf>> {
     link: L,
     device: D,
     batch: usize,
-    /// Per parameter layer, in layer order.
-    params: Vec<LayerParams<D::Buf>>,
-    grads: Vec<LayerParams<D::Buf>>,
-    momentum: Vec<LayerParams<D::Buf>>,
+    /// Per parameter layer, in layer order. This and the next three are
+    /// dropped by hand, or leaked after a failure (see the `Drop` impl).
+    params: ManuallyDrop<Vec<LayerParams<D::Buf>>>,
+    grads: ManuallyDrop<Vec<LayerParams<D::Buf>>>,
+    momentum: ManuallyDrop<Vec<LayerParams<D::Buf>>>,
     /// Activations of the current batch, and their gradients.
-    buffers: Buffers<D::Buf>,
+    buffers: ManuallyDrop<Buffers<D::Buf>>,
     /// Dropout mask key of the current step; `None` when not training.
     dropout_key: Option<u64>,
     /// Wall time of each layer in the last step, then the loss and the update.
@@ -148,11 +150,11 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             device,
             link,
             batch,
-            params,
-            grads,
-            momentum,
+            params: ManuallyDrop::new(params),
+            grads: ManuallyDrop::new(grads),
+            momentum: ManuallyDrop::new(momentum),
             timings,
-            buffers,
+            buffers: ManuallyDrop::new(buffers),
             dropout_key: None,
             profile: false,
         })
@@ -207,11 +209,12 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     fn forward(&mut self, images: &Images, labels: &[u32], dropout_key: Option<u64>) -> Result<()> {
         let batch = labels.len();
         if batch != self.batch {
-            self.buffers = Buffers::new(&mut self.device, &self.plan, batch)?;
+            // Through the `ManuallyDrop`, so that the old buffers are dropped.
+            *self.buffers = Buffers::new(&mut self.device, &self.plan, batch)?;
             self.batch = batch;
         }
         self.dropout_key = dropout_key;
-        let b = &mut self.buffers;
+        let b = &mut *self.buffers;
         match images {
             Images::F32(v) => self.device.input_from_f32(v, &mut b.input)?,
             Images::U8 { pixels, offsets } => {
@@ -294,7 +297,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     /// Backward pass after a training [`Tower::forward`]: fills the parameter gradients.
     fn backward(&mut self) -> Result<()> {
         let batch = self.batch;
-        let b = &mut self.buffers;
+        let b = &mut *self.buffers;
         let mut param_slot = self.params.len();
         for (i, layer) in self.plan.layers.iter().enumerate().rev() {
             let start = Instant::now();
@@ -376,8 +379,8 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         for ((p, g), v) in self
             .params
             .iter_mut()
-            .zip(&self.grads)
-            .zip(&mut self.momentum)
+            .zip(self.grads.iter())
+            .zip(self.momentum.iter_mut())
         {
             for ((w, gw), vw) in p.weights.iter_mut().zip(&g.weights).zip(&mut v.weights) {
                 self.device.sgd_update(w, gw, vw, step)?;
@@ -454,6 +457,25 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 })
             })
             .collect()
+    }
+}
+
+impl<D: Device, L: Link<D::Buf>> Drop for Tower<D, L> {
+    /// Frees the parameters and buffers unless the device says they must be
+    /// leaked ([`Device::leak_on_drop`]: after a failure, the other tower's
+    /// queued copies may still read them); then the fields drop in order,
+    /// the link before the device.
+    fn drop(&mut self) {
+        if self.device.leak_on_drop() {
+            return;
+        }
+        // SAFETY: each field is dropped once, here, and not used after.
+        unsafe {
+            ManuallyDrop::drop(&mut self.buffers);
+            ManuallyDrop::drop(&mut self.momentum);
+            ManuallyDrop::drop(&mut self.grads);
+            ManuallyDrop::drop(&mut self.params);
+        }
     }
 }
 

@@ -456,6 +456,9 @@ fn three_training_steps_in_emulation_mode_match_the_cpu() {
         momentum: 0.9,
         weight_decay: 5e-4,
     };
+    // The GPU's steps are queued (up to two run ahead of the host) and their
+    // statistics read at the end; the CPU's are read step by step.
+    let mut want = Vec::new();
     for step in 0..3u64 {
         let mut rng = Rng::new(100 + step);
         let labels = (0..batch)
@@ -465,8 +468,12 @@ fn three_training_steps_in_emulation_mode_match_the_cpu() {
             images: Arc::new(random(batch * size, 200 + step, 1.0).into()),
             labels: Arc::new(labels),
         };
-        let want = cpu.train_step(&batch, step, Some(sgd)).unwrap();
-        let got = gpu.train_step(&batch, step, Some(sgd)).unwrap();
+        want.push(cpu.train_step(&batch, step, Some(sgd)).unwrap());
+        gpu.queue_step(&batch, step, Some(sgd)).unwrap();
+    }
+    let got = gpu.take_stats().unwrap();
+    assert_eq!(got.len(), want.len(), "one loss per queued step");
+    for (step, (want, got)) in want.iter().zip(&got).enumerate() {
         let rel = (got.loss_sum - want.loss_sum).abs() / want.loss_sum.abs();
         assert!(
             rel < 1e-4,

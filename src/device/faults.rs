@@ -126,6 +126,9 @@ impl<D: Device> Device for Faulty<D> {
     fn fence(&mut self) -> Result<()> {
         self.inner.fence()
     }
+    fn leak_on_drop(&self) -> bool {
+        self.inner.leak_on_drop()
+    }
     fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
         self.inner.prepare_conv(shape, batch)
     }

@@ -54,10 +54,14 @@ pub trait Device {
     /// Copies a buffer to the host.
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>>;
     /// Waits until every queued operation has finished (for per-layer timing
-    /// on devices that run asynchronously).
-    fn fence(&mut self) -> Result<()> {
-        Ok(())
-    }
+    /// on devices that run asynchronously). No default, so a wrapping device
+    /// cannot forget to pass it on.
+    fn fence(&mut self) -> Result<()>;
+    /// Whether a tower dropped now must leak its buffers rather than free
+    /// them: after its pair has failed, the other tower's queued copies may
+    /// still read them (a GPU frees in its own stream's order, which is not
+    /// ordered after the other tower's stream). No default, as for `fence`.
+    fn leak_on_drop(&self) -> bool;
     /// Chooses how to run the convolution `shape` at up to `batch` images,
     /// before the first step (a GPU measures its algorithms here). No
     /// default, so a wrapping device cannot forget to pass it on.

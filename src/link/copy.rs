@@ -17,6 +17,9 @@
 //! Every wait is thus on an event already recorded, which the GPU reaches
 //! as long as the other tower's queued work runs; the host-side handoffs
 //! give up on the other tower's failure or after the pair's timeout.
+//! A failure breaks that order (a tower's stream no longer waits for the
+//! other's reads of its buffers), so a tower of a failed pair leaks its
+//! buffers rather than free them ([`crate::device::Device::leak_on_drop`]).
 //!
 //! Buffers come from cudarc's stream-ordered pool (`cuMemAllocAsync`),
 //! which `cuCtxEnablePeerAccess` does not govern: each tower also grants

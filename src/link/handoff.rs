@@ -78,7 +78,7 @@ impl<M> Handoff<M> {
             if Instant::now() >= deadline {
                 drop(state);
                 self.watch
-                    .lost(other(rank), "the other tower waited for it at an exchange");
+                    .lost(other(rank), "the other tower waited at an exchange");
                 return Err(self.gone(rank));
             }
             // A failure elsewhere is recorded in the watch without this
@@ -177,7 +177,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
         assert_eq!(
             e,
-            "tower 1 (GPU 0): did not answer within 0.1 s while the other tower waited for it at an exchange"
+            "tower 1 (GPU 0): did not answer within 0.1 s while the other tower waited at an exchange"
         );
     }
 }

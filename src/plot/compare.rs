@@ -5,6 +5,7 @@
 use super::{Curves, FONT};
 use crate::error::{Error, Result};
 use crate::output::Staged;
+use crate::train::metrics::{self, Metric};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -59,27 +60,23 @@ impl ErrorCurve {
 /// Steps in one epoch: the step of the first validation that training went
 /// on past into a later epoch (so one at an epoch's end), over its epoch.
 fn steps_per_epoch(run_dir: &Path) -> Result<f64> {
-    let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let later_epoch = |after: usize, epoch: u64| {
+    let lines = metrics::read(run_dir)?;
+    let later_epoch = |after: usize, epoch: usize| {
         lines[after..]
             .iter()
-            .any(|m| m["kind"] == "train" && m["epoch"].as_u64().is_some_and(|e| e > epoch))
+            .any(|m| matches!(m, Metric::Train { epoch: e, .. } if *e > epoch))
     };
     lines
         .iter()
         .enumerate()
-        .find_map(|(i, m)| {
-            let (step, epoch) = (m["step"].as_u64()?, m["epoch"].as_u64()?);
-            (m["kind"] == "val" && epoch > 0 && later_epoch(i, epoch))
-                .then(|| step as f64 / epoch as f64)
+        .find_map(|(i, m)| match *m {
+            Metric::Val { step, epoch, .. } if epoch > 0 && later_epoch(i, epoch) => {
+                Some(step as f64 / epoch as f64)
+            }
+            _ => None,
         })
         .ok_or_else(|| Error::File {
-            path,
+            path: run_dir.join("metrics.jsonl"),
             message: "the run has not finished its first epoch: no epoch scale".into(),
         })
 }

@@ -3,12 +3,12 @@
 //! its checkpoint, which it is about to run again.
 
 use crate::error::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Metric {
     Train {
@@ -38,6 +38,31 @@ pub enum Metric {
     },
 }
 
+impl Metric {
+    /// The step (1-based) the line was written after.
+    pub fn step(&self) -> usize {
+        match self {
+            Metric::Train { step, .. }
+            | Metric::Val { step, .. }
+            | Metric::Filters { step, .. } => *step,
+        }
+    }
+
+    /// The line's metric; `None` for a line that is not one (torn by a
+    /// crash mid-write, or of a kind this version does not know).
+    pub fn parse(line: &str) -> Option<Metric> {
+        serde_json::from_str(line).ok()
+    }
+}
+
+/// The metrics of `RUN_DIR/metrics.jsonl`, in order, leaving out lines
+/// [`Metric::parse`] does not understand.
+pub fn read(run_dir: &Path) -> Result<Vec<Metric>> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(text.lines().filter_map(Metric::parse).collect())
+}
+
 /// The run's metrics file, open for appending.
 pub struct MetricsLog {
     path: PathBuf,
@@ -52,12 +77,7 @@ impl MetricsLog {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             let kept: String = text
                 .lines()
-                .filter(|line| {
-                    serde_json::from_str::<serde_json::Value>(line)
-                        .ok()
-                        .and_then(|v| v.get("step")?.as_u64())
-                        .is_some_and(|step| step as usize <= keep_through)
-                })
+                .filter(|line| Metric::parse(line).is_some_and(|m| m.step() <= keep_through))
                 .map(|line| format!("{line}\n"))
                 .collect();
             let tmp = dir.join("metrics.jsonl.tmp");

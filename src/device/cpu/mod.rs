@@ -76,6 +76,16 @@ impl<T: Real> Device for CpuDevice<T> {
         Ok(src.iter().map(|v| v.wide() as f32).collect())
     }
 
+    /// The CPU runs each call to its end before it returns: nothing to wait for.
+    fn fence(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Nothing is queued on the CPU that could read a buffer after its drop.
+    fn leak_on_drop(&self) -> bool {
+        false
+    }
+
     /// The CPU has one way to run a convolution: nothing to choose.
     fn prepare_conv(&mut self, _shape: &ConvShape, _batch: usize) -> Result<()> {
         Ok(())

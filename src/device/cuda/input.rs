@@ -83,6 +83,16 @@ impl Staging {
     }
 }
 
+impl Drop for Staging {
+    /// The turns' device buffers are freed on the copy stream: first it
+    /// waits for the compute work that read them.
+    fn drop(&mut self) {
+        for turn in &self.turns {
+            let _ = self.copy.wait(&turn.consumed);
+        }
+    }
+}
+
 impl Staging {
     /// The labels staged in turn `at`.
     pub(super) fn labels(&self, at: usize) -> Result<&CudaSlice<u32>> {

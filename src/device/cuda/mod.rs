@@ -267,6 +267,18 @@ impl Device for CudaDevice {
         self.synchronize()
     }
 
+    /// Once the pair has failed (or this tower's thread panics, before its
+    /// failure is recorded), the other tower may have queued copies from
+    /// this tower's buffers that this stream never waited for: freeing them
+    /// here would let the pool hand their memory out while those copies
+    /// read it (on one GPU both towers share a context and its pool, and an
+    /// illegal address there is sticky, ending every later use of the GPU).
+    fn leak_on_drop(&self) -> bool {
+        self.watch
+            .as_ref()
+            .is_some_and(|(watch, _)| watch.failure().is_some() || std::thread::panicking())
+    }
+
     fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
         self.convs.search(shape, batch)
     }
