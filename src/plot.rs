@@ -219,7 +219,9 @@ mod tests {
         let curves = Curves::read(dir.path()).unwrap();
         assert_eq!(curves.train_loss, vec![(10.0, 2.3), (20.0, 1.5)]);
         assert_eq!(curves.val_top5, vec![(20.0, 90.0)]);
-        assert_eq!(curves.lr, vec![(10.0, 0.01), (20.0, 0.01)]);
+        // The rate is an f32 in training and in the metrics.
+        let lr = f64::from(0.01f32);
+        assert_eq!(curves.lr, vec![(10.0, lr), (20.0, lr)]);
         assert_eq!(curves.saturation, [vec![(20.0, 0.1)], vec![(20.0, 0.3)]]);
         let [png, svg] = plot(dir.path(), &curves).unwrap();
         assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");

@@ -19,7 +19,9 @@ pub enum Metric {
         images_per_s: f64,
         lr: f32,
         /// The fraction of the wall time since the previous line spent
-        /// waiting for batches.
+        /// waiting for batches (0 in the lines of runs from before it was
+        /// measured).
+        #[serde(default)]
         data_wait: f64,
     },
     Val {
