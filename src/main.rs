@@ -1,6 +1,7 @@
 //! The command line: `summary`, `bench`, `train`, `eval`, `predict`, `plot` and `info`.
 
 use alexnet::bench::{self, BenchConfig};
+use alexnet::bench_pytorch;
 use alexnet::data::loader::default_workers;
 use alexnet::data::sets;
 use alexnet::data::shards::{self, Encoding};
@@ -62,6 +63,13 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Then time PyTorch on the twin of the net (CPU, fp32, one thread
+        /// per tower) and print both and the ratio.
+        #[arg(long)]
+        against_pytorch: bool,
+        /// The Python that `--against-pytorch` runs [default: $ALEXNET_PYTHON, else python3].
+        #[arg(long, value_name = "PATH", requires = "against_pytorch")]
+        python: Option<String>,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -401,9 +409,16 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             warmup,
             json,
+            against_pytorch,
+            python,
             device,
         } => {
             let (placement, note) = device.placement()?;
+            if against_pytorch && placement != Placement::Cpu {
+                return Err(Error::Input(
+                    "--against-pytorch compares the CPU only: add --cpu".into(),
+                ));
+            }
             alexnet::limits::check_fits(&Plan::load(&preset)?, batch as usize, placement)?;
             if !json {
                 println!("{note}");
@@ -415,13 +430,24 @@ fn run(cli: Cli) -> Result<()> {
                 steps: steps as usize,
                 warmup: warmup as usize,
             })?;
+            let against = against_pytorch.then(|| {
+                let python = python.unwrap_or_else(bench_pytorch::default_python);
+                bench_pytorch::compare(&report, &python, steps as usize, warmup as usize)
+            });
             if json {
+                let mut value = serde_json::to_value(&report).expect("report serializes");
+                if let Some(a) = &against {
+                    value["against_pytorch"] = serde_json::to_value(a).expect("serializes");
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report).expect("report serializes")
+                    serde_json::to_string_pretty(&value).expect("report serializes")
                 );
             } else {
                 print!("{}", bench::render(&report));
+                if let Some(a) = &against {
+                    print!("{}", bench_pytorch::render(a));
+                }
             }
         }
         Command::Info => print!("{}", probe::report()),

@@ -37,7 +37,9 @@ pub fn maxpool_forward<T: Real>(x: &[T], y: &mut [T], s: &PoolShape, batch: usiz
 
 simd::kernel! {
 /// Adds each output's gradient to the first input of its window (row by
-/// row) that equals the output (the max); `dx` is overwritten.
+/// row) that equals the output (the max); `dx` is overwritten. The window is
+/// scanned from its end keeping the last match seen, which is the first in
+/// order, by selects rather than branches the max's position would mispredict.
 pub fn maxpool_backward<T: Real>(
     x: &[T],
     y: &[T],
@@ -56,16 +58,19 @@ pub fn maxpool_backward<T: Real>(
         );
         let dx_p = &mut dx[p * in_plane..][..in_plane];
         for oy in 0..s.out_h {
+            let rows = span(oy, s, s.in_h);
             for ox in 0..s.out_w {
                 let o = oy * s.out_w + ox;
-                let first_max = span(oy, s, s.in_h).find_map(|iy| {
-                    let row = iy * s.in_w;
-                    span(ox, s, s.in_w)
-                        .map(|ix| row + ix)
-                        .find(|&i| x_p[i] == y_p[o])
-                });
-                if let Some(i) = first_max {
-                    dx_p[i] += dy_p[o];
+                let cols = span(ox, s, s.in_w);
+                let mut first = usize::MAX;
+                for iy in rows.clone().rev() {
+                    let line = &x_p[iy * s.in_w..][..s.in_w];
+                    for ix in cols.clone().rev() {
+                        first = if line[ix] == y_p[o] { iy * s.in_w + ix } else { first };
+                    }
+                }
+                if let Some(d) = dx_p.get_mut(first) {
+                    *d += dy_p[o];
                 }
             }
         }
