@@ -4,12 +4,13 @@ the two towers: a full training step (forward, cross-entropy, backward,
 momentum SGD with weight decay) and inference, median of timed steps after
 warm-up, on random 227x227 images.
 
-The twin (SPEC.md): groups=2 in conv2, conv4, conv5; LRN(size=5, alpha=5e-4,
+The twin (docs/network.md): groups=2 in conv2, conv4, conv5; LRN(size=5, alpha=5e-4,
 beta=0.75, k=2), which is the paper's alpha=1e-4 in PyTorch's convention.
 PyTorch's LRN here spans all 96 (256) channels rather than each group's 48
 (128): the same cost, one op instead of two.
 
     python3 bench/pytorch_twin.py --threads 2 --batch 128 [--amp] [--json]
+    alexnet bench --cpu --batch 128 --against-pytorch [--python PATH]  (runs this script)
     python3 bench/pytorch_twin.py --device cuda [--exact | --tf32] [--amp | --bf16]
         [--channels-last] [--compile]
 

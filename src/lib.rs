@@ -9,6 +9,7 @@
 //! - [`train`], [`bench`], [`data`]: the jobs the binary runs.
 
 pub mod bench;
+pub mod bench_pytorch;
 pub mod data;
 pub mod device;
 pub mod error;

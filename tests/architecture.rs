@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The floors of docs/architecture.md, top (0) to bottom, by top-level module.
-const FLOORS: [(&str, usize); 20] = [
+const FLOORS: [(&str, usize); 21] = [
     ("train", 1),
     ("infer", 1),
     ("bench", 1),
+    ("bench_pytorch", 1),
     ("summary", 1),
     ("plot", 1),
     ("towers", 2),

@@ -127,3 +127,84 @@ fn small_preset_learns_the_synthetic_set_deterministically() {
     assert_input_error(&out, "already holds a run");
     assert_eq!(std::fs::read(first.join("metrics.jsonl")).unwrap(), before);
 }
+
+/// A stand-in for Python: a shell script with `body`, in its own folder.
+fn fake_python(name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = scratch(name).join("python");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn bench_against(python: &str, json: bool) -> Output {
+    let mut args = vec![
+        "bench", "--cpu", "--batch", "1", "--steps", "1", "--warmup", "0",
+    ];
+    args.extend(["--against-pytorch", "--python", python]);
+    if json {
+        args.push("--json");
+    }
+    alexnet(&args)
+}
+
+#[test]
+fn against_pytorch_without_torch_says_so_in_one_line_and_still_reports() {
+    let python = fake_python(
+        "no-torch",
+        "echo 'Traceback (most recent call last):' >&2\n\
+         echo \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1",
+    );
+    let out = bench_against(&python, false);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("training") && text.contains("images/s"),
+        "{text}"
+    );
+    let notes: Vec<&str> = text.lines().filter(|l| l.contains("PyTorch")).collect();
+    assert_eq!(notes.len(), 1, "{text}");
+    assert!(notes[0].contains("not importable") && notes[0].contains(&python));
+
+    let missing = bench_against("/nonexistent/python3", false);
+    let text = String::from_utf8(missing.stdout).unwrap();
+    assert!(missing.status.success());
+    assert!(text.contains("cannot run /nonexistent/python3"), "{text}");
+}
+
+#[test]
+fn against_pytorch_prints_both_rates_and_their_ratio() {
+    // A Python that answers as the twin script does, with fixed rates.
+    let python = fake_python(
+        "fake-torch",
+        r#"echo '{"torch": "0.0-test", "train": {"images_per_s": 0.5}, "inference": {"images_per_s": 2.0}}'"#,
+    );
+    let out = bench_against(&python, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = |kind: &str| report[kind]["images_per_s"].as_f64().unwrap();
+    let theirs = &report["against_pytorch"]["pytorch"];
+    assert_eq!(theirs["torch_version"], "0.0-test");
+    assert_eq!(theirs["threads"], 2);
+    let ratio = |key: &str| theirs[key].as_f64().unwrap();
+    assert!((ratio("train_ratio") - ours("train") / 0.5).abs() < 1e-9 * ratio("train_ratio"));
+    assert!(
+        (ratio("inference_ratio") - ours("inference") / 2.0).abs()
+            < 1e-9 * ratio("inference_ratio")
+    );
+
+    let text = String::from_utf8(bench_against(&python, false).stdout).unwrap();
+    assert!(
+        text.contains("PyTorch 0.0-test twin, fp32, 2 threads"),
+        "{text}"
+    );
+    assert!(text.contains("× training"), "{text}");
+}

@@ -3,8 +3,10 @@
 
 use super::{DeviceArgs, batch_range, print_json};
 use alexnet::bench::{self, BenchConfig};
+use alexnet::bench_pytorch;
 use alexnet::error::{Error, Result};
 use alexnet::net::plan::Plan;
+use alexnet::placement::Placement;
 use alexnet::plot;
 use alexnet::summary;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,13 @@ pub struct BenchArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Then time PyTorch on the twin of the net (CPU, fp32, one thread
+    /// per tower) and print both and the ratio.
+    #[arg(long)]
+    against_pytorch: bool,
+    /// The Python that `--against-pytorch` runs [default: $ALEXNET_PYTHON, else python3].
+    #[arg(long, value_name = "PATH", requires = "against_pytorch")]
+    python: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -51,6 +60,11 @@ pub struct BenchArgs {
 impl BenchArgs {
     pub fn run(self) -> Result<()> {
         let (placement, note) = self.device.placement()?;
+        if self.against_pytorch && placement != Placement::Cpu {
+            return Err(Error::Input(
+                "--against-pytorch compares the CPU only: add --cpu".into(),
+            ));
+        }
         alexnet::limits::check_fits(&Plan::load(&self.preset)?, self.batch as usize, placement)?;
         if !self.json {
             println!("{note}");
@@ -62,10 +76,22 @@ impl BenchArgs {
             steps: self.steps as usize,
             warmup: self.warmup as usize,
         })?;
+        let against = self.against_pytorch.then(|| {
+            let python = self.python.unwrap_or_else(bench_pytorch::default_python);
+            bench_pytorch::compare(&report, &python, self.steps as usize, self.warmup as usize)
+        });
         if self.json {
-            print_json(&report);
+            let mut value = serde_json::to_value(&report).expect("a report serializes");
+            if let Some(a) = &against {
+                value["against_pytorch"] =
+                    serde_json::to_value(a).expect("a comparison serializes");
+            }
+            print_json(&value);
         } else {
             print!("{}", bench::render(&report));
+            if let Some(a) = &against {
+                print!("{}", bench_pytorch::render(a));
+            }
         }
         Ok(())
     }

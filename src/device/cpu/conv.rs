@@ -1,70 +1,134 @@
 //! Convolution by im2col and GEMM, forward and backward, reading one or
-//! more source towers (the cross-tower conv3 of paper §3.2 sums two).
+//! more source towers (the cross-tower conv3 of paper §3.2 sums two). Each
+//! image is unfolded a band of output rows at a time, so that the unfolded
+//! band stays in the core's cache while the product reads it.
 
-use super::matmul::{Mat, matmul};
+use super::matmul::{Mat, matmul, matmul_strided};
 use super::real::Real;
 use crate::net::plan::ConvShape;
+use std::ops::Range;
 
-/// Unfolds one image (`in_c × in_h × in_w`) into `col`
-/// (`in_c·k·k × out_h·out_w`), zero where the window hangs over the padding.
-fn im2col<T: Real>(x: &[T], s: &ConvShape, col: &mut [T]) {
-    let (k, plane) = (s.kernel, s.out_h * s.out_w);
-    for c in 0..s.in_c {
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * plane..][..plane];
-                for oy in 0..s.out_h {
-                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                    let out = &mut row[oy * s.out_w..][..s.out_w];
-                    if iy < 0 || iy >= s.in_h as isize {
-                        out.fill(T::zero());
-                        continue;
-                    }
-                    let line = &x[(c * s.in_h + iy as usize) * s.in_w..][..s.in_w];
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                        *o = if ix >= 0 && ix < s.in_w as isize {
-                            line[ix as usize]
-                        } else {
-                            T::zero()
-                        };
-                    }
-                }
-            }
-        }
-    }
+/// Unfolded bytes per band the banding aims at (a share of a core's L2).
+const BAND_BYTES: usize = 512 << 10;
+/// Fewest columns (output pixels) per band, so each product stays wide.
+const BAND_MIN_COLUMNS: usize = 256;
+
+/// Output rows per band of [`im2col`].
+fn band_rows<T>(s: &ConvShape) -> usize {
+    let row_bytes = s.in_c * s.kernel * s.kernel * s.out_w * size_of::<T>();
+    let rows = (BAND_BYTES / row_bytes.max(1)).max(BAND_MIN_COLUMNS.div_ceil(s.out_w.max(1)));
+    rows.clamp(1, s.out_h.max(1))
 }
 
-/// Adds `col` back into the image it was unfolded from (the adjoint of [`im2col`]).
-fn col2im<T: Real>(col: &[T], s: &ConvShape, dx: &mut [T]) {
-    let (k, plane) = (s.kernel, s.out_h * s.out_w);
+/// The bands of output rows, in order.
+fn bands<T>(s: &ConvShape) -> impl Iterator<Item = Range<usize>> {
+    let rows = band_rows::<T>(s);
+    (0..s.out_h)
+        .step_by(rows)
+        .map(move |start| start..(start + rows).min(s.out_h))
+}
+
+/// The outputs `ox` whose input column `ox·stride + kx − pad` lies inside a
+/// line of `in_w`, as a range (empty when none does).
+fn valid_columns(s: &ConvShape, kx: usize) -> Range<usize> {
+    // ox·stride ≥ pad − kx, and ox·stride ≤ in_w − 1 + pad − kx.
+    let lo = s.pad.saturating_sub(kx).div_ceil(s.stride);
+    let hi = match (s.in_w + s.pad).checked_sub(kx + 1) {
+        Some(last) => (last / s.stride + 1).min(s.out_w),
+        None => 0,
+    };
+    lo.min(hi)..hi
+}
+
+/// The input row under output row `oy` and kernel row `ky`, if inside the image.
+fn input_row(s: &ConvShape, oy: usize, ky: usize) -> Option<usize> {
+    (oy * s.stride + ky)
+        .checked_sub(s.pad)
+        .filter(|&iy| iy < s.in_h)
+}
+
+/// Unfolds output rows `rows` of one image (`in_c × in_h × in_w`) into `col`
+/// (`in_c·k·k × rows·out_w`), zero where the window hangs over the padding.
+/// With a stride, each input line is first split into its `stride` phases
+/// (`phases[r][i] = line[i·stride + r]`), so every kernel column's samples
+/// are one contiguous copy.
+fn im2col<T: Real>(x: &[T], s: &ConvShape, rows: Range<usize>, col: &mut [T], phases: &mut Vec<T>) {
+    let k = s.kernel;
+    let band = rows.len() * s.out_w;
+    let phase_len = s.in_w.div_ceil(s.stride);
+    phases.resize(s.stride * phase_len, T::zero());
+    let columns: Vec<Range<usize>> = (0..k).map(|kx| valid_columns(s, kx)).collect();
     for c in 0..s.in_c {
         for ky in 0..k {
-            for kx in 0..k {
-                let row = &col[((c * k + ky) * k + kx) * plane..][..plane];
-                for oy in 0..s.out_h {
-                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                    if iy < 0 || iy >= s.in_h as isize {
-                        continue;
+            let first_row = (c * k + ky) * k;
+            for (r, oy) in rows.clone().enumerate() {
+                let at = r * s.out_w;
+                let Some(iy) = input_row(s, oy, ky) else {
+                    for kx in 0..k {
+                        col[(first_row + kx) * band + at..][..s.out_w].fill(T::zero());
                     }
-                    let line = &mut dx[(c * s.in_h + iy as usize) * s.in_w..][..s.in_w];
-                    for (ox, &v) in row[oy * s.out_w..][..s.out_w].iter().enumerate() {
-                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                        if ix >= 0 && ix < s.in_w as isize {
-                            line[ix as usize] += v;
+                    continue;
+                };
+                let line = &x[(c * s.in_h + iy) * s.in_w..][..s.in_w];
+                if s.stride > 1 {
+                    for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                        let samples = line.get(r..).unwrap_or_default().iter().step_by(s.stride);
+                        for (p, &v) in phase.iter_mut().zip(samples) {
+                            *p = v;
                         }
                     }
                 }
+                for (kx, cols) in columns.iter().enumerate() {
+                    let out = &mut col[(first_row + kx) * band + at..][..s.out_w];
+                    out[..cols.start].fill(T::zero());
+                    out[cols.end..].fill(T::zero());
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let first = cols.start * s.stride + kx - s.pad;
+                    let source = if s.stride == 1 {
+                        &line[first..]
+                    } else {
+                        &phases[(first % s.stride) * phase_len + first / s.stride..]
+                    };
+                    out[cols.clone()].copy_from_slice(&source[..cols.len()]);
+                }
             }
         }
     }
 }
 
-fn col_len(s: &ConvShape) -> usize {
-    s.in_c * s.kernel * s.kernel * s.out_h * s.out_w
+/// Adds `col` (output rows `rows`) back into the image it was unfolded from
+/// (the adjoint of [`im2col`]).
+fn col2im<T: Real>(col: &[T], s: &ConvShape, rows: Range<usize>, dx: &mut [T]) {
+    let k = s.kernel;
+    let band = rows.len() * s.out_w;
+    for c in 0..s.in_c {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((c * k + ky) * k + kx) * band..][..band];
+                let cols = valid_columns(s, kx);
+                if cols.is_empty() {
+                    continue;
+                }
+                let first = cols.start * s.stride + kx - s.pad;
+                for (r, oy) in rows.clone().enumerate() {
+                    let Some(iy) = input_row(s, oy, ky) else {
+                        continue;
+                    };
+                    let line = &mut dx[(c * s.in_h + iy) * s.in_w..][..s.in_w];
+                    let inside = &row[r * s.out_w..][cols.clone()];
+                    for (d, &v) in line[first..].iter_mut().step_by(s.stride).zip(inside) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `y = bias + Σ_s conv(x_s, w_s)` for a batch; `x` is `[source][image][in_c][in_h][in_w]`.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_forward<T: Real>(
     x: &[T],
     w: &[&[T]],
@@ -73,26 +137,32 @@ pub fn conv_forward<T: Real>(
     s: &ConvShape,
     batch: usize,
     col: &mut Vec<T>,
+    phases: &mut Vec<T>,
 ) {
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;
-    col.resize(col_len(s), T::zero());
+    col.resize(ick * band_rows::<T>(s) * s.out_w, T::zero());
     for n in 0..batch {
         let y_n = &mut y[n * s.out_c * plane..][..s.out_c * plane];
         for (c, out) in y_n.chunks_exact_mut(plane).enumerate() {
             out.fill(bias[c]);
         }
         for (src, w_s) in w.iter().enumerate().take(s.sources) {
-            im2col(&x[(src * batch + n) * in_len..][..in_len], s, col);
-            matmul(
-                s.out_c,
-                plane,
-                ick,
-                Mat::rows(w_s, ick),
-                Mat::rows(col, plane),
-                y_n,
-                true,
-            );
+            let image = &x[(src * batch + n) * in_len..][..in_len];
+            for rows in bands::<T>(s) {
+                let (at, width) = (rows.start * s.out_w, rows.len() * s.out_w);
+                im2col(image, s, rows, col, phases);
+                matmul_strided(
+                    s.out_c,
+                    width,
+                    ick,
+                    Mat::rows(w_s, ick),
+                    Mat::rows(col, width),
+                    &mut y_n[at..],
+                    plane,
+                    true,
+                );
+            }
         }
     }
 }
@@ -109,10 +179,11 @@ pub fn conv_backward<T: Real>(
     s: &ConvShape,
     batch: usize,
     col: &mut Vec<T>,
+    phases: &mut Vec<T>,
 ) {
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;
-    col.resize(col_len(s), T::zero());
+    col.resize(ick * band_rows::<T>(s) * s.out_w, T::zero());
     dbias.fill(T::zero());
     for g in dw.iter_mut() {
         g.fill(T::zero());
@@ -127,29 +198,33 @@ pub fn conv_backward<T: Real>(
         }
         for src in 0..s.sources {
             let image = (src * batch + n) * in_len;
-            im2col(&x[image..][..in_len], s, col);
-            // dw_s += dy_n (out_c × P) · colᵀ (P × ick)
-            matmul(
-                s.out_c,
-                ick,
-                plane,
-                Mat::rows(dy_n, plane),
-                Mat::rows_transposed(col, plane),
-                dw[src],
-                true,
-            );
-            if let Some(dx) = dx.as_deref_mut() {
-                // dcol = w_sᵀ (ick × out_c) · dy_n (out_c × P), folded back into dx_s.
+            for rows in bands::<T>(s) {
+                let (at, width) = (rows.start * s.out_w, rows.len() * s.out_w);
+                let dy_band = Mat::strided(&dy_n[at..], plane);
+                im2col(&x[image..][..in_len], s, rows.clone(), col, phases);
+                // dw_s += dy_band (out_c × B) · colᵀ (B × ick)
                 matmul(
-                    ick,
-                    plane,
                     s.out_c,
-                    Mat::rows_transposed(w[src], ick),
-                    Mat::rows(dy_n, plane),
-                    col,
-                    false,
+                    ick,
+                    width,
+                    dy_band,
+                    Mat::rows_transposed(col, width),
+                    dw[src],
+                    true,
                 );
-                col2im(col, s, &mut dx[image..][..in_len]);
+                if let Some(dx) = dx.as_deref_mut() {
+                    // dcol = w_sᵀ (ick × out_c) · dy_band (out_c × B), folded back into dx_s.
+                    matmul(
+                        ick,
+                        width,
+                        s.out_c,
+                        Mat::rows_transposed(w[src], ick),
+                        dy_band,
+                        col,
+                        false,
+                    );
+                    col2im(col, s, rows, &mut dx[image..][..in_len]);
+                }
             }
         }
     }
@@ -217,13 +292,29 @@ mod tests {
     fn forward(x: &[f64], w: &[Vec<f64>], b: &[f64], s: &ConvShape, batch: usize) -> Vec<f64> {
         let mut y = vec![0.0; batch * s.out_c * s.out_h * s.out_w];
         let blocks: Vec<&[f64]> = w.iter().map(Vec::as_slice).collect();
-        conv_forward(x, &blocks, b, &mut y, s, batch, &mut Vec::new());
+        conv_forward(
+            x,
+            &blocks,
+            b,
+            &mut y,
+            s,
+            batch,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
         y
     }
 
     #[test]
     fn forward_matches_the_definition() {
-        for (sources, stride, pad) in [(1, 1, 0), (1, 2, 1), (2, 1, 1), (2, 3, 2)] {
+        for (sources, stride, pad) in [
+            (1, 1, 0),
+            (1, 2, 1),
+            (2, 1, 1),
+            (2, 3, 2),
+            (1, 4, 0),
+            (1, 4, 2),
+        ] {
             let s = shape(sources, stride, pad);
             let batch = 2;
             let x = random(sources * batch * s.in_c * s.in_h * s.in_w, 1);
@@ -243,7 +334,7 @@ mod tests {
 
     #[test]
     fn backward_matches_finite_differences() {
-        for (sources, stride, pad) in [(1, 1, 1), (2, 2, 1), (1, 3, 0)] {
+        for (sources, stride, pad) in [(1, 1, 1), (2, 2, 1), (1, 3, 0), (1, 4, 2)] {
             let s = shape(sources, stride, pad);
             let batch = 2;
             let x = random(sources * batch * s.in_c * s.in_h * s.in_w, 4);
@@ -268,6 +359,7 @@ mod tests {
                     &s,
                     batch,
                     &mut Vec::new(),
+                    &mut Vec::new(),
                 );
             }
             check_gradient("conv dx", &x, &dx, |x| {
@@ -284,5 +376,58 @@ mod tests {
                 });
             }
         }
+    }
+
+    /// A layer whose unfolded image takes several bands, forward against the
+    /// definition and backward against finite differences.
+    #[test]
+    fn banded_layers_match_the_definition_and_finite_differences() {
+        let s = ConvShape {
+            sources: 1,
+            in_c: 64,
+            in_h: 14,
+            in_w: 62,
+            out_c: 2,
+            kernel: 3,
+            stride: 1,
+            pad: 0,
+            out_h: 12,
+            out_w: 60,
+        };
+        assert!(
+            bands::<f64>(&s).count() > 1,
+            "one band only: {:?}",
+            band_rows::<f64>(&s)
+        );
+        let batch = 1;
+        let x = random(s.in_c * s.in_h * s.in_w, 11);
+        let w = vec![random(s.block_len(), 12)];
+        let b = random(s.out_c, 13);
+        for (g, e) in forward(&x, &w, &b, &s, batch)
+            .iter()
+            .zip(&naive(&x, &w, &b, &s, batch))
+        {
+            assert!((g - e).abs() < 1e-12, "{g} vs {e}");
+        }
+        let r = random(s.out_c * s.out_h * s.out_w, 14);
+        let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w[0].len()], vec![0.0; 2]);
+        conv_backward(
+            &x,
+            &[&w[0]],
+            &r,
+            Some(&mut dx),
+            &mut [&mut dw],
+            &mut db,
+            &s,
+            batch,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        check_gradient("banded conv dx", &x, &dx, |x| {
+            dot(&r, &forward(x, &w, &b, &s, batch))
+        });
+        check_gradient("banded conv dw", &w[0], &dw, |ws| {
+            dot(&r, &forward(&x, &[ws.to_vec()], &b, &s, batch))
+        });
     }
 }

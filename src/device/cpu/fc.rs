@@ -2,6 +2,7 @@
 //! towers (paper §3.2: fc6, fc7 and fc8 read both).
 
 use super::matmul::{Mat, matmul};
+use super::nt::matmul_nt;
 use super::real::Real;
 use crate::net::plan::FcShape;
 
@@ -19,15 +20,7 @@ pub fn fc_forward<T: Real>(
     }
     for (src, w_s) in w.iter().enumerate().take(s.sources) {
         let x_s = &x[src * batch * s.inputs..][..batch * s.inputs];
-        matmul(
-            batch,
-            s.outputs,
-            s.inputs,
-            Mat::rows(x_s, s.inputs),
-            Mat::rows_transposed(w_s, s.inputs),
-            y,
-            true,
-        );
+        matmul_nt(batch, s.outputs, s.inputs, x_s, w_s, y);
     }
 }
 

@@ -3,6 +3,7 @@
 //! directly as the paper writes it.
 
 use super::real::Real;
+use super::simd;
 use crate::net::plan::LrnShape;
 
 /// Channels `c − n/2 ..= c + n/2` that exist.
@@ -11,46 +12,90 @@ fn window(c: usize, s: &LrnShape) -> std::ops::Range<usize> {
     c.saturating_sub(half)..(c + half + 1).min(s.c)
 }
 
-/// `s^−β`. The paper's β = ¾ takes two square roots instead of `powf`
+/// `s ↦ s^−β`, chosen once per call so that no test on β sits in the loops.
+trait NegPow<T>: Copy {
+    fn of(self, s: T) -> T;
+}
+
+/// The paper's β = ¾ by two square roots instead of `powf`
 /// (`s^−¾ = 1 / (√s · √√s)`): the same value to a few ulps, and it
 /// vectorizes, which `powf` does not.
-fn neg_pow<T: Real>(s: T, beta: f32) -> T {
-    if beta == 0.75 {
+#[derive(Clone, Copy)]
+struct ThreeQuarters;
+
+impl<T: Real> NegPow<T> for ThreeQuarters {
+    #[inline(always)]
+    fn of(self, s: T) -> T {
         let root = s.sqrt();
         (root * root.sqrt()).recip()
-    } else {
-        s.powf(T::of(-f64::from(beta)))
     }
 }
 
-/// `y = x · scale^−β` with `scale = k + α Σ x²`, kept for the backward pass.
+/// Any other β, by `powf` with the exponent −β.
+#[derive(Clone, Copy)]
+struct Powf<T>(T);
+
+impl<T: Real> NegPow<T> for Powf<T> {
+    #[inline(always)]
+    fn of(self, s: T) -> T {
+        s.powf(self.0)
+    }
+}
+
+/// Runs `$body` with `$p` bound to the [`NegPow`] for β.
+macro_rules! with_neg_pow {
+    ($beta:expr, $p:ident => $body:expr) => {
+        if $beta == 0.75 {
+            let $p = ThreeQuarters;
+            $body
+        } else {
+            let $p = Powf(T::of(-f64::from($beta)));
+            $body
+        }
+    };
+}
+
+simd::kernel! {
+/// `y = x · scale^−β` with `scale = k + α Σ x²`, kept for the backward pass;
+/// one channel at a time, so its window of planes is still in cache for `y`.
 pub fn lrn_forward<T: Real>(x: &[T], y: &mut [T], scale: &mut [T], s: &LrnShape, batch: usize) {
+    with_neg_pow!(s.beta, p => forward(x, y, scale, s, batch, p));
+}
+}
+
+#[inline(always)]
+fn forward<T: Real>(
+    x: &[T],
+    y: &mut [T],
+    scale: &mut [T],
+    s: &LrnShape,
+    batch: usize,
+    neg_pow: impl NegPow<T>,
+) {
     let (alpha, k) = (T::of(s.alpha.into()), T::of(s.k.into()));
     let image = s.c * s.plane;
     for n in 0..batch {
         let x_n = &x[n * image..][..image];
-        let scale_n = &mut scale[n * image..][..image];
         for c in 0..s.c {
-            let out = &mut scale_n[c * s.plane..][..s.plane];
+            let at = (n * image + c * s.plane)..(n * image + (c + 1) * s.plane);
+            let out = &mut scale[at.clone()];
             out.fill(T::zero());
             for j in window(c, s) {
                 for (o, &v) in out.iter_mut().zip(&x_n[j * s.plane..][..s.plane]) {
                     *o += v * v;
                 }
             }
-            for o in out.iter_mut() {
+            let x_c = &x_n[c * s.plane..][..s.plane];
+            for ((o, y), &x) in out.iter_mut().zip(&mut y[at]).zip(x_c) {
                 *o = k + alpha * *o;
+                *y = x * neg_pow.of(*o);
             }
-        }
-        let y_n = &mut y[n * image..][..image];
-        for ((y, &x), &sc) in y_n.iter_mut().zip(x_n).zip(scale_n.iter()) {
-            *y = x * neg_pow(sc, s.beta);
         }
     }
 }
 
+simd::kernel! {
 /// `dx[c] = dy[c]·scale[c]^−β − 2αβ·x[c]·Σ_{j near c} dy[j]·y[j]/scale[j]`.
-#[allow(clippy::too_many_arguments)]
 pub fn lrn_backward<T: Real>(
     x: &[T],
     y: &[T],
@@ -59,6 +104,22 @@ pub fn lrn_backward<T: Real>(
     dx: &mut [T],
     s: &LrnShape,
     batch: usize,
+) {
+    with_neg_pow!(s.beta, p => backward(x, y, scale, dy, dx, s, batch, p));
+}
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward<T: Real>(
+    x: &[T],
+    y: &[T],
+    scale: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    s: &LrnShape,
+    batch: usize,
+    neg_pow: impl NegPow<T>,
 ) {
     let two_alpha_beta = T::of(2.0 * f64::from(s.alpha) * f64::from(s.beta));
     let image = s.c * s.plane;
@@ -85,7 +146,7 @@ pub fn lrn_backward<T: Real>(
                 .zip(&dy_n[range.clone()])
                 .zip(&sc_n[range])
             {
-                *o = g * neg_pow(sc, s.beta) - two_alpha_beta * xv * *o;
+                *o = g * neg_pow.of(sc) - two_alpha_beta * xv * *o;
             }
         }
     }

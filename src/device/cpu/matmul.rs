@@ -20,6 +20,15 @@ impl<'a, T> Mat<'a, T> {
         }
     }
 
+    /// Row-major with rows `row_stride` apart (a block of columns).
+    pub fn strided(data: &'a [T], row_stride: usize) -> Self {
+        Mat {
+            data,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
     /// The transpose of a row-major matrix with `cols` columns.
     pub fn rows_transposed(data: &'a [T], cols: usize) -> Self {
         Mat {
@@ -47,8 +56,24 @@ pub fn matmul<T: Real>(
     c: &mut [T],
     accumulate: bool,
 ) {
+    matmul_strided(m, n, k, a, b, c, n, accumulate);
+}
+
+/// [`matmul`] into `c` whose rows lie `ldc ≥ n` apart (a block of columns
+/// of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    c: &mut [T],
+    ldc: usize,
+    accumulate: bool,
+) {
     assert!(
-        a.fits(m, k) && b.fits(k, n) && c.len() >= m * n,
+        a.fits(m, k) && b.fits(k, n) && ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
         "matmul operands out of bounds"
     );
     if m == 0 || n == 0 {
@@ -56,7 +81,9 @@ pub fn matmul<T: Real>(
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(T::zero());
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(T::zero());
+            }
         }
         return;
     }
@@ -69,7 +96,7 @@ pub fn matmul<T: Real>(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -110,6 +137,34 @@ mod tests {
             for j in 0..n {
                 let dot: f64 = (0..k).map(|p| a[i * k + p] * bt[j * k + p]).sum();
                 assert!((c[i * n + j] - 1.0 - dot).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn strided_output_leaves_the_other_columns_alone() {
+        let (m, n, k, ldc) = (3, 4, 5, 7);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.29).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.13).cos()).collect();
+        let mut c = vec![9.0; m * ldc];
+        matmul_strided(
+            m,
+            n,
+            k,
+            Mat::rows(&a, k),
+            Mat::rows(&b, n),
+            &mut c,
+            ldc,
+            false,
+        );
+        for i in 0..m {
+            for j in 0..ldc {
+                let want = if j < n {
+                    (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum()
+                } else {
+                    9.0
+                };
+                assert!((c[i * ldc + j] - want).abs() < 1e-12);
             }
         }
     }

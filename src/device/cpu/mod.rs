@@ -8,9 +8,11 @@ mod fc;
 pub(crate) mod gradcheck;
 mod lrn;
 mod matmul;
+mod nt;
 mod pointwise;
 mod pool;
 mod real;
+mod simd;
 mod softmax;
 
 pub use conv::{conv_backward, conv_forward};
@@ -30,13 +32,14 @@ use crate::data::input;
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 
-/// One tower's CPU device; owns the im2col scratch buffer. Training runs in
+/// One tower's CPU device; owns the im2col scratch buffers. Training runs in
 /// f32; `CpuDevice<f64>` runs the same kernels in f64 for reference checks.
 #[derive(Debug, Default)]
 pub struct CpuDevice<T = f32> {
     col: Vec<T>,
     /// Each loss computed since the last [`Device::take_loss_stats`].
     stats: Vec<LossStats>,
+    phases: Vec<T>,
 }
 
 fn slices<T>(bufs: &[Vec<T>]) -> Vec<&[T]> {
@@ -100,7 +103,16 @@ impl<T: Real> Device for CpuDevice<T> {
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
-        conv_forward(x, &slices(w), bias, y, shape, batch, &mut self.col);
+        conv_forward(
+            x,
+            &slices(w),
+            bias,
+            y,
+            shape,
+            batch,
+            &mut self.col,
+            &mut self.phases,
+        );
         Ok(())
     }
 
@@ -126,6 +138,7 @@ impl<T: Real> Device for CpuDevice<T> {
             shape,
             batch,
             &mut self.col,
+            &mut self.phases,
         );
         Ok(())
     }

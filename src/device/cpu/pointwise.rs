@@ -2,21 +2,26 @@
 //! (Figure 1), inverted dropout (§4.2) and the momentum-SGD update (§5).
 
 use super::real::Real;
+use super::simd;
 use crate::device::SgdStep;
 use crate::rng::uniform_at;
 
+simd::kernel! {
 /// `y = max(x, 0)`.
 pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = v.max(T::zero());
     }
 }
+}
 
+simd::kernel! {
 /// `dx = dy · [y > 0]`.
 pub fn relu_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T]) {
     for ((d, &g), &out) in dx.iter_mut().zip(dy).zip(y) {
         *d = if out > T::zero() { g } else { T::zero() };
     }
+}
 }
 
 /// `y = tanh(x)`, the saturating nonlinearity of the paper's Figure 1.
@@ -51,6 +56,7 @@ pub fn dropout_apply<T: Real>(inp: &[T], out: &mut [T], p: f32, key: u64) {
     }
 }
 
+simd::kernel! {
 /// `v ← m·v − wd·lr·w − lr·g; w ← w + v`, for weights and biases alike.
 pub fn sgd_update<T: Real>(w: &mut [T], g: &[T], v: &mut [T], step: SgdStep) {
     let lr = T::of(step.lr.into());
@@ -60,6 +66,7 @@ pub fn sgd_update<T: Real>(w: &mut [T], g: &[T], v: &mut [T], step: SgdStep) {
         *v = momentum * *v - decay * *w - lr * g;
         *w += *v;
     }
+}
 }
 
 #[cfg(test)]

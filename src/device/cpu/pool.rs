@@ -1,34 +1,45 @@
 //! Overlapping max-pooling (paper §3.4), forward and backward.
 
 use super::real::Real;
+use super::simd;
 use crate::net::plan::PoolShape;
 
-/// Calls `f(output index, input indices of its window)` for every output of one plane.
-fn for_each_window(s: &PoolShape, mut f: impl FnMut(usize, &mut dyn Iterator<Item = usize>)) {
-    for oy in 0..s.out_h {
-        for ox in 0..s.out_w {
-            let (y0, x0) = (oy * s.stride, ox * s.stride);
-            let mut window = (y0..(y0 + s.size).min(s.in_h))
-                .flat_map(|iy| (x0..(x0 + s.size).min(s.in_w)).map(move |ix| iy * s.in_w + ix));
-            f(oy * s.out_w + ox, &mut window);
+/// The input rows (or columns) under output row (or column) `o`, clipped to `len`.
+fn span(o: usize, s: &PoolShape, len: usize) -> std::ops::Range<usize> {
+    let start = o * s.stride;
+    start..(start + s.size).min(len)
+}
+
+simd::kernel! {
+/// `y` = the maximum of each window: the maximum down the window's rows
+/// first (a whole line at a time), then across its columns.
+pub fn maxpool_forward<T: Real>(x: &[T], y: &mut [T], s: &PoolShape, batch: usize) {
+    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
+    let mut down = vec![T::neg_infinity(); s.in_w];
+    let planes = x.chunks_exact(in_plane).zip(y.chunks_exact_mut(out_plane));
+    for (x_p, y_p) in planes.take(batch * s.c) {
+        for (oy, y_row) in y_p.chunks_exact_mut(s.out_w).enumerate() {
+            down.fill(T::neg_infinity());
+            for iy in span(oy, s, s.in_h) {
+                for (m, &v) in down.iter_mut().zip(&x_p[iy * s.in_w..][..s.in_w]) {
+                    *m = m.max(v);
+                }
+            }
+            for (ox, out) in y_row.iter_mut().enumerate() {
+                *out = down[span(ox, s, s.in_w)]
+                    .iter()
+                    .fold(T::neg_infinity(), |m, &v| m.max(v));
+            }
         }
     }
 }
-
-/// `y` = the maximum of each window.
-pub fn maxpool_forward<T: Real>(x: &[T], y: &mut [T], s: &PoolShape, batch: usize) {
-    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
-    for p in 0..batch * s.c {
-        let x_p = &x[p * in_plane..][..in_plane];
-        let y_p = &mut y[p * out_plane..][..out_plane];
-        for_each_window(s, |o, window| {
-            y_p[o] = window.map(|i| x_p[i]).fold(T::neg_infinity(), T::max);
-        });
-    }
 }
 
-/// Adds each output's gradient to the first input of its window that equals
-/// the output (the max); `dx` is overwritten.
+simd::kernel! {
+/// Adds each output's gradient to the first input of its window (row by
+/// row) that equals the output (the max); `dx` is overwritten. The window is
+/// scanned from its end keeping the last match seen, which is the first in
+/// order, by selects rather than branches the max's position would mispredict.
 pub fn maxpool_backward<T: Real>(
     x: &[T],
     y: &[T],
@@ -46,12 +57,25 @@ pub fn maxpool_backward<T: Real>(
             &dy[p * out_plane..][..out_plane],
         );
         let dx_p = &mut dx[p * in_plane..][..in_plane];
-        for_each_window(s, |o, mut window| {
-            if let Some(i) = Iterator::find(&mut window, |&i| x_p[i] == y_p[o]) {
-                dx_p[i] += dy_p[o];
+        for oy in 0..s.out_h {
+            let rows = span(oy, s, s.in_h);
+            for ox in 0..s.out_w {
+                let o = oy * s.out_w + ox;
+                let cols = span(ox, s, s.in_w);
+                let mut first = usize::MAX;
+                for iy in rows.clone().rev() {
+                    let line = &x_p[iy * s.in_w..][..s.in_w];
+                    for ix in cols.clone().rev() {
+                        first = if line[ix] == y_p[o] { iy * s.in_w + ix } else { first };
+                    }
+                }
+                if let Some(d) = dx_p.get_mut(first) {
+                    *d += dy_p[o];
+                }
             }
-        });
+        }
     }
+}
 }
 
 #[cfg(test)]

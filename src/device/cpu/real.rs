@@ -11,6 +11,19 @@ pub trait Real:
     fn of(x: f64) -> Self;
     /// Widens to f64.
     fn wide(self) -> f64;
+    /// `c += a · bᵀ` by a kernel for this type, if it has one here; false
+    /// (and `c` untouched) otherwise. See [`super::nt::matmul_nt`].
+    fn matmul_nt_fast(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[Self],
+        b: &[Self],
+        c: &mut [Self],
+    ) -> bool {
+        let _ = (m, n, k, a, b, c);
+        false
+    }
 }
 
 impl Real for f32 {
@@ -19,6 +32,9 @@ impl Real for f32 {
     }
     fn wide(self) -> f64 {
         f64::from(self)
+    }
+    fn matmul_nt_fast(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
+        super::nt::matmul_nt_f32(m, n, k, a, b, c)
     }
 }
 
