@@ -344,7 +344,7 @@ mod tests {
         for key in 0..200 {
             let offsets = p.train(&square.pixels, key, &mut crop);
             let sample = net_input(&crop, offsets);
-            let mut q = p.clone();
+            let mut q = p;
             q.stats.eigenvalues = [0.0; 3];
             let offsets = q.train(&square.pixels, key, &mut crop);
             let plain = net_input(&crop, offsets);

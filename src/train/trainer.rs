@@ -217,7 +217,7 @@ impl<'a> Trainer<'a> {
     /// Whether step `step` (0-based) ends an epoch, and whether it is the run's last.
     pub fn boundary(&self, step: usize) -> (bool, bool) {
         (
-            (step + 1) % self.steps_per_epoch == 0,
+            (step + 1).is_multiple_of(self.steps_per_epoch),
             step + 1 == self.total_steps,
         )
     }
@@ -225,7 +225,7 @@ impl<'a> Trainer<'a> {
     /// Whether `--checkpoint-every` asks for a checkpoint after `step`.
     pub fn periodic(&self, step: usize) -> bool {
         let every = self.config.checkpoint_every;
-        every > 0 && (step + 1) % every == 0
+        every > 0 && (step + 1).is_multiple_of(every)
     }
 
     /// Queues step `step` (0-based) on the towers: its batch, forward,
@@ -267,7 +267,7 @@ impl<'a> Trainer<'a> {
             self.bar.set_position((step + 1) as u64);
         }
         let (_, last) = self.boundary(step);
-        if (step + 1) % config.log_every == 0 || last {
+        if (step + 1).is_multiple_of(config.log_every) || last {
             self.progress_line(step)?;
         }
         Ok(())

@@ -1,8 +1,8 @@
 //! Fully connected layers, forward and backward, reading one or more source
 //! towers (paper §3.2: fc6, fc7 and fc8 read both).
 
+use super::matmul::matmul_nt;
 use super::matmul::{Mat, matmul};
-use super::nt::matmul_nt;
 use super::real::Real;
 use crate::net::plan::FcShape;
 

@@ -114,6 +114,27 @@ pub fn matmul_strided<T: Real>(
     }
 }
 
+/// `c += a · bᵀ`: `a` m×k, `b` n×k, `c` m×n, all row-major. Uses the AVX-512
+/// kernel for f32 where the CPU has it, the `gemm` crate otherwise. Either
+/// way each element's sum runs in a fixed order, so results repeat bitwise.
+pub fn matmul_nt<T: Real>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [T]) {
+    assert!(
+        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
+        "matmul_nt operands out of bounds"
+    );
+    if !T::matmul_nt_fast(m, n, k, a, b, c) {
+        matmul(
+            m,
+            n,
+            k,
+            Mat::rows(a, k),
+            Mat::rows_transposed(b, k),
+            c,
+            true,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

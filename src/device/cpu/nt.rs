@@ -4,40 +4,16 @@
 //! crate packs such a `b` at a cost a batch of 32 never earns back; this
 //! kernel streams both operands as they lie, 4 rows of `a` against 6 of `b`.
 
-use super::matmul::{Mat, matmul};
-use super::real::Real;
-
 /// Rows of `a` and of `b` per register block.
 const MR: usize = 4;
 const NR: usize = 6;
-
-/// `c += a · bᵀ`: `a` m×k, `b` n×k, `c` m×n, all row-major. Uses the AVX-512
-/// kernel for f32 where the CPU has it, the `gemm` crate otherwise. Either
-/// way each element's sum runs in a fixed order, so results repeat bitwise.
-pub fn matmul_nt<T: Real>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [T]) {
-    assert!(
-        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
-        "matmul_nt operands out of bounds"
-    );
-    if !T::matmul_nt_fast(m, n, k, a, b, c) {
-        matmul(
-            m,
-            n,
-            k,
-            Mat::rows(a, k),
-            Mat::rows_transposed(b, k),
-            c,
-            true,
-        );
-    }
-}
 
 /// The AVX-512 path for f32; false (and nothing done) where the CPU lacks it.
 pub fn matmul_nt_f32(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, and `matmul_nt` checked every
-        // operand's length against m, n and k.
+        // SAFETY: the CPU has AVX-512F, and `matmul::matmul_nt`, the one
+        // caller, checked every operand's length against m, n and k.
         unsafe { avx512::blocks(m, n, k, a, b, c) };
         return true;
     }
@@ -138,6 +114,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::cpu::matmul::matmul_nt;
 
     /// Every edge: rows of `a` and `b` not multiples of the blocks, `k`
     /// with a masked tail, and k = 0.

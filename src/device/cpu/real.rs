@@ -12,7 +12,7 @@ pub trait Real:
     /// Widens to f64.
     fn wide(self) -> f64;
     /// `c += a · bᵀ` by a kernel for this type, if it has one here; false
-    /// (and `c` untouched) otherwise. See [`super::nt::matmul_nt`].
+    /// (and `c` untouched) otherwise. See [`super::matmul::matmul_nt`].
     fn matmul_nt_fast(
         m: usize,
         n: usize,
