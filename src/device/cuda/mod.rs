@@ -53,8 +53,7 @@ pub struct CudaOptions {
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
     kernels: Arc<Kernels>,
-    /// Dropped by hand (see the `Drop` impl): cudarc unwraps the result of
-    /// cuDNN's and cuBLAS's destroy calls.
+    /// Dropped by hand, or leaked after a failure (see the `Drop` impl).
     convs: ManuallyDrop<conv::Convolutions>,
     blas: ManuallyDrop<fc::Blas>,
     /// {−log p(label), top-1 hit, top-5 hit} of each image of the last loss.
@@ -176,10 +175,11 @@ impl CudaDevice {
 }
 
 impl Drop for CudaDevice {
-    /// After either tower of a pair has failed, the GPU may be in an error
-    /// state in which cuDNN's and cuBLAS's destroy calls fail, and cudarc
-    /// unwraps them (a panic in a drop): their handles are then left to the
-    /// process's end. Otherwise they are destroyed as usual.
+    /// cuDNN's and cuBLAS's destroy calls synchronize the whole device,
+    /// which after either tower of a pair has failed may wait for good (a
+    /// stream held by NCCL work for a tower that is gone): their handles are
+    /// then left to the process's end. Otherwise they are destroyed as
+    /// usual (our handle types ignore a failed destroy).
     fn drop(&mut self) {
         let failed = self
             .watch
