@@ -4,7 +4,7 @@
 
 use crate::data::input::Images;
 use crate::device::{Device, LossStats, SgdStep};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::net::buffers::BufferSizes;
 use crate::net::params::LayerParams;
@@ -207,6 +207,9 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     /// gradient of the loss with respect to this tower's logits is kept for
     /// [`Tower::backward`].
     fn forward(&mut self, images: &Images, labels: &[u32], dropout_key: Option<u64>) -> Result<()> {
+        // Before any work, so that both towers (given the same labels) fail
+        // here alike, and before a device reads a logit out of bounds.
+        check_labels(labels, self.plan.classes())?;
         let batch = labels.len();
         if batch != self.batch {
             // Through the `ManuallyDrop`, so that the old buffers are dropped.
@@ -487,6 +490,17 @@ pub enum ParamSet {
     Momentum,
 }
 
+/// Fails unless every label names one of the net's `classes`.
+fn check_labels(labels: &[u32], classes: usize) -> Result<()> {
+    match labels.iter().position(|&l| l as usize >= classes) {
+        None => Ok(()),
+        Some(n) => Err(Error::Input(format!(
+            "label {} of image {n} of the batch is out of range: the net has {classes} classes",
+            labels[n]
+        ))),
+    }
+}
+
 /// The dropout mask stream of layer `layer` in tower `rank` for a step keyed `step_key`.
 pub fn dropout_key_for(step_key: u64, layer: usize, rank: usize) -> u64 {
     derive(derive(step_key, layer as u64), rank as u64)
@@ -519,5 +533,31 @@ mod tests {
             tower.activation_elements(),
             sizes.kept() + sizes.gradients()
         );
+    }
+
+    #[test]
+    fn a_label_out_of_range_is_an_error_before_the_pass() {
+        let plan = Arc::new(Plan::load("small").unwrap());
+        let params = split_twin(&plan, &init_twin(&plan, InitScheme::Paper, 1)).unwrap();
+        let [link, _other] = HostLink::pair();
+        let mut tower = Tower::new(
+            Arc::clone(&plan),
+            CpuDevice::<f32>::default(),
+            link,
+            2,
+            &params[0],
+        )
+        .unwrap();
+        let images = Images::F32(vec![0.0; 2 * plan.input.len()]);
+        let classes = plan.classes() as u32;
+        let err = tower
+            .step(&images, &[0, classes], Some(1), None, 0)
+            .unwrap_err();
+        assert!(err.is_input(), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("label {classes} of image 1"))
+        );
+        assert!(check_labels(&[0, classes - 1], plan.classes()).is_ok());
     }
 }

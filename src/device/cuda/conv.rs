@@ -448,162 +448,13 @@ impl Convolutions {
         let (free, _) = ctx
             .mem_get_info()
             .map_err(|e| Error::cuda("asking the GPU's free memory", e))?;
-        let budget = (free / 4).min(WORKSPACE_LIMIT);
-        let scratch = |len: usize| {
-            self.stream
-                .alloc_zeros::<f32>(len.max(1))
-                .map_err(|e| Error::cuda("allocating buffers for the cuDNN algorithm search", e))
-        };
-        let mut x = scratch(batch * s.in_c * s.in_h * s.in_w)?;
-        let mut y = scratch(batch * s.out_c * s.out_h * s.out_w)?;
-        let mut w = scratch(s.block_len())?;
-        // SAFETY: the search writes the workspace before it reads it.
-        let mut ws = unsafe { self.stream.alloc::<u8>(budget.max(1)) }
-            .map_err(|e| Error::cuda("allocating the cuDNN search workspace", e))?;
-        let Tensors {
-            x: xd,
-            y: yd,
-            w: wd,
-        } = tensors(s, batch)?;
-        let search_math = if self.tf32 {
-            sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
-        } else {
-            sys::cudnnMathType_t::CUDNN_FMA_MATH
-        };
-        let conv = convolution(s, search_math)?;
-        let h = self.handle.0;
-        let tf32 = self.tf32;
-        let (x, y, w) = (
-            x.device_ptr_mut(&self.stream).0 as *mut c_void,
-            y.device_ptr_mut(&self.stream).0 as *mut c_void,
-            w.device_ptr_mut(&self.stream).0 as *mut c_void,
-        );
-        let ws_ptr = ws.device_ptr_mut(&self.stream).0 as *mut c_void;
-        let mut count = 0;
-        let note = |direction: &str, deterministic: bool| {
-            if !deterministic {
-                eprintln!(
-                    "note: no deterministic cuDNN {direction} algorithm fits {} MiB for conv {}x{}x{} -> {} at batch {batch}; using the fastest that does",
-                    budget >> 20,
-                    s.in_c,
-                    s.in_h,
-                    s.in_w,
-                    s.out_c
-                );
-            }
-        };
-        // SAFETY: live descriptors describing the scratch buffers, which
-        // outlive the calls; each result array holds RESULTS entries.
-        unsafe {
-            let mut perfs: [sys::cudnnConvolutionFwdAlgoPerf_t; RESULTS] = std::mem::zeroed();
-            let found = sys::cudnnFindConvolutionForwardAlgorithmEx(
-                h,
-                xd.0,
-                x,
-                wd.0,
-                w,
-                conv.0,
-                yd.0,
-                y,
-                RESULTS as i32,
-                &mut count,
-                perfs.as_mut_ptr(),
-                ws_ptr,
-                budget,
-            );
-            if found.result().is_err() || choose(&perfs[..count as usize], budget, tf32).is_none() {
-                sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                    h,
-                    xd.0,
-                    wd.0,
-                    conv.0,
-                    yd.0,
-                    RESULTS as i32,
-                    &mut count,
-                    perfs.as_mut_ptr(),
-                )
-                .result()
-                .map_err(cudnn("forward algorithm"))?;
-            }
-            let (forward, det) = choose(&perfs[..count as usize], budget, tf32)
-                .ok_or_else(|| no_algorithm("forward", budget))?;
-            note("forward", det);
-
-            let mut perfs: [sys::cudnnConvolutionBwdDataAlgoPerf_t; RESULTS] = std::mem::zeroed();
-            let found = sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
-                h,
-                wd.0,
-                w,
-                yd.0,
-                y,
-                conv.0,
-                xd.0,
-                x,
-                RESULTS as i32,
-                &mut count,
-                perfs.as_mut_ptr(),
-                ws_ptr,
-                budget,
-            );
-            if found.result().is_err() || choose(&perfs[..count as usize], budget, tf32).is_none() {
-                sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                    h,
-                    wd.0,
-                    yd.0,
-                    conv.0,
-                    xd.0,
-                    RESULTS as i32,
-                    &mut count,
-                    perfs.as_mut_ptr(),
-                )
-                .result()
-                .map_err(cudnn("backward-data algorithm"))?;
-            }
-            let (backward_data, det) = choose(&perfs[..count as usize], budget, tf32)
-                .ok_or_else(|| no_algorithm("backward-data", budget))?;
-            note("backward-data", det);
-
-            let mut perfs: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; RESULTS] = std::mem::zeroed();
-            let found = sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
-                h,
-                xd.0,
-                x,
-                yd.0,
-                y,
-                conv.0,
-                wd.0,
-                w,
-                RESULTS as i32,
-                &mut count,
-                perfs.as_mut_ptr(),
-                ws_ptr,
-                budget,
-            );
-            if found.result().is_err() || choose(&perfs[..count as usize], budget, tf32).is_none() {
-                sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                    h,
-                    xd.0,
-                    yd.0,
-                    conv.0,
-                    wd.0,
-                    RESULTS as i32,
-                    &mut count,
-                    perfs.as_mut_ptr(),
-                )
-                .result()
-                .map_err(cudnn("backward-filter algorithm"))?;
-            }
-            let (backward_filter, det) = choose(&perfs[..count as usize], budget, tf32)
-                .ok_or_else(|| no_algorithm("backward-filter", budget))?;
-            note("backward-filter", det);
-
-            Ok(Algorithms {
-                batch,
-                forward,
-                backward_data,
-                backward_filter,
-            })
-        }
+        let search = Search::new(self, s, batch, (free / 4).min(WORKSPACE_LIMIT))?;
+        Ok(Algorithms {
+            batch,
+            forward: search.forward()?,
+            backward_data: search.backward_data()?,
+            backward_filter: search.backward_filter()?,
+        })
     }
 
     /// Grows the shared workspace to `bytes` if it is smaller.
@@ -617,6 +468,204 @@ impl Convolutions {
             );
         }
         Ok(())
+    }
+}
+
+/// What one algorithm search measures on: scratch buffers of the shape at
+/// the batch, their descriptors and addresses, the convolution, and the
+/// workspace it may use (`budget` bytes).
+struct Search<'a> {
+    handle: sys::cudnnHandle_t,
+    shape: &'a ConvShape,
+    batch: usize,
+    budget: usize,
+    tf32: bool,
+    tensors: Tensors,
+    conv: ConvDesc,
+    /// Owned here, so that the addresses below stay valid.
+    _buffers: [CudaSlice<f32>; 3],
+    _workspace: CudaSlice<u8>,
+    x: *mut c_void,
+    y: *mut c_void,
+    w: *mut c_void,
+    ws: *mut c_void,
+}
+
+impl<'a> Search<'a> {
+    /// Scratch buffers and descriptors for `s` at `batch` on `convs`'
+    /// stream, and a workspace of `budget` bytes.
+    fn new(convs: &Convolutions, s: &'a ConvShape, batch: usize, budget: usize) -> Result<Self> {
+        let stream = &convs.stream;
+        let scratch = |len: usize| {
+            stream
+                .alloc_zeros::<f32>(len.max(1))
+                .map_err(|e| Error::cuda("allocating buffers for the cuDNN algorithm search", e))
+        };
+        let lens = Lens::new(s, batch);
+        let mut buffers = [scratch(lens.x)?, scratch(lens.y)?, scratch(lens.w)?];
+        // SAFETY: the search writes the workspace before it reads it.
+        let mut workspace = unsafe { stream.alloc::<u8>(budget.max(1)) }
+            .map_err(|e| Error::cuda("allocating the cuDNN search workspace", e))?;
+        let search_math = if convs.tf32 {
+            sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+        } else {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        };
+        let [x, y, w] = buffers
+            .each_mut()
+            .map(|b| b.device_ptr_mut(stream).0 as *mut c_void);
+        let ws = workspace.device_ptr_mut(stream).0 as *mut c_void;
+        Ok(Search {
+            handle: convs.handle.0,
+            shape: s,
+            batch,
+            budget,
+            tf32: convs.tf32,
+            tensors: tensors(s, batch)?,
+            conv: convolution(s, search_math)?,
+            _buffers: buffers,
+            _workspace: workspace,
+            x,
+            y,
+            w,
+            ws,
+        })
+    }
+
+    /// The forward algorithm.
+    fn forward(&self) -> Result<Choice<sys::cudnnConvolutionFwdAlgo_t>> {
+        let (h, t, c, n) = (self.handle, &self.tensors, self.conv.0, RESULTS as i32);
+        // SAFETY (both calls): live descriptors describing the scratch
+        // buffers, which `self` owns; `perfs` holds `n` results.
+        self.pick(
+            "forward",
+            |count, perfs| unsafe {
+                sys::cudnnFindConvolutionForwardAlgorithmEx(
+                    h,
+                    t.x.0,
+                    self.x,
+                    t.w.0,
+                    self.w,
+                    c,
+                    t.y.0,
+                    self.y,
+                    n,
+                    count,
+                    perfs,
+                    self.ws,
+                    self.budget,
+                )
+            },
+            |count, perfs| unsafe {
+                sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                    h, t.x.0, t.w.0, c, t.y.0, n, count, perfs,
+                )
+            },
+        )
+    }
+
+    /// The backward-data algorithm.
+    fn backward_data(&self) -> Result<Choice<sys::cudnnConvolutionBwdDataAlgo_t>> {
+        let (h, t, c, n) = (self.handle, &self.tensors, self.conv.0, RESULTS as i32);
+        // SAFETY: as in `forward`.
+        self.pick(
+            "backward-data",
+            |count, perfs| unsafe {
+                sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                    h,
+                    t.w.0,
+                    self.w,
+                    t.y.0,
+                    self.y,
+                    c,
+                    t.x.0,
+                    self.x,
+                    n,
+                    count,
+                    perfs,
+                    self.ws,
+                    self.budget,
+                )
+            },
+            |count, perfs| unsafe {
+                sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                    h, t.w.0, t.y.0, c, t.x.0, n, count, perfs,
+                )
+            },
+        )
+    }
+
+    /// The backward-filter algorithm.
+    fn backward_filter(&self) -> Result<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>> {
+        let (h, t, c, n) = (self.handle, &self.tensors, self.conv.0, RESULTS as i32);
+        // SAFETY: as in `forward`.
+        self.pick(
+            "backward-filter",
+            |count, perfs| unsafe {
+                sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                    h,
+                    t.x.0,
+                    self.x,
+                    t.y.0,
+                    self.y,
+                    c,
+                    t.w.0,
+                    self.w,
+                    n,
+                    count,
+                    perfs,
+                    self.ws,
+                    self.budget,
+                )
+            },
+            |count, perfs| unsafe {
+                sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                    h, t.x.0, t.y.0, c, t.w.0, n, count, perfs,
+                )
+            },
+        )
+    }
+
+    /// One direction's algorithm ([`choose`]) from what `find` measures,
+    /// or from the heuristic's answer (`heuristic`) where measuring fails
+    /// or finds none usable; says so in one line when it is not
+    /// deterministic. Each call writes up to [`RESULTS`] results and their
+    /// count.
+    fn pick<P: Perf>(
+        &self,
+        direction: &str,
+        find: impl FnOnce(&mut i32, *mut P) -> sys::cudnnStatus_t,
+        heuristic: impl FnOnce(&mut i32, *mut P) -> sys::cudnnStatus_t,
+    ) -> Result<Choice<P::Algo>> {
+        // SAFETY: cuDNN's result structs are plain C data, valid as zeros.
+        let mut perfs: [P; RESULTS] = unsafe { std::mem::zeroed() };
+        let mut count = 0;
+        let results = |perfs: &[P], count: i32| -> Option<(Choice<P::Algo>, bool)> {
+            let count = usize::try_from(count).unwrap_or(0).min(RESULTS);
+            choose(&perfs[..count], self.budget, self.tf32)
+        };
+        let found = find(&mut count, perfs.as_mut_ptr()).result().is_ok();
+        if !found || results(&perfs, count).is_none() {
+            count = 0;
+            heuristic(&mut count, perfs.as_mut_ptr())
+                .result()
+                .map_err(cudnn(&format!("{direction} algorithm")))?;
+        }
+        let (choice, deterministic) =
+            results(&perfs, count).ok_or_else(|| no_algorithm(direction, self.budget))?;
+        if !deterministic {
+            let s = self.shape;
+            eprintln!(
+                "note: no deterministic cuDNN {direction} algorithm fits {} MiB for conv {}x{}x{} -> {} at batch {}; using the fastest that does",
+                self.budget >> 20,
+                s.in_c,
+                s.in_h,
+                s.in_w,
+                s.out_c,
+                self.batch
+            );
+        }
+        Ok(choice)
     }
 }
 

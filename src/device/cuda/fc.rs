@@ -4,15 +4,26 @@
 
 use super::need;
 use crate::error::{Error, Result};
-use cudarc::cublas::{CudaBlas, result, sys};
+use cudarc::cublas::{result, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::ffi::c_int;
 use std::sync::Arc;
 
 /// cuBLAS on one stream, exact f32 unless `tf32`.
 pub struct Blas {
-    blas: CudaBlas,
+    handle: Handle,
     stream: Arc<CudaStream>,
+}
+
+/// Our own cuBLAS handle: cudarc's `CudaBlas` unwraps the result of its
+/// destroy call (a panic in a drop, where the GPU is in an error state).
+struct Handle(sys::cublasHandle_t);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created by create_handle and destroyed once, here.
+        let _ = unsafe { result::destroy_handle(self.0) };
+    }
 }
 
 const N: sys::cublasOperation_t = sys::cublasOperation_t::CUBLAS_OP_N;
@@ -21,17 +32,20 @@ const T: sys::cublasOperation_t = sys::cublasOperation_t::CUBLAS_OP_T;
 impl Blas {
     /// cuBLAS on `stream`.
     pub fn new(stream: Arc<CudaStream>, tf32: bool) -> Result<Self> {
-        let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::cuda("cuBLAS", e))?;
+        let handle = Handle(result::create_handle().map_err(|e| Error::cuda("cuBLAS", e))?);
+        // SAFETY: a live handle and the stream this device owns.
+        unsafe { result::set_stream(handle.0, stream.cu_stream() as sys::cudaStream_t) }
+            .map_err(|e| Error::cuda("cuBLAS stream", e))?;
         let mode = if tf32 {
             sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         } else {
             sys::cublasMath_t::CUBLAS_DEFAULT_MATH
         };
         // SAFETY: a live handle.
-        unsafe { sys::cublasSetMathMode(*blas.handle(), mode) }
+        unsafe { sys::cublasSetMathMode(handle.0, mode) }
             .result()
             .map_err(|e| Error::cuda("cuBLAS math mode", e))?;
-        Ok(Blas { blas, stream })
+        Ok(Blas { handle, stream })
     }
 
     /// `y[b][o] += Σ_i x[b][i] · w[o][i]` (x: batch × inputs, w: outputs × inputs).
@@ -135,7 +149,7 @@ impl Blas {
         // (checked by the callers above).
         unsafe {
             result::sgemm(
-                *self.blas.handle(),
+                self.handle.0,
                 op_a,
                 op_b,
                 int(m)?,

@@ -10,8 +10,10 @@
 //!
 //! cudarc's own tracking of pinned memory is off with its event tracking
 //! (see the module docs of [`super`]), so these events are the only guard:
-//! a turn's buffers are replaced (a new batch size) only behind the same
-//! waits, and freed on the copy stream after them.
+//! a turn's buffers only grow (a batch larger than any before; a smaller one
+//! uses a prefix), are replaced only behind the same waits, and their device
+//! memory is freed on the copy stream after them. A drop never waits: pinned
+//! memory whose copy may still run is leaked rather than freed.
 
 use super::{CudaDevice, need};
 use crate::data::input;
@@ -40,7 +42,8 @@ pub struct Staging {
     next_labels: usize,
 }
 
-/// One turn's buffers, each kept from batch to batch while its length holds.
+/// One turn's buffers, each kept from batch to batch, grown when a batch
+/// needs more.
 struct Turn {
     pixels: Option<Staged<u8>>,
     offsets: Option<Staged<f32>>,
@@ -51,7 +54,8 @@ struct Turn {
     consumed: CudaEvent,
 }
 
-/// Pinned host memory and its device copy.
+/// Pinned host memory and its device copy, of the same length: the most
+/// a batch has needed so far.
 struct Staged<T> {
     host: PinnedHostSlice<T>,
     device: CudaSlice<T>,
@@ -85,11 +89,38 @@ impl Staging {
 
 impl Drop for Staging {
     /// The turns' device buffers are freed on the copy stream: first it
-    /// waits for the compute work that read them.
+    /// waits for the compute work that read them. Pinned memory is freed
+    /// at once (cudarc's drop waits on an event it records only with event
+    /// tracking on), so only where the copy that read it is known done; the
+    /// rest is leaked.
     fn drop(&mut self) {
-        for turn in &self.turns {
+        for turn in &mut self.turns {
             let _ = self.copy.wait(&turn.consumed);
+            let done = done(&turn.uploaded);
+            release(turn.pixels.take(), done);
+            release(turn.offsets.take(), done);
+            release(turn.images.take(), done);
         }
+        for (slot, copied) in self.labels.iter_mut().zip(&self.labels_copied) {
+            release(slot.take(), done(copied));
+        }
+    }
+}
+
+/// Whether the work `event` marks is done, without waiting (not known done
+/// on an error).
+fn done(event: &CudaEvent) -> bool {
+    event.try_is_complete().unwrap_or(false)
+}
+
+/// Frees `staged`, but leaks its pinned memory unless the copy that reads
+/// it is `done` (its device memory is freed in its stream's order).
+fn release<T>(staged: Option<Staged<T>>, done: bool) {
+    if let Some(Staged { host, device }) = staged {
+        if !done {
+            std::mem::forget(host);
+        }
+        drop(device);
     }
 }
 
@@ -103,9 +134,9 @@ impl Staging {
     }
 }
 
-/// Copies `data` into `slot`'s pinned memory and queues its upload on
-/// `copy`, replacing the buffers (freed on `copy`, behind the waits its
-/// callers queue first) when the length changed.
+/// Copies `data` into the start of `slot`'s pinned memory and queues its
+/// upload on `copy`, replacing the buffers (freed on `copy`, behind the
+/// waits its callers queue first) when they are too small.
 fn fill<T: DeviceRepr + ValidAsZeroBits + Copy>(
     slot: &mut Option<Staged<T>>,
     copy: &Arc<CudaStream>,
@@ -113,22 +144,20 @@ fn fill<T: DeviceRepr + ValidAsZeroBits + Copy>(
     what: &str,
 ) -> Result<()> {
     let failed = |e| Error::cuda(format!("staging {what}"), e);
-    if slot.as_ref().map(|s| s.host.len()) != Some(data.len()) {
+    let n = data.len();
+    if slot.as_ref().is_none_or(|s| s.host.len() < n) {
         // SAFETY: the pinned memory is uninitialized only until the copy
         // below overwrites all of it, before anything reads it.
-        let host = unsafe { copy.context().alloc_pinned::<T>(data.len()) }.map_err(failed)?;
-        let device = copy.alloc_zeros::<T>(data.len()).map_err(failed)?;
+        let host = unsafe { copy.context().alloc_pinned::<T>(n) }.map_err(failed)?;
+        let device = copy.alloc_zeros::<T>(n).map_err(failed)?;
         *slot = Some(Staged { host, device });
     }
     let Some(staged) = slot.as_mut() else {
         return Err(Error::cuda(format!("staging {what}"), "no buffer"));
     };
-    staged
-        .host
-        .as_mut_slice()
-        .map_err(failed)?
-        .copy_from_slice(data);
-    copy.memcpy_htod(&staged.host, &mut staged.device)
+    staged.host.as_mut_slice().map_err(failed)?[..n].copy_from_slice(data);
+    let host = staged.host.as_slice().map_err(failed)?;
+    copy.memcpy_htod(&host[..n], &mut staged.device.slice_mut(..n))
         .map_err(failed)
 }
 
@@ -189,8 +218,7 @@ impl CudaDevice {
         offsets: &[f32],
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        input::check_u8(pixels, offsets, pixels.len()).map_err(Error::Training)?;
-        need(y, pixels.len(), "net input")?;
+        input::check_u8(pixels, offsets, y.len()).map_err(Error::Training)?;
         let at = self.turn()?;
         let Staging { copy, turns, .. } = &mut self.staging;
         let turn = &mut turns[at];
@@ -225,7 +253,10 @@ impl CudaDevice {
             return Err(Error::cuda("the input", "its buffer was not staged"));
         };
         self.stream
-            .memcpy_dtod(&staged.device, &mut y.slice_mut(..images.len()))
+            .memcpy_dtod(
+                &staged.device.slice(..images.len()),
+                &mut y.slice_mut(..images.len()),
+            )
             .map_err(|e| Error::cuda("copying the input", e))?;
         self.consumed(at)
     }

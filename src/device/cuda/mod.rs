@@ -53,8 +53,7 @@ pub struct CudaOptions {
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
     kernels: Arc<Kernels>,
-    /// Dropped by hand (see the `Drop` impl): cudarc unwraps the result of
-    /// cuDNN's and cuBLAS's destroy calls.
+    /// Dropped by hand, or leaked after a failure (see the `Drop` impl).
     convs: ManuallyDrop<conv::Convolutions>,
     blas: ManuallyDrop<fc::Blas>,
     /// {−log p(label), top-1 hit, top-5 hit} of each image of the last loss.
@@ -150,16 +149,23 @@ impl CudaDevice {
 
     /// Waits for everything queued on this device's stream; in a pair, by
     /// polling an event, never longer than the pair's timeout nor past the
-    /// other tower's failure.
+    /// other tower's failure. Then reports any error cudarc kept from a call
+    /// that could not return one (a drop's free, say).
     pub fn synchronize(&self) -> Result<()> {
         let failed = |e| Error::cuda("synchronizing the stream", e);
-        let Some((watch, rank)) = &self.watch else {
-            return self.stream.synchronize().map_err(failed);
-        };
-        let done = self.stream.record_event(None).map_err(failed)?;
-        watch.poll(*rank, "the other tower waited for its GPU", || {
-            done.try_is_complete().map_err(failed)
-        })
+        match &self.watch {
+            None => self.stream.synchronize().map_err(failed)?,
+            Some((watch, rank)) => {
+                let done = self.stream.record_event(None).map_err(failed)?;
+                watch.poll(*rank, "the other tower waited for its GPU", || {
+                    done.try_is_complete().map_err(failed)
+                })?;
+            }
+        }
+        self.stream
+            .context()
+            .check_err()
+            .map_err(|e| Error::cuda("an earlier CUDA call, reported late", e))
     }
 
     /// Waits for the work `event` recorded on this stream: polled in a
@@ -176,10 +182,11 @@ impl CudaDevice {
 }
 
 impl Drop for CudaDevice {
-    /// After either tower of a pair has failed, the GPU may be in an error
-    /// state in which cuDNN's and cuBLAS's destroy calls fail, and cudarc
-    /// unwraps them (a panic in a drop): their handles are then left to the
-    /// process's end. Otherwise they are destroyed as usual.
+    /// cuDNN's and cuBLAS's destroy calls synchronize the whole device,
+    /// which after either tower of a pair has failed may wait for good (a
+    /// stream held by NCCL work for a tower that is gone): their handles are
+    /// then left to the process's end. Otherwise they are destroyed as
+    /// usual (our handle types ignore a failed destroy).
     fn drop(&mut self) {
         let failed = self
             .watch
@@ -251,16 +258,13 @@ impl Device for CudaDevice {
     }
 
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>> {
-        // cudarc's copy to a Vec ends in a blocking stream synchronize: drain
-        // the stream first by the polled wait, so that it waits for the copy
-        // alone.
+        // A copy to pageable memory (a Vec) returns only once it is done, a
+        // wait for the stream that is not polled: drain the stream first by
+        // the polled wait, so that the copy waits for nothing else.
         self.synchronize()?;
-        let host = self
-            .stream
+        self.stream
             .clone_dtoh(src)
-            .map_err(|e| Error::cuda("copying from the GPU", e))?;
-        self.synchronize()?;
-        Ok(host)
+            .map_err(|e| Error::cuda("copying from the GPU", e))
     }
 
     fn fence(&mut self) -> Result<()> {
@@ -555,13 +559,12 @@ impl Device for CudaDevice {
             return Ok(Vec::new());
         };
         // As in `download`: the polled wait first (the logits came from the
-        // other tower), then cudarc's blocking copy of a drained stream.
+        // other tower), then the copy of a drained stream, done on return.
         self.synchronize()?;
         let host = self
             .stream
             .clone_dtoh(&sums.slice(..3 * pending))
             .map_err(|e| Error::cuda("copying loss statistics", e))?;
-        self.synchronize()?;
         // The hit counts are whole numbers below 2^53, exact in f64.
         Ok(host
             .chunks_exact(3)
