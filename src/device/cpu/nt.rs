@@ -113,7 +113,6 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::device::cpu::matmul::matmul_nt;
 
     /// Every edge: rows of `a` and `b` not multiples of the blocks, `k`
