@@ -59,27 +59,38 @@ pub fn create_run_dir(dir: &Path, config: &TrainConfig) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
 }
 
-/// The starting weights (the single-device twin's tensors) and schedule:
-/// initialized from the seed (paper §5), or the checkpoint's.
-pub fn start_weights(
-    plan: &Plan,
-    config: &TrainConfig,
-    resume: Option<&Checkpoint>,
-    folder: Option<&Path>,
-) -> Result<(Vec<TwinTensor>, ScheduleState)> {
-    match (resume, folder) {
-        (Some(c), Some(folder)) => {
-            let weights = checkpoint::in_order(c.weights.clone(), &twin_shapes(plan), folder)?;
-            Ok((weights, c.state.schedule))
-        }
-        _ => {
-            let init = config.init.unwrap_or(plan.spec.init);
-            Ok((
-                init_twin(plan, init, config.seed),
-                ScheduleState::new(config.lr),
-            ))
-        }
+/// A checkpoint a run goes on from: its metadata, its folder, and its
+/// weights and momentum in the single-device twin's order.
+pub struct Resumed {
+    pub state: RunState,
+    pub folder: PathBuf,
+    pub weights: Vec<TwinTensor>,
+    pub momentum: Vec<TwinTensor>,
+}
+
+impl Resumed {
+    /// Takes `ckpt`'s tensors (moved, not copied) into the twin's order;
+    /// `checkpoints` is the run's checkpoint folder.
+    pub fn new(ckpt: Checkpoint, plan: &Plan, checkpoints: &Path) -> Result<Resumed> {
+        let folder = checkpoints.join(checkpoint::folder_name(ckpt.state.step));
+        let shapes = twin_shapes(plan);
+        Ok(Resumed {
+            weights: checkpoint::in_order(ckpt.weights, &shapes, &folder)?,
+            momentum: checkpoint::in_order(ckpt.momentum, &shapes, &folder)?,
+            state: ckpt.state,
+            folder,
+        })
     }
+}
+
+/// A fresh run's weights (the single-device twin's tensors), initialized
+/// from the seed (paper §5), and its schedule.
+pub fn fresh_weights(plan: &Plan, config: &TrainConfig) -> (Vec<TwinTensor>, ScheduleState) {
+    let init = config.init.unwrap_or(plan.spec.init);
+    (
+        init_twin(plan, init, config.seed),
+        ScheduleState::new(config.lr),
+    )
 }
 
 /// Refuses to resume a run with another seed, batch or data set: each

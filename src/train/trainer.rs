@@ -118,20 +118,22 @@ impl<'a> Trainer<'a> {
         }
         crate::limits::check_fits(&plan, config.batch, placement)?;
         let checkpoints = run_dir.join("checkpoints");
-        let last_checkpoint = resume
-            .as_ref()
-            .map(|c| checkpoints.join(checkpoint::folder_name(c.state.step)));
-        let (weights, schedule) =
-            setup::start_weights(&plan, config, resume.as_ref(), last_checkpoint.as_deref())?;
+        let mut resumed = resume
+            .map(|c| setup::Resumed::new(c, &plan, &checkpoints))
+            .transpose()?;
+        let (weights, schedule) = match &mut resumed {
+            Some(r) => (std::mem::take(&mut r.weights), r.state.schedule),
+            None => setup::fresh_weights(&plan, config),
+        };
         let towers = TowerPair::new(placement, Arc::clone(&plan), config.batch, &weights)?;
         drop(weights);
-        if let (Some(c), Some(folder)) = (&resume, &last_checkpoint) {
-            let shapes = crate::net::params::twin_shapes(&plan);
-            let momentum = checkpoint::in_order(c.momentum.clone(), &shapes, folder)?;
-            towers.upload(ParamSet::Momentum, &momentum)?;
+        if let Some(r) = &mut resumed {
+            towers.upload(ParamSet::Momentum, &std::mem::take(&mut r.momentum))?;
         }
         setup::create_run_dir(&run_dir, config)?;
-        let first_step = resume.as_ref().map_or(0, |c| c.state.step);
+        let saved = resumed.as_ref().map(|r| &r.state);
+        let first_step = saved.map_or(0, |s| s.step);
+        let last_checkpoint = resumed.as_ref().map(|r| r.folder.clone());
         let log = MetricsLog::open(&run_dir, first_step)?;
         let board = EventWriter::create(&run_dir.join("tensorboard"), first_step)?;
         let steps_per_epoch = data.train_len() / config.batch;
@@ -153,7 +155,6 @@ impl<'a> Trainer<'a> {
         } else {
             ProgressDrawTarget::stderr()
         };
-        let saved = resume.as_ref().map(|c| &c.state);
         let summary = RunSummary {
             steps: first_step,
             final_loss: f64::NAN,
