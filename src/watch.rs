@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The environment variable that overrides [`DEFAULT_TIMEOUT`], in seconds.
@@ -171,6 +171,47 @@ impl Watch {
         }
         drop(state);
         self.check()
+    }
+
+    /// Waits on `turn` with `state` until `answer` gives the wait's outcome
+    /// (it runs under the lock each time the state may have changed; `None`
+    /// waits on). Fails with the pair's first failure as soon as either tower
+    /// fails (looked for every few milliseconds, since a failure elsewhere is
+    /// recorded without `turn`), and after the timeout, marking the other
+    /// tower lost at an exchange. The lock is still held when it returns.
+    pub fn wait_on<'a, S, R>(
+        &self,
+        rank: usize,
+        turn: &Condvar,
+        mut state: MutexGuard<'a, S>,
+        mut answer: impl FnMut(&mut S) -> Option<Result<R>>,
+    ) -> Result<(MutexGuard<'a, S>, R)> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(outcome) = answer(&mut state) {
+                return outcome.map(|r| (state, r));
+            }
+            self.check()?;
+            if Instant::now() >= deadline {
+                drop(state);
+                self.lost(other(rank), "the other tower waited at an exchange");
+                return Err(self.left_exchange(rank));
+            }
+            state = turn
+                .wait_timeout(state, POLL * 20)
+                .map_err(|_| self.left_exchange(rank))?
+                .0;
+        }
+    }
+
+    /// The pair's first failure, or that the tower other than `rank` left
+    /// in the middle of an exchange.
+    pub fn left_exchange(&self, rank: usize) -> Error {
+        self.failure().unwrap_or_else(|| Error::Tower {
+            tower: rank,
+            place: self.place(rank).to_string(),
+            message: "the other tower stopped in the middle of an exchange".into(),
+        })
     }
 
     /// Polls `done` until it says yes: for waits that cannot block on a

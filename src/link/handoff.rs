@@ -8,10 +8,9 @@
 
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
-use crate::watch::{POLL, Watch, other};
+use crate::watch::{Watch, other};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
 
 /// Shared by both towers of a pair.
 pub struct Handoff<M> {
@@ -64,31 +63,17 @@ impl<M> Handoff<M> {
     /// on it while the other cannot leave (so what the message names stays
     /// alive through `use_`), waiting for it if need be.
     pub fn take<R>(&self, rank: usize, use_: impl FnOnce(M) -> Result<R>) -> Result<R> {
-        let deadline = Instant::now() + self.watch.timeout();
-        let mut state = self.lock(rank)?;
-        loop {
+        let state = self.lock(rank)?;
+        let (_state, message) = self.watch.wait_on(rank, &self.posted, state, |state| {
             if state.abandoned {
-                return Err(self.gone(rank));
+                return Some(Err(self.gone(rank)));
             }
-            if let Some(message) = state.inbox[rank].pop_front() {
-                state.taken[other(rank)] += 1;
-                return use_(message);
-            }
-            self.watch.check()?;
-            if Instant::now() >= deadline {
-                drop(state);
-                self.watch
-                    .lost(other(rank), "the other tower waited at an exchange");
-                return Err(self.gone(rank));
-            }
-            // A failure elsewhere is recorded in the watch without this
-            // condition variable; look again every few milliseconds.
-            state = self
-                .posted
-                .wait_timeout(state, POLL * 20)
-                .map_err(|_| self.gone(rank))?
-                .0;
-        }
+            let message = state.inbox[rank].pop_front()?;
+            state.taken[other(rank)] += 1;
+            Some(Ok(message))
+        })?;
+        // Under the lock, so the other tower cannot leave meanwhile.
+        use_(message)
     }
 
     /// How many of tower `rank`'s messages the other tower has taken.
@@ -108,18 +93,14 @@ impl<M> Handoff<M> {
 
     /// The pair's first failure, or that the other tower left.
     fn gone(&self, rank: usize) -> Error {
-        self.watch.failure().unwrap_or_else(|| Error::Tower {
-            tower: rank,
-            place: self.watch.place(rank).to_string(),
-            message: "the other tower stopped in the middle of an exchange".into(),
-        })
+        self.watch.left_exchange(rank)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     fn watch(timeout: Duration) -> Arc<Watch> {
         Arc::new(Watch::with_timeout(

@@ -5,9 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
-use crate::watch::{POLL, Watch, other};
+use crate::watch::Watch;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
 
 /// Shared by both ends of a link.
 pub struct Rendezvous<S> {
@@ -80,36 +79,20 @@ impl<S> Rendezvous<S> {
             self.turn.notify_all();
             return Ok(state);
         }
-        let deadline = Instant::now() + self.watch.timeout();
-        while state.generation == generation {
-            if state.abandoned {
-                return Err(self.gone(rank));
+        let (state, ()) = self.watch.wait_on(rank, &self.turn, state, |state| {
+            if state.generation != generation {
+                Some(Ok(()))
+            } else if state.abandoned {
+                Some(Err(self.gone(rank)))
+            } else {
+                None
             }
-            self.watch.check()?;
-            if Instant::now() >= deadline {
-                drop(state);
-                self.watch
-                    .lost(other(rank), "the other tower waited at an exchange");
-                return Err(self.gone(rank));
-            }
-            // A failure elsewhere (the start barrier, a polled GPU wait) is
-            // recorded in the watch without this condition variable; look
-            // again every few milliseconds.
-            state = self
-                .turn
-                .wait_timeout(state, POLL * 20)
-                .map_err(|_| self.gone(rank))?
-                .0;
-        }
+        })?;
         Ok(state)
     }
 
     /// The pair's first failure, or that the other tower left.
     fn gone(&self, rank: usize) -> Error {
-        self.watch.failure().unwrap_or_else(|| Error::Tower {
-            tower: rank,
-            place: self.watch.place(rank).to_string(),
-            message: "the other tower stopped in the middle of an exchange".into(),
-        })
+        self.watch.left_exchange(rank)
     }
 }
