@@ -3,7 +3,7 @@
 //! before every layer that reads both towers (§3.2, Fig. 2) and at the logits.
 
 use crate::data::input::Images;
-use crate::device::{Device, LossStats, SgdStep};
+use crate::device::{Device, Gathering, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::net::buffers::BufferSizes;
@@ -226,23 +226,37 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         }
         let mut param_slot = 0;
         self.timings.fill(LayerTiming::default());
+        let rank = self.link.rank();
         for (i, layer) in self.plan.layers.iter().enumerate() {
             let start = Instant::now();
             let (before, rest) = b.outputs.split_at_mut(i);
             let y = &mut rest[0];
-            let mut x = if i == 0 { &b.input } else { &before[i - 1] };
-            if let Some(gathered) = b.gathered[i].as_mut() {
-                let exchange = Instant::now();
-                if self.profile {
-                    self.device.fence()?;
+            let x = if i == 0 { &b.input } else { &before[i - 1] };
+            let gathered = match b.gathered[i].as_mut() {
+                Some(gathered) => {
+                    let exchange = Instant::now();
+                    self.link.all_gather(x, gathered)?;
+                    if self.profile {
+                        self.device.fence()?;
+                        self.link.land()?;
+                        self.device.fence()?;
+                    }
+                    self.timings[i].exchange_s += exchange.elapsed().as_secs_f64();
+                    Some(&*gathered)
                 }
-                self.link.all_gather(x, gathered)?;
-                if self.profile {
-                    self.device.fence()?;
-                }
-                self.timings[i].exchange_s += exchange.elapsed().as_secs_f64();
-                x = gathered;
-            }
+                None => None,
+            };
+            let (link, profile) = (&mut self.link, self.profile);
+            let mut land = || if profile { Ok(()) } else { link.land() };
+            let x = match gathered {
+                Some(gathered) => Input::Both(Gathering {
+                    rank,
+                    own: x,
+                    gathered,
+                    landed: &mut land,
+                }),
+                None => Input::Own(x),
+            };
             let dev = &mut self.device;
             match &layer.op {
                 Op::Conv(s) => {
@@ -253,21 +267,21 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     let p = &self.params[param_slot];
                     dev.fc_forward(x, &p.weights, &p.bias, y, s, batch)?;
                 }
-                Op::Relu => dev.relu_forward(x, y)?,
-                Op::Tanh => dev.tanh_forward(x, y)?,
+                Op::Relu => dev.relu_forward(x.landed()?, y)?,
+                Op::Tanh => dev.tanh_forward(x.landed()?, y)?,
                 Op::Lrn(s) => {
                     let scale = b.lrn_scales[i]
                         .as_mut()
                         .expect("LRN layers have a scale buffer");
-                    dev.lrn_forward(x, y, scale, s, batch)?;
+                    dev.lrn_forward(x.landed()?, y, scale, s, batch)?;
                 }
-                Op::MaxPool(s) => dev.maxpool_forward(x, y, s, batch)?,
+                Op::MaxPool(s) => dev.maxpool_forward(x.landed()?, y, s, batch)?,
                 Op::Dropout { p } => match self.dropout_key {
                     Some(key) => {
-                        dev.dropout_forward(x, y, *p, dropout_key_for(key, i, self.link.rank()))?
+                        dev.dropout_forward(x.landed()?, y, *p, dropout_key_for(key, i, rank))?
                     }
                     // p = 0 keeps every unit at scale 1: the test-time identity.
-                    None => dev.dropout_forward(x, y, 0.0, 0)?,
+                    None => dev.dropout_forward(x.landed()?, y, 0.0, 0)?,
                 },
             }
             param_slot += usize::from(layer.has_params());
@@ -280,6 +294,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let last = b.outputs.last().expect("a plan has layers");
         let exchange = Instant::now();
         self.link.all_gather(last, &mut b.logits)?;
+        self.link.land()?;
         self.timings[self.plan.layers.len()].exchange_s = exchange.elapsed().as_secs_f64();
         let dlogits = b.output_grads.last_mut().expect("a plan has layers");
         let per_tower = self.plan.logits_per_tower();
@@ -299,7 +314,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
 
     /// Backward pass after a training [`Tower::forward`]: fills the parameter gradients.
     fn backward(&mut self) -> Result<()> {
-        let batch = self.batch;
+        let (batch, rank) = (self.batch, self.link.rank());
         let b = &mut *self.buffers;
         let mut param_slot = self.params.len();
         for (i, layer) in self.plan.layers.iter().enumerate().rev() {
@@ -312,12 +327,29 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 None if i == 0 => &b.input,
                 None => &b.outputs[i - 1],
             };
-            // Where this layer's input gradient goes: the gathered buffer
-            // (reduce-scattered below), the previous layer, or nowhere.
-            let dx = match b.gathered_grads[i].as_mut() {
-                Some(g) => Some(g),
-                None => grads_before.last_mut(),
+            // Where this layer's input gradient goes: the gathered buffer,
+            // reduce-scattered into the previous layer's as soon as it is
+            // queued (the weight gradients overlap it), or the previous
+            // layer's directly, or nowhere.
+            let (dx, mut reduce_into) = match b.gathered_grads[i].as_mut() {
+                Some(full) => (Some(full), grads_before.last_mut()),
+                None => (grads_before.last_mut(), None),
             };
+            let (link, profile) = (&mut self.link, self.profile);
+            let mut exchange_s = 0.0;
+            let mut queued = |full: &D::Buf| -> Result<()> {
+                let Some(own) = reduce_into.as_deref_mut() else {
+                    return Ok(());
+                };
+                let exchange = Instant::now();
+                link.reduce_scatter(full, own)?;
+                exchange_s += exchange.elapsed().as_secs_f64();
+                Ok(())
+            };
+            let dx = dx.map(|dx| InputGrad {
+                dx,
+                queued: &mut queued,
+            });
             let dev = &mut self.device;
             param_slot -= usize::from(layer.has_params());
             match (&layer.op, dx) {
@@ -340,33 +372,34 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 }
                 // The first layer's input is the image: no gradient to pass on.
                 (_, None) => {}
-                (Op::Relu, Some(dx)) => dev.relu_backward(y, dy, dx)?,
-                (Op::Tanh, Some(dx)) => dev.tanh_backward(y, dy, dx)?,
-                (Op::Lrn(s), Some(dx)) => {
+                // Only convolutions and fc layers read both towers, so these
+                // have nothing to announce.
+                (Op::Relu, Some(g)) => dev.relu_backward(y, dy, g.dx)?,
+                (Op::Tanh, Some(g)) => dev.tanh_backward(y, dy, g.dx)?,
+                (Op::Lrn(s), Some(g)) => {
                     let scale = b.lrn_scales[i]
                         .as_ref()
                         .expect("LRN layers have a scale buffer");
-                    dev.lrn_backward(x, y, scale, dy, dx, s, batch)?;
+                    dev.lrn_backward(x, y, scale, dy, g.dx, s, batch)?;
                 }
-                (Op::MaxPool(s), Some(dx)) => dev.maxpool_backward(x, y, dy, dx, s, batch)?,
-                (Op::Dropout { p }, Some(dx)) => {
+                (Op::MaxPool(s), Some(g)) => dev.maxpool_backward(x, y, dy, g.dx, s, batch)?,
+                (Op::Dropout { p }, Some(g)) => {
                     let key = self
                         .dropout_key
                         .expect("backward follows a training forward");
-                    dev.dropout_backward(dy, dx, *p, dropout_key_for(key, i, self.link.rank()))?;
+                    dev.dropout_backward(dy, g.dx, *p, dropout_key_for(key, i, rank))?;
                 }
             }
-            if let (Some(full), Some(own)) = (b.gathered_grads[i].as_ref(), grads_before.last_mut())
-            {
+            if b.gathered_grads[i].is_some() {
                 let exchange = Instant::now();
-                if self.profile {
+                if profile {
                     self.device.fence()?;
                 }
-                self.link.reduce_scatter(full, own)?;
-                if self.profile {
+                self.link.land()?;
+                if profile {
                     self.device.fence()?;
                 }
-                self.timings[i].exchange_s += exchange.elapsed().as_secs_f64();
+                self.timings[i].exchange_s += exchange_s + exchange.elapsed().as_secs_f64();
             }
             if self.profile {
                 self.device.fence()?;

@@ -183,7 +183,7 @@ impl TowerPair {
             watch,
             watched_gpus(ordinals, options, device_watch),
             move |rank, device: &Faulty<CudaDevice>| {
-                Ok(CopyLink::new(rank, device.inner(), Arc::clone(&shared)))
+                CopyLink::new(rank, device.inner(), Arc::clone(&shared))
             },
         )?;
         pair.ready()?;

@@ -27,7 +27,7 @@ pub use pool::{maxpool_backward, maxpool_forward};
 pub use real::Real;
 pub use softmax::softmax_cross_entropy;
 
-use super::{Device, LossStats, SgdStep};
+use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::data::input;
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
@@ -96,13 +96,14 @@ impl<T: Real> Device for CpuDevice<T> {
 
     fn conv_forward(
         &mut self,
-        x: &Vec<T>,
+        x: Input<'_, Vec<T>>,
         w: &[Vec<T>],
         bias: &Vec<T>,
         y: &mut Vec<T>,
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
+        let x = x.landed()?;
         conv_forward(
             x,
             &slices(w),
@@ -121,18 +122,17 @@ impl<T: Real> Device for CpuDevice<T> {
         x: &Vec<T>,
         w: &[Vec<T>],
         dy: &Vec<T>,
-        dx: Option<&mut Vec<T>>,
+        mut dx: Option<InputGrad<'_, Vec<T>>>,
         dw: &mut [Vec<T>],
         dbias: &mut Vec<T>,
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
-        let dx = dx.map(Vec::as_mut_slice);
         conv_backward(
             x,
             &slices(w),
             dy,
-            dx,
+            dx.as_mut().map(|g| g.dx.as_mut_slice()),
             &mut slices_mut(dw),
             dbias,
             shape,
@@ -140,18 +140,19 @@ impl<T: Real> Device for CpuDevice<T> {
             &mut self.col,
             &mut self.phases,
         );
-        Ok(())
+        dx.map_or(Ok(()), InputGrad::announce)
     }
 
     fn fc_forward(
         &mut self,
-        x: &Vec<T>,
+        x: Input<'_, Vec<T>>,
         w: &[Vec<T>],
         bias: &Vec<T>,
         y: &mut Vec<T>,
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
+        let x = x.landed()?;
         fc_forward(x, &slices(w), bias, y, shape, batch);
         Ok(())
     }
@@ -161,24 +162,23 @@ impl<T: Real> Device for CpuDevice<T> {
         x: &Vec<T>,
         w: &[Vec<T>],
         dy: &Vec<T>,
-        dx: Option<&mut Vec<T>>,
+        mut dx: Option<InputGrad<'_, Vec<T>>>,
         dw: &mut [Vec<T>],
         dbias: &mut Vec<T>,
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
-        let dx = dx.map(Vec::as_mut_slice);
         fc_backward(
             x,
             &slices(w),
             dy,
-            dx,
+            dx.as_mut().map(|g| g.dx.as_mut_slice()),
             &mut slices_mut(dw),
             dbias,
             shape,
             batch,
         );
-        Ok(())
+        dx.map_or(Ok(()), InputGrad::announce)
     }
 
     fn relu_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
