@@ -52,6 +52,9 @@ pub struct LayerTiming {
 /// Everything that scales with the batch.
 struct Buffers<B> {
     input: B,
+    /// This tower's half of the input, where the towers split the upload
+    /// ([`Link::splits_input`]) and the batch splits evenly.
+    input_part: Option<B>,
     /// Output of each layer.
     outputs: Vec<B>,
     /// Gradient of the loss with respect to each layer's output.
@@ -67,8 +70,14 @@ struct Buffers<B> {
 }
 
 impl<B> Buffers<B> {
-    /// Allocates the buffers [`BufferSizes`] lists for `batch`.
-    fn new<D: Device<Buf = B>>(device: &mut D, plan: &Plan, batch: usize) -> Result<Self> {
+    /// Allocates the buffers [`BufferSizes`] lists for `batch`, with
+    /// `input_part` where the towers split the upload.
+    fn new<D: Device<Buf = B>>(
+        device: &mut D,
+        plan: &Plan,
+        batch: usize,
+        split_input: bool,
+    ) -> Result<Self> {
         let sizes = BufferSizes::new(plan, batch);
         let mut elements = 0;
         let mut alloc = |len: usize| {
@@ -76,6 +85,10 @@ impl<B> Buffers<B> {
             device.alloc(len)
         };
         let input = alloc(sizes.input)?;
+        let input_part = match sizes.input_part.filter(|_| split_input) {
+            Some(len) => Some(alloc(len)?),
+            None => None,
+        };
         let (mut outputs, mut output_grads) = (Vec::new(), Vec::new());
         let (mut gathered, mut gathered_grads, mut lrn_scales) =
             (Vec::new(), Vec::new(), Vec::new());
@@ -89,6 +102,7 @@ impl<B> Buffers<B> {
         let logits = alloc(sizes.logits)?;
         Ok(Buffers {
             input,
+            input_part,
             outputs,
             output_grads,
             gathered,
@@ -138,7 +152,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 });
             }
         }
-        let buffers = Buffers::new(&mut device, &plan, batch)?;
+        let buffers = Buffers::new(&mut device, &plan, batch, link.splits_input())?;
         for layer in &plan.layers {
             if let Op::Conv(shape) = &layer.op {
                 device.prepare_conv(shape, batch)?;
@@ -213,20 +227,30 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let batch = labels.len();
         if batch != self.batch {
             // Through the `ManuallyDrop`, so that the old buffers are dropped.
-            *self.buffers = Buffers::new(&mut self.device, &self.plan, batch)?;
+            let split = self.link.splits_input();
+            *self.buffers = Buffers::new(&mut self.device, &self.plan, batch, split)?;
             self.batch = batch;
         }
         self.dropout_key = dropout_key;
         let b = &mut *self.buffers;
-        match images {
-            Images::F32(v) => self.device.input_from_f32(v, &mut b.input)?,
-            Images::U8 { pixels, offsets } => {
-                self.device.input_from_u8(pixels, offsets, &mut b.input)?
+        let rank = self.link.rank();
+        match b.input_part.as_mut() {
+            // Each tower uploads its half; the halves meet on the device.
+            Some(part) => {
+                let half = batch / TOWERS;
+                upload(
+                    &mut self.device,
+                    (images, batch),
+                    rank * half..(rank + 1) * half,
+                    part,
+                )?;
+                self.link.all_gather(part, &mut b.input)?;
+                self.link.land()?;
             }
+            None => upload(&mut self.device, (images, batch), 0..batch, &mut b.input)?,
         }
         let mut param_slot = 0;
         self.timings.fill(LayerTiming::default());
-        let rank = self.link.rank();
         for (i, layer) in self.plan.layers.iter().enumerate() {
             let start = Instant::now();
             let (before, rest) = b.outputs.split_at_mut(i);
@@ -246,8 +270,11 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 }
                 None => None,
             };
-            let (link, profile) = (&mut self.link, self.profile);
-            let mut land = || if profile { Ok(()) } else { link.land() };
+            let (link, profile, mut landed) = (&mut self.link, self.profile, false);
+            let mut land = || {
+                landed = true;
+                if profile { Ok(()) } else { link.land() }
+            };
             let x = match gathered {
                 Some(gathered) => Input::Both(Gathering {
                     rank,
@@ -285,8 +312,14 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 },
             }
             param_slot += usize::from(layer.has_params());
+            if gathered.is_some() && !(landed || profile) {
+                return Err(Error::Training(format!(
+                    "the device computed {} without waiting for its gathered input",
+                    layer.name
+                )));
+            }
             if self.profile {
-                dev.fence()?;
+                self.device.fence()?;
             }
             self.timings[i].forward_s = start.elapsed().as_secs_f64();
         }
@@ -336,14 +369,16 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 None => (grads_before.last_mut(), None),
             };
             let (link, profile) = (&mut self.link, self.profile);
-            let mut exchange_s = 0.0;
+            let (mut exchange_s, mut started) = (0.0, false);
+            // Profiling keeps the exchange apart from the gradients (below).
             let mut queued = |full: &D::Buf| -> Result<()> {
-                let Some(own) = reduce_into.as_deref_mut() else {
+                let Some(own) = reduce_into.as_deref_mut().filter(|_| !profile) else {
                     return Ok(());
                 };
                 let exchange = Instant::now();
                 link.reduce_scatter(full, own)?;
                 exchange_s += exchange.elapsed().as_secs_f64();
+                started = true;
                 Ok(())
             };
             let dx = dx.map(|dx| InputGrad {
@@ -390,10 +425,17 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     dev.dropout_backward(dy, g.dx, *p, dropout_key_for(key, i, rank))?;
                 }
             }
-            if b.gathered_grads[i].is_some() {
+            if let (Some(full), Some(own)) = (b.gathered_grads[i].as_ref(), reduce_into) {
                 let exchange = Instant::now();
                 if profile {
                     self.device.fence()?;
+                    self.link.reduce_scatter(full, own)?;
+                    self.device.fence()?;
+                } else if !started {
+                    return Err(Error::Training(format!(
+                        "the device never started the reduce-scatter of {}'s input gradient",
+                        layer.name
+                    )));
                 }
                 self.link.land()?;
                 if profile {
@@ -534,6 +576,29 @@ fn check_labels(labels: &[u32], classes: usize) -> Result<()> {
     }
 }
 
+/// Uploads images `range` of the `batch` in `images` into `y` (which holds
+/// exactly that many).
+fn upload<D: Device>(
+    device: &mut D,
+    (images, batch): (&Images, usize),
+    range: std::ops::Range<usize>,
+    y: &mut D::Buf,
+) -> Result<()> {
+    match images {
+        Images::F32(v) => {
+            let per = v.len() / batch;
+            device.input_from_f32(&v[range.start * per..range.end * per], y)
+        }
+        Images::U8 { pixels, offsets } => {
+            let (per, offsets_per) = (pixels.len() / batch, offsets.len() / batch);
+            device.input_from_u8(
+                &pixels[range.start * per..range.end * per],
+                &offsets[range.start * offsets_per..range.end * offsets_per],
+                y,
+            )
+        }
+    }
+}
 /// The dropout mask stream of layer `layer` in tower `rank` for a step keyed `step_key`.
 pub fn dropout_key_for(step_key: u64, layer: usize, rank: usize) -> u64 {
     derive(derive(step_key, layer as u64), rank as u64)

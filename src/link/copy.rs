@@ -107,6 +107,8 @@ pub struct CopyLink {
     sent_read: Sent,
     /// Whether this pass copied anything of the other tower's.
     read_this_pass: bool,
+    /// Whether both towers are on one GPU.
+    one_gpu: bool,
 }
 
 /// Events a tower posted, numbered, kept alive until the other has taken them.
@@ -131,8 +133,14 @@ impl Sent {
 }
 
 impl CopyLink {
-    /// Tower `rank`'s end, beside `device`'s stream.
-    pub fn new(rank: usize, device: &CudaDevice, shared: Arc<CopyShared>) -> Result<Self> {
+    /// Tower `rank`'s end, beside `device`'s stream; `one_gpu` when both
+    /// towers are on the same GPU.
+    pub fn new(
+        rank: usize,
+        device: &CudaDevice,
+        shared: Arc<CopyShared>,
+        one_gpu: bool,
+    ) -> Result<Self> {
         Ok(CopyLink {
             rank,
             stream: Arc::clone(device.stream()),
@@ -144,6 +152,7 @@ impl CopyLink {
             sent_ready: Sent::default(),
             sent_read: Sent::default(),
             read_this_pass: false,
+            one_gpu,
         })
     }
 
@@ -339,6 +348,12 @@ impl Link<CudaSlice<f32>> for CopyLink {
 
     fn land(&mut self) -> Result<()> {
         self.side.land()
+    }
+
+    /// On one GPU: the towers share its link to the host, so each uploads
+    /// half of each batch and copies the other half from the other tower.
+    fn splits_input(&self) -> bool {
+        self.one_gpu
     }
 
     fn end_pass(&mut self) -> Result<()> {

@@ -81,6 +81,11 @@ impl<T: Copy + Default + std::ops::AddAssign> Link<Vec<T>> for HostLink<T> {
         Ok(())
     }
 
+    /// No: both towers read the batch where it is, in host memory.
+    fn splits_input(&self) -> bool {
+        false
+    }
+
     /// Nothing to order: each exchange has copied what it read before it returns.
     fn end_pass(&mut self) -> Result<()> {
         Ok(())

@@ -36,6 +36,10 @@ pub trait Link<B> {
     /// them; a link whose exchanges are done when they return has nothing
     /// to do here.
     fn land(&mut self) -> Result<()>;
+    /// Whether both towers run on one device, so that each uploads only
+    /// its half of a batch and an all-gather on the device (before the
+    /// first layer) puts the halves together.
+    fn splits_input(&self) -> bool;
     /// Ends a pass (a forward-only pass, or a training step after its last
     /// reduce-scatter): a pass sends each buffer once, and the next pass
     /// overwrites it, so a link whose exchanges return before the other
@@ -165,6 +169,9 @@ mod tests {
         fn land(&mut self) -> Result<()> {
             self.inner.land()
         }
+        fn splits_input(&self) -> bool {
+            self.inner.splits_input()
+        }
         fn end_pass(&mut self) -> Result<()> {
             self.inner.end_pass()
         }
@@ -177,53 +184,79 @@ mod tests {
     struct Deferred {
         inner: HostLink,
         pending: Vec<Pending>,
+        /// What [`Link::splits_input`] answers.
+        splits: bool,
     }
 
-    enum Pending {
-        Gather {
-            local: Vec<f32>,
-            gathered: *mut Vec<f32>,
-        },
-        Reduce {
-            full: Vec<f32>,
-            local: *mut Vec<f32>,
-        },
+    /// An exchange started and not landed: what it reads and writes, as
+    /// a GPU holds them (by address, behind the tower's borrows).
+    struct Pending {
+        gather: bool,
+        send: *const Vec<f32>,
+        receive: *mut f32,
+        receive_len: usize,
     }
 
     // SAFETY: a tower's link and the buffers it points into stay on that
     // tower's thread; the pointers are only followed there, in `land`.
     unsafe impl Send for Deferred {}
 
+    impl Deferred {
+        fn start(&mut self, gather: bool, send: &Vec<f32>, receive: &mut Vec<f32>) {
+            receive.fill(f32::NAN);
+            self.pending.push(Pending {
+                gather,
+                send,
+                receive: receive.as_mut_ptr(),
+                receive_len: receive.len(),
+            });
+        }
+    }
+
     impl Link<Vec<f32>> for Deferred {
         fn rank(&self) -> usize {
             self.inner.rank()
         }
         fn all_gather(&mut self, local: &Vec<f32>, gathered: &mut Vec<f32>) -> Result<()> {
-            gathered.fill(f32::NAN);
-            let local = local.clone();
-            self.pending.push(Pending::Gather { local, gathered });
+            self.start(true, local, gathered);
             Ok(())
         }
         fn reduce_scatter(&mut self, full: &Vec<f32>, local: &mut Vec<f32>) -> Result<()> {
-            local.fill(f32::NAN);
-            let full = full.clone();
-            self.pending.push(Pending::Reduce { full, local });
+            self.start(false, full, local);
             Ok(())
         }
+        /// Reads what was sent now (so a tower that overwrote it after the
+        /// start is caught), and fails if the tower wrote where the exchange
+        /// writes before it landed.
         fn land(&mut self) -> Result<()> {
-            for pending in std::mem::take(&mut self.pending) {
+            for p in std::mem::take(&mut self.pending) {
                 // SAFETY: the tower keeps its buffers until the pass ends,
-                // and no exchange outlives its pass (`end_pass` below).
-                match pending {
-                    Pending::Gather { local, gathered } => unsafe {
-                        self.inner.all_gather(&local, &mut *gathered)?
-                    },
-                    Pending::Reduce { full, local } => unsafe {
-                        self.inner.reduce_scatter(&full, &mut *local)?
-                    },
+                // and no exchange outlives its pass (`end_pass` below). The
+                // tower may hold shared borrows of the received buffer while
+                // this writes it, as a GPU writes behind them: that is the
+                // point of the test, and outside what Rust's aliasing rules
+                // (and Miri) accept; nothing here reads through those borrows
+                // while it writes.
+                let (send, receive) = unsafe {
+                    (
+                        (*p.send).clone(),
+                        std::slice::from_raw_parts_mut(p.receive, p.receive_len),
+                    )
+                };
+                if !receive.iter().all(|v| v.is_nan()) {
+                    return Err(Error::Training("written before it landed".into()));
                 }
+                let mut landed = vec![0.0; p.receive_len];
+                match p.gather {
+                    true => self.inner.all_gather(&send, &mut landed)?,
+                    false => self.inner.reduce_scatter(&send, &mut landed)?,
+                }
+                receive.copy_from_slice(&landed);
             }
             Ok(())
+        }
+        fn splits_input(&self) -> bool {
+            self.splits
         }
         fn end_pass(&mut self) -> Result<()> {
             if !self.pending.is_empty() {
@@ -238,11 +271,18 @@ mod tests {
 
     /// Two training steps through [`Deferred`] give bit for bit what the
     /// host link gives: the tower waits for every exchange before it reads
-    /// its result, and lands each before its pass ends.
+    /// its result, and lands each before its pass ends; and so they do
+    /// when each tower uploads half of each batch and gathers the rest.
     #[test]
     fn towers_read_no_exchange_before_it_lands() {
+        for splits in [false, true] {
+            deferred_steps_equal_host_steps(splits);
+        }
+    }
+
+    fn deferred_steps_equal_host_steps(splits: bool) {
         let plan = Arc::new(Plan::load("small").unwrap());
-        let batch = 3;
+        let batch = 4;
         let init = init_twin(&plan, InitScheme::He, 5);
         let watch = Arc::new(Watch::cpu());
         let ends = Mutex::new(HostLink::pair_in(&watch).map(Some));
@@ -255,7 +295,11 @@ mod tests {
             move |rank, _: &CpuDevice<f32>| {
                 let inner = ends.lock().unwrap()[rank].take().unwrap();
                 let pending = Vec::new();
-                Ok(Deferred { inner, pending })
+                Ok(Deferred {
+                    inner,
+                    pending,
+                    splits,
+                })
             },
         )
         .unwrap();
@@ -271,12 +315,12 @@ mod tests {
                 .collect();
             let batch = Batch {
                 images: Arc::new(images.into()),
-                labels: Arc::new(vec![0, 3, 7]),
+                labels: Arc::new(vec![0, 3, 7, 1]),
             };
             let want = host.train_step(&batch, step + 1, Some(sgd)).unwrap();
             let got = deferred.train_step(&batch, step + 1, Some(sgd)).unwrap();
             assert!(got.loss_sum.is_finite(), "step {step}: loss {got:?}");
-            assert_eq!(got, want, "step {step}");
+            assert_eq!(got, want, "step {step}, split input {splits}");
         }
         let (want, got) = (
             host.download(ParamSet::Weights).unwrap(),
@@ -288,7 +332,7 @@ mod tests {
                     .iter()
                     .zip(&g.data)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{}",
+                "{}, split input {splits}",
                 w.name
             );
         }

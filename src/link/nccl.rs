@@ -207,6 +207,11 @@ impl Link<CudaSlice<f32>> for NcclLink {
         self.side.land()
     }
 
+    /// No: each GPU uploads the whole batch from the host, beside the other.
+    fn splits_input(&self) -> bool {
+        false
+    }
+
     /// The tower's later work (which overwrites and frees the buffers the
     /// collectives used) waits for every collective of the pass.
     fn end_pass(&mut self) -> Result<()> {

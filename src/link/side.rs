@@ -28,11 +28,15 @@ pub struct SideStream {
 }
 
 impl SideStream {
-    /// A new stream beside `compute`, in its context.
+    /// A new stream beside `compute`, in its context, at the greatest
+    /// priority the GPU offers: an exchange the other tower waits for
+    /// should not queue behind this tower's long convolutions.
     pub fn new(compute: &Arc<CudaStream>) -> Result<Self> {
         let failed = |e| Error::cuda("creating the exchange stream", e);
-        let side = compute.fork().map_err(failed)?;
         let context = compute.context();
+        context.bind_to_thread().map_err(failed)?;
+        let (_, greatest) = cudarc::driver::result::stream::get_priority_range().map_err(failed)?;
+        let side = context.new_stream_with_priority(greatest).map_err(failed)?;
         Ok(SideStream {
             compute: Arc::clone(compute),
             side,
