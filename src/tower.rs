@@ -232,23 +232,9 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             self.batch = batch;
         }
         self.dropout_key = dropout_key;
+        self.take_input(images, batch)?;
         let b = &mut *self.buffers;
         let rank = self.link.rank();
-        match b.input_part.as_mut() {
-            // Each tower uploads its half; the halves meet on the device.
-            Some(part) => {
-                let half = batch / TOWERS;
-                upload(
-                    &mut self.device,
-                    (images, batch),
-                    rank * half..(rank + 1) * half,
-                    part,
-                )?;
-                self.link.all_gather(part, &mut b.input)?;
-                self.link.land()?;
-            }
-            None => upload(&mut self.device, (images, batch), 0..batch, &mut b.input)?,
-        }
         let mut param_slot = 0;
         self.timings.fill(LayerTiming::default());
         for (i, layer) in self.plan.layers.iter().enumerate() {
@@ -343,6 +329,25 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         }
         self.timings[self.plan.layers.len()].forward_s = start.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// Puts the batch's images into the input buffer: uploaded whole, or,
+    /// where the towers split the upload, this tower's half uploaded and
+    /// the other half gathered from the other tower.
+    fn take_input(&mut self, images: &Images, batch: usize) -> Result<()> {
+        let b = &mut *self.buffers;
+        let Some(part) = b.input_part.as_mut() else {
+            return upload(&mut self.device, (images, batch), 0..batch, &mut b.input);
+        };
+        let (half, rank) = (batch / TOWERS, self.link.rank());
+        upload(
+            &mut self.device,
+            (images, batch),
+            rank * half..(rank + 1) * half,
+            part,
+        )?;
+        self.link.all_gather(part, &mut b.input)?;
+        self.link.land()
     }
 
     /// Backward pass after a training [`Tower::forward`]: fills the parameter gradients.
