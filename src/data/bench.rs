@@ -9,6 +9,7 @@
 use super::augment::{Pipeline, Stats};
 use super::decode::RgbImage;
 use super::image_set::ImageSet;
+use super::input::Pool;
 use super::loader::{Loader, Mode, default_workers, load_batch};
 use super::synthetic::{CLASSES, Split, Synthetic};
 use crate::error::{Error, Result};
@@ -20,6 +21,9 @@ use std::time::Instant;
 
 /// The rate to feed: one fast GPU's appetite for the paper's net.
 pub const TARGET: f64 = 20_000.0;
+
+/// Images per timed batch.
+const BATCH: usize = 32;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DataBench {
@@ -52,27 +56,26 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
     let pipeline = Arc::new(Pipeline::new(input, Stats::imagenet()));
     let mode = Mode::Train { seed: 1, epoch: 0 };
     let indices: Vec<usize> = (0..count).collect();
-    // Warm the page cache and the allocator.
-    load_batch(
-        set.as_ref(),
-        &pipeline,
-        mode,
-        &indices[..count.min(16)],
-        &mut Resizer::new(),
-    );
+    // Warm the page cache, the mapping of shards and the batch buffers: one
+    // untimed pass over the images.
+    let pool = Pool::new(2);
+    let mut resizer = Resizer::new();
+    for chunk in indices.chunks(BATCH) {
+        load_batch(set.as_ref(), &pipeline, mode, chunk, &mut resizer, &pool);
+    }
     // Passes over the images until a second has gone by, so that a fast
     // path is timed over enough images; the parallel runs make as many.
     let start = Instant::now();
-    let mut resizer = Resizer::new();
     let mut passes = 0;
     while passes == 0 || start.elapsed().as_secs_f64() < 1.0 {
-        for chunk in indices.chunks(32) {
+        for chunk in indices.chunks(BATCH) {
             std::hint::black_box(load_batch(
                 set.as_ref(),
                 &pipeline,
                 mode,
                 chunk,
                 &mut resizer,
+                &pool,
             ));
         }
         passes += 1;
@@ -81,7 +84,7 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
     // Images/s with `workers` threads, and the images they could not read.
     let parallel = |workers: usize| -> Result<(f64, usize)> {
         let lists: Vec<Vec<usize>> = (0..passes)
-            .flat_map(|_| indices.chunks(32).map(<[usize]>::to_vec))
+            .flat_map(|_| indices.chunks(BATCH).map(<[usize]>::to_vec))
             .collect();
         let start = Instant::now();
         let loader = Loader::start(

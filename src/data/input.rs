@@ -3,8 +3,103 @@
 //! into the net's input with [`crate::device::Device::input_from_u8`], whose
 //! CPU form is [`u8_to_f32`].
 
+use std::sync::{Arc, Mutex};
+
 /// Channels of a u8 crop (RGB).
 pub const CHANNELS: usize = 3;
+
+/// Batch buffers handed back for reuse: a batch's u8 crops are megabytes,
+/// and a freshly allocated buffer costs a page fault (and the kernel's
+/// zeroing) for every 4 KiB written into it, more than the crop itself.
+#[derive(Debug, Default)]
+pub struct Pool {
+    free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept at most; more are freed.
+    keep: usize,
+}
+
+impl Pool {
+    /// A pool that keeps at most `keep` buffers.
+    pub fn new(keep: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            free: Mutex::new(Vec::new()),
+            keep,
+        })
+    }
+
+    /// A buffer handed back earlier (with its old contents and length), or
+    /// a new empty one.
+    pub fn take(&self) -> Vec<u8> {
+        self.free
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .unwrap_or_default()
+    }
+
+    /// `bytes` as a batch's pixels, handed back to this pool when dropped.
+    pub fn wrap(self: &Arc<Self>, bytes: Vec<u8>) -> Pixels {
+        Pixels {
+            bytes,
+            pool: Some(Arc::clone(self)),
+        }
+    }
+
+    fn give(&self, bytes: Vec<u8>) {
+        if let Ok(mut free) = self.free.lock()
+            && free.len() < self.keep
+        {
+            free.push(bytes);
+        }
+    }
+}
+
+/// A batch's u8 crops: bytes that go back to their [`Pool`] when dropped.
+pub struct Pixels {
+    bytes: Vec<u8>,
+    pool: Option<Arc<Pool>>,
+}
+
+impl std::ops::Deref for Pixels {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl From<Vec<u8>> for Pixels {
+    /// Bytes of no pool, freed when dropped.
+    fn from(bytes: Vec<u8>) -> Pixels {
+        Pixels { bytes, pool: None }
+    }
+}
+
+impl Clone for Pixels {
+    /// A copy of no pool.
+    fn clone(&self) -> Pixels {
+        self.bytes.clone().into()
+    }
+}
+
+impl PartialEq for Pixels {
+    fn eq(&self, other: &Pixels) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl std::fmt::Debug for Pixels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pixels({} bytes)", self.bytes.len())
+    }
+}
+
+impl Drop for Pixels {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.give(std::mem::take(&mut self.bytes));
+        }
+    }
+}
 
 /// Whether `pixels` and `offsets` describe whole images of `len` elements
 /// each (three offsets per image), for a buffer of `len` elements.
@@ -33,7 +128,7 @@ pub enum Images {
     /// interleaved (HWC), image after image; and per image and channel the
     /// offset added after scaling to [0, 1]: the PCA lighting shift (§4.1)
     /// minus the channel's mean.
-    U8 { pixels: Vec<u8>, offsets: Vec<f32> },
+    U8 { pixels: Pixels, offsets: Vec<f32> },
 }
 
 impl Images {
@@ -123,11 +218,26 @@ mod tests {
         }
         assert_eq!(
             Images::U8 {
-                pixels,
+                pixels: pixels.into(),
                 offsets: offsets.to_vec()
             }
             .to_f32(),
             out
         );
+    }
+
+    #[test]
+    fn dropped_pixels_go_back_to_their_pool_up_to_its_size() {
+        let pool = Pool::new(1);
+        let first = pool.wrap(vec![1, 2, 3]);
+        let second = pool.wrap(vec![4; 5]);
+        assert!(pool.take().is_empty());
+        let copy = first.clone();
+        drop(copy);
+        assert!(pool.take().is_empty(), "a clone belongs to no pool");
+        drop(first);
+        drop(second);
+        assert_eq!(pool.take(), [1, 2, 3]);
+        assert!(pool.take().is_empty(), "the pool keeps one buffer");
     }
 }

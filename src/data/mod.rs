@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod bench;
 pub mod decode;
+pub mod flip;
 pub mod image_set;
 pub mod input;
 pub mod loader;

@@ -475,6 +475,7 @@ mod tests {
             mode,
             &all,
             &mut resizer,
+            &crate::data::input::Pool::new(1),
         );
         let loaded = crate::data::loader::load_batch(
             &ThroughLoad(shards.train.as_ref()),
@@ -482,6 +483,7 @@ mod tests {
             mode,
             &all,
             &mut resizer,
+            &crate::data::input::Pool::new(1),
         );
         assert_eq!(in_place, loaded);
         assert_eq!(in_place.labels.len(), 10);
