@@ -40,6 +40,8 @@ pub struct DataBench {
     pub cores: usize,
     pub all_cores_images_per_s: f64,
     pub cores_for_target: f64,
+    /// One core's images/s reading and decoding alone; none for raw shards.
+    pub decode_images_per_s: Option<f64>,
 }
 
 /// Times the u8 path over the first `images` training images of `path`.
@@ -114,6 +116,7 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
             path.display()
         )));
     }
+    let decode = decode_alone(set.as_ref(), count, pipeline.base);
     let cores = default_workers();
     let all = if cores == workers {
         multi
@@ -131,14 +134,38 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
         cores,
         all_cores_images_per_s: all,
         cores_for_target: TARGET / single,
+        decode_images_per_s: decode,
+    })
+}
+
+/// Images/s of reading and decoding alone (at least `base` on the shorter
+/// side, DCT-scaled where that applies) on this thread, over the first
+/// `count` images of `set`, for at least half a second: the part of the u8
+/// path no change to resizing or cropping can speed up. None for a set
+/// cropped in place (raw shards), which decodes nothing.
+fn decode_alone(set: &dyn ImageSet, count: usize, base: usize) -> Option<f64> {
+    set.stored_square(0, base).is_none().then(|| {
+        let start = Instant::now();
+        let mut images = 0;
+        while images == 0 || start.elapsed().as_secs_f64() < 0.5 {
+            for i in 0..count {
+                let _ = std::hint::black_box(set.load_at_least(i, base));
+            }
+            images += count;
+        }
+        images as f64 / start.elapsed().as_secs_f64()
     })
 }
 
 /// The report as text.
 pub fn render(b: &DataBench) -> String {
+    let decode = b.decode_images_per_s.map_or_else(String::new, |d| {
+        format!("decode alone{d:8.0} images/s  (one core: reading and decoding only)\n")
+    });
     format!(
         "bench-data: {}, {} images ({} unreadable, left out), u8 path (decode, resize, crop, flip into u8; lighting offsets)\n\
          one core    {:8.0} images/s\n\
+         {decode}\
          {} workers   {:8.0} images/s  ({:.2}× one core)\n\
          this host   {:8.0} images/s  (all {} cores)\n\
          to feed {TARGET:.0} images/s: {:.1} cores of one core's speed\n",
@@ -152,6 +179,55 @@ pub fn render(b: &DataBench) -> String {
         b.all_cores_images_per_s,
         b.cores,
         b.cores_for_target
+    )
+}
+
+/// How fast the built-in synthetic set is drawn at the net's input size.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyntheticBench {
+    pub side: usize,
+    pub images: usize,
+    /// Drawn one after another on one thread.
+    pub per_core_images_per_s: f64,
+    /// Drawn as `train` draws them: batches of [`SYNTHETIC_BATCH`] on every core.
+    pub cores: usize,
+    pub all_cores_images_per_s: f64,
+}
+
+/// The batch of the synthetic timing (the paper's 128).
+pub const SYNTHETIC_BATCH: usize = 128;
+
+/// Times the synthetic set's first `images` training images at `side × side`.
+pub fn synthetic(images: usize, side: usize) -> SyntheticBench {
+    let set = Synthetic::new(1, Split::Train, images.max(1), 3, side);
+    let mut out = vec![0.0; set.image_len()];
+    let count = set.len;
+    let start = Instant::now();
+    for i in 0..count {
+        std::hint::black_box(set.draw(i, &mut out));
+    }
+    let single = count as f64 / start.elapsed().as_secs_f64();
+    let indices: Vec<usize> = (0..count).collect();
+    let start = Instant::now();
+    for chunk in indices.chunks(SYNTHETIC_BATCH) {
+        std::hint::black_box(set.batch(chunk));
+    }
+    SyntheticBench {
+        side,
+        images: count,
+        per_core_images_per_s: single,
+        cores: default_workers(),
+        all_cores_images_per_s: count as f64 / start.elapsed().as_secs_f64(),
+    }
+}
+
+/// The synthetic report as text.
+pub fn render_synthetic(b: &SyntheticBench) -> String {
+    format!(
+        "bench-data: the synthetic set at {0}×{0}, {1} images\n\
+         one core    {2:8.0} images/s\n\
+         this host   {3:8.0} images/s  (all {4} cores, batches of {SYNTHETIC_BATCH} as train draws them)\n",
+        b.side, b.images, b.per_core_images_per_s, b.all_cores_images_per_s, b.cores
     )
 }
 

@@ -1,66 +1,71 @@
 //! A row of RGB pixels mirrored (the horizontal flip of §4.1). Pixel by
 //! pixel a flip costs several times a plain row copy; with SSSE3 five
-//! pixels move in one 16-byte shuffle.
+//! pixels move in one 16-byte shuffle, reading the source front to back.
 
 /// `dst`'s pixel `k` is `src`'s pixel `n - 1 - k`, for rows of `n` RGB
 /// pixels (`3n` bytes each).
 pub fn mirror_row(src: &[u8], dst: &mut [u8]) {
     assert_eq!(src.len(), dst.len(), "rows of equal length");
-    let done = shuffled(src, dst);
     let n = src.len() / 3;
-    for k in done..n {
+    let rest = shuffled(src, dst).unwrap_or(n);
+    for k in 0..rest {
         let j = n - 1 - k;
         dst[3 * k..3 * k + 3].copy_from_slice(&src[3 * j..3 * j + 3]);
     }
 }
 
-/// Mirrors the first pixels of `dst` five at a time where the CPU has
-/// SSSE3; returns how many pixels it wrote (from the row's start).
-fn shuffled(src: &[u8], dst: &mut [u8]) -> usize {
+/// Mirrors the row five pixels at a time where the CPU has SSSE3, all but
+/// its first few output pixels; returns how many are left (from the row's
+/// start), or `None` without SSSE3.
+fn shuffled(src: &[u8], dst: &mut [u8]) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("ssse3") {
         // SAFETY: the CPU has SSSE3; `src` and `dst` have equal lengths.
-        return unsafe { ssse3::blocks(src, dst) };
+        return Some(unsafe { ssse3::blocks(src, dst) });
     }
     let _ = (src, dst);
-    0
+    None
 }
 
 #[cfg(target_arch = "x86_64")]
 mod ssse3 {
     use std::arch::x86_64::*;
 
-    /// Output pixel m (bytes 3m..3m+3) of a block takes input pixel 4 - m,
-    /// which lies at bytes 1 + 3(4 - m).. of the 16 bytes loaded one byte
-    /// before the block's first source pixel; byte 15 is overwritten by the
-    /// next block or the scalar tail.
-    const ORDER: [i8; 16] = [13, 14, 15, 10, 11, 12, 7, 8, 9, 4, 5, 6, 1, 2, 3, 0];
+    /// A block's 16 loaded bytes hold source pixels j..j+5 in bytes 0..15
+    /// (byte 15 is the next pixel's); stored one byte before output pixel
+    /// k = n - 5 - j, byte 1 + 3m + c is output pixel k + m, source pixel
+    /// j + 4 - m. Byte 0 (zero) lands on the last byte of output pixel
+    /// k - 1, written after it.
+    const ORDER: [i8; 16] = [-128, 12, 13, 14, 9, 10, 11, 6, 7, 8, 3, 4, 5, 0, 1, 2];
 
-    /// Blocks of five output pixels from the row's start while a 16-byte
-    /// store stays inside `dst` and its 16-byte load (from one byte before
-    /// the five source pixels) inside `src`: blocks at k = 0, 5, ... up to
-    /// k ≤ n - 6. Returns the pixels written.
+    /// Blocks of five output pixels at k = n - 5, n - 10, ... down to k ≥ 1,
+    /// so that the source is read front to back, as the hardware prefetches
+    /// best. Returns the output pixels left at the row's start.
     ///
     /// # Safety
     /// SSSE3; `src.len() == dst.len()`.
     #[target_feature(enable = "ssse3")]
     pub unsafe fn blocks(src: &[u8], dst: &mut [u8]) -> usize {
         let n = src.len() / 3;
-        let order = unsafe { _mm_loadu_si128(ORDER.as_ptr().cast()) };
-        let mut k = 0;
-        while k + 6 <= n {
-            // Source pixels n-5-k ..= n-1-k; load from the byte before them.
-            let from = 3 * (n - 5 - k) - 1;
-            // SAFETY: from ≥ 3·1 - 1 = 2 as k ≤ n - 6, and from + 16 =
-            // 3(n - k) ≤ 3n; the store at 3k ends at 3k + 16 ≤ 3n - 2.
-            unsafe {
-                let v = _mm_loadu_si128(src.as_ptr().add(from).cast());
-                let m = _mm_shuffle_epi8(v, order);
-                _mm_storeu_si128(dst.as_mut_ptr().add(3 * k).cast(), m);
-            }
-            k += 5;
+        if n < 6 {
+            return n;
         }
-        k
+        let order = unsafe { _mm_loadu_si128(ORDER.as_ptr().cast()) };
+        let mut k = n - 5;
+        loop {
+            let j = n - 5 - k;
+            // SAFETY: k ≥ 1, so the load's end 3j + 16 = 3(n - k) + 1 ≤ 3n
+            // and the store's start 3k - 1 ≥ 0; the store ends at 3(k + 5) ≤ 3n.
+            unsafe {
+                let v = _mm_loadu_si128(src.as_ptr().add(3 * j).cast());
+                let m = _mm_shuffle_epi8(v, order);
+                _mm_storeu_si128(dst.as_mut_ptr().add(3 * k - 1).cast(), m);
+            }
+            if k < 6 {
+                return k;
+            }
+            k -= 5;
+        }
     }
 }
 
