@@ -58,31 +58,16 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
     let pipeline = Arc::new(Pipeline::new(input, Stats::imagenet()));
     let mode = Mode::Train { seed: 1, epoch: 0 };
     let indices: Vec<usize> = (0..count).collect();
-    // Warm the page cache, the mapping of shards and the batch buffers: one
-    // untimed pass over the images.
-    let pool = Pool::new(2);
+    // Warm the page cache and the mapping of shards with one untimed pass,
+    // whose time sets how many passes make about a second of one core's
+    // work, so that a fast path is timed over enough images.
+    let warm = Instant::now();
     let mut resizer = Resizer::new();
+    let pool = Pool::new(1);
     for chunk in indices.chunks(BATCH) {
         load_batch(set.as_ref(), &pipeline, mode, chunk, &mut resizer, &pool);
     }
-    // Passes over the images until a second has gone by, so that a fast
-    // path is timed over enough images; the parallel runs make as many.
-    let start = Instant::now();
-    let mut passes = 0;
-    while passes == 0 || start.elapsed().as_secs_f64() < 1.0 {
-        for chunk in indices.chunks(BATCH) {
-            std::hint::black_box(load_batch(
-                set.as_ref(),
-                &pipeline,
-                mode,
-                chunk,
-                &mut resizer,
-                &pool,
-            ));
-        }
-        passes += 1;
-    }
-    let single = (passes * count) as f64 / start.elapsed().as_secs_f64();
+    let passes = (1.0 / warm.elapsed().as_secs_f64().max(1e-6)).ceil() as usize;
     // Images/s with `workers` threads, and the images they could not read.
     let parallel = |workers: usize| -> Result<(f64, usize)> {
         let lists: Vec<Vec<usize>> = (0..passes)
@@ -107,6 +92,9 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
             skipped,
         ))
     };
+    // One core as training uses it: one worker of the loader, its batch
+    // buffers going round as many as the trainer holds.
+    let (single, _) = parallel(1)?;
     let (multi, skipped) = parallel(workers)?;
     // Each image once in each pass: the first pass's count is the set's.
     let skipped = skipped / passes;
@@ -209,8 +197,10 @@ pub fn synthetic(images: usize, side: usize) -> SyntheticBench {
     let single = count as f64 / start.elapsed().as_secs_f64();
     let indices: Vec<usize> = (0..count).collect();
     let start = Instant::now();
+    // Into buffers going round, as `train` draws them.
+    let pool = Pool::new(2);
     for chunk in indices.chunks(SYNTHETIC_BATCH) {
-        std::hint::black_box(set.batch(chunk));
+        std::hint::black_box(set.pooled_batch(chunk, &pool));
     }
     SyntheticBench {
         side,

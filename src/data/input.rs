@@ -8,19 +8,20 @@ use std::sync::{Arc, Mutex};
 /// Channels of a u8 crop (RGB).
 pub const CHANNELS: usize = 3;
 
-/// Batch buffers handed back for reuse: a batch's u8 crops are megabytes,
-/// and a freshly allocated buffer costs a page fault (and the kernel's
-/// zeroing) for every 4 KiB written into it, more than the crop itself.
-#[derive(Debug, Default)]
-pub struct Pool {
-    free: Mutex<Vec<Vec<u8>>>,
+/// Batch buffers handed back for reuse: a batch is megabytes (tens for
+/// the synthetic set's f32), and a freshly allocated buffer costs a page
+/// fault (and the kernel's zeroing) for every 4 KiB written into it, more
+/// than cropping into it.
+#[derive(Debug)]
+pub struct Pool<T> {
+    free: Mutex<Vec<Vec<T>>>,
     /// Buffers kept at most; more are freed.
     keep: usize,
 }
 
-impl Pool {
+impl<T> Pool<T> {
     /// A pool that keeps at most `keep` buffers.
-    pub fn new(keep: usize) -> Arc<Pool> {
+    pub fn new(keep: usize) -> Arc<Pool<T>> {
         Arc::new(Pool {
             free: Mutex::new(Vec::new()),
             keep,
@@ -29,7 +30,7 @@ impl Pool {
 
     /// A buffer handed back earlier (with its old contents and length), or
     /// a new empty one.
-    pub fn take(&self) -> Vec<u8> {
+    pub fn take(&self) -> Vec<T> {
         self.free
             .lock()
             .ok()
@@ -37,66 +38,69 @@ impl Pool {
             .unwrap_or_default()
     }
 
-    /// `bytes` as a batch's pixels, handed back to this pool when dropped.
-    pub fn wrap(self: &Arc<Self>, bytes: Vec<u8>) -> Pixels {
-        Pixels {
-            bytes,
+    /// `items` as a batch's buffer, handed back to this pool when dropped.
+    pub fn wrap(self: &Arc<Self>, items: Vec<T>) -> Pooled<T> {
+        Pooled {
+            items,
             pool: Some(Arc::clone(self)),
         }
     }
 
-    fn give(&self, bytes: Vec<u8>) {
+    fn give(&self, items: Vec<T>) {
         if let Ok(mut free) = self.free.lock()
             && free.len() < self.keep
         {
-            free.push(bytes);
+            free.push(items);
         }
     }
 }
 
-/// A batch's u8 crops: bytes that go back to their [`Pool`] when dropped.
-pub struct Pixels {
-    bytes: Vec<u8>,
-    pool: Option<Arc<Pool>>,
+/// A batch's buffer, which goes back to its [`Pool`] when dropped.
+pub struct Pooled<T> {
+    items: Vec<T>,
+    pool: Option<Arc<Pool<T>>>,
 }
 
-impl std::ops::Deref for Pixels {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.bytes
+/// A batch's u8 crops.
+pub type Pixels = Pooled<u8>;
+
+impl<T> std::ops::Deref for Pooled<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.items
     }
 }
 
-impl From<Vec<u8>> for Pixels {
-    /// Bytes of no pool, freed when dropped.
-    fn from(bytes: Vec<u8>) -> Pixels {
-        Pixels { bytes, pool: None }
+impl<T> From<Vec<T>> for Pooled<T> {
+    /// Items of no pool, freed when dropped.
+    fn from(items: Vec<T>) -> Pooled<T> {
+        Pooled { items, pool: None }
     }
 }
 
-impl Clone for Pixels {
+impl<T: Clone> Clone for Pooled<T> {
     /// A copy of no pool.
-    fn clone(&self) -> Pixels {
-        self.bytes.clone().into()
+    fn clone(&self) -> Pooled<T> {
+        self.items.clone().into()
     }
 }
 
-impl PartialEq for Pixels {
-    fn eq(&self, other: &Pixels) -> bool {
-        self.bytes == other.bytes
+impl<T: PartialEq> PartialEq for Pooled<T> {
+    fn eq(&self, other: &Pooled<T>) -> bool {
+        self.items == other.items
     }
 }
 
-impl std::fmt::Debug for Pixels {
+impl<T> std::fmt::Debug for Pooled<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pixels({} bytes)", self.bytes.len())
+        write!(f, "Pooled({} items)", self.items.len())
     }
 }
 
-impl Drop for Pixels {
+impl<T> Drop for Pooled<T> {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take() {
-            pool.give(std::mem::take(&mut self.bytes));
+            pool.give(std::mem::take(&mut self.items));
         }
     }
 }
@@ -123,7 +127,7 @@ pub fn check_u8(pixels: &[u8], offsets: &[f32], len: usize) -> Result<(), String
 #[derive(Debug, Clone, PartialEq)]
 pub enum Images {
     /// Ready as they are: f32 NCHW, image after image.
-    F32(Vec<f32>),
+    F32(Pooled<f32>),
     /// Crops of `side × side` RGB pixels, rows top to bottom, pixels
     /// interleaved (HWC), image after image; and per image and channel the
     /// offset added after scaling to [0, 1]: the PCA lighting shift (§4.1)
@@ -135,7 +139,7 @@ impl Images {
     /// The f32 NCHW input, converted on this thread when the batch is u8.
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
-            Images::F32(v) => v.clone(),
+            Images::F32(v) => v.to_vec(),
             Images::U8 { pixels, offsets } => {
                 let mut out = vec![0.0; pixels.len()];
                 u8_to_f32(pixels, offsets, &mut out);
@@ -160,7 +164,7 @@ impl Images {
 
 impl From<Vec<f32>> for Images {
     fn from(v: Vec<f32>) -> Images {
-        Images::F32(v)
+        Images::F32(v.into())
     }
 }
 
@@ -228,7 +232,7 @@ mod tests {
 
     #[test]
     fn dropped_pixels_go_back_to_their_pool_up_to_its_size() {
-        let pool = Pool::new(1);
+        let pool = Pool::<u8>::new(1);
         let first = pool.wrap(vec![1, 2, 3]);
         let second = pool.wrap(vec![4; 5]);
         assert!(pool.take().is_empty());

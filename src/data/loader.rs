@@ -89,7 +89,7 @@ pub fn load_batch(
     mode: Mode,
     indices: &[usize],
     resizer: &mut Resizer,
-    pool: &Arc<Pool>,
+    pool: &Arc<Pool<u8>>,
 ) -> LoadedBatch {
     let crops = crops(mode);
     let len = crops * pipeline.output_len();
