@@ -176,6 +176,17 @@ mod tests {
     }
 
     #[test]
+    fn pooled_batches_reuse_their_buffers_and_draw_the_same_images() {
+        let set = Synthetic::new(2, Split::Train, 50, 3, 16);
+        let pool = Pool::new(1);
+        for indices in [vec![4, 9, 1], vec![30, 2], vec![7, 8, 11, 12]] {
+            let (images, labels) = set.pooled_batch(&indices, &pool);
+            assert_eq!((images.to_vec(), labels), set.batch(&indices));
+        }
+        assert_eq!(pool.take().len(), 4 * set.image_len());
+    }
+
+    #[test]
     fn every_class_appears_and_draws_differ() {
         let set = Synthetic::new(1, Split::Train, 1000, 3, 24);
         let mut seen = [0usize; CLASSES.len()];
