@@ -651,7 +651,7 @@ mod tests {
             &params[0],
         )
         .unwrap();
-        let images = Images::F32(vec![0.0; 2 * plan.input.len()]);
+        let images = Images::from(vec![0.0; 2 * plan.input.len()]);
         let classes = plan.classes() as u32;
         let err = tower
             .step(&images, &[0, classes], Some(1), None, 0)

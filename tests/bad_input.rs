@@ -457,6 +457,25 @@ fn no_silent_wrong_results() {
         "{}",
         stdout(&out)
     );
+    assert!(stdout(&out).contains("decode alone"), "{}", stdout(&out));
+    refused(
+        &alexnet(&["bench-data", "--synthetic", "--data", s(&set)]),
+        "--synthetic",
+    );
+    let out = alexnet(&[
+        "bench-data",
+        "--synthetic",
+        "--images",
+        "5",
+        "--input",
+        "24",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("the synthetic set at 24×24, 5 images"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

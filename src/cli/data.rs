@@ -84,7 +84,7 @@ impl PrepareArgs {
 #[derive(clap::Args)]
 pub struct BenchDataArgs {
     /// A dataset: image folders, shards or Fashion-MNIST.
-    #[arg(long, required_unless_present = "generate")]
+    #[arg(long, required_unless_present_any = ["generate", "synthetic"])]
     data: Option<PathBuf>,
     /// Training images to time.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -98,6 +98,9 @@ pub struct BenchDataArgs {
     /// Instead, write an ImageNet-like JPEG folder (500×375, quality 97) of `--images` images here.
     #[arg(long, value_name = "DIR")]
     generate: Option<PathBuf>,
+    /// Instead, time the built-in synthetic set at `--input`.
+    #[arg(long, conflicts_with_all = ["data", "generate"])]
+    synthetic: bool,
     #[arg(long)]
     json: bool,
 }
@@ -111,6 +114,15 @@ impl BenchDataArgs {
                 "{}: {images} training JPEGs of 500×375 at quality 97",
                 dir.display()
             );
+            return Ok(());
+        }
+        if self.synthetic {
+            let report = data::bench::synthetic(images, self.input as usize);
+            if self.json {
+                print_json(&report);
+            } else {
+                print!("{}", data::bench::render_synthetic(&report));
+            }
             return Ok(());
         }
         let Some(path) = self.data else {

@@ -7,6 +7,7 @@
 //! crop, or the ten crops (corners and centre, each also mirrored).
 
 use super::decode::RgbImage;
+use super::flip::mirror_row;
 use crate::rng::Rng;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -157,9 +158,7 @@ impl Pipeline {
         for (y, dst) in out.chunks_exact_mut(n * 3).take(n).enumerate() {
             let row = &square[((y0 + y) * self.base + x0) * 3..][..n * 3];
             if flip {
-                for (d, s) in dst.chunks_exact_mut(3).zip(row.chunks_exact(3).rev()) {
-                    d.copy_from_slice(s);
-                }
+                mirror_row(row, dst);
             } else {
                 dst.copy_from_slice(row);
             }

@@ -9,6 +9,7 @@
 use super::augment::{Pipeline, Stats};
 use super::decode::RgbImage;
 use super::image_set::ImageSet;
+use super::input::Pool;
 use super::loader::{Loader, Mode, default_workers, load_batch};
 use super::synthetic::{CLASSES, Split, Synthetic};
 use crate::error::{Error, Result};
@@ -20,6 +21,9 @@ use std::time::Instant;
 
 /// The rate to feed: one fast GPU's appetite for the paper's net.
 pub const TARGET: f64 = 20_000.0;
+
+/// Images per timed batch.
+const BATCH: usize = 32;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DataBench {
@@ -36,6 +40,8 @@ pub struct DataBench {
     pub cores: usize,
     pub all_cores_images_per_s: f64,
     pub cores_for_target: f64,
+    /// One core's images/s reading and decoding alone; none for raw shards.
+    pub decode_images_per_s: Option<f64>,
 }
 
 /// Times the u8 path over the first `images` training images of `path`.
@@ -52,36 +58,20 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
     let pipeline = Arc::new(Pipeline::new(input, Stats::imagenet()));
     let mode = Mode::Train { seed: 1, epoch: 0 };
     let indices: Vec<usize> = (0..count).collect();
-    // Warm the page cache and the allocator.
-    load_batch(
-        set.as_ref(),
-        &pipeline,
-        mode,
-        &indices[..count.min(16)],
-        &mut Resizer::new(),
-    );
-    // Passes over the images until a second has gone by, so that a fast
-    // path is timed over enough images; the parallel runs make as many.
-    let start = Instant::now();
+    // Warm the page cache and the mapping of shards with one untimed pass,
+    // whose time sets how many passes make about a second of one core's
+    // work, so that a fast path is timed over enough images.
+    let warm = Instant::now();
     let mut resizer = Resizer::new();
-    let mut passes = 0;
-    while passes == 0 || start.elapsed().as_secs_f64() < 1.0 {
-        for chunk in indices.chunks(32) {
-            std::hint::black_box(load_batch(
-                set.as_ref(),
-                &pipeline,
-                mode,
-                chunk,
-                &mut resizer,
-            ));
-        }
-        passes += 1;
+    let pool = Pool::new(1);
+    for chunk in indices.chunks(BATCH) {
+        load_batch(set.as_ref(), &pipeline, mode, chunk, &mut resizer, &pool);
     }
-    let single = (passes * count) as f64 / start.elapsed().as_secs_f64();
+    let passes = (1.0 / warm.elapsed().as_secs_f64().max(1e-6)).ceil() as usize;
     // Images/s with `workers` threads, and the images they could not read.
     let parallel = |workers: usize| -> Result<(f64, usize)> {
         let lists: Vec<Vec<usize>> = (0..passes)
-            .flat_map(|_| indices.chunks(32).map(<[usize]>::to_vec))
+            .flat_map(|_| indices.chunks(BATCH).map(<[usize]>::to_vec))
             .collect();
         let start = Instant::now();
         let loader = Loader::start(
@@ -102,6 +92,9 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
             skipped,
         ))
     };
+    // One core as training uses it: one worker of the loader, its batch
+    // buffers going round as many as the trainer holds.
+    let (single, _) = parallel(1)?;
     let (multi, skipped) = parallel(workers)?;
     // Each image once in each pass: the first pass's count is the set's.
     let skipped = skipped / passes;
@@ -111,6 +104,7 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
             path.display()
         )));
     }
+    let decode = decode_alone(set.as_ref(), count, pipeline.base);
     let cores = default_workers();
     let all = if cores == workers {
         multi
@@ -128,14 +122,38 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
         cores,
         all_cores_images_per_s: all,
         cores_for_target: TARGET / single,
+        decode_images_per_s: decode,
+    })
+}
+
+/// Images/s of reading and decoding alone (at least `base` on the shorter
+/// side, DCT-scaled where that applies) on this thread, over the first
+/// `count` images of `set`, for at least half a second: the part of the u8
+/// path no change to resizing or cropping can speed up. None for a set
+/// cropped in place (raw shards), which decodes nothing.
+fn decode_alone(set: &dyn ImageSet, count: usize, base: usize) -> Option<f64> {
+    set.stored_square(0, base).is_none().then(|| {
+        let start = Instant::now();
+        let mut images = 0;
+        while images == 0 || start.elapsed().as_secs_f64() < 0.5 {
+            for i in 0..count {
+                let _ = std::hint::black_box(set.load_at_least(i, base));
+            }
+            images += count;
+        }
+        images as f64 / start.elapsed().as_secs_f64()
     })
 }
 
 /// The report as text.
 pub fn render(b: &DataBench) -> String {
+    let decode = b.decode_images_per_s.map_or_else(String::new, |d| {
+        format!("decode alone{d:8.0} images/s  (one core: reading and decoding only)\n")
+    });
     format!(
         "bench-data: {}, {} images ({} unreadable, left out), u8 path (decode, resize, crop, flip into u8; lighting offsets)\n\
          one core    {:8.0} images/s\n\
+         {decode}\
          {} workers   {:8.0} images/s  ({:.2}× one core)\n\
          this host   {:8.0} images/s  (all {} cores)\n\
          to feed {TARGET:.0} images/s: {:.1} cores of one core's speed\n",
@@ -149,6 +167,57 @@ pub fn render(b: &DataBench) -> String {
         b.all_cores_images_per_s,
         b.cores,
         b.cores_for_target
+    )
+}
+
+/// How fast the built-in synthetic set is drawn at the net's input size.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyntheticBench {
+    pub side: usize,
+    pub images: usize,
+    /// Drawn one after another on one thread.
+    pub per_core_images_per_s: f64,
+    /// Drawn as `train` draws them: batches of [`SYNTHETIC_BATCH`] on every core.
+    pub cores: usize,
+    pub all_cores_images_per_s: f64,
+}
+
+/// The batch of the synthetic timing (the paper's 128).
+pub const SYNTHETIC_BATCH: usize = 128;
+
+/// Times the synthetic set's first `images` training images at `side × side`.
+pub fn synthetic(images: usize, side: usize) -> SyntheticBench {
+    let set = Synthetic::new(1, Split::Train, images.max(1), 3, side);
+    let mut out = vec![0.0; set.image_len()];
+    let count = set.len;
+    let start = Instant::now();
+    for i in 0..count {
+        std::hint::black_box(set.draw(i, &mut out));
+    }
+    let single = count as f64 / start.elapsed().as_secs_f64();
+    let indices: Vec<usize> = (0..count).collect();
+    let start = Instant::now();
+    // Into buffers going round, as `train` draws them.
+    let pool = Pool::new(2);
+    for chunk in indices.chunks(SYNTHETIC_BATCH) {
+        std::hint::black_box(set.pooled_batch(chunk, &pool));
+    }
+    SyntheticBench {
+        side,
+        images: count,
+        per_core_images_per_s: single,
+        cores: default_workers(),
+        all_cores_images_per_s: count as f64 / start.elapsed().as_secs_f64(),
+    }
+}
+
+/// The synthetic report as text.
+pub fn render_synthetic(b: &SyntheticBench) -> String {
+    format!(
+        "bench-data: the synthetic set at {0}×{0}, {1} images\n\
+         one core    {2:8.0} images/s\n\
+         this host   {3:8.0} images/s  (all {4} cores, batches of {SYNTHETIC_BATCH} as train draws them)\n",
+        b.side, b.images, b.per_core_images_per_s, b.all_cores_images_per_s, b.cores
     )
 }
 

@@ -3,8 +3,107 @@
 //! into the net's input with [`crate::device::Device::input_from_u8`], whose
 //! CPU form is [`u8_to_f32`].
 
+use std::sync::{Arc, Mutex};
+
 /// Channels of a u8 crop (RGB).
 pub const CHANNELS: usize = 3;
+
+/// Batch buffers handed back for reuse: a batch is megabytes (tens for
+/// the synthetic set's f32), and a freshly allocated buffer costs a page
+/// fault (and the kernel's zeroing) for every 4 KiB written into it, more
+/// than cropping into it.
+#[derive(Debug)]
+pub struct Pool<T> {
+    free: Mutex<Vec<Vec<T>>>,
+    /// Buffers kept at most; more are freed.
+    keep: usize,
+}
+
+impl<T> Pool<T> {
+    /// A pool that keeps at most `keep` buffers.
+    pub fn new(keep: usize) -> Arc<Pool<T>> {
+        Arc::new(Pool {
+            free: Mutex::new(Vec::new()),
+            keep,
+        })
+    }
+
+    /// A buffer handed back earlier (with its old contents and length), or
+    /// a new empty one.
+    pub fn take(&self) -> Vec<T> {
+        self.free
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .unwrap_or_default()
+    }
+
+    /// `items` as a batch's buffer, handed back to this pool when dropped.
+    pub fn wrap(self: &Arc<Self>, items: Vec<T>) -> Pooled<T> {
+        Pooled {
+            items,
+            pool: Some(Arc::clone(self)),
+        }
+    }
+
+    fn give(&self, items: Vec<T>) {
+        if let Ok(mut free) = self.free.lock()
+            && free.len() < self.keep
+        {
+            free.push(items);
+        }
+    }
+}
+
+/// A batch's buffer, which goes back to its [`Pool`] when dropped.
+pub struct Pooled<T> {
+    items: Vec<T>,
+    pool: Option<Arc<Pool<T>>>,
+}
+
+/// A batch's u8 crops.
+pub type Pixels = Pooled<u8>;
+
+impl<T> std::ops::Deref for Pooled<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.items
+    }
+}
+
+impl<T> From<Vec<T>> for Pooled<T> {
+    /// Items of no pool, freed when dropped.
+    fn from(items: Vec<T>) -> Pooled<T> {
+        Pooled { items, pool: None }
+    }
+}
+
+impl<T: Clone> Clone for Pooled<T> {
+    /// A copy of no pool.
+    fn clone(&self) -> Pooled<T> {
+        self.items.clone().into()
+    }
+}
+
+impl<T: PartialEq> PartialEq for Pooled<T> {
+    fn eq(&self, other: &Pooled<T>) -> bool {
+        self.items == other.items
+    }
+}
+
+impl<T> std::fmt::Debug for Pooled<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pooled({} items)", self.items.len())
+    }
+}
+
+impl<T> Drop for Pooled<T> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.give(std::mem::take(&mut self.items));
+        }
+    }
+}
 
 /// Whether `pixels` and `offsets` describe whole images of `len` elements
 /// each (three offsets per image), for a buffer of `len` elements.
@@ -28,19 +127,19 @@ pub fn check_u8(pixels: &[u8], offsets: &[f32], len: usize) -> Result<(), String
 #[derive(Debug, Clone, PartialEq)]
 pub enum Images {
     /// Ready as they are: f32 NCHW, image after image.
-    F32(Vec<f32>),
+    F32(Pooled<f32>),
     /// Crops of `side × side` RGB pixels, rows top to bottom, pixels
     /// interleaved (HWC), image after image; and per image and channel the
     /// offset added after scaling to [0, 1]: the PCA lighting shift (§4.1)
     /// minus the channel's mean.
-    U8 { pixels: Vec<u8>, offsets: Vec<f32> },
+    U8 { pixels: Pixels, offsets: Vec<f32> },
 }
 
 impl Images {
     /// The f32 NCHW input, converted on this thread when the batch is u8.
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
-            Images::F32(v) => v.clone(),
+            Images::F32(v) => v.to_vec(),
             Images::U8 { pixels, offsets } => {
                 let mut out = vec![0.0; pixels.len()];
                 u8_to_f32(pixels, offsets, &mut out);
@@ -65,7 +164,7 @@ impl Images {
 
 impl From<Vec<f32>> for Images {
     fn from(v: Vec<f32>) -> Images {
-        Images::F32(v)
+        Images::F32(v.into())
     }
 }
 
@@ -123,11 +222,26 @@ mod tests {
         }
         assert_eq!(
             Images::U8 {
-                pixels,
+                pixels: pixels.into(),
                 offsets: offsets.to_vec()
             }
             .to_f32(),
             out
         );
+    }
+
+    #[test]
+    fn dropped_pixels_go_back_to_their_pool_up_to_its_size() {
+        let pool = Pool::<u8>::new(1);
+        let first = pool.wrap(vec![1, 2, 3]);
+        let second = pool.wrap(vec![4; 5]);
+        assert!(pool.take().is_empty());
+        let copy = first.clone();
+        drop(copy);
+        assert!(pool.take().is_empty(), "a clone belongs to no pool");
+        drop(first);
+        drop(second);
+        assert_eq!(pool.take(), [1, 2, 3]);
+        assert!(pool.take().is_empty(), "the pool keeps one buffer");
     }
 }

@@ -7,7 +7,7 @@
 
 use super::augment::Pipeline;
 use super::image_set::ImageSet;
-use super::input::Images;
+use super::input::{Images, Pool};
 use crate::error::{Error, Result};
 use crate::rng::derive;
 use fast_image_resize::Resizer;
@@ -43,18 +43,23 @@ pub struct LoadedBatch {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Crops image `index` of `set` as `mode` says, appending the u8 crops to
-/// `pixels` and their offsets to `offsets`. A set that stores the `base`
-/// square as it is (raw shards) is cropped straight from its storage.
+/// u8 crops per image in `mode`: ten in [`Mode::TenCrop`], else one.
+pub fn crops(mode: Mode) -> usize {
+    if mode == Mode::TenCrop { 10 } else { 1 }
+}
+
+/// Crops image `index` of `set` as `mode` says into `out` (its
+/// [`crops`] u8 crops one after another) and returns their offsets. A set
+/// that stores the `base` square as it is (raw shards) is cropped straight
+/// from its storage.
 pub fn prepare(
     set: &dyn ImageSet,
     pipeline: &Pipeline,
     mode: Mode,
     index: usize,
     resizer: &mut Resizer,
-    pixels: &mut Vec<u8>,
-    offsets: &mut Vec<f32>,
-) -> std::result::Result<(), String> {
+    out: &mut [u8],
+) -> std::result::Result<[f32; 3], String> {
     let owned;
     let square: &[u8] = match set.stored_square(index, pipeline.base) {
         Some(stored) => stored?,
@@ -67,44 +72,51 @@ pub fn prepare(
             &owned.pixels
         }
     };
-    let crops = if mode == Mode::TenCrop { 10 } else { 1 };
-    let start = pixels.len();
-    pixels.resize(start + crops * pipeline.output_len(), 0);
-    let out = &mut pixels[start..];
-    let offset = match mode {
+    Ok(match mode {
         Mode::Train { seed, epoch } => {
             let key = derive(derive(seed, epoch as u64), index as u64);
             pipeline.train(square, key, out)
         }
         Mode::Centre => pipeline.centre(square, out),
         Mode::TenCrop => pipeline.ten_crops(square, out),
-    };
-    for _ in 0..crops {
-        offsets.extend_from_slice(&offset);
-    }
-    Ok(())
+    })
 }
 
-/// One batch of `indices`, prepared on this thread.
+/// One batch of `indices`, prepared on this thread into a buffer of `pool`.
 pub fn load_batch(
     set: &dyn ImageSet,
     pipeline: &Pipeline,
     mode: Mode,
     indices: &[usize],
     resizer: &mut Resizer,
+    pool: &Arc<Pool<u8>>,
 ) -> LoadedBatch {
-    let mut pixels = Vec::with_capacity(indices.len() * pipeline.output_len());
-    let mut offsets = Vec::with_capacity(indices.len() * 3);
+    let crops = crops(mode);
+    let len = crops * pipeline.output_len();
+    // A buffer back from an earlier batch keeps its length: no zeroing.
+    let mut pixels = pool.take();
+    pixels.resize(indices.len() * len, 0);
+    let mut offsets = Vec::with_capacity(indices.len() * crops * 3);
     let mut labels = Vec::with_capacity(indices.len());
     let mut skipped = Vec::new();
     for &i in indices {
-        match prepare(set, pipeline, mode, i, resizer, &mut pixels, &mut offsets) {
-            Ok(()) => labels.push(set.label(i)),
+        let out = &mut pixels[labels.len() * len..][..len];
+        match prepare(set, pipeline, mode, i, resizer, out) {
+            Ok(offset) => {
+                labels.push(set.label(i));
+                for _ in 0..crops {
+                    offsets.extend_from_slice(&offset);
+                }
+            }
             Err(why) => skipped.push((set.describe(i), why)),
         }
     }
+    pixels.truncate(labels.len() * len);
     LoadedBatch {
-        images: Images::U8 { pixels, offsets },
+        images: Images::U8 {
+            pixels: pool.wrap(pixels),
+            offsets,
+        },
         labels,
         skipped,
     }
@@ -179,6 +191,8 @@ impl Loader {
         let batches = Arc::new(batches);
         let total = batches.len();
         let prefetch = prefetch.max(1);
+        // Enough buffers for the batches ahead and those the trainer holds.
+        let pool = Pool::new(prefetch + workers + 4);
         let workers = (0..workers.max(1))
             .map(|w| {
                 let (set, pipeline, batches, shared, tx): (_, _, _, _, Sender<_>) = (
@@ -188,6 +202,7 @@ impl Loader {
                     Arc::clone(&shared),
                     tx.clone(),
                 );
+                let pool = Arc::clone(&pool);
                 std::thread::Builder::new()
                     .name(format!("loader{w}"))
                     .spawn(move || {
@@ -199,6 +214,7 @@ impl Loader {
                                 mode,
                                 &batches[b],
                                 &mut resizer,
+                                &pool,
                             );
                             if tx.send((b, batch)).is_err() {
                                 return;

@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod bench;
 pub mod decode;
+pub mod flip;
 pub mod image_set;
 pub mod input;
 pub mod loader;
@@ -45,6 +46,9 @@ pub fn open(path: &Path) -> Result<Dataset> {
     }
     sets::folders(path)
 }
+
+/// Synthetic batches drawn ahead of the trainer.
+const PREFETCH: usize = 2;
 
 /// The data of a training run.
 pub enum TrainingData {
@@ -114,15 +118,17 @@ impl TrainingData {
         match self {
             TrainingData::Synthetic { train, val } => {
                 let set = if training { train.clone() } else { val.clone() };
+                // The batches ahead, the trainer's and one being drawn.
+                let pool = input::Pool::new(PREFETCH + 4);
                 let batches = lists.into_iter().map(move |indices| {
-                    let (images, labels) = set.batch(&indices);
+                    let (images, labels) = set.pooled_batch(&indices, &pool);
                     Ok(LoadedBatch {
-                        images: images.into(),
+                        images: input::Images::F32(images),
                         labels,
                         skipped: Vec::new(),
                     })
                 });
-                loader::prefetched(batches, 2)
+                loader::prefetched(batches, PREFETCH)
             }
             TrainingData::Images {
                 dataset,

@@ -4,7 +4,9 @@
 //! same pixels. Learnable, but not at a glance: position, scale, colours and
 //! noise vary.
 
+use super::input::{Pool, Pooled};
 use crate::rng::{Rng, derive};
+use std::sync::{Arc, Mutex};
 
 /// The class names, in label order.
 pub const CLASSES: [&str; 10] = [
@@ -110,27 +112,49 @@ impl Synthetic {
 
     /// Draws the images `indices` as one NCHW batch.
     pub fn batch(&self, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
-        let len = self.image_len();
-        let mut images = vec![0.0; indices.len() * len];
-        let mut labels = vec![0; indices.len()];
-        // Drawn on every core: each image is a pure function of its index.
-        let threads = super::loader::default_workers().min(indices.len()).max(1);
-        let per = indices.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            for ((part, out), labels) in indices
-                .chunks(per)
-                .zip(images.chunks_mut(per * len))
-                .zip(labels.chunks_mut(per))
-            {
-                scope.spawn(move || {
-                    for ((&i, out), label) in part.iter().zip(out.chunks_exact_mut(len)).zip(labels)
-                    {
-                        *label = self.draw(i, out);
-                    }
-                });
-            }
-        });
+        let mut images = vec![0.0; indices.len() * self.image_len()];
+        let labels = self.batch_into(indices, &mut images);
         (images, labels)
+    }
+
+    /// Draws the images `indices` into `images` (NCHW, `indices.len()`
+    /// images) on every core, and returns their labels.
+    pub fn batch_into(&self, indices: &[usize], images: &mut [f32]) -> Vec<u32> {
+        let len = self.image_len();
+        let mut labels = vec![0; indices.len()];
+        // Drawn on every core (this thread too), an image at a time so that
+        // no core idles at the end: each image is a pure function of its index.
+        let threads = super::loader::default_workers().min(indices.len()).max(1);
+        let work = Mutex::new(
+            indices
+                .iter()
+                .zip(images.chunks_exact_mut(len))
+                .zip(labels.iter_mut()),
+        );
+        let draw = || {
+            while let Some(((&i, out), label)) = work.lock().ok().and_then(|mut w| w.next()) {
+                *label = self.draw(i, out);
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(draw);
+            }
+            draw();
+        });
+        labels
+    }
+
+    /// Draws the images `indices` into a buffer of `pool`.
+    pub fn pooled_batch(
+        &self,
+        indices: &[usize],
+        pool: &Arc<Pool<f32>>,
+    ) -> (Pooled<f32>, Vec<u32>) {
+        let mut images = pool.take();
+        images.resize(indices.len() * self.image_len(), 0.0);
+        let labels = self.batch_into(indices, &mut images);
+        (pool.wrap(images), labels)
     }
 }
 
@@ -149,6 +173,17 @@ mod tests {
         assert_eq!(la[0], set.batch(&[3]).1[0]);
         let other = Synthetic::new(5, Split::Validation, 100, 3, 32);
         assert_ne!(other.batch(&[3]).0, set.batch(&[3]).0);
+    }
+
+    #[test]
+    fn pooled_batches_reuse_their_buffers_and_draw_the_same_images() {
+        let set = Synthetic::new(2, Split::Train, 50, 3, 16);
+        let pool = Pool::new(1);
+        for indices in [vec![4, 9, 1], vec![30, 2], vec![7, 8, 11, 12]] {
+            let (images, labels) = set.pooled_batch(&indices, &pool);
+            assert_eq!((images.to_vec(), labels), set.batch(&indices));
+        }
+        assert_eq!(pool.take().len(), 4 * set.image_len());
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl Model {
             let offsets = pipeline.centre(&square.pixels, &mut crop);
             out.extend(
                 Images::U8 {
-                    pixels: crop,
+                    pixels: crop.into(),
                     offsets: offsets.to_vec(),
                 }
                 .to_f32(),
