@@ -11,15 +11,20 @@ use crate::data::input::Images;
 use crate::device::LossStats;
 use crate::device::SgdStep;
 use crate::device::cpu::Real;
+use crate::device::cuda::{CudaDevice, nccl_lib};
 use crate::error::{Error, Result};
+use crate::link::nccl;
 use crate::net::params::TwinTensor;
 use crate::net::plan::{Plan, TOWERS};
 use crate::placement::Placement;
-use crate::reduce::ReplicaWatch;
 use crate::reduce::host::HostReduce;
+use crate::reduce::nccl::NcclReduce;
+use crate::reduce::{Reduce, ReplicaWatch};
 use crate::tower::{LayerTiming, ParamSet, Shard};
 use crate::towers::{Batch, TowerPair};
 use crate::watch::Watch;
+use cudarc::driver::CudaSlice;
+use cudarc::nccl::Id;
 use std::sync::Arc;
 
 /// Every replica of the pair, running; one replica is a plain pair.
@@ -44,6 +49,12 @@ impl Replicas {
             [one] => Ok(Replicas::one(TowerPair::new(*one, plan, batch, init)?)),
             many if many.iter().all(|p| *p == Placement::Cpu) => {
                 Replicas::cpu::<f32>(many.len(), plan, batch, init)
+            }
+            many if many
+                .iter()
+                .all(|p| matches!(p, Placement::TwoGpus { .. })) =>
+            {
+                Replicas::gpus(many, plan, batch, init)
             }
             _ => Err(Error::Input(
                 "replicas run on the CPU (--cpu --replicas R) or one pair of GPUs each (--gpus with an even count)"
@@ -100,6 +111,63 @@ impl Replicas {
             pairs,
             group: Some(group),
             note: format!("{count} replicas on the CPU, gradients averaged through host memory"),
+        };
+        for pair in &replicas.pairs {
+            pair.ready().map_err(|e| replicas.first_failure(e))?;
+        }
+        Ok(replicas)
+    }
+
+    /// One replica per placement of two GPUs (one tower each, over NCCL),
+    /// the gradients of tower r averaged over NCCL by a communicator of
+    /// every replica's tower r.
+    fn gpus(
+        placements: &[Placement],
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+    ) -> Result<Replicas> {
+        let count = placements.len();
+        let shard = shard_batch(batch, count)?;
+        let version = nccl_lib::version().map_err(|why| Error::cuda("NCCL", why))?;
+        let ids: [Id; TOWERS] = [nccl::new_id()?, nccl::new_id()?];
+        let mut watches = Vec::with_capacity(count);
+        for (r, p) in placements.iter().enumerate() {
+            let Placement::TwoGpus { ordinals, .. } = p else {
+                unreachable!("checked by the caller")
+            };
+            watches.push(Arc::new(Watch::new(
+                ordinals.map(|g| format!("GPU {g}, replica {r}")),
+            )?));
+        }
+        let group = Arc::new(ReplicaWatch::new(watches));
+        let mut pairs = Vec::with_capacity(count);
+        for (r, p) in placements.iter().enumerate() {
+            let Placement::TwoGpus { ordinals, options } = *p else {
+                unreachable!("checked by the caller")
+            };
+            let (ids, replicas) = (ids.clone(), Arc::clone(&group));
+            pairs.push(TowerPair::nccl_replica(
+                Arc::clone(&plan),
+                shard,
+                init,
+                ordinals,
+                options,
+                Arc::clone(group.watch(r)),
+                move |rank, device: &CudaDevice| {
+                    let end = NcclReduce::new(r, ids[rank].clone(), device, Arc::clone(&replicas))?;
+                    Ok(Some(Box::new(end) as Box<dyn Reduce<CudaSlice<f32>>>))
+                },
+            )?);
+        }
+        let list: Vec<String> = placements.iter().map(|p| p.to_string()).collect();
+        let replicas = Replicas {
+            pairs,
+            group: Some(group),
+            note: format!(
+                "{count} replicas ({}), towers meet and gradients are averaged over NCCL {version}",
+                list.join("; ")
+            ),
         };
         for pair in &replicas.pairs {
             pair.ready().map_err(|e| replicas.first_failure(e))?;

@@ -22,6 +22,9 @@ pub struct Tower<D: Device, L: Link<D::Buf>> {
     /// communicator aborts it before the device's libraries are torn down
     /// (which may wait for the stream the communicator's work is on).
     link: L,
+    /// This tower's end of the gradient average across replicas; `None`
+    /// for a pair that is the only replica. Before the device, as the link.
+    reduce: Option<Box<dyn Reduce<D::Buf>>>,
     device: D,
     batch: usize,
     /// Per parameter layer, in layer order. This and the next three are
@@ -37,9 +40,6 @@ pub struct Tower<D: Device, L: Link<D::Buf>> {
     shard: Shard,
     /// Elements per image of each layer's output (a dropout mask's stride).
     image_elements: Vec<usize>,
-    /// This tower's end of the gradient average across replicas; `None`
-    /// for a pair that is the only replica.
-    reduce: Option<Box<dyn Reduce<D::Buf>>>,
     /// Wall time of each layer in the last step, then the loss and the update.
     timings: Vec<LayerTiming>,
     /// Wait for the device after each layer, so `timings` hold its compute

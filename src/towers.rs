@@ -25,6 +25,7 @@ use crate::reduce::Reduce;
 use crate::reduce::host::HostReduce;
 use crate::tower::{LayerTiming, ParamSet, Shard, Tower};
 use crate::watch::Watch;
+use cudarc::driver::CudaSlice;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -241,10 +242,40 @@ impl TowerPair {
     ) -> Result<TowerPair> {
         let version =
             crate::device::cuda::nccl_lib::version().map_err(|why| Error::cuda("NCCL", why))?;
-        let id = nccl::new_id()?;
         let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
+        let mut pair =
+            TowerPair::nccl_replica(plan, batch, init, ordinals, options, watch, |_, _| Ok(None))?;
+        pair.ready()?;
+        pair.link_note = format!(
+            "towers meet over NCCL {version} between GPUs {} and {}",
+            ordinals[0], ordinals[1]
+        );
+        Ok(pair)
+    }
+
+    /// Tower r on GPU `ordinals[r]`, meeting over NCCL, looked after by
+    /// `watch`, each tower given its end of the gradient average across
+    /// replicas by `reduce(rank, &device)`. Returns once the towers are
+    /// started, not built ([`TowerPair::ready`] waits): the other replicas'
+    /// towers must start meanwhile to join the average's communicators.
+    pub fn nccl_replica<R>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        ordinals: [usize; TOWERS],
+        options: CudaOptions,
+        watch: Arc<Watch>,
+        reduce: R,
+    ) -> Result<TowerPair>
+    where
+        R: Fn(usize, &CudaDevice) -> Result<Option<Box<dyn Reduce<CudaSlice<f32>>>>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let id = nccl::new_id()?;
         let (link_watch, device_watch) = (Arc::clone(&watch), Arc::clone(&watch));
-        let mut pair = TowerPair::spawn(
+        TowerPair::spawn_replica(
             plan,
             batch,
             init,
@@ -253,13 +284,8 @@ impl TowerPair {
             move |rank, device: &Faulty<CudaDevice>| {
                 NcclLink::new(rank, TOWERS, id, device.inner(), Arc::clone(&link_watch))
             },
-        )?;
-        pair.ready()?;
-        pair.link_note = format!(
-            "towers meet over NCCL {version} between GPUs {} and {}",
-            ordinals[0], ordinals[1]
-        );
-        Ok(pair)
+            move |rank, device: &Faulty<CudaDevice>| reduce(rank, device.inner()),
+        )
     }
 
     /// Waits until both towers are built, returning the first failure.

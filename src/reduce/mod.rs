@@ -10,6 +10,7 @@
 //! tower anywhere fails, and which replica failed first.
 
 pub mod host;
+pub mod nccl;
 
 use crate::error::{Error, Result};
 use crate::net::params::LayerParams;
@@ -79,6 +80,34 @@ impl ReplicaWatch {
             "replica {missing} did not reach the gradient all-reduce within {} s (replica {replica} waited)",
             self.watches[replica].timeout().as_secs_f64()
         ))
+    }
+
+    /// Polls `done` until it says yes, for replica `replica` (a GPU's NCCL
+    /// communicator): fails as soon as any tower of any replica fails, with
+    /// `done`'s own error, or after the timeout.
+    pub fn poll(
+        &self,
+        replica: usize,
+        what: &str,
+        mut done: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        let own = &self.watches[replica];
+        let start = std::time::Instant::now();
+        loop {
+            own.check()?;
+            self.check_others(replica)?;
+            if done()? {
+                return Ok(());
+            }
+            if start.elapsed() >= own.timeout() {
+                let _ = self.origin.set(replica);
+                return Err(Error::Training(format!(
+                    "{what}: the other replicas did not answer within {} s (replica {replica} waited)",
+                    own.timeout().as_secs_f64()
+                )));
+            }
+            std::thread::sleep(crate::watch::POLL);
+        }
     }
 
     /// The run's first failure: the origin's, or else that of the first
