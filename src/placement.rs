@@ -107,7 +107,7 @@ impl Placement {
         if ordinals.len() <= 2 {
             return Ok(None);
         }
-        if ordinals.len() % 2 != 0 {
+        if !ordinals.len().is_multiple_of(2) {
             return Err(Error::Input(format!(
                 "--gpus {list}: {} GPUs; replicas of the two-tower pair need an even count",
                 ordinals.len()

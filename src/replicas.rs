@@ -146,7 +146,7 @@ impl Replicas {
             let Placement::TwoGpus { ordinals, options } = *p else {
                 unreachable!("checked by the caller")
             };
-            let (ids, replicas) = (ids.clone(), Arc::clone(&group));
+            let replicas = Arc::clone(&group);
             pairs.push(TowerPair::nccl_replica(
                 Arc::clone(&plan),
                 shard,
@@ -155,7 +155,7 @@ impl Replicas {
                 options,
                 Arc::clone(group.watch(r)),
                 move |rank, device: &CudaDevice| {
-                    let end = NcclReduce::new(r, ids[rank].clone(), device, Arc::clone(&replicas))?;
+                    let end = NcclReduce::new(r, ids[rank], device, Arc::clone(&replicas))?;
                     Ok(Some(Box::new(end) as Box<dyn Reduce<CudaSlice<f32>>>))
                 },
             )?);
@@ -303,7 +303,7 @@ impl Replicas {
 
 /// Each replica's batch: the global `batch` split evenly.
 fn shard_batch(batch: usize, count: usize) -> Result<usize> {
-    if batch % count != 0 || batch < count {
+    if !batch.is_multiple_of(count) || batch < count {
         return Err(Error::Input(format!(
             "--batch {batch} does not split evenly over {count} replicas"
         )));
