@@ -237,3 +237,21 @@ fn a_replica_that_fails_stops_the_others_at_once_with_its_error() {
         }
     }
 }
+
+#[test]
+fn a_batch_that_does_not_split_over_the_replicas_is_refused_by_name() {
+    let dir = scratch("replicas-bad");
+    let run = dir.join("run");
+    let out = train(&run, &["--steps", "2", "--replicas", "3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--batch 16 does not split evenly over 3 replicas"),
+        "{stderr}"
+    );
+    assert!(!run.exists(), "a refused run leaves no folder");
+    let out = alexnet(&["train", "--gpus", "0,1,2", "--steps", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--gpus 0,1,2: 3 GPUs"), "{stderr}");
+}
