@@ -38,13 +38,15 @@ __device__ unsigned long long mix64(unsigned long long z)
 }
 
 // The same mask as src/device/cpu/pointwise.rs `dropout_keeps`: element i is
-// kept when uniform_at(key, i) >= p, compared in double.
+// kept when uniform_at(key, first + i) >= p, compared in double.
 extern "C" __global__ void dropout_f32(
-    const float* in, float* out, unsigned long long n, float p, unsigned long long key)
+    const float* in, float* out, unsigned long long n, float p, unsigned long long key,
+    unsigned long long first)
 {
     const float keep_scale = (float)(1.0 / (1.0 - (double)p));
     FOR_EACH(i, n) {
-        const double u = (double)(mix64(key ^ mix64(i)) >> 11) * (1.0 / 9007199254740992.0);
+        const double u =
+            (double)(mix64(key ^ mix64(first + i)) >> 11) * (1.0 / 9007199254740992.0);
         out[i] = u >= (double)p ? in[i] * keep_scale : 0.0f;
     }
 }

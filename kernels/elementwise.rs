@@ -78,8 +78,10 @@ impl Elementwise {
         run(b, grid(n))
     }
 
-    /// Inverted dropout of `input` into `out` with keep mask `key` (the same
-    /// kernel serves the forward and the backward pass).
+    /// Inverted dropout of `input` into `out` with keep mask `key`, element
+    /// `i` drawing the mask at `first + i` (the same kernel serves the
+    /// forward and the backward pass).
+    #[allow(clippy::too_many_arguments)]
     pub fn dropout(
         &self,
         stream: &CudaStream,
@@ -87,12 +89,18 @@ impl Elementwise {
         out: &mut CudaSlice<f32>,
         p: f32,
         key: u64,
+        first: usize,
     ) -> Result<()> {
         let n = input.len();
         need(out, n, "dropout output")?;
-        let len = n as u64;
+        let (len, first) = (n as u64, first as u64);
         let mut b = stream.launch_builder(&self.dropout);
-        b.arg(input).arg(out).arg(&len).arg(&p).arg(&key);
+        b.arg(input)
+            .arg(out)
+            .arg(&len)
+            .arg(&p)
+            .arg(&key)
+            .arg(&first);
         run(b, grid(n))
     }
 

@@ -76,6 +76,9 @@ pub struct BenchReport {
     /// in exchanges per training step (including any wait for the other tower).
     pub exchange_bytes_per_step: usize,
     pub exchange_ms_per_step: f64,
+    /// Bytes of gradients each tower would all-reduce per step with other
+    /// replicas of the pair (bench times one pair, which all-reduces none).
+    pub allreduce_bytes_per_step: usize,
     /// Per GPU used, (ordinal, bytes in use after the timed steps).
     pub gpu_memory_in_use: Vec<(usize, usize)>,
     /// Per GPU used, (ordinal, bytes in use before the towers were built:
@@ -222,6 +225,9 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         link: towers.link_note().to_string(),
         exchange_bytes_per_step: link::bytes_per_step(&plan, config.batch),
         exchange_ms_per_step: 1e3 * exchange_s,
+        allreduce_bytes_per_step: crate::reduce::bytes_per_step(
+            plan.params() / crate::net::plan::TOWERS,
+        ),
         train: Timing::new(train, config.batch),
         inference: Timing::new(inference, config.batch),
         macs_per_image: plan.macs(),
@@ -238,7 +244,8 @@ pub fn render(r: &BenchReport) -> String {
         "bench: preset {}, batch {}, {}; median of {steps} steps after warm-up\n\
          training   {:8.1} images/s  ({:.3} s/step, ≈{:.0} GFLOP/s)\n\
          inference  {:8.1} images/s  ({:.3} s/batch, ≈{:.0} GFLOP/s)\n\
-         exchanges  {:8.2} MB per training step per tower, {:.1} ms ({})\n",
+         exchanges  {:8.2} MB per training step per tower, {:.1} ms ({})\n\
+         all-reduce {:8.2} MB of gradients per step per tower with replicas (none in this one-pair run)\n",
         r.preset,
         r.batch,
         r.device,
@@ -251,6 +258,7 @@ pub fn render(r: &BenchReport) -> String {
         r.exchange_bytes_per_step as f64 / 1e6,
         r.exchange_ms_per_step,
         r.link,
+        r.allreduce_bytes_per_step as f64 / 1e6,
     );
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     for ((gpu, after), (_, before)) in r.gpu_memory_in_use.iter().zip(&r.gpu_memory_before) {

@@ -22,6 +22,8 @@ pub mod output;
 pub mod placement;
 pub mod plot;
 pub mod progress;
+pub mod reduce;
+pub mod replicas;
 pub mod rng;
 pub mod summary;
 pub mod tensorboard;

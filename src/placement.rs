@@ -84,29 +84,11 @@ impl Placement {
     /// `--gpus LIST`: GPU ordinals separated by commas, each present, none twice.
     pub fn from_gpus(list: &str, options: CudaOptions) -> Result<Placement> {
         let bad = |why: String| Error::Input(format!("--gpus {list}: {why}"));
-        let ordinals = list
-            .split(',')
-            .map(|s| {
-                s.trim()
-                    .parse::<usize>()
-                    .map_err(|_| bad(format!("`{s}` is not a GPU number")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for (i, g) in ordinals.iter().enumerate() {
-            if ordinals[..i].contains(g) {
-                return Err(bad(format!("GPU {g} is listed twice")));
-            }
-        }
+        let ordinals = gpu_list(list)?;
         if ordinals.len() > 2 {
             return Err(bad("the net has two towers: give one GPU or two".into()));
         }
-        let count = probe::gpu_count().map_err(bad)?;
-        if let Some(g) = ordinals.iter().find(|&&g| g >= count) {
-            return Err(bad(format!(
-                "there is no GPU {g}; this machine has {count} (0..{})",
-                count - 1
-            )));
-        }
+        present(list, &ordinals)?;
         match ordinals[..] {
             [ordinal] => Ok(Placement::OneGpu { ordinal, options }),
             [a, b] => Ok(Placement::TwoGpus {
@@ -116,6 +98,64 @@ impl Placement {
             _ => Err(bad("give one GPU or two".into())),
         }
     }
+
+    /// `train --gpus LIST` with more than two GPUs: an even count, one pair
+    /// of the net's towers (a replica) on each two GPUs in the order given.
+    /// `None` for a list of one or two GPUs (one pair, [`Placement::from_gpus`]).
+    pub fn replicas_from_gpus(list: &str, options: CudaOptions) -> Result<Option<Vec<Placement>>> {
+        let ordinals = gpu_list(list)?;
+        if ordinals.len() <= 2 {
+            return Ok(None);
+        }
+        if !ordinals.len().is_multiple_of(2) {
+            return Err(Error::Input(format!(
+                "--gpus {list}: {} GPUs; replicas of the two-tower pair need an even count",
+                ordinals.len()
+            )));
+        }
+        present(list, &ordinals)?;
+        Ok(Some(
+            ordinals
+                .chunks_exact(2)
+                .map(|pair| Placement::TwoGpus {
+                    ordinals: [pair[0], pair[1]],
+                    options,
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// The GPU ordinals of `--gpus LIST`, none twice.
+fn gpu_list(list: &str) -> Result<Vec<usize>> {
+    let bad = |why: String| Error::Input(format!("--gpus {list}: {why}"));
+    let ordinals = list
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| bad(format!("`{s}` is not a GPU number")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (i, g) in ordinals.iter().enumerate() {
+        if ordinals[..i].contains(g) {
+            return Err(bad(format!("GPU {g} is listed twice")));
+        }
+    }
+    Ok(ordinals)
+}
+
+/// Fails unless this machine has every GPU of `ordinals` (from `--gpus LIST`).
+fn present(list: &str, ordinals: &[usize]) -> Result<()> {
+    let bad = |why: String| Error::Input(format!("--gpus {list}: {why}"));
+    let count = probe::gpu_count().map_err(bad)?;
+    if let Some(g) = ordinals.iter().find(|&&g| g >= count) {
+        return Err(bad(format!(
+            "there is no GPU {g}; this machine has {count} (0..{})",
+            count - 1
+        )));
+    }
+    Ok(())
 }
 
 impl fmt::Display for Placement {
@@ -153,6 +193,16 @@ mod tests {
         assert_eq!(error("0,x"), "--gpus 0,x: `x` is not a GPU number");
         assert_eq!(error("1,1"), "--gpus 1,1: GPU 1 is listed twice");
         assert!(error("0,1,2").contains("two towers"));
+        let replicas = |list| Placement::replicas_from_gpus(list, CudaOptions::default());
+        assert_eq!(
+            replicas("0,1,2").unwrap_err().to_string(),
+            "--gpus 0,1,2: 3 GPUs; replicas of the two-tower pair need an even count"
+        );
+        assert_eq!(
+            replicas("0,1,2,1").unwrap_err().to_string(),
+            "--gpus 0,1,2,1: GPU 1 is listed twice"
+        );
+        assert_eq!(replicas("0,1").unwrap(), None);
     }
 
     #[test]

@@ -160,6 +160,11 @@ pub fn render(plan: &Plan, batch: usize) -> String {
         grouped(plan.params()),
         plan.macs() as f64 / 1e6
     );
+    let _ = writeln!(
+        s,
+        "replicas (train --replicas R, or --gpus with 2R GPUs): each tower all-reduces {} of gradients per step with its replicas (a ring sends and receives 2(R−1)/R of that)",
+        bytes(crate::reduce::bytes_per_step(plan.params() / TOWERS))
+    );
     memory(&mut s, plan, batch);
     s
 }

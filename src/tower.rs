@@ -9,6 +9,7 @@ use crate::link::Link;
 use crate::net::buffers::BufferSizes;
 use crate::net::params::LayerParams;
 use crate::net::plan::{Op, Plan, TOWERS};
+use crate::reduce::Reduce;
 use crate::rng::derive;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
@@ -21,6 +22,9 @@ pub struct Tower<D: Device, L: Link<D::Buf>> {
     /// communicator aborts it before the device's libraries are torn down
     /// (which may wait for the stream the communicator's work is on).
     link: L,
+    /// This tower's end of the gradient average across replicas; `None`
+    /// for a pair that is the only replica. Before the device, as the link.
+    reduce: Option<Box<dyn Reduce<D::Buf>>>,
     device: D,
     batch: usize,
     /// Per parameter layer, in layer order. This and the next three are
@@ -32,6 +36,10 @@ pub struct Tower<D: Device, L: Link<D::Buf>> {
     buffers: ManuallyDrop<Buffers<D::Buf>>,
     /// Dropout mask key of the current step; `None` when not training.
     dropout_key: Option<u64>,
+    /// The part of the whole batch the current pass sees.
+    shard: Shard,
+    /// Elements per image of each layer's output (a dropout mask's stride).
+    image_elements: Vec<usize>,
     /// Wall time of each layer in the last step, then the loss and the update.
     timings: Vec<LayerTiming>,
     /// Wait for the device after each layer, so `timings` hold its compute
@@ -47,6 +55,23 @@ pub struct LayerTiming {
     pub backward_s: f64,
     /// Of which in exchanges with the other tower (forward and backward).
     pub exchange_s: f64,
+}
+
+/// Which part of the whole batch a replica's pass sees: the images from
+/// `first_image` on, making `share` of the whole (data parallelism over
+/// replicas of the pair; one replica sees [`Shard::WHOLE`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shard {
+    pub first_image: usize,
+    pub share: f64,
+}
+
+impl Shard {
+    /// The whole batch.
+    pub const WHOLE: Shard = Shard {
+        first_image: 0,
+        share: 1.0,
+    };
 }
 
 /// Everything that scales with the batch.
@@ -159,6 +184,11 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
         }
         let timings = vec![LayerTiming::default(); plan.layers.len() + 2];
+        let image_elements = BufferSizes::new(&plan, 1)
+            .layers
+            .iter()
+            .map(|l| l.output)
+            .collect();
         Ok(Tower {
             plan,
             device,
@@ -170,8 +200,18 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             timings,
             buffers: ManuallyDrop::new(buffers),
             dropout_key: None,
+            shard: Shard::WHOLE,
+            image_elements,
+            reduce: None,
             profile: false,
         })
+    }
+
+    /// The tower as one replica's, averaging its gradients through `reduce`
+    /// after each parameter layer's backward pass.
+    pub fn with_reduce(mut self, reduce: Box<dyn Reduce<D::Buf>>) -> Self {
+        self.reduce = Some(reduce);
+        self
     }
 
     /// This tower's rank.
@@ -186,7 +226,9 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
 
     /// One pass queued on the device: forward over `labels.len()` images and
     /// the loss; with `dropout_key` a training pass (dropout on), also
-    /// backward and, with `sgd`, the update. The loss statistics stay on the
+    /// backward (the gradients averaged across replicas, `shard` saying
+    /// which part of the whole batch these images are) and, with `sgd`, the
+    /// update. The loss statistics stay on the
     /// device ([`Tower::take_loss_stats`]); this returns once at most
     /// `queued` passes are unfinished on the device (see [`Device::end_step`]).
     pub fn step(
@@ -195,11 +237,16 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         labels: &[u32],
         dropout_key: Option<u64>,
         sgd: Option<SgdStep>,
+        shard: Shard,
         queued: usize,
     ) -> Result<()> {
+        self.shard = shard;
         self.forward(images, labels, dropout_key)?;
         if dropout_key.is_some() {
             self.backward()?;
+            if let Some(reduce) = &mut self.reduce {
+                reduce.finish()?;
+            }
         }
         // The pass's last exchange is behind: the next pass may overwrite
         // what this one sent once the other tower has read it.
@@ -291,10 +338,12 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 Op::MaxPool(s) => dev.maxpool_forward(x.landed()?, y, s, batch)?,
                 Op::Dropout { p } => match self.dropout_key {
                     Some(key) => {
-                        dev.dropout_forward(x.landed()?, y, *p, dropout_key_for(key, i, rank))?
+                        let key = dropout_key_for(key, i, rank);
+                        let first = self.shard.first_image * self.image_elements[i];
+                        dev.dropout_forward(x.landed()?, y, *p, key, first)?
                     }
                     // p = 0 keeps every unit at scale 1: the test-time identity.
-                    None => dev.dropout_forward(x.landed()?, y, 0.0, 0)?,
+                    None => dev.dropout_forward(x.landed()?, y, 0.0, 0, 0)?,
                 },
             }
             param_slot += usize::from(layer.has_params());
@@ -427,8 +476,15 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     let key = self
                         .dropout_key
                         .expect("backward follows a training forward");
-                    dev.dropout_backward(dy, g.dx, *p, dropout_key_for(key, i, rank))?;
+                    let key = dropout_key_for(key, i, rank);
+                    let first = self.shard.first_image * self.image_elements[i];
+                    dev.dropout_backward(dy, g.dx, *p, key, first)?;
                 }
+            }
+            if layer.has_params()
+                && let Some(reduce) = &mut self.reduce
+            {
+                reduce.layer(&mut self.grads[param_slot], self.shard.share)?;
             }
             if let (Some(full), Some(own)) = (b.gathered_grads[i].as_ref(), reduce_into) {
                 let exchange = Instant::now();
@@ -654,7 +710,7 @@ mod tests {
         let images = Images::from(vec![0.0; 2 * plan.input.len()]);
         let classes = plan.classes() as u32;
         let err = tower
-            .step(&images, &[0, classes], Some(1), None, 0)
+            .step(&images, &[0, classes], Some(1), None, Shard::WHOLE, 0)
             .unwrap_err();
         assert!(err.is_input(), "{err}");
         assert!(

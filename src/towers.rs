@@ -21,8 +21,11 @@ use crate::link::nccl::{self, NcclLink};
 use crate::net::params::{LayerParams, TwinTensor, join_towers, split_twin};
 use crate::net::plan::{Plan, TOWERS};
 use crate::placement::Placement;
-use crate::tower::{LayerTiming, ParamSet, Tower};
+use crate::reduce::Reduce;
+use crate::reduce::host::HostReduce;
+use crate::tower::{LayerTiming, ParamSet, Shard, Tower};
 use crate::watch::Watch;
+use cudarc::driver::CudaSlice;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -43,8 +46,13 @@ pub const RUN_AHEAD: usize = 2;
 
 /// What a tower thread does for the caller, whatever its device and link.
 trait Work {
-    fn step(&mut self, batch: &Batch, dropout_key: Option<u64>, sgd: Option<SgdStep>)
-    -> Result<()>;
+    fn step(
+        &mut self,
+        batch: &Batch,
+        dropout_key: Option<u64>,
+        sgd: Option<SgdStep>,
+        shard: Shard,
+    ) -> Result<()>;
     fn take_loss_stats(&mut self) -> Result<Vec<LossStats>>;
     fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>>;
     fn upload(&mut self, which: ParamSet, params: &[LayerParams<Vec<f32>>]) -> Result<()>;
@@ -59,6 +67,7 @@ impl<D: Device, L: Link<D::Buf>> Work for Tower<D, L> {
         batch: &Batch,
         dropout_key: Option<u64>,
         sgd: Option<SgdStep>,
+        shard: Shard,
     ) -> Result<()> {
         Tower::step(
             self,
@@ -66,6 +75,7 @@ impl<D: Device, L: Link<D::Buf>> Work for Tower<D, L> {
             &batch.labels,
             dropout_key,
             sgd,
+            shard,
             RUN_AHEAD,
         )
     }
@@ -88,6 +98,9 @@ impl<D: Device, L: Link<D::Buf>> Work for Tower<D, L> {
         Tower::set_profile(self, on);
     }
 }
+
+/// Both towers' answers to a pass given by [`TowerPair::start_pass`], to wait for.
+pub struct Started(Vec<Receiver<Result<()>>>);
 
 /// One piece of work for a tower thread; it answers on its own channel and
 /// says whether the tower may go on (false after a failure).
@@ -114,22 +127,48 @@ impl TowerPair {
     /// `init`, computing in `T` (f32 for training, f64 for reference checks).
     pub fn cpu<T: Real>(plan: Arc<Plan>, batch: usize, init: &[TwinTensor]) -> Result<TowerPair> {
         let watch = Arc::new(Watch::new(["CPU".into(), "CPU".into()])?);
+        TowerPair::cpu_replica::<T>(plan, batch, init, watch, 0, None)
+    }
+
+    /// Both towers on the CPU, looked after by `watch`; with `reduce`,
+    /// replica `replica` of several, tower r averaging its gradients through
+    /// `reduce[r]`. Returns once the towers are started, not built (the
+    /// other replicas' towers start meanwhile); [`TowerPair::ready`] waits.
+    pub fn cpu_replica<T: Real>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        watch: Arc<Watch>,
+        replica: usize,
+        reduce: Option<[HostReduce<T>; TOWERS]>,
+    ) -> Result<TowerPair> {
         let links: Vec<Mutex<Option<HostLink<T>>>> = HostLink::pair_in(&watch)
             .into_iter()
             .map(|l| Mutex::new(Some(l)))
             .collect();
-        let pair = TowerPair::spawn(
+        let reduces: Vec<Mutex<Option<HostReduce<T>>>> = match reduce {
+            Some(ends) => ends.into_iter().map(|r| Mutex::new(Some(r))).collect(),
+            None => Vec::new(),
+        };
+        let several = !reduces.is_empty();
+        let pair = TowerPair::spawn_replica(
             plan,
             batch,
             init,
             watch,
-            |rank| faults::build(rank, || Ok(CpuDevice::<T>::default())),
+            move |rank| faults::build_in(replica, rank, || Ok(CpuDevice::<T>::default())),
             move |rank, _: &Faulty<CpuDevice<T>>| {
                 let link = links[rank].lock().ok().and_then(|mut l| l.take());
                 link.ok_or_else(|| Error::Training(format!("tower {rank}: link end already taken")))
             },
+            move |rank, _: &Faulty<CpuDevice<T>>| {
+                let end = reduces.get(rank).and_then(|r| r.lock().ok()?.take());
+                Ok(end.map(|e| Box::new(e) as Box<dyn Reduce<Vec<T>>>))
+            },
         )?;
-        pair.ready()?;
+        if !several {
+            pair.ready()?;
+        }
         Ok(pair)
     }
 
@@ -204,19 +243,9 @@ impl TowerPair {
     ) -> Result<TowerPair> {
         let version =
             crate::device::cuda::nccl_lib::version().map_err(|why| Error::cuda("NCCL", why))?;
-        let id = nccl::new_id()?;
         let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
-        let (link_watch, device_watch) = (Arc::clone(&watch), Arc::clone(&watch));
-        let mut pair = TowerPair::spawn(
-            plan,
-            batch,
-            init,
-            watch,
-            watched_gpus(ordinals, options, device_watch),
-            move |rank, device: &Faulty<CudaDevice>| {
-                NcclLink::new(rank, TOWERS, id, device.inner(), Arc::clone(&link_watch))
-            },
-        )?;
+        let mut pair =
+            TowerPair::nccl_replica(plan, batch, init, ordinals, options, watch, |_, _| Ok(None))?;
         pair.ready()?;
         pair.link_note = format!(
             "towers meet over NCCL {version} between GPUs {} and {}",
@@ -225,8 +254,43 @@ impl TowerPair {
         Ok(pair)
     }
 
+    /// Tower r on GPU `ordinals[r]`, meeting over NCCL, looked after by
+    /// `watch`, each tower given its end of the gradient average across
+    /// replicas by `reduce(rank, &device)`. Returns once the towers are
+    /// started, not built ([`TowerPair::ready`] waits): the other replicas'
+    /// towers must start meanwhile to join the average's communicators.
+    pub fn nccl_replica<R>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        ordinals: [usize; TOWERS],
+        options: CudaOptions,
+        watch: Arc<Watch>,
+        reduce: R,
+    ) -> Result<TowerPair>
+    where
+        R: Fn(usize, &CudaDevice) -> Result<Option<Box<dyn Reduce<CudaSlice<f32>>>>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let id = nccl::new_id()?;
+        let (link_watch, device_watch) = (Arc::clone(&watch), Arc::clone(&watch));
+        TowerPair::spawn_replica(
+            plan,
+            batch,
+            init,
+            watch,
+            watched_gpus(ordinals, options, device_watch),
+            move |rank, device: &Faulty<CudaDevice>| {
+                NcclLink::new(rank, TOWERS, id, device.inner(), Arc::clone(&link_watch))
+            },
+            move |rank, device: &Faulty<CudaDevice>| reduce(rank, device.inner()),
+        )
+    }
+
     /// Waits until both towers are built, returning the first failure.
-    fn ready(&self) -> Result<()> {
+    pub fn ready(&self) -> Result<()> {
         self.set_profile(false)
     }
 
@@ -255,8 +319,32 @@ impl TowerPair {
         B: Fn(usize) -> Result<D> + Send + Sync + 'static,
         C: Fn(usize, &D) -> Result<L> + Send + Sync + 'static,
     {
+        TowerPair::spawn_replica(plan, batch, init, watch, build, connect, |_, _: &D| {
+            Ok(None)
+        })
+    }
+
+    /// As [`TowerPair::spawn`], each tower then given its end of the
+    /// gradient average across replicas by `reduce(rank, &device)` (`None`
+    /// for the only replica).
+    pub fn spawn_replica<D, L, B, C, R>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        watch: Arc<Watch>,
+        build: B,
+        connect: C,
+        reduce: R,
+    ) -> Result<TowerPair>
+    where
+        D: Device + 'static,
+        L: Link<D::Buf> + 'static,
+        B: Fn(usize) -> Result<D> + Send + Sync + 'static,
+        C: Fn(usize, &D) -> Result<L> + Send + Sync + 'static,
+        R: Fn(usize, &D) -> Result<Option<Box<dyn Reduce<D::Buf>>>> + Send + Sync + 'static,
+    {
         let split = split_twin(&plan, init)?;
-        let make = Arc::new((build, connect));
+        let make = Arc::new((build, connect, reduce));
         let mut workers = Vec::with_capacity(TOWERS);
         for (rank, host_params) in split.into_iter().enumerate() {
             let (jobs, inbox) = channel::<Job>();
@@ -271,11 +359,16 @@ impl TowerPair {
                         watch: Arc::clone(&watch),
                         rank,
                     };
-                    let (build, connect) = &*make;
+                    let (build, connect, reduce) = &*make;
                     let built = build(rank).and_then(|device| {
                         watch.arrive(rank)?;
                         let link = connect(rank, &device)?;
-                        Tower::new(plan, device, link, batch, &host_params)
+                        let reduce = reduce(rank, &device)?;
+                        let tower = Tower::new(plan, device, link, batch, &host_params)?;
+                        Ok(match reduce {
+                            Some(r) => tower.with_reduce(r),
+                            None => tower,
+                        })
                     });
                     drop(host_params);
                     let mut tower = match built {
@@ -397,11 +490,39 @@ impl TowerPair {
     /// [`RUN_AHEAD`] steps are unfinished; its loss statistics wait on the
     /// device for [`TowerPair::take_stats`].
     pub fn queue_step(&self, batch: &Batch, dropout_key: u64, sgd: Option<SgdStep>) -> Result<()> {
-        self.ask(|| {
+        let started = self.start_pass(batch, Some(dropout_key), sgd, Shard::WHOLE)?;
+        self.wait_pass(started)
+    }
+
+    /// Gives both towers one pass over `batch` (training with
+    /// `dropout_key`, as [`TowerPair::queue_step`]; else an evaluation),
+    /// `shard` of the whole batch, without waiting for their answers: the
+    /// replicas of a run are all given their pass before any is waited
+    /// for, since a training pass meets the other replicas.
+    pub fn start_pass(
+        &self,
+        batch: &Batch,
+        dropout_key: Option<u64>,
+        sgd: Option<SgdStep>,
+        shard: Shard,
+    ) -> Result<Started> {
+        let mut answers = Vec::with_capacity(TOWERS);
+        for rank in 0..TOWERS {
             let batch = batch.clone();
-            move |t: &mut dyn Work| t.step(&batch, Some(dropout_key), sgd)
-        })
-        .map(drop)
+            answers.push(self.give(rank, move |t: &mut dyn Work| {
+                t.step(&batch, dropout_key, sgd, shard)
+            })?);
+        }
+        Ok(Started(answers))
+    }
+
+    /// Waits for both towers' answers to [`TowerPair::start_pass`], or for
+    /// the pair's first failure.
+    pub fn wait_pass(&self, started: Started) -> Result<()> {
+        for (rank, receive) in started.0.iter().enumerate() {
+            self.answer(rank, receive)?;
+        }
+        Ok(())
     }
 
     /// The loss statistics of every step queued since the last take, oldest
@@ -422,7 +543,7 @@ impl TowerPair {
 
     /// The statistics of the pass just queued; those of earlier queued
     /// steps are kept for [`TowerPair::take_stats`].
-    fn take_last(&self) -> Result<LossStats> {
+    pub fn take_last(&self) -> Result<LossStats> {
         let mut read = self.read_stats()?;
         let last = read
             .pop()
@@ -448,10 +569,8 @@ impl TowerPair {
 
     /// Forward only, dropout off, waited for.
     pub fn evaluate(&self, batch: &Batch) -> Result<LossStats> {
-        self.ask(|| {
-            let batch = batch.clone();
-            move |t: &mut dyn Work| t.step(&batch, None, None)
-        })?;
+        let started = self.start_pass(batch, None, None, Shard::WHOLE)?;
+        self.wait_pass(started)?;
         self.take_last()
     }
 

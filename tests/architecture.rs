@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The floors of docs/architecture.md, top (0) to bottom, by top-level module.
-const FLOORS: [(&str, usize); 21] = [
+const FLOORS: [(&str, usize); 23] = [
     ("train", 1),
     ("infer", 1),
     ("bench", 1),
@@ -14,12 +14,14 @@ const FLOORS: [(&str, usize); 21] = [
     ("summary", 1),
     ("plot", 1),
     ("towers", 2),
+    ("replicas", 2),
     ("placement", 2),
     ("limits", 2),
     ("tower", 3),
     ("watch", 4),
     ("device", 4),
     ("link", 4),
+    ("reduce", 4),
     ("net", 5),
     ("data", 5),
     ("error", 6),

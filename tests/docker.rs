@@ -195,3 +195,21 @@ fn compose_reserves_two_gpus_and_mounts_data_and_runs() {
     }
     assert!(read(".dockerignore").lines().any(|l| l.trim() == "target"));
 }
+
+#[test]
+fn the_replicas_compose_reserves_four_gpus_for_two_pairs() {
+    let compose = read("docker/compose-replicas.yaml");
+    for needle in [
+        "driver: nvidia",
+        "device_ids: [\"0\", \"1\", \"2\", \"3\"]",
+        "shm_size",
+        ":/data/imagenet:ro",
+        ":/runs",
+        "\"--gpus\", \"0,1,2,3\"",
+    ] {
+        assert!(
+            compose.contains(needle),
+            "docker/compose-replicas.yaml lacks {needle}"
+        );
+    }
+}

@@ -403,10 +403,14 @@ fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
             }
             Op::Dropout { p } => {
                 let key = 0x5eed;
-                cpu.dropout_forward(&x.cpu, &mut y.cpu, *p, key).unwrap();
-                gpu.dropout_forward(&x.gpu, &mut y.gpu, *p, key).unwrap();
-                cpu.dropout_backward(&dy.cpu, &mut dx.cpu, *p, key).unwrap();
-                gpu.dropout_backward(&dy.gpu, &mut dx.gpu, *p, key).unwrap();
+                cpu.dropout_forward(&x.cpu, &mut y.cpu, *p, key, 1234)
+                    .unwrap();
+                gpu.dropout_forward(&x.gpu, &mut y.gpu, *p, key, 1234)
+                    .unwrap();
+                cpu.dropout_backward(&dy.cpu, &mut dx.cpu, *p, key, 1234)
+                    .unwrap();
+                gpu.dropout_backward(&dy.gpu, &mut dx.gpu, *p, key, 1234)
+                    .unwrap();
                 assert_eq!(download(&mut gpu, &y.gpu), y.cpu, "{name} y");
                 assert_eq!(download(&mut gpu, &dx.gpu), dx.cpu, "{name} dx");
             }

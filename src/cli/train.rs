@@ -2,9 +2,11 @@
 //! config, then the training loop ([`alexnet::train`]).
 
 use super::{DeviceArgs, batch_range, stop_flag};
+use alexnet::device::cuda::CudaOptions;
 use alexnet::error::{Error, Result};
 use alexnet::limits::{MAX_IMAGES, MAX_WORKERS};
 use alexnet::net::spec::InitScheme;
+use alexnet::placement::Placement;
 use alexnet::train::checkpoint;
 use alexnet::train::config::TrainConfig;
 use alexnet::train::schedule::{Schedule, ScheduleState};
@@ -41,6 +43,11 @@ pub struct TrainArgs {
     run_dir: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
+    /// Replicas of the two-tower pair on the CPU, each training on its
+    /// shard of every batch (--batch stays the whole batch) [default: 1];
+    /// on GPUs, give --gpus an even count of four or more instead.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    replicas: Option<u32>,
     /// Weight initialization [default: the preset's].
     #[arg(long, value_enum)]
     init: Option<InitScheme>,
@@ -101,7 +108,7 @@ impl TrainArgs {
     /// Trains as the flags say, printing the device, the config and the end.
     pub fn run(self) -> Result<()> {
         let (config, saved) = self.config()?;
-        let (placement, note) = self.device.placement()?;
+        let (placements, note) = self.placements()?;
         println!("{note}");
         let start = match &self.resume {
             Some(run) => {
@@ -125,7 +132,7 @@ impl TrainArgs {
         // The first SIGINT or SIGTERM asks for a stop after the current
         // step (or validation batch) and a checkpoint.
         let stop = stop_flag()?;
-        let done = train::train(&config, placement, start, &stop, &mut std::io::stdout())?;
+        let done = train::train(&config, &placements, start, &stop, &mut std::io::stdout())?;
         if done.skipped_images > 0 {
             println!(
                 "skipped {} unreadable training images (each named above)",
@@ -145,6 +152,51 @@ impl TrainArgs {
                 .map_or_else(|| "none".into(), |p| p.display().to_string())
         );
         Ok(())
+    }
+
+    /// One placement per replica of the pair, and the line that says so:
+    /// `--gpus` with four or more GPUs makes a replica of each two, and
+    /// `--replicas R` makes R on the CPU.
+    fn placements(&self) -> Result<(Vec<Placement>, String)> {
+        let options = CudaOptions {
+            tf32: self.device.tf32,
+        };
+        let gpu_replicas = match (&self.device.gpus, self.device.cpu) {
+            (Some(list), false) => Placement::replicas_from_gpus(list, options)?,
+            _ => None,
+        };
+        if let Some(placements) = gpu_replicas {
+            if let Some(r) = self.replicas.filter(|&r| r as usize != placements.len()) {
+                return Err(Error::Input(format!(
+                    "--replicas {r} with --gpus {}: those GPUs make {} replicas",
+                    self.device.gpus.as_deref().unwrap_or_default(),
+                    placements.len()
+                )));
+            }
+            alexnet::device::cuda::nccl_lib::relaunch_with_unversioned_name()?;
+            let list: Vec<String> = placements.iter().map(|p| p.to_string()).collect();
+            let note = format!(
+                "device: {} replicas of the pair: {}",
+                placements.len(),
+                list.join("; ")
+            );
+            return Ok((placements, note));
+        }
+        let (placement, note) = self.device.placement()?;
+        let count = self.replicas.unwrap_or(1) as usize;
+        if count == 1 {
+            return Ok((vec![placement], note));
+        }
+        if placement != Placement::Cpu {
+            return Err(Error::Input(format!(
+                "--replicas {count}: replicas run on the CPU (with --cpu); on GPUs give --gpus {} GPUs",
+                2 * count
+            )));
+        }
+        Ok((
+            vec![placement; count],
+            format!("{note}; {count} replicas, each on its shard of every batch"),
+        ))
     }
 
     /// The defaults, then the config file (or the resumed run's), then the

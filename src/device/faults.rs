@@ -11,6 +11,9 @@
 //! fails in its K-th pass (after the exchanges of the FC layers).
 //! `ALEXNET_FAULT=TOWER:hang:K` — its first FC layer never returns in its
 //! K-th forward pass.
+//!
+//! TOWER is a tower of the only (or first) replica; `REPLICA.TOWER` (as
+//! `1.0`) names a tower of another replica of the pair.
 
 use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
@@ -28,19 +31,28 @@ pub enum Fault {
     Hang(usize),
 }
 
-/// The fault [`FAULT_VAR`] asks of tower `rank`, if any.
+/// The fault [`FAULT_VAR`] asks of tower `rank` of replica 0, if any.
 pub fn from_env(rank: usize) -> Result<Option<Fault>> {
+    from_env_in(0, rank)
+}
+
+/// The fault [`FAULT_VAR`] asks of tower `rank` of replica `replica`, if any.
+pub fn from_env_in(replica: usize, rank: usize) -> Result<Option<Fault>> {
     let Ok(text) = std::env::var(FAULT_VAR) else {
         return Ok(None);
     };
     let (tower, fault) = parse(&text)
         .ok_or_else(|| Error::Input(format!("{FAULT_VAR}={text}: give TOWER:build, TOWER:forward:K, TOWER:backward:K or TOWER:hang:K")))?;
-    Ok((tower == rank).then_some(fault))
+    Ok((tower == (replica, rank)).then_some(fault))
 }
 
-fn parse(text: &str) -> Option<(usize, Fault)> {
+fn parse(text: &str) -> Option<((usize, usize), Fault)> {
     let parts: Vec<&str> = text.split(':').collect();
-    let tower = parts.first()?.parse().ok()?;
+    let first = parts.first()?;
+    let tower = match first.split_once('.') {
+        Some((r, t)) => (r.parse().ok()?, t.parse().ok()?),
+        None => (0, first.parse().ok()?),
+    };
     let step = || -> Option<usize> { parts.get(2)?.parse().ok().filter(|&k| k > 0) };
     let fault = match (parts.get(1).copied()?, parts.len()) {
         ("build", 2) => Fault::Build,
@@ -56,6 +68,15 @@ fn parse(text: &str) -> Option<(usize, Fault)> {
 /// asks of it.
 pub fn build<D: Device>(rank: usize, build: impl FnOnce() -> Result<D>) -> Result<Faulty<D>> {
     Faulty::new(from_env(rank)?, build)
+}
+
+/// As [`build`], for tower `rank` of replica `replica`.
+pub fn build_in<D: Device>(
+    replica: usize,
+    rank: usize,
+    build: impl FnOnce() -> Result<D>,
+) -> Result<Faulty<D>> {
+    Faulty::new(from_env_in(replica, rank)?, build)
 }
 
 fn injected(what: &str) -> Error {
@@ -250,8 +271,9 @@ impl<D: Device> Device for Faulty<D> {
         y: &mut Self::Buf,
         p: f32,
         key: u64,
+        first: usize,
     ) -> Result<()> {
-        self.inner.dropout_forward(x, y, p, key)
+        self.inner.dropout_forward(x, y, p, key, first)
     }
     fn dropout_backward(
         &mut self,
@@ -259,8 +281,9 @@ impl<D: Device> Device for Faulty<D> {
         dx: &mut Self::Buf,
         p: f32,
         key: u64,
+        first: usize,
     ) -> Result<()> {
-        self.inner.dropout_backward(dy, dx, p, key)
+        self.inner.dropout_backward(dy, dx, p, key, first)
     }
     fn softmax_cross_entropy(
         &mut self,
@@ -298,10 +321,11 @@ mod tests {
 
     #[test]
     fn fault_specs_parse_and_bad_ones_are_refused() {
-        assert_eq!(parse("1:build"), Some((1, Fault::Build)));
-        assert_eq!(parse("0:forward:3"), Some((0, Fault::Forward(3))));
-        assert_eq!(parse("1:backward:2"), Some((1, Fault::Backward(2))));
-        assert_eq!(parse("1:hang:1"), Some((1, Fault::Hang(1))));
+        assert_eq!(parse("1:build"), Some(((0, 1), Fault::Build)));
+        assert_eq!(parse("0:forward:3"), Some(((0, 0), Fault::Forward(3))));
+        assert_eq!(parse("1:backward:2"), Some(((0, 1), Fault::Backward(2))));
+        assert_eq!(parse("1:hang:1"), Some(((0, 1), Fault::Hang(1))));
+        assert_eq!(parse("2.1:forward:4"), Some(((2, 1), Fault::Forward(4))));
         for bad in [
             "",
             "1",

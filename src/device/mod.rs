@@ -220,9 +220,17 @@ pub trait Device {
     ) -> Result<()>;
 
     /// Inverted dropout (paper §4.2): element `i` is kept when
-    /// [`cpu::dropout_keeps`]`(key, i, p)`, and kept ones are scaled by 1/(1 − p).
-    fn dropout_forward(&mut self, x: &Self::Buf, y: &mut Self::Buf, p: f32, key: u64)
-    -> Result<()>;
+    /// [`cpu::dropout_keeps`]`(key, first + i, p)`, and kept ones are scaled
+    /// by 1/(1 − p). `first` is the buffer's offset in the whole batch's
+    /// numbering, so a replica's shard draws its images' masks.
+    fn dropout_forward(
+        &mut self,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        p: f32,
+        key: u64,
+        first: usize,
+    ) -> Result<()>;
     /// The input gradient of dropout with the same mask.
     fn dropout_backward(
         &mut self,
@@ -230,6 +238,7 @@ pub trait Device {
         dx: &mut Self::Buf,
         p: f32,
         key: u64,
+        first: usize,
     ) -> Result<()>;
 
     /// Softmax cross-entropy over logits split across towers: `logits` is

@@ -38,7 +38,7 @@ pub struct NcclLink {
 /// the abort fails; this one ignores the abort's answer: dropping it never
 /// panics and never waits for the other rank (an abort, not a destroy,
 /// which would wait for queued work that may never finish).
-struct RawComm(sys::ncclComm_t);
+pub(crate) struct RawComm(pub(crate) sys::ncclComm_t);
 
 impl Drop for RawComm {
     fn drop(&mut self) {
@@ -57,7 +57,7 @@ const CONFIG_VERSION: u32 = 23000;
 const UNDEF: i32 = i32::MIN;
 
 /// `NCCL_CONFIG_INITIALIZER` with `blocking = 0`.
-fn non_blocking_config() -> sys::ncclConfig_t {
+pub(crate) fn non_blocking_config() -> sys::ncclConfig_t {
     sys::ncclConfig_t {
         size: std::mem::size_of::<sys::ncclConfig_t>(),
         magic: 0xcafe_beef,

@@ -8,7 +8,7 @@
 use super::window::Running;
 use crate::device::LossStats;
 use crate::error::Result;
-use crate::towers::TowerPair;
+use crate::replicas::Replicas;
 
 /// A smoothed loss within this fraction of ln(classes) counts as "not learning".
 const STUCK_BAND: f64 = 0.05;
@@ -59,7 +59,7 @@ impl Losses {
 
     /// Reads the statistics of every queued step from `towers` and folds
     /// them in.
-    pub fn read(&mut self, towers: &TowerPair) -> Result<Read> {
+    pub fn read(&mut self, towers: &Replicas) -> Result<Read> {
         if self.queued.is_empty() {
             return Ok(Read::default());
         }

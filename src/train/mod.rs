@@ -21,18 +21,19 @@ use trainer::{Trainer, Validation};
 pub use setup::run_dir_for;
 pub use trainer::{RunSummary, Start};
 
-/// Runs `config` where `placement` says, writing progress to `out`, until
+/// Runs `config` where `placements` say (one pair per placement, each a
+/// replica on its shard of every batch), writing progress to `out`, until
 /// its last step or until `stop` is set (then it saves and returns): each
 /// step trains; each epoch's end and the last step validate and save; a
 /// checkpoint also every `checkpoint_every` steps and on a stop.
 pub fn train(
     config: &TrainConfig,
-    placement: Placement,
+    placements: &[Placement],
     start: Start,
     stop: &AtomicBool,
     out: &mut dyn Write,
 ) -> Result<RunSummary> {
-    let mut trainer = Trainer::new(config, placement, start, out)?;
+    let mut trainer = Trainer::new(config, placements, start, out)?;
     for step in trainer.steps() {
         trainer.step(step)?;
         let (epoch_end, last) = trainer.boundary(step);

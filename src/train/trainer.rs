@@ -17,10 +17,11 @@ use crate::net::plan::{Op, Plan};
 use crate::placement::Placement;
 use crate::plot::filters::Filters;
 use crate::progress::Progress;
+use crate::replicas::Replicas;
 use crate::rng::derive;
 use crate::tensorboard::{EventWriter, Value};
 use crate::tower::ParamSet;
-use crate::towers::{Batch, TowerPair};
+use crate::towers::Batch;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -61,7 +62,7 @@ pub struct Trainer<'a> {
     config: &'a TrainConfig,
     plan: Arc<Plan>,
     data: Arc<TrainingData>,
-    towers: TowerPair,
+    towers: Replicas,
     stream: Stream,
     run_dir: PathBuf,
     log: MetricsLog,
@@ -94,11 +95,12 @@ pub enum Validation {
 }
 
 impl<'a> Trainer<'a> {
-    /// Checks everything and allocates the towers, then makes the run folder
-    /// (so a failed start leaves nothing behind).
+    /// Checks everything and allocates the towers (one pair per placement,
+    /// each a replica on its shard of every batch), then makes the run
+    /// folder (so a failed start leaves nothing behind).
     pub fn new(
         config: &'a TrainConfig,
-        placement: Placement,
+        placements: &[Placement],
         start: Start,
         out: &'a mut dyn Write,
     ) -> Result<Trainer<'a>> {
@@ -116,7 +118,10 @@ impl<'a> Trainer<'a> {
         if let Some(c) = &resume {
             setup::check_resume(&c.state, config, &data)?;
         }
-        crate::limits::check_fits(&plan, config.batch, placement)?;
+        let shard = config.batch / placements.len().max(1);
+        for placement in placements {
+            crate::limits::check_fits(&plan, shard, *placement)?;
+        }
         let checkpoints = run_dir.join("checkpoints");
         let mut resumed = resume
             .map(|c| setup::Resumed::new(c, &plan, &checkpoints))
@@ -125,7 +130,7 @@ impl<'a> Trainer<'a> {
             Some(r) => (std::mem::take(&mut r.weights), r.state.schedule),
             None => setup::fresh_weights(&plan, config),
         };
-        let towers = TowerPair::new(placement, Arc::clone(&plan), config.batch, &weights)?;
+        let towers = Replicas::new(placements, Arc::clone(&plan), config.batch, &weights)?;
         drop(weights);
         if let Some(r) = &mut resumed {
             towers.upload(ParamSet::Momentum, &std::mem::take(&mut r.momentum))?;
@@ -189,13 +194,14 @@ impl<'a> Trainer<'a> {
             summary,
             started: Instant::now(),
         };
-        trainer.announce(placement.is_gpu());
+        trainer.announce(placements.len() > 1 || placements.iter().any(|p| p.is_gpu()));
         Ok(trainer)
     }
 
-    /// The link in use (on a GPU) and where a resumed run picks up.
-    fn announce(&mut self, gpu: bool) {
-        if gpu {
+    /// The link in use (on a GPU, or between replicas) and where a resumed
+    /// run picks up.
+    fn announce(&mut self, links: bool) {
+        if links {
             let note = self.towers.link_note().to_string();
             self.say(&note);
         }
@@ -545,7 +551,7 @@ impl<'a> Trainer<'a> {
 /// Top-1/top-5 over a whole set; `None` when `stop` is set before the end.
 /// The images left out go to `skipped`.
 fn evaluate(
-    towers: &TowerPair,
+    towers: &Replicas,
     batches: Batches,
     stop: &AtomicBool,
     progress: &mut Progress,
@@ -593,7 +599,7 @@ mod tests {
             ..TrainConfig::default()
         };
         let mut out = Vec::new();
-        let mut trainer = Trainer::new(&config, Placement::Cpu, Start::Fresh, &mut out).unwrap();
+        let mut trainer = Trainer::new(&config, &[Placement::Cpu], Start::Fresh, &mut out).unwrap();
         assert_eq!(trainer.steps(), 0..4);
         assert_eq!(trainer.boundary(0), (false, false));
         assert_eq!(trainer.boundary(1), (true, false));

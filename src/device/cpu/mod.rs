@@ -251,13 +251,27 @@ impl<T: Real> Device for CpuDevice<T> {
         Ok(())
     }
 
-    fn dropout_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>, p: f32, key: u64) -> Result<()> {
-        dropout_apply(x, y, p, key);
+    fn dropout_forward(
+        &mut self,
+        x: &Vec<T>,
+        y: &mut Vec<T>,
+        p: f32,
+        key: u64,
+        first: usize,
+    ) -> Result<()> {
+        dropout_apply(x, y, p, key, first);
         Ok(())
     }
 
-    fn dropout_backward(&mut self, dy: &Vec<T>, dx: &mut Vec<T>, p: f32, key: u64) -> Result<()> {
-        dropout_apply(dy, dx, p, key);
+    fn dropout_backward(
+        &mut self,
+        dy: &Vec<T>,
+        dx: &mut Vec<T>,
+        p: f32,
+        key: u64,
+        first: usize,
+    ) -> Result<()> {
+        dropout_apply(dy, dx, p, key, first);
         Ok(())
     }
 

@@ -44,11 +44,12 @@ pub fn dropout_keeps(key: u64, index: usize, p: f32) -> bool {
     uniform_at(key, index as u64) >= f64::from(p)
 }
 
-/// `out = inp / (1 − p)` where kept, 0 elsewhere. The same for forward and backward.
-pub fn dropout_apply<T: Real>(inp: &[T], out: &mut [T], p: f32, key: u64) {
+/// `out = inp / (1 − p)` where kept, 0 elsewhere; element `i` draws the
+/// mask at index `first + i`. The same for forward and backward.
+pub fn dropout_apply<T: Real>(inp: &[T], out: &mut [T], p: f32, key: u64, first: usize) {
     let keep_scale = T::of(1.0 / (1.0 - f64::from(p)));
     for (i, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
-        *o = if dropout_keeps(key, i, p) {
+        *o = if dropout_keeps(key, first + i, p) {
             v * keep_scale
         } else {
             T::zero()
@@ -123,17 +124,28 @@ mod tests {
     fn dropout_keeps_about_one_minus_p_and_preserves_the_mean() {
         let x = vec![1.0f64; 100_000];
         let mut y = vec![0.0; x.len()];
-        dropout_apply(&x, &mut y, 0.5, 42);
+        dropout_apply(&x, &mut y, 0.5, 42, 0);
         let kept = y.iter().filter(|v| **v != 0.0).count() as f64 / x.len() as f64;
         let mean = y.iter().sum::<f64>() / x.len() as f64;
         assert!((kept - 0.5).abs() < 0.01, "kept {kept}");
         assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
         assert!(y.iter().all(|v| *v == 0.0 || *v == 2.0));
         let mut again = vec![0.0; x.len()];
-        dropout_apply(&x, &mut again, 0.5, 42);
+        dropout_apply(&x, &mut again, 0.5, 42, 0);
         assert_eq!(y, again);
-        dropout_apply(&x, &mut again, 0.5, 43);
+        dropout_apply(&x, &mut again, 0.5, 43, 0);
         assert_ne!(y, again);
+    }
+
+    #[test]
+    fn dropout_of_a_slice_is_the_same_slice_of_the_whole_mask() {
+        let x = vec![1.0f64; 1000];
+        let mut whole = vec![0.0; x.len()];
+        dropout_apply(&x, &mut whole, 0.5, 7, 0);
+        let mut part = vec![0.0; 300];
+        dropout_apply(&x[..300], &mut part, 0.5, 7, 600);
+        assert_eq!(part, whole[600..900]);
+        assert_ne!(part, whole[..300]);
     }
 
     #[test]
@@ -142,11 +154,11 @@ mod tests {
         let r = random(64, 5);
         let forward = |x: &[f64]| {
             let mut y = vec![0.0; x.len()];
-            dropout_apply(x, &mut y, 0.5, 9);
+            dropout_apply(x, &mut y, 0.5, 9, 0);
             y
         };
         let mut dx = vec![0.0; 64];
-        dropout_apply(&r, &mut dx, 0.5, 9);
+        dropout_apply(&r, &mut dx, 0.5, 9, 0);
         check_gradient("dropout dx", &x, &dx, |x| dot(&r, &forward(x)));
     }
 

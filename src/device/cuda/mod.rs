@@ -520,8 +520,11 @@ impl Device for CudaDevice {
         y: &mut Self::Buf,
         p: f32,
         key: u64,
+        first: usize,
     ) -> Result<()> {
-        self.kernels.elementwise.dropout(&self.stream, x, y, p, key)
+        self.kernels
+            .elementwise
+            .dropout(&self.stream, x, y, p, key, first)
     }
 
     fn dropout_backward(
@@ -530,10 +533,11 @@ impl Device for CudaDevice {
         dx: &mut Self::Buf,
         p: f32,
         key: u64,
+        first: usize,
     ) -> Result<()> {
         self.kernels
             .elementwise
-            .dropout(&self.stream, dy, dx, p, key)
+            .dropout(&self.stream, dy, dx, p, key, first)
     }
 
     fn softmax_cross_entropy(
