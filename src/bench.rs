@@ -141,7 +141,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let plan = Arc::new(Plan::load(&config.preset)?);
     let init = init_twin(&plan, InitScheme::Caffe, 1);
     let gpus: Vec<usize> = match config.placement {
-        Placement::Cpu => vec![],
+        Placement::Cpu { .. } => vec![],
         Placement::OneGpu { ordinal, .. } => vec![ordinal],
         Placement::TwoGpus { ordinals, .. } => ordinals.to_vec(),
     };
@@ -208,7 +208,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     );
     let gpu_memory_in_use = memory()?;
     let towers_per_gpu = match config.placement {
-        Placement::Cpu => None,
+        Placement::Cpu { .. } => None,
         Placement::OneGpu { .. } => Some(2),
         Placement::TwoGpus { .. } => Some(1),
     };

@@ -9,7 +9,8 @@
 //! ([`TowerPair::take_stats`]).
 
 use crate::data::input::Images;
-use crate::device::cpu::{CpuDevice, Real};
+use crate::device::cpu::{self, CpuDevice, Real};
+use crate::device::precision::Storage;
 use crate::device::cuda::{CudaDevice, CudaOptions};
 use crate::device::faults::{self, Faulty};
 use crate::device::{Device, LossStats, SgdStep};
@@ -45,6 +46,8 @@ pub const RUN_AHEAD: usize = 2;
 trait Work {
     fn step(&mut self, batch: &Batch, dropout_key: Option<u64>, sgd: Option<SgdStep>)
     -> Result<()>;
+    fn scaled_pass(&mut self, batch: &Batch, dropout_key: u64, grad_scale: f32) -> Result<bool>;
+    fn finish_step(&mut self, sgd: Option<SgdStep>) -> Result<()>;
     fn take_loss_stats(&mut self) -> Result<Vec<LossStats>>;
     fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>>;
     fn upload(&mut self, which: ParamSet, params: &[LayerParams<Vec<f32>>]) -> Result<()>;
@@ -68,6 +71,12 @@ impl<D: Device, L: Link<D::Buf>> Work for Tower<D, L> {
             sgd,
             RUN_AHEAD,
         )
+    }
+    fn scaled_pass(&mut self, batch: &Batch, dropout_key: u64, grad_scale: f32) -> Result<bool> {
+        Tower::scaled_pass(self, &batch.images, &batch.labels, dropout_key, grad_scale)
+    }
+    fn finish_step(&mut self, sgd: Option<SgdStep>) -> Result<()> {
+        Tower::finish_step(self, sgd, RUN_AHEAD)
     }
     fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
         Tower::take_loss_stats(self)
@@ -113,17 +122,29 @@ impl TowerPair {
     /// Both towers on the CPU, over host memory, with the twin's parameters
     /// `init`, computing in `T` (f32 for training, f64 for reference checks).
     pub fn cpu<T: Real>(plan: Arc<Plan>, batch: usize, init: &[TwinTensor]) -> Result<TowerPair> {
+        TowerPair::cpu_storing::<T>(plan, batch, init, Storage::Full)
+    }
+
+    /// As [`TowerPair::cpu`], both towers storing buffers and exchanges as
+    /// `storage` says.
+    pub fn cpu_storing<T: Real>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        storage: Storage,
+    ) -> Result<TowerPair> {
         let watch = Arc::new(Watch::new(["CPU".into(), "CPU".into()])?);
-        let links: Vec<Mutex<Option<HostLink<T>>>> = HostLink::pair_in(&watch)
-            .into_iter()
-            .map(|l| Mutex::new(Some(l)))
-            .collect();
+        let links: Vec<Mutex<Option<HostLink<T>>>> =
+            HostLink::pair_storing(&watch, cpu::rounder::<T>(storage))
+                .into_iter()
+                .map(|l| Mutex::new(Some(l)))
+                .collect();
         let pair = TowerPair::spawn(
             plan,
             batch,
             init,
             watch,
-            |rank| faults::build(rank, || Ok(CpuDevice::<T>::default())),
+            move |rank| faults::build(rank, || Ok(CpuDevice::<T>::with_storage(storage))),
             move |rank, _: &Faulty<CpuDevice<T>>| {
                 let link = links[rank].lock().ok().and_then(|mut l| l.take());
                 link.ok_or_else(|| Error::Training(format!("tower {rank}: link end already taken")))
@@ -143,7 +164,9 @@ impl TowerPair {
         init: &[TwinTensor],
     ) -> Result<TowerPair> {
         match placement {
-            Placement::Cpu => TowerPair::cpu::<f32>(plan, batch, init),
+            Placement::Cpu { precision } => {
+                TowerPair::cpu_storing::<f32>(plan, batch, init, precision.storage())
+            }
             Placement::OneGpu { ordinal, options } => {
                 let mut pair = TowerPair::copies(plan, batch, init, [ordinal; TOWERS], options)?;
                 pair.link_note = format!("towers meet by device copies on GPU {ordinal}");
@@ -401,6 +424,28 @@ impl TowerPair {
             move |t: &mut dyn Work| t.step(&batch, Some(dropout_key), sgd)
         })
         .map(drop)
+    }
+
+    /// One training step with the loss gradient times `loss_scale` (fp16's
+    /// dynamic loss scale): both towers' gradients are checked, and only if
+    /// every one is finite is the update (`sgd`, unscaled) queued; a step
+    /// that overflowed leaves the weights and momentum as they were.
+    /// Returns whether the update was made. Waits for the devices.
+    pub fn queue_scaled_step(
+        &self,
+        batch: &Batch,
+        dropout_key: u64,
+        sgd: SgdStep,
+        loss_scale: f32,
+    ) -> Result<bool> {
+        let finite = self.ask(|| {
+            let batch = batch.clone();
+            move |t: &mut dyn Work| t.scaled_pass(&batch, dropout_key, loss_scale)
+        })?;
+        let applied = finite.iter().all(|&f| f);
+        let update = applied.then(|| sgd.unscaled(loss_scale));
+        self.ask(|| move |t: &mut dyn Work| t.finish_step(update))?;
+        Ok(applied)
     }
 
     /// The loss statistics of every step queued since the last take, oldest

@@ -1,6 +1,9 @@
 //! The CPU device: f32, NCHW, im2col + GEMM convolutions. One instance per
 //! tower thread; its kernels are generic over f32/f64 so the gradient checks
-//! run the same code in f64.
+//! run the same code in f64. With 16-bit [`Storage`] it is the reference of
+//! mixed precision: it computes in f32 and rounds to 16 bits exactly where
+//! a GPU stores them (each op's outputs, the gradients it writes, the
+//! weight copies the passes read), never the master weights or momentum.
 
 mod conv;
 mod fc;
@@ -27,10 +30,12 @@ pub use pool::{maxpool_backward, maxpool_forward};
 pub use real::Real;
 pub use softmax::softmax_cross_entropy;
 
+use super::precision::Storage;
 use super::{Device, LossStats, SgdStep};
 use crate::data::input;
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
+use std::mem::take;
 
 /// One tower's CPU device; owns the im2col scratch buffers. Training runs in
 /// f32; `CpuDevice<f64>` runs the same kernels in f64 for reference checks.
@@ -40,6 +45,58 @@ pub struct CpuDevice<T = f32> {
     /// Each loss computed since the last [`Device::take_loss_stats`].
     stats: Vec<LossStats>,
     phases: Vec<T>,
+    storage: Storage,
+    /// The 16-bit copies of the weights of the op running now.
+    rounded_weights: Vec<Vec<T>>,
+}
+
+impl<T: Real> CpuDevice<T> {
+    /// A device that stores its buffers as `storage` does.
+    pub fn with_storage(storage: Storage) -> Self {
+        CpuDevice {
+            storage,
+            ..CpuDevice::default()
+        }
+    }
+
+    /// The weights an op reads: `w` itself, or its 16-bit copies.
+    fn weights<'a>(&'a mut self, w: &'a [Vec<T>]) -> Vec<&'a [T]> {
+        if !self.storage.is_16_bit() {
+            return slices(w);
+        }
+        self.rounded_weights.resize_with(w.len(), Vec::new);
+        for (copy, w) in self.rounded_weights.iter_mut().zip(w) {
+            copy.clear();
+            copy.extend_from_slice(w);
+            round_all(self.storage, copy);
+        }
+        slices(&self.rounded_weights[..w.len()])
+    }
+}
+
+/// [`round_all`] at `storage`, as a plain function (for the host link's
+/// reduce-scatter sums).
+pub fn rounder<T: Real>(storage: Storage) -> fn(&mut [T]) {
+    fn bf16<T: Real>(x: &mut [T]) {
+        round_all(Storage::Bf16, x);
+    }
+    fn f16<T: Real>(x: &mut [T]) {
+        round_all(Storage::F16, x);
+    }
+    match storage {
+        Storage::Full => |_| {},
+        Storage::Bf16 => bf16::<T>,
+        Storage::F16 => f16::<T>,
+    }
+}
+
+/// Rounds every element of `x` as `storage` keeps it.
+pub fn round_all<T: Real>(storage: Storage, x: &mut [T]) {
+    if storage.is_16_bit() {
+        for v in x {
+            *v = T::of(f64::from(storage.round(v.wide() as f32)));
+        }
+    }
 }
 
 fn slices<T>(bufs: &[Vec<T>]) -> Vec<&[T]> {
@@ -48,6 +105,22 @@ fn slices<T>(bufs: &[Vec<T>]) -> Vec<&[T]> {
 
 fn slices_mut<T>(bufs: &mut [Vec<T>]) -> Vec<&mut [T]> {
     bufs.iter_mut().map(Vec::as_mut_slice).collect()
+}
+
+/// Rounds what a backward pass wrote, as `storage` keeps it.
+fn round_gradients<T: Real>(
+    storage: Storage,
+    dx: Option<&mut [T]>,
+    dw: &mut [Vec<T>],
+    dbias: &mut [T],
+) {
+    if let Some(dx) = dx {
+        round_all(storage, dx);
+    }
+    for dw in dw {
+        round_all(storage, dw);
+    }
+    round_all(storage, dbias);
 }
 
 impl<T: Real> Device for CpuDevice<T> {
@@ -67,12 +140,15 @@ impl<T: Real> Device for CpuDevice<T> {
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Vec<T>) -> Result<()> {
         input::check_u8(pixels, offsets, y.len()).map_err(Error::Training)?;
         input::u8_to_net(pixels, offsets, y, |v| T::of(f64::from(v)));
+        round_all(self.storage, y);
         Ok(())
     }
 
     /// Nothing to overlap on the CPU: the same as [`Device::upload`].
     fn input_from_f32(&mut self, images: &[f32], y: &mut Vec<T>) -> Result<()> {
-        self.upload(images, y)
+        self.upload(images, y)?;
+        round_all(self.storage, y);
+        Ok(())
     }
 
     fn download(&mut self, src: &Vec<T>) -> Result<Vec<f32>> {
@@ -103,16 +179,11 @@ impl<T: Real> Device for CpuDevice<T> {
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
-        conv_forward(
-            x,
-            &slices(w),
-            bias,
-            y,
-            shape,
-            batch,
-            &mut self.col,
-            &mut self.phases,
-        );
+        let (mut col, mut phases) = (take(&mut self.col), take(&mut self.phases));
+        let w = self.weights(w);
+        conv_forward(x, &w, bias, y, shape, batch, &mut col, &mut phases);
+        (self.col, self.phases) = (col, phases);
+        round_all(self.storage, y);
         Ok(())
     }
 
@@ -127,19 +198,24 @@ impl<T: Real> Device for CpuDevice<T> {
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
-        let dx = dx.map(Vec::as_mut_slice);
+        let (mut col, mut phases) = (take(&mut self.col), take(&mut self.phases));
+        let storage = self.storage;
+        let w = self.weights(w);
+        let mut dx = dx.map(Vec::as_mut_slice);
         conv_backward(
             x,
-            &slices(w),
+            &w,
             dy,
-            dx,
+            dx.as_deref_mut(),
             &mut slices_mut(dw),
             dbias,
             shape,
             batch,
-            &mut self.col,
-            &mut self.phases,
+            &mut col,
+            &mut phases,
         );
+        (self.col, self.phases) = (col, phases);
+        round_gradients(storage, dx, dw, dbias);
         Ok(())
     }
 
@@ -152,7 +228,9 @@ impl<T: Real> Device for CpuDevice<T> {
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
-        fc_forward(x, &slices(w), bias, y, shape, batch);
+        let storage = self.storage;
+        fc_forward(x, &self.weights(w), bias, y, shape, batch);
+        round_all(storage, y);
         Ok(())
     }
 
@@ -167,37 +245,43 @@ impl<T: Real> Device for CpuDevice<T> {
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
-        let dx = dx.map(Vec::as_mut_slice);
+        let storage = self.storage;
+        let mut dx = dx.map(Vec::as_mut_slice);
         fc_backward(
             x,
-            &slices(w),
+            &self.weights(w),
             dy,
-            dx,
+            dx.as_deref_mut(),
             &mut slices_mut(dw),
             dbias,
             shape,
             batch,
         );
+        round_gradients(storage, dx, dw, dbias);
         Ok(())
     }
 
     fn relu_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
         relu_forward(x, y);
+        round_all(self.storage, y);
         Ok(())
     }
 
     fn relu_backward(&mut self, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
         relu_backward(y, dy, dx);
+        round_all(self.storage, dx);
         Ok(())
     }
 
     fn tanh_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
         tanh_forward(x, y);
+        round_all(self.storage, y);
         Ok(())
     }
 
     fn tanh_backward(&mut self, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
         tanh_backward(y, dy, dx);
+        round_all(self.storage, dx);
         Ok(())
     }
 
@@ -210,6 +294,8 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         lrn_forward(x, y, scale, shape, batch);
+        round_all(self.storage, y);
+        round_all(self.storage, scale);
         Ok(())
     }
 
@@ -224,6 +310,7 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         lrn_backward(x, y, scale, dy, dx, shape, batch);
+        round_all(self.storage, dx);
         Ok(())
     }
 
@@ -235,6 +322,7 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         maxpool_forward(x, y, shape, batch);
+        round_all(self.storage, y);
         Ok(())
     }
 
@@ -248,16 +336,19 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         maxpool_backward(x, y, dy, dx, shape, batch);
+        round_all(self.storage, dx);
         Ok(())
     }
 
     fn dropout_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>, p: f32, key: u64) -> Result<()> {
         dropout_apply(x, y, p, key);
+        round_all(self.storage, y);
         Ok(())
     }
 
     fn dropout_backward(&mut self, dy: &Vec<T>, dx: &mut Vec<T>, p: f32, key: u64) -> Result<()> {
         dropout_apply(dy, dx, p, key);
+        round_all(self.storage, dx);
         Ok(())
     }
 
@@ -267,9 +358,11 @@ impl<T: Real> Device for CpuDevice<T> {
         labels: &[u32],
         tower: usize,
         per_tower: usize,
+        grad_scale: f32,
         dlogits: &mut Vec<T>,
     ) -> Result<()> {
-        let stats = softmax_cross_entropy(logits, labels, tower, per_tower, dlogits);
+        let stats = softmax_cross_entropy(logits, labels, tower, per_tower, grad_scale, dlogits);
+        round_all(self.storage, dlogits);
         self.stats.push(stats);
         Ok(())
     }
@@ -280,6 +373,10 @@ impl<T: Real> Device for CpuDevice<T> {
 
     fn end_step(&mut self, _queued: usize) -> Result<()> {
         Ok(())
+    }
+
+    fn all_finite(&mut self, bufs: &[&Vec<T>]) -> Result<bool> {
+        Ok(bufs.iter().all(|b| b.iter().all(|v| v.is_finite())))
     }
 
     fn sgd_update(
