@@ -64,6 +64,16 @@ impl Placement {
         gpus: Option<&str>,
         precision: Precision,
     ) -> Result<(Placement, String)> {
+        let refuse = || {
+            Error::Input(format!(
+                "--precision {}: 16-bit storage runs on the CPU only in this version (add --cpu); on a GPU use fp32 or tf32",
+                precision.name()
+            ))
+        };
+        let sixteen = precision.storage().is_16_bit();
+        if sixteen && gpus.is_some() && !cpu {
+            return Err(refuse());
+        }
         let on_cpu = Placement::Cpu { precision };
         let options = CudaOptions {
             tf32: precision == Precision::Tf32,
@@ -80,11 +90,8 @@ impl Placement {
                 Err(why) => (on_cpu, format!("device: {on_cpu} ({why})")),
             },
         };
-        if chosen.0.is_gpu() && precision.storage().is_16_bit() {
-            return Err(Error::Input(format!(
-                "--precision {}: 16-bit storage runs on the CPU only in this version (add --cpu); on a GPU use fp32 or tf32",
-                precision.name()
-            )));
+        if chosen.0.is_gpu() && sixteen {
+            return Err(refuse());
         }
         Ok(chosen)
     }
@@ -155,7 +162,9 @@ impl fmt::Display for Placement {
         match self {
             Placement::Cpu { precision } => match precision {
                 Precision::Fp32 => write!(f, "CPU, one thread per tower"),
-                Precision::Tf32 => write!(f, "CPU, one thread per tower, tf32 (exact f32 on the CPU)"),
+                Precision::Tf32 => {
+                    write!(f, "CPU, one thread per tower, tf32 (exact f32 on the CPU)")
+                }
                 Precision::Bf16 | Precision::Fp16 => write!(
                     f,
                     "CPU, one thread per tower, {} storage with f32 master weights",
@@ -226,6 +235,20 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn sixteen_bits_on_a_gpu_are_refused_before_any_gpu_is_asked_for() {
+        for precision in [Precision::Bf16, Precision::Fp16] {
+            let e = Placement::choose(false, Some("0"), precision).unwrap_err();
+            assert!(e.is_input());
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("--precision {}: ", precision.name()))
+            );
+        }
+        let (cpu, _) = Placement::choose(true, None, Precision::Bf16).unwrap();
+        assert_eq!(cpu.precision(), Precision::Bf16);
     }
 
     #[test]

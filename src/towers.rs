@@ -10,9 +10,9 @@
 
 use crate::data::input::Images;
 use crate::device::cpu::{self, CpuDevice, Real};
-use crate::device::precision::Storage;
 use crate::device::cuda::{CudaDevice, CudaOptions};
 use crate::device::faults::{self, Faulty};
+use crate::device::precision::Storage;
 use crate::device::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;

@@ -9,9 +9,7 @@ use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
 /// What `--precision` asks for.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Exact f32 everywhere.
@@ -101,10 +99,15 @@ impl LossScale {
     /// Nor doubles above this (2⁶⁴, far beyond any useful scale).
     pub const LARGEST: f32 = 18_446_744_073_709_551_616.0;
 
-    /// A fresh scale.
+    /// A fresh scale at [`LossScale::INITIAL`].
     pub fn new() -> LossScale {
+        LossScale::starting_at(LossScale::INITIAL)
+    }
+
+    /// A fresh scale at `scale`.
+    pub fn starting_at(scale: f32) -> LossScale {
         LossScale {
-            scale: LossScale::INITIAL,
+            scale,
             good_steps: 0,
         }
     }
@@ -152,7 +155,10 @@ mod tests {
         assert_eq!(b.round(1.0 + 2f32.powi(-7)), 1.0 + 2f32.powi(-7));
         assert_eq!(b.round(1.0 + 2f32.powi(-8)), 1.0);
         assert_eq!(b.round(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
-        assert_eq!(b.round(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 1.0 + 2f32.powi(-7));
+        assert_eq!(
+            b.round(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+            1.0 + 2f32.powi(-7)
+        );
         // f32's exponent range: 2¹⁰⁰ · (1 + 2⁻⁸) ties down to 2¹⁰⁰, finite.
         let big = 2f32.powi(100);
         assert_eq!(b.round(big * (1.0 + 2f32.powi(-8))), big);
@@ -170,7 +176,10 @@ mod tests {
         // The smallest subnormal, 2⁻²⁴, survives; half of it ties to 0.
         assert_eq!(h.round(2f32.powi(-24)), 2f32.powi(-24));
         assert_eq!(h.round(2f32.powi(-25)), 0.0);
-        assert_eq!(Storage::Full.round(1.0 + 2f32.powi(-20)), 1.0 + 2f32.powi(-20));
+        assert_eq!(
+            Storage::Full.round(1.0 + 2f32.powi(-20)),
+            1.0 + 2f32.powi(-20)
+        );
     }
 
     #[test]

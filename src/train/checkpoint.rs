@@ -13,12 +13,12 @@
 //! the best by validation top-1 are kept.
 
 use crate::data::DataRecord;
+use crate::device::precision::LossScale;
 use crate::error::{Error, Result};
 use crate::net::params::TwinTensor;
 use crate::net::spec::NetSpec;
 use crate::train::schedule::ScheduleState;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use crate::device::precision::LossScale;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;

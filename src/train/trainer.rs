@@ -135,8 +135,11 @@ impl<'a> Trainer<'a> {
         }
         setup::create_run_dir(&run_dir, config)?;
         let saved = resumed.as_ref().map(|r| &r.state);
-        let loss_scale = (placement.precision() == Precision::Fp16)
-            .then(|| saved.and_then(|s| s.loss_scale).unwrap_or_default());
+        let loss_scale = (placement.precision() == Precision::Fp16).then(|| {
+            saved
+                .and_then(|s| s.loss_scale)
+                .unwrap_or(LossScale::starting_at(config.loss_scale))
+        });
         let first_step = saved.map_or(0, |s| s.step);
         let last_checkpoint = resumed.as_ref().map(|r| r.folder.clone());
         let log = MetricsLog::open(&run_dir, first_step)?;
@@ -271,7 +274,9 @@ impl<'a> Trainer<'a> {
             match &mut self.loss_scale {
                 None => self.towers.queue_step(&batch, key, Some(sgd))?,
                 Some(scale) => {
-                    let applied = self.towers.queue_scaled_step(&batch, key, sgd, scale.scale)?;
+                    let applied = self
+                        .towers
+                        .queue_scaled_step(&batch, key, sgd, scale.scale)?;
                     *scale = scale.after(applied);
                 }
             }

@@ -61,7 +61,8 @@ mod tests {
         let labels = [0u32, 5, 7];
         let loss = |l: &[f64]| {
             let mut scratch = vec![0.0; batch * per_tower];
-            softmax_cross_entropy(l, &labels, 0, per_tower, 1.0, &mut scratch).loss_sum / batch as f64
+            softmax_cross_entropy(l, &labels, 0, per_tower, 1.0, &mut scratch).loss_sum
+                / batch as f64
         };
         // Direct: class c of image n is logits[(c / per_tower) * batch + n][c % per_tower].
         let mut want = 0.0;
