@@ -390,3 +390,65 @@ impl<T: Real> Device for CpuDevice<T> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    fn to_bf16(x: f32) -> f32 {
+        bf16::from_f32(x).to_f32()
+    }
+
+    #[test]
+    fn a_bf16_device_reads_rounded_weights_and_stores_rounded_outputs() {
+        let s = FcShape {
+            sources: 1,
+            inputs: 5,
+            outputs: 3,
+        };
+        let batch = 2;
+        let x: Vec<f32> = (0..10).map(|i| to_bf16(0.37 * i as f32 - 1.3)).collect();
+        let w: Vec<f32> = (0..15).map(|i| 0.1001 * (i as f32).sin() + 0.0123).collect();
+        let bias = vec![0.25f32, -0.5, 0.125];
+        let mut device = CpuDevice::<f32>::with_storage(Storage::Bf16);
+        let mut y = vec![0.0f32; batch * s.outputs];
+        let weights = vec![w.clone()];
+        device.fc_forward(&x, &weights, &bias, &mut y, &s, batch).unwrap();
+        assert_eq!(weights[0], w, "the master weights were rounded");
+        for n in 0..batch {
+            for o in 0..s.outputs {
+                // In f64, from the weights rounded to bf16 by hand.
+                let exact: f64 = f64::from(bias[o])
+                    + (0..s.inputs)
+                        .map(|i| f64::from(x[n * 5 + i]) * f64::from(to_bf16(w[o * 5 + i])))
+                        .sum::<f64>();
+                let got = y[n * s.outputs + o];
+                assert_eq!(to_bf16(got), got, "output {got} is not a bf16");
+                // f32 accumulation may land across a rounding boundary: one bf16 step.
+                let step = f64::from(to_bf16(exact as f32)).abs() * 2f64.powi(-7);
+                assert!(
+                    (f64::from(got) - exact).abs() <= step,
+                    "{got} against {exact}"
+                );
+            }
+        }
+        // The plain device on the same inputs does not round.
+        let mut plain = vec![0.0f32; y.len()];
+        CpuDevice::<f32>::default()
+            .fc_forward(&x, &weights, &bias, &mut plain, &s, batch)
+            .unwrap();
+        assert!(plain.iter().any(|&v| to_bf16(v) != v));
+    }
+
+    #[test]
+    fn fp16_storage_overflows_to_infinity_and_all_finite_sees_it() {
+        let mut device = CpuDevice::<f32>::with_storage(Storage::F16);
+        let x = vec![1.0f32, 70000.0, -3.0];
+        let mut y = vec![0.0; 3];
+        device.relu_forward(&x, &mut y).unwrap();
+        assert_eq!(y, [1.0, f32::INFINITY, 0.0]);
+        assert!(!device.all_finite(&[&x, &y]).unwrap());
+        assert!(device.all_finite(&[&x]).unwrap());
+    }
+}
