@@ -409,12 +409,16 @@ mod tests {
         };
         let batch = 2;
         let x: Vec<f32> = (0..10).map(|i| to_bf16(0.37 * i as f32 - 1.3)).collect();
-        let w: Vec<f32> = (0..15).map(|i| 0.1001 * (i as f32).sin() + 0.0123).collect();
+        let w: Vec<f32> = (0..15)
+            .map(|i| 0.1001 * (i as f32).sin() + 0.0123)
+            .collect();
         let bias = vec![0.25f32, -0.5, 0.125];
         let mut device = CpuDevice::<f32>::with_storage(Storage::Bf16);
         let mut y = vec![0.0f32; batch * s.outputs];
         let weights = vec![w.clone()];
-        device.fc_forward(&x, &weights, &bias, &mut y, &s, batch).unwrap();
+        device
+            .fc_forward(&x, &weights, &bias, &mut y, &s, batch)
+            .unwrap();
         assert_eq!(weights[0], w, "the master weights were rounded");
         for n in 0..batch {
             for o in 0..s.outputs {
