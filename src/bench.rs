@@ -4,6 +4,7 @@
 use crate::data::synthetic::{Split, Synthetic};
 use crate::device::SgdStep;
 use crate::device::cuda::probe;
+use crate::device::precision::{LossScale, Precision};
 use crate::error::Result;
 use crate::link;
 use crate::net::init::init_twin;
@@ -198,7 +199,17 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         }
         Ok((steps, layers))
     };
-    let (train, train_layers) = time(&mut |key| towers.queue_step(&batch, key, Some(sgd)))?;
+    // fp16 steps as training makes them: loss-scaled, both towers'
+    // gradients checked before the update (the scale held fixed).
+    let fp16 = config.placement.precision() == Precision::Fp16;
+    let (train, train_layers) = time(&mut |key| {
+        if fp16 {
+            let scale = LossScale::INITIAL;
+            towers.queue_scaled_step(&batch, key, sgd, scale).map(drop)
+        } else {
+            towers.queue_step(&batch, key, Some(sgd))
+        }
+    })?;
     let (inference, inference_layers) = time(&mut |_| towers.evaluate(&batch).map(drop))?;
     let exchange_s = median(
         train_layers
