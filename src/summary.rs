@@ -64,10 +64,17 @@ impl DevicePeak {
             .unwrap_or(0);
         // The input staged in turns (f32 images at most: u8 crops and their
         // offsets take less), the labels (u32) in turns, and per-image loss
-        // statistics (3 × f64).
+        // statistics (3 × f64). Towers sharing a GPU each stage and hold
+        // their half of an even batch, then gather the whole.
         use crate::device::cuda::{INPUT_TURNS, LABEL_TURNS};
-        let per_batch =
-            INPUT_TURNS * batch * plan.input.len() * 4 + LABEL_TURNS * batch * 4 + batch * 3 * 8;
+        let part = BufferSizes::new(plan, batch)
+            .input_part
+            .filter(|_| towers > 1);
+        let staged = part.unwrap_or(batch * plan.input.len());
+        let per_batch = INPUT_TURNS * staged * 4
+            + part.unwrap_or(0) * 4
+            + LABEL_TURNS * batch * 4
+            + batch * 3 * 8;
         let tower = MemoryEstimate::for_tower(plan, batch).total() + scratch + per_batch;
         DevicePeak {
             tensors: towers * tower,

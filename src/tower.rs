@@ -3,7 +3,7 @@
 //! before every layer that reads both towers (§3.2, Fig. 2) and at the logits.
 
 use crate::data::input::Images;
-use crate::device::{Device, LossStats, SgdStep};
+use crate::device::{Device, Gathering, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::net::buffers::BufferSizes;
@@ -52,6 +52,9 @@ pub struct LayerTiming {
 /// Everything that scales with the batch.
 struct Buffers<B> {
     input: B,
+    /// This tower's half of the input, where the towers split the upload
+    /// ([`Link::splits_input`]) and the batch splits evenly.
+    input_part: Option<B>,
     /// Output of each layer.
     outputs: Vec<B>,
     /// Gradient of the loss with respect to each layer's output.
@@ -67,8 +70,14 @@ struct Buffers<B> {
 }
 
 impl<B> Buffers<B> {
-    /// Allocates the buffers [`BufferSizes`] lists for `batch`.
-    fn new<D: Device<Buf = B>>(device: &mut D, plan: &Plan, batch: usize) -> Result<Self> {
+    /// Allocates the buffers [`BufferSizes`] lists for `batch`, with
+    /// `input_part` where the towers split the upload.
+    fn new<D: Device<Buf = B>>(
+        device: &mut D,
+        plan: &Plan,
+        batch: usize,
+        split_input: bool,
+    ) -> Result<Self> {
         let sizes = BufferSizes::new(plan, batch);
         let mut elements = 0;
         let mut alloc = |len: usize| {
@@ -76,6 +85,10 @@ impl<B> Buffers<B> {
             device.alloc(len)
         };
         let input = alloc(sizes.input)?;
+        let input_part = match sizes.input_part.filter(|_| split_input) {
+            Some(len) => Some(alloc(len)?),
+            None => None,
+        };
         let (mut outputs, mut output_grads) = (Vec::new(), Vec::new());
         let (mut gathered, mut gathered_grads, mut lrn_scales) =
             (Vec::new(), Vec::new(), Vec::new());
@@ -89,6 +102,7 @@ impl<B> Buffers<B> {
         let logits = alloc(sizes.logits)?;
         Ok(Buffers {
             input,
+            input_part,
             outputs,
             output_grads,
             gathered,
@@ -138,7 +152,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 });
             }
         }
-        let buffers = Buffers::new(&mut device, &plan, batch)?;
+        let buffers = Buffers::new(&mut device, &plan, batch, link.splits_input())?;
         for layer in &plan.layers {
             if let Op::Conv(shape) = &layer.op {
                 device.prepare_conv(shape, batch)?;
@@ -256,16 +270,27 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let batch = labels.len();
         if batch != self.batch {
             // Through the `ManuallyDrop`, so that the old buffers are dropped.
-            *self.buffers = Buffers::new(&mut self.device, &self.plan, batch)?;
+            let split = self.link.splits_input();
+            *self.buffers = Buffers::new(&mut self.device, &self.plan, batch, split)?;
             self.batch = batch;
         }
         self.dropout_key = dropout_key;
         let b = &mut *self.buffers;
-        match images {
-            Images::F32(v) => self.device.input_from_f32(v, &mut b.input)?,
-            Images::U8 { pixels, offsets } => {
-                self.device.input_from_u8(pixels, offsets, &mut b.input)?
+        let rank = self.link.rank();
+        match b.input_part.as_mut() {
+            // Each tower uploads its half; the halves meet on the device.
+            Some(part) => {
+                let half = batch / TOWERS;
+                upload(
+                    &mut self.device,
+                    (images, batch),
+                    rank * half..(rank + 1) * half,
+                    part,
+                )?;
+                self.link.all_gather(part, &mut b.input)?;
+                self.link.land()?;
             }
+            None => upload(&mut self.device, (images, batch), 0..batch, &mut b.input)?,
         }
         let mut param_slot = 0;
         self.timings.fill(LayerTiming::default());
@@ -273,19 +298,35 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             let start = Instant::now();
             let (before, rest) = b.outputs.split_at_mut(i);
             let y = &mut rest[0];
-            let mut x = if i == 0 { &b.input } else { &before[i - 1] };
-            if let Some(gathered) = b.gathered[i].as_mut() {
-                let exchange = Instant::now();
-                if self.profile {
-                    self.device.fence()?;
+            let x = if i == 0 { &b.input } else { &before[i - 1] };
+            let gathered = match b.gathered[i].as_mut() {
+                Some(gathered) => {
+                    let exchange = Instant::now();
+                    self.link.all_gather(x, gathered)?;
+                    if self.profile {
+                        self.device.fence()?;
+                        self.link.land()?;
+                        self.device.fence()?;
+                    }
+                    self.timings[i].exchange_s += exchange.elapsed().as_secs_f64();
+                    Some(&*gathered)
                 }
-                self.link.all_gather(x, gathered)?;
-                if self.profile {
-                    self.device.fence()?;
-                }
-                self.timings[i].exchange_s += exchange.elapsed().as_secs_f64();
-                x = gathered;
-            }
+                None => None,
+            };
+            let (link, profile, mut landed) = (&mut self.link, self.profile, false);
+            let mut land = || {
+                landed = true;
+                if profile { Ok(()) } else { link.land() }
+            };
+            let x = match gathered {
+                Some(gathered) => Input::Both(Gathering {
+                    rank,
+                    own: x,
+                    gathered,
+                    landed: &mut land,
+                }),
+                None => Input::Own(x),
+            };
             let dev = &mut self.device;
             match &layer.op {
                 Op::Conv(s) => {
@@ -296,26 +337,32 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     let p = &self.params[param_slot];
                     dev.fc_forward(x, &p.weights, &p.bias, y, s, batch)?;
                 }
-                Op::Relu => dev.relu_forward(x, y)?,
-                Op::Tanh => dev.tanh_forward(x, y)?,
+                Op::Relu => dev.relu_forward(x.landed()?, y)?,
+                Op::Tanh => dev.tanh_forward(x.landed()?, y)?,
                 Op::Lrn(s) => {
                     let scale = b.lrn_scales[i]
                         .as_mut()
                         .expect("LRN layers have a scale buffer");
-                    dev.lrn_forward(x, y, scale, s, batch)?;
+                    dev.lrn_forward(x.landed()?, y, scale, s, batch)?;
                 }
-                Op::MaxPool(s) => dev.maxpool_forward(x, y, s, batch)?,
+                Op::MaxPool(s) => dev.maxpool_forward(x.landed()?, y, s, batch)?,
                 Op::Dropout { p } => match self.dropout_key {
                     Some(key) => {
-                        dev.dropout_forward(x, y, *p, dropout_key_for(key, i, self.link.rank()))?
+                        dev.dropout_forward(x.landed()?, y, *p, dropout_key_for(key, i, rank))?
                     }
                     // p = 0 keeps every unit at scale 1: the test-time identity.
-                    None => dev.dropout_forward(x, y, 0.0, 0)?,
+                    None => dev.dropout_forward(x.landed()?, y, 0.0, 0)?,
                 },
             }
             param_slot += usize::from(layer.has_params());
+            if gathered.is_some() && !(landed || profile) {
+                return Err(Error::Training(format!(
+                    "the device computed {} without waiting for its gathered input",
+                    layer.name
+                )));
+            }
             if self.profile {
-                dev.fence()?;
+                self.device.fence()?;
             }
             self.timings[i].forward_s = start.elapsed().as_secs_f64();
         }
@@ -323,6 +370,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let last = b.outputs.last().expect("a plan has layers");
         let exchange = Instant::now();
         self.link.all_gather(last, &mut b.logits)?;
+        self.link.land()?;
         self.timings[self.plan.layers.len()].exchange_s = exchange.elapsed().as_secs_f64();
         let dlogits = b.output_grads.last_mut().expect("a plan has layers");
         let per_tower = self.plan.logits_per_tower();
@@ -343,7 +391,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
 
     /// Backward pass after a training [`Tower::forward`]: fills the parameter gradients.
     fn backward(&mut self) -> Result<()> {
-        let batch = self.batch;
+        let (batch, rank) = (self.batch, self.link.rank());
         let b = &mut *self.buffers;
         let mut param_slot = self.params.len();
         for (i, layer) in self.plan.layers.iter().enumerate().rev() {
@@ -356,12 +404,31 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 None if i == 0 => &b.input,
                 None => &b.outputs[i - 1],
             };
-            // Where this layer's input gradient goes: the gathered buffer
-            // (reduce-scattered below), the previous layer, or nowhere.
-            let dx = match b.gathered_grads[i].as_mut() {
-                Some(g) => Some(g),
-                None => grads_before.last_mut(),
+            // Where this layer's input gradient goes: the gathered buffer,
+            // reduce-scattered into the previous layer's as soon as it is
+            // queued (the weight gradients overlap it), or the previous
+            // layer's directly, or nowhere.
+            let (dx, mut reduce_into) = match b.gathered_grads[i].as_mut() {
+                Some(full) => (Some(full), grads_before.last_mut()),
+                None => (grads_before.last_mut(), None),
             };
+            let (link, profile) = (&mut self.link, self.profile);
+            let (mut exchange_s, mut started) = (0.0, false);
+            // Profiling keeps the exchange apart from the gradients (below).
+            let mut queued = |full: &D::Buf| -> Result<()> {
+                let Some(own) = reduce_into.as_deref_mut().filter(|_| !profile) else {
+                    return Ok(());
+                };
+                let exchange = Instant::now();
+                link.reduce_scatter(full, own)?;
+                exchange_s += exchange.elapsed().as_secs_f64();
+                started = true;
+                Ok(())
+            };
+            let dx = dx.map(|dx| InputGrad {
+                dx,
+                queued: &mut queued,
+            });
             let dev = &mut self.device;
             param_slot -= usize::from(layer.has_params());
             match (&layer.op, dx) {
@@ -384,33 +451,41 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 }
                 // The first layer's input is the image: no gradient to pass on.
                 (_, None) => {}
-                (Op::Relu, Some(dx)) => dev.relu_backward(y, dy, dx)?,
-                (Op::Tanh, Some(dx)) => dev.tanh_backward(y, dy, dx)?,
-                (Op::Lrn(s), Some(dx)) => {
+                // Only convolutions and fc layers read both towers, so these
+                // have nothing to announce.
+                (Op::Relu, Some(g)) => dev.relu_backward(y, dy, g.dx)?,
+                (Op::Tanh, Some(g)) => dev.tanh_backward(y, dy, g.dx)?,
+                (Op::Lrn(s), Some(g)) => {
                     let scale = b.lrn_scales[i]
                         .as_ref()
                         .expect("LRN layers have a scale buffer");
-                    dev.lrn_backward(x, y, scale, dy, dx, s, batch)?;
+                    dev.lrn_backward(x, y, scale, dy, g.dx, s, batch)?;
                 }
-                (Op::MaxPool(s), Some(dx)) => dev.maxpool_backward(x, y, dy, dx, s, batch)?,
-                (Op::Dropout { p }, Some(dx)) => {
+                (Op::MaxPool(s), Some(g)) => dev.maxpool_backward(x, y, dy, g.dx, s, batch)?,
+                (Op::Dropout { p }, Some(g)) => {
                     let key = self
                         .dropout_key
                         .expect("backward follows a training forward");
-                    dev.dropout_backward(dy, dx, *p, dropout_key_for(key, i, self.link.rank()))?;
+                    dev.dropout_backward(dy, g.dx, *p, dropout_key_for(key, i, rank))?;
                 }
             }
-            if let (Some(full), Some(own)) = (b.gathered_grads[i].as_ref(), grads_before.last_mut())
-            {
+            if let (Some(full), Some(own)) = (b.gathered_grads[i].as_ref(), reduce_into) {
                 let exchange = Instant::now();
-                if self.profile {
+                if profile {
+                    self.device.fence()?;
+                    self.link.reduce_scatter(full, own)?;
+                    self.device.fence()?;
+                } else if !started {
+                    return Err(Error::Training(format!(
+                        "the device never started the reduce-scatter of {}'s input gradient",
+                        layer.name
+                    )));
+                }
+                self.link.land()?;
+                if profile {
                     self.device.fence()?;
                 }
-                self.link.reduce_scatter(full, own)?;
-                if self.profile {
-                    self.device.fence()?;
-                }
-                self.timings[i].exchange_s += exchange.elapsed().as_secs_f64();
+                self.timings[i].exchange_s += exchange_s + exchange.elapsed().as_secs_f64();
             }
             if self.profile {
                 self.device.fence()?;
@@ -545,6 +620,29 @@ fn check_labels(labels: &[u32], classes: usize) -> Result<()> {
     }
 }
 
+/// Uploads images `range` of the `batch` in `images` into `y` (which holds
+/// exactly that many).
+fn upload<D: Device>(
+    device: &mut D,
+    (images, batch): (&Images, usize),
+    range: std::ops::Range<usize>,
+    y: &mut D::Buf,
+) -> Result<()> {
+    match images {
+        Images::F32(v) => {
+            let per = v.len() / batch;
+            device.input_from_f32(&v[range.start * per..range.end * per], y)
+        }
+        Images::U8 { pixels, offsets } => {
+            let (per, offsets_per) = (pixels.len() / batch, offsets.len() / batch);
+            device.input_from_u8(
+                &pixels[range.start * per..range.end * per],
+                &offsets[range.start * offsets_per..range.end * offsets_per],
+                y,
+            )
+        }
+    }
+}
 /// The dropout mask stream of layer `layer` in tower `rank` for a step keyed `step_key`.
 pub fn dropout_key_for(step_key: u64, layer: usize, rank: usize) -> u64 {
     derive(derive(step_key, layer as u64), rank as u64)

@@ -199,6 +199,7 @@ impl TowerPair {
         let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
         let shared = CopyShared::new(Arc::clone(&watch));
         let device_watch = Arc::clone(&watch);
+        let one_gpu = ordinals[0] == ordinals[1];
         let pair = TowerPair::spawn(
             plan,
             batch,
@@ -206,7 +207,7 @@ impl TowerPair {
             watch,
             watched_gpus(ordinals, options, device_watch),
             move |rank, device: &Faulty<CudaDevice>| {
-                Ok(CopyLink::new(rank, device.inner(), Arc::clone(&shared)))
+                CopyLink::new(rank, device.inner(), Arc::clone(&shared), one_gpu)
             },
         )?;
         pair.ready()?;

@@ -8,7 +8,7 @@
 
 use alexnet::device::cpu::CpuDevice;
 use alexnet::device::cuda::{CudaDevice, CudaOptions, probe};
-use alexnet::device::{Device, SgdStep};
+use alexnet::device::{Device, Input, InputGrad, SgdStep};
 use alexnet::net::init::init_twin;
 use alexnet::net::plan::{Op, Plan, TOWERS};
 use alexnet::net::spec::InitScheme;
@@ -174,13 +174,16 @@ fn layer_f64(
     };
     match op {
         Op::Conv(s) => {
-            dev.conv_forward(&x, &w, &bias, &mut out.y, s, batch)
+            dev.conv_forward(Input::Own(&x), &w, &bias, &mut out.y, s, batch)
                 .unwrap();
             dev.conv_backward(
                 &x,
                 &w,
                 &dy,
-                Some(&mut out.dx),
+                Some(InputGrad {
+                    dx: &mut out.dx,
+                    queued: &mut |_| Ok(()),
+                }),
                 &mut out.dw,
                 &mut out.dbias,
                 s,
@@ -189,12 +192,16 @@ fn layer_f64(
             .unwrap();
         }
         Op::Fc(s) => {
-            dev.fc_forward(&x, &w, &bias, &mut out.y, s, batch).unwrap();
+            dev.fc_forward(Input::Own(&x), &w, &bias, &mut out.y, s, batch)
+                .unwrap();
             dev.fc_backward(
                 &x,
                 &w,
                 &dy,
-                Some(&mut out.dx),
+                Some(InputGrad {
+                    dx: &mut out.dx,
+                    queued: &mut |_| Ok(()),
+                }),
                 &mut out.dw,
                 &mut out.dbias,
                 s,
@@ -265,13 +272,23 @@ fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
                         // Algorithms chosen for a larger batch, as a run's
                         // warm-up does, then used at this one.
                         gpu.prepare_conv(s, 2 * batch).unwrap();
-                        gpu.conv_forward(&x.gpu, &w_gpu, &bias_gpu, &mut y.gpu, s, batch)
-                            .unwrap();
+                        gpu.conv_forward(
+                            Input::Own(&x.gpu),
+                            &w_gpu,
+                            &bias_gpu,
+                            &mut y.gpu,
+                            s,
+                            batch,
+                        )
+                        .unwrap();
                         gpu.conv_backward(
                             &x.gpu,
                             &w_gpu,
                             &dy.gpu,
-                            Some(&mut dx.gpu),
+                            Some(InputGrad {
+                                dx: &mut dx.gpu,
+                                queued: &mut |_| Ok(()),
+                            }),
                             &mut dw_gpu,
                             &mut db_gpu,
                             s,
@@ -280,13 +297,16 @@ fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
                         .unwrap();
                     }
                     Op::Fc(s) => {
-                        gpu.fc_forward(&x.gpu, &w_gpu, &bias_gpu, &mut y.gpu, s, batch)
+                        gpu.fc_forward(Input::Own(&x.gpu), &w_gpu, &bias_gpu, &mut y.gpu, s, batch)
                             .unwrap();
                         gpu.fc_backward(
                             &x.gpu,
                             &w_gpu,
                             &dy.gpu,
-                            Some(&mut dx.gpu),
+                            Some(InputGrad {
+                                dx: &mut dx.gpu,
+                                queued: &mut |_| Ok(()),
+                            }),
                             &mut dw_gpu,
                             &mut db_gpu,
                             s,

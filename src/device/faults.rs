@@ -12,7 +12,7 @@
 //! `ALEXNET_FAULT=TOWER:hang:K` — its first FC layer never returns in its
 //! K-th forward pass.
 
-use super::{Device, LossStats, SgdStep};
+use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 
@@ -140,7 +140,7 @@ impl<D: Device> Device for Faulty<D> {
     }
     fn conv_forward(
         &mut self,
-        x: &Self::Buf,
+        x: Input<'_, Self::Buf>,
         w: &[Self::Buf],
         bias: &Self::Buf,
         y: &mut Self::Buf,
@@ -154,7 +154,7 @@ impl<D: Device> Device for Faulty<D> {
         x: &Self::Buf,
         w: &[Self::Buf],
         dy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
+        dx: Option<InputGrad<'_, Self::Buf>>,
         dw: &mut [Self::Buf],
         dbias: &mut Self::Buf,
         shape: &ConvShape,
@@ -166,7 +166,7 @@ impl<D: Device> Device for Faulty<D> {
     }
     fn fc_forward(
         &mut self,
-        x: &Self::Buf,
+        x: Input<'_, Self::Buf>,
         w: &[Self::Buf],
         bias: &Self::Buf,
         y: &mut Self::Buf,
@@ -181,7 +181,7 @@ impl<D: Device> Device for Faulty<D> {
         x: &Self::Buf,
         w: &[Self::Buf],
         dy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
+        dx: Option<InputGrad<'_, Self::Buf>>,
         dw: &mut [Self::Buf],
         dbias: &mut Self::Buf,
         shape: &FcShape,

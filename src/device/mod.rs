@@ -44,6 +44,57 @@ impl SgdStep {
     }
 }
 
+/// A layer's input: this tower's own, or both towers' (§3.2), the other
+/// tower's part arriving by an all-gather started before the layer.
+pub enum Input<'a, B> {
+    /// The previous layer's output on this tower.
+    Own(&'a B),
+    /// Both towers' outputs.
+    Both(Gathering<'a, B>),
+}
+
+/// Both towers' outputs while their all-gather may still be in flight.
+pub struct Gathering<'a, B> {
+    /// This tower's rank: `own` is the `rank`-th part of `gathered`.
+    pub rank: usize,
+    /// This tower's part, ready now.
+    pub own: &'a B,
+    /// `[tower][image][features]`; ready for device work queued after
+    /// `landed` returns, so a device may compute with `own` first.
+    pub gathered: &'a B,
+    /// Makes the device's later work wait for the gathered input.
+    pub landed: &'a mut dyn FnMut() -> Result<()>,
+}
+
+impl<'a, B> Input<'a, B> {
+    /// The whole input, once it has landed: for devices that do not overlap.
+    pub fn landed(self) -> Result<&'a B> {
+        match self {
+            Input::Own(x) => Ok(x),
+            Input::Both(g) => {
+                (g.landed)()?;
+                Ok(g.gathered)
+            }
+        }
+    }
+}
+
+/// Where a layer's input gradient goes, and what follows once it is queued.
+pub struct InputGrad<'a, B> {
+    pub dx: &'a mut B,
+    /// Called once `dx` is queued and before the weight gradients are: it
+    /// starts the reduce-scatter of a layer that reads both towers (§3.2),
+    /// which a device that runs asynchronously overlaps with them.
+    pub queued: &'a mut dyn FnMut(&B) -> Result<()>,
+}
+
+impl<B> InputGrad<'_, B> {
+    /// Tells what follows that `dx` is queued (calls `queued`).
+    pub fn announce(self) -> Result<()> {
+        (self.queued)(self.dx)
+    }
+}
+
 /// One tower's operations on one device. Buffers hold f32 in NCHW order, batch
 /// outermost. A layer reading `sources` towers gets its input as
 /// `sources` consecutive batches (`[source][image][features]`, the layout an
@@ -85,21 +136,22 @@ pub trait Device {
     /// `y = bias + Σ_s conv(x_s, w_s)`.
     fn conv_forward(
         &mut self,
-        x: &Self::Buf,
+        x: Input<'_, Self::Buf>,
         w: &[Self::Buf],
         bias: &Self::Buf,
         y: &mut Self::Buf,
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()>;
-    /// Weight and bias gradients, and the input gradient when `dx` is given.
+    /// Weight and bias gradients, and the input gradient when `dx` is given
+    /// (calling its `queued` before the weight gradients are queued).
     #[allow(clippy::too_many_arguments)]
     fn conv_backward(
         &mut self,
         x: &Self::Buf,
         w: &[Self::Buf],
         dy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
+        dx: Option<InputGrad<'_, Self::Buf>>,
         dw: &mut [Self::Buf],
         dbias: &mut Self::Buf,
         shape: &ConvShape,
@@ -109,21 +161,22 @@ pub trait Device {
     /// `y = bias + Σ_s x_s · w_sᵀ` with `w_s` of shape outputs × inputs.
     fn fc_forward(
         &mut self,
-        x: &Self::Buf,
+        x: Input<'_, Self::Buf>,
         w: &[Self::Buf],
         bias: &Self::Buf,
         y: &mut Self::Buf,
         shape: &FcShape,
         batch: usize,
     ) -> Result<()>;
-    /// Weight and bias gradients, and the input gradient when `dx` is given.
+    /// Weight and bias gradients, and the input gradient when `dx` is given
+    /// (calling its `queued` before the weight gradients are queued).
     #[allow(clippy::too_many_arguments)]
     fn fc_backward(
         &mut self,
         x: &Self::Buf,
         w: &[Self::Buf],
         dy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
+        dx: Option<InputGrad<'_, Self::Buf>>,
         dw: &mut [Self::Buf],
         dbias: &mut Self::Buf,
         shape: &FcShape,

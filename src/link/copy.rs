@@ -5,15 +5,21 @@
 //! which this link enables, staged through host memory by the driver
 //! otherwise).
 //!
+//! The copies (and the sum of a reduce-scatter) run on the tower's exchange
+//! stream ([`SideStream`]), which waits for the tower's work before each
+//! exchange; the tower's work waits for the exchanges at [`Link::land`], so
+//! what it queues in between runs beside them.
+//!
 //! No exchange waits for a GPU. The streams are ordered by CUDA events that
 //! the tower threads hand each other ([`Handoff`]): at each exchange a tower
-//! records "my buffer is written" on its stream and posts that event with
-//! the buffer's address; the other makes its stream wait for the event
-//! (`cuStreamWaitEvent`) before its copy. The host only orders the record
-//! before the wait (a wait on an event not yet recorded would not wait). A
-//! pass sends each buffer once and the next pass overwrites it, so at the
-//! end of a pass ([`Link::end_pass`]) each tower records "I have read yours"
-//! and the other's stream waits for it before anything it queues later.
+//! records "my buffer is written" on its compute stream and posts that event
+//! with the buffer's address; the other makes its exchange stream wait for
+//! the event (`cuStreamWaitEvent`) before its copy. The host only orders the
+//! record before the wait (a wait on an event not yet recorded would not
+//! wait). A pass sends each buffer once and the next pass overwrites it, so
+//! at the end of a pass ([`Link::end_pass`]) each tower records "I have read
+//! yours" on its exchange stream and the other's compute stream waits for it
+//! before anything it queues later.
 //! Every wait is thus on an event already recorded, which the GPU reaches
 //! as long as the other tower's queued work runs; the host-side handoffs
 //! give up on the other tower's failure or after the pair's timeout.
@@ -28,6 +34,7 @@
 
 use super::handoff::Handoff;
 use super::rendezvous::Rendezvous;
+use super::side::SideStream;
 use super::{Link, check_sizes, slice_of};
 use crate::device::cuda::CudaDevice;
 use crate::device::cuda::kernels::Kernels;
@@ -85,7 +92,10 @@ impl CopyShared {
 /// One tower's end of the copy link.
 pub struct CopyLink {
     rank: usize,
+    /// The tower's compute stream.
     stream: Arc<CudaStream>,
+    /// Where the copies run.
+    side: SideStream,
     kernels: Arc<Kernels>,
     shared: Arc<CopyShared>,
     /// The other tower's part of a reduce-scatter, copied here first.
@@ -97,6 +107,8 @@ pub struct CopyLink {
     sent_read: Sent,
     /// Whether this pass copied anything of the other tower's.
     read_this_pass: bool,
+    /// Whether both towers are on one GPU.
+    one_gpu: bool,
 }
 
 /// Events a tower posted, numbered, kept alive until the other has taken them.
@@ -121,11 +133,18 @@ impl Sent {
 }
 
 impl CopyLink {
-    /// Tower `rank`'s end, working on `device`'s stream.
-    pub fn new(rank: usize, device: &CudaDevice, shared: Arc<CopyShared>) -> Self {
-        CopyLink {
+    /// Tower `rank`'s end, beside `device`'s stream; `one_gpu` when both
+    /// towers are on the same GPU.
+    pub fn new(
+        rank: usize,
+        device: &CudaDevice,
+        shared: Arc<CopyShared>,
+        one_gpu: bool,
+    ) -> Result<Self> {
+        Ok(CopyLink {
             rank,
             stream: Arc::clone(device.stream()),
+            side: SideStream::new(device.stream())?,
             kernels: Arc::clone(device.kernels()),
             shared,
             scratch: None,
@@ -133,7 +152,8 @@ impl CopyLink {
             sent_ready: Sent::default(),
             sent_read: Sent::default(),
             read_this_pass: false,
-        }
+            one_gpu,
+        })
     }
 
     fn context(&self) -> CUcontext {
@@ -199,7 +219,7 @@ impl CopyLink {
     /// event; returns what this tower sends.
     fn send(&mut self, buf: &CudaSlice<f32>) -> Result<Published> {
         let source = self.published(buf);
-        let event = self.record("marking a buffer sent")?;
+        let event = Self::record(&self.stream, "marking a buffer sent")?;
         let taken = self.shared.ready.taken_from(self.rank)?;
         let written = self.sent_ready.keep(event, taken);
         self.shared
@@ -208,30 +228,29 @@ impl CopyLink {
         Ok(source)
     }
 
-    /// The other tower's buffer of this exchange, this stream made to wait
-    /// until it is written.
+    /// The other tower's buffer of this exchange, the exchange stream made
+    /// to wait until it is written.
     fn receive(&self) -> Result<Published> {
         self.shared.ready.take(self.rank, |ready| {
-            self.wait(ready.written)?;
+            Self::wait(self.side.stream(), ready.written)?;
             Ok(ready.source)
         })
     }
 
-    fn record(&self, what: &str) -> Result<CudaEvent> {
-        self.stream
-            .record_event(None)
-            .map_err(|e| Error::cuda(what, e))
+    /// An event recorded now on `stream` (this tower's compute or exchange stream).
+    fn record(stream: &CudaStream, what: &str) -> Result<CudaEvent> {
+        stream.record_event(None).map_err(|e| Error::cuda(what, e))
     }
 
-    /// Makes this stream wait for the other tower's event `event`.
-    fn wait(&self, event: SentEvent) -> Result<()> {
+    /// Makes `stream` (this tower's) wait for the other tower's event `event`.
+    fn wait(stream: &CudaStream, event: SentEvent) -> Result<()> {
         // SAFETY: the event is alive: its owner keeps it until this take
         // has returned (the handoff's lock is held through it); the wait is
         // queued on this tower's own stream, in its bound context (an event
         // of another context is allowed).
         unsafe {
             cudarc::driver::result::stream::wait_event(
-                self.stream.cu_stream(),
+                stream.cu_stream(),
                 event.0 as CUevent,
                 CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
             )
@@ -239,11 +258,12 @@ impl CopyLink {
         .map_err(|e| Error::cuda("ordering the towers' streams", e))
     }
 
-    /// Queues a copy of `bytes` from `src` to this tower's `dst`.
+    /// Queues a copy of `bytes` from `src` to this tower's `dst` on the
+    /// exchange stream.
     fn copy(&self, dst: u64, src: Published, bytes: usize) -> Result<()> {
         // SAFETY: `src` is not overwritten before this copy is done (the
         // other tower's later passes wait for this pass's reads, end_pass);
-        // `dst` is ours.
+        // `dst` is ours, not read by this tower's work before `land`.
         unsafe {
             cudarc::driver::result::memcpy_peer_async(
                 self.context(),
@@ -251,7 +271,7 @@ impl CopyLink {
                 src.context as CUcontext,
                 src.address,
                 bytes,
-                self.stream.cu_stream(),
+                self.side.stream().cu_stream(),
             )
         }
         .map_err(|e| Error::cuda("copying between towers", e))
@@ -279,9 +299,10 @@ impl Link<CudaSlice<f32>> for CopyLink {
         let len = local.len();
         check_sizes("all-gather", len, gathered.len())?;
         self.grant_once(local)?;
+        self.side.follow()?;
         let mine = self.send(local)?;
         let theirs = self.receive()?;
-        let base = gathered.device_ptr(&self.stream).0;
+        let base = gathered.device_ptr(self.side.stream()).0;
         for r in 0..TOWERS {
             let src = if r == self.rank { mine } else { theirs };
             self.copy(base + (slice_of(r, len).start * 4) as u64, src, len * 4)?;
@@ -294,10 +315,13 @@ impl Link<CudaSlice<f32>> for CopyLink {
         let len = local.len();
         check_sizes("reduce-scatter", len, full.len())?;
         self.grant_once(full)?;
+        self.side.follow()?;
         if self.scratch.as_ref().is_none_or(|s| s.len() < len) {
-            // An old one is freed in stream order, after the work queued on it.
+            // On the exchange stream, so that an old one is freed in its
+            // order, after the work queued on it.
             self.scratch = Some(
-                self.stream
+                self.side
+                    .stream()
                     .alloc_zeros(len)
                     .map_err(|e| Error::cuda("allocating the exchange buffer", e))?,
             );
@@ -312,25 +336,40 @@ impl Link<CudaSlice<f32>> for CopyLink {
         let Some(scratch) = self.scratch.as_ref() else {
             return Err(Error::cuda("a reduce-scatter", "no exchange buffer"));
         };
-        self.copy(scratch.device_ptr(&self.stream).0, part, len * 4)?;
+        self.copy(scratch.device_ptr(self.side.stream()).0, part, len * 4)?;
         // Two summands: a + b is b + a exactly, so the rank order of the
         // sum needs no care.
         self.kernels
             .elementwise
-            .add(&self.stream, local, &full.slice(own), scratch)?;
+            .add(self.side.stream(), local, &full.slice(own), scratch)?;
         self.read_this_pass = true;
         Ok(())
     }
 
+    fn land(&mut self) -> Result<()> {
+        self.side.land()
+    }
+
+    /// On one GPU: the towers share its link to the host, so each uploads
+    /// half of each batch and copies the other half from the other tower.
+    fn splits_input(&self) -> bool {
+        self.one_gpu
+    }
+
     fn end_pass(&mut self) -> Result<()> {
+        // This tower's later work (which overwrites and frees the buffers the
+        // copies used) waits for every copy of the pass.
+        self.side.land()?;
         // Both towers make the same exchanges, so both skip or neither.
         if !std::mem::take(&mut self.read_this_pass) {
             return Ok(());
         }
-        let event = self.record("marking the other tower's buffers read")?;
+        let event = Self::record(self.side.stream(), "marking the other tower's buffers read")?;
         let taken = self.shared.read.taken_from(self.rank)?;
         let read = self.sent_read.keep(event, taken);
         self.shared.read.post(self.rank, read)?;
-        self.shared.read.take(self.rank, |theirs| self.wait(theirs))
+        self.shared
+            .read
+            .take(self.rank, |theirs| Self::wait(&self.stream, theirs))
     }
 }

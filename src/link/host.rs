@@ -87,6 +87,16 @@ impl<T: Copy + Default + std::ops::AddAssign> Link<Vec<T>> for HostLink<T> {
         })
     }
 
+    /// Nothing to wait for: each exchange is done when it returns.
+    fn land(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// No: both towers read the batch where it is, in host memory.
+    fn splits_input(&self) -> bool {
+        false
+    }
+
     /// Nothing to order: each exchange has copied what it read before it returns.
     fn end_pass(&mut self) -> Result<()> {
         Ok(())

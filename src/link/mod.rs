@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod host;
 pub mod nccl;
 pub mod rendezvous;
+pub mod side;
 
 use crate::error::{Error, Result};
 use crate::net::plan::{Plan, TOWERS};
@@ -22,10 +23,23 @@ use std::ops::Range;
 pub trait Link<B> {
     /// This tower's rank.
     fn rank(&self) -> usize;
-    /// `gathered[slice_of(r, len)] = local of tower r`, for every tower r.
+    /// Starts `gathered[slice_of(r, len)] = local of tower r`, for every
+    /// tower r: the result is there for work queued after [`Link::land`].
     fn all_gather(&mut self, local: &B, gathered: &mut B) -> Result<()>;
-    /// `local = Σ_r full of tower r [slice_of(rank, len)]`.
+    /// Starts `local = Σ_r full of tower r [slice_of(rank, len)]`: the
+    /// result is there for work queued after [`Link::land`].
     fn reduce_scatter(&mut self, full: &B, local: &mut B) -> Result<()>;
+    /// Makes this tower's later work wait until the exchanges started so
+    /// far have landed. Between the start and the landing the tower queues
+    /// what does not depend on the exchange, which a link whose exchanges
+    /// run beside the tower's work (on a stream of their own) overlaps with
+    /// them; a link whose exchanges are done when they return has nothing
+    /// to do here.
+    fn land(&mut self) -> Result<()>;
+    /// Whether both towers run on one device, so that each uploads only
+    /// its half of a batch and an all-gather on the device (before the
+    /// first layer) puts the halves together.
+    fn splits_input(&self) -> bool;
     /// Ends a pass (a forward-only pass, or a training step after its last
     /// reduce-scatter): a pass sends each buffer once, and the next pass
     /// overwrites it, so a link whose exchanges return before the other
@@ -119,6 +133,7 @@ mod tests {
     use crate::link::host::HostLink;
     use crate::net::init::init_twin;
     use crate::net::spec::InitScheme;
+    use crate::tower::ParamSet;
     use crate::towers::{Batch, TowerPair};
     use crate::watch::Watch;
     use std::sync::{Arc, Mutex};
@@ -151,8 +166,175 @@ mod tests {
             self.note(Direction::ReduceScatter, local.len());
             self.inner.reduce_scatter(full, local)
         }
+        fn land(&mut self) -> Result<()> {
+            self.inner.land()
+        }
+        fn splits_input(&self) -> bool {
+            self.inner.splits_input()
+        }
         fn end_pass(&mut self) -> Result<()> {
             self.inner.end_pass()
+        }
+    }
+
+    /// The host link with its exchanges held back until [`Link::land`], as
+    /// a GPU link's run beside the tower's work: until then what an
+    /// exchange writes holds NaN, so a tower or device that reads it before
+    /// landing spoils the step.
+    struct Deferred {
+        inner: HostLink,
+        pending: Vec<Pending>,
+        /// What [`Link::splits_input`] answers.
+        splits: bool,
+    }
+
+    /// An exchange started and not landed: what it reads and writes, as
+    /// a GPU holds them (by address, behind the tower's borrows).
+    struct Pending {
+        gather: bool,
+        send: *const Vec<f32>,
+        receive: *mut f32,
+        receive_len: usize,
+    }
+
+    // SAFETY: a tower's link and the buffers it points into stay on that
+    // tower's thread; the pointers are only followed there, in `land`.
+    unsafe impl Send for Deferred {}
+
+    impl Deferred {
+        fn start(&mut self, gather: bool, send: &Vec<f32>, receive: &mut Vec<f32>) {
+            receive.fill(f32::NAN);
+            self.pending.push(Pending {
+                gather,
+                send,
+                receive: receive.as_mut_ptr(),
+                receive_len: receive.len(),
+            });
+        }
+    }
+
+    impl Link<Vec<f32>> for Deferred {
+        fn rank(&self) -> usize {
+            self.inner.rank()
+        }
+        fn all_gather(&mut self, local: &Vec<f32>, gathered: &mut Vec<f32>) -> Result<()> {
+            self.start(true, local, gathered);
+            Ok(())
+        }
+        fn reduce_scatter(&mut self, full: &Vec<f32>, local: &mut Vec<f32>) -> Result<()> {
+            self.start(false, full, local);
+            Ok(())
+        }
+        /// Reads what was sent now (so a tower that overwrote it after the
+        /// start is caught), and fails if the tower wrote where the exchange
+        /// writes before it landed.
+        fn land(&mut self) -> Result<()> {
+            for p in std::mem::take(&mut self.pending) {
+                // SAFETY: the tower keeps its buffers until the pass ends,
+                // and no exchange outlives its pass (`end_pass` below). The
+                // tower may hold shared borrows of the received buffer while
+                // this writes it, as a GPU writes behind them: that is the
+                // point of the test, and outside what Rust's aliasing rules
+                // (and Miri) accept; nothing here reads through those borrows
+                // while it writes.
+                let (send, receive) = unsafe {
+                    (
+                        (*p.send).clone(),
+                        std::slice::from_raw_parts_mut(p.receive, p.receive_len),
+                    )
+                };
+                if !receive.iter().all(|v| v.is_nan()) {
+                    return Err(Error::Training("written before it landed".into()));
+                }
+                let mut landed = vec![0.0; p.receive_len];
+                match p.gather {
+                    true => self.inner.all_gather(&send, &mut landed)?,
+                    false => self.inner.reduce_scatter(&send, &mut landed)?,
+                }
+                receive.copy_from_slice(&landed);
+            }
+            Ok(())
+        }
+        fn splits_input(&self) -> bool {
+            self.splits
+        }
+        fn end_pass(&mut self) -> Result<()> {
+            if !self.pending.is_empty() {
+                return Err(Error::Training(format!(
+                    "{} exchanges never landed",
+                    self.pending.len()
+                )));
+            }
+            self.inner.end_pass()
+        }
+    }
+
+    /// Two training steps through [`Deferred`] give bit for bit what the
+    /// host link gives: the tower waits for every exchange before it reads
+    /// its result, and lands each before its pass ends; and so they do
+    /// when each tower uploads half of each batch and gathers the rest.
+    #[test]
+    fn towers_read_no_exchange_before_it_lands() {
+        for splits in [false, true] {
+            deferred_steps_equal_host_steps(splits);
+        }
+    }
+
+    fn deferred_steps_equal_host_steps(splits: bool) {
+        let plan = Arc::new(Plan::load("small").unwrap());
+        let batch = 4;
+        let init = init_twin(&plan, InitScheme::He, 5);
+        let watch = Arc::new(Watch::cpu());
+        let ends = Mutex::new(HostLink::pair_in(&watch).map(Some));
+        let deferred = TowerPair::spawn(
+            Arc::clone(&plan),
+            batch,
+            &init,
+            watch,
+            |_| Ok(CpuDevice::<f32>::default()),
+            move |rank, _: &CpuDevice<f32>| {
+                let inner = ends.lock().unwrap()[rank].take().unwrap();
+                let pending = Vec::new();
+                Ok(Deferred {
+                    inner,
+                    pending,
+                    splits,
+                })
+            },
+        )
+        .unwrap();
+        let host = TowerPair::cpu::<f32>(Arc::clone(&plan), batch, &init).unwrap();
+        let sgd = SgdStep {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        };
+        for step in 0..2u64 {
+            let images: Vec<f32> = (0..batch * plan.input.len())
+                .map(|i| ((i as u64 * 7 + step) % 13) as f32 / 13.0 - 0.5)
+                .collect();
+            let batch = Batch {
+                images: Arc::new(images.into()),
+                labels: Arc::new(vec![0, 3, 7, 1]),
+            };
+            let want = host.train_step(&batch, step + 1, Some(sgd)).unwrap();
+            let got = deferred.train_step(&batch, step + 1, Some(sgd)).unwrap();
+            assert!(got.loss_sum.is_finite(), "step {step}: loss {got:?}");
+            assert_eq!(got, want, "step {step}, split input {splits}");
+        }
+        let (want, got) = (
+            host.download(ParamSet::Weights).unwrap(),
+            deferred.download(ParamSet::Weights).unwrap(),
+        );
+        for (w, g) in want.iter().zip(&got) {
+            assert!(
+                w.data
+                    .iter()
+                    .zip(&g.data)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{}, split input {splits}",
+                w.name
+            );
         }
     }
 

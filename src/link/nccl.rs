@@ -1,8 +1,10 @@
 //! The link over NCCL: one tower per GPU, one communicator per tower thread,
-//! all-gather and summing reduce-scatter queued on the tower's own stream.
-//! The host never waits at an exchange: the calls are queued behind the
-//! layer that produced the data and ahead of the one that reads it. Nothing
-//! overlaps compute yet: the exchanges run on the compute stream, in order.
+//! all-gather and summing reduce-scatter queued on the tower's exchange
+//! stream ([`SideStream`]), behind the layer that produced the data (by an
+//! event) and ahead of the work that reads the result (by another, at
+//! [`Link::land`]); what the tower queues in between (the own tower's part
+//! of the next layer, the weight gradients of the layer just done) runs
+//! beside the exchange. The host never waits at an exchange.
 //!
 //! The communicator is created non-blocking (`blocking = 0`), so that no
 //! NCCL call can hold a tower's thread while the other tower has failed:
@@ -11,12 +13,13 @@
 //! other tower's failure), as NCCL requires before the next call. The
 //! communicator is our own [`RawComm`], aborted on drop without a panic.
 
+use super::side::SideStream;
 use super::{Link, check_sizes};
 use crate::device::cuda::CudaDevice;
 use crate::device::cuda::nccl_lib::{message, version};
 use crate::error::{Error, Result};
 use crate::watch::Watch;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use cudarc::nccl::Id;
 use cudarc::nccl::result::NcclError;
 use cudarc::nccl::sys::{self, ncclResult_t};
@@ -26,7 +29,8 @@ use std::sync::Arc;
 pub struct NcclLink {
     comm: RawComm,
     rank: usize,
-    stream: Arc<CudaStream>,
+    /// Where the collectives run.
+    side: SideStream,
     watch: Arc<Watch>,
 }
 
@@ -108,10 +112,11 @@ impl NcclLink {
             sys::ncclCommInitRankConfig(&mut raw, world as i32, unique, rank as i32, &mut config)
         };
         // Owned from here on, so that any failure below aborts it.
+        let comm = RawComm(raw);
         let link = NcclLink {
-            comm: RawComm(raw),
+            side: SideStream::new(device.stream())?,
+            comm,
             rank,
-            stream: Arc::clone(device.stream()),
             watch,
         };
         link.started(started, &what)?;
@@ -143,8 +148,10 @@ impl NcclLink {
         })
     }
 
-    fn stream(&self) -> sys::cudaStream_t {
-        self.stream.cu_stream() as sys::cudaStream_t
+    /// The exchange stream, made to wait for the tower's work so far.
+    fn follow(&mut self) -> Result<sys::cudaStream_t> {
+        self.side.follow()?;
+        Ok(self.side.stream().cu_stream() as sys::cudaStream_t)
     }
 }
 
@@ -155,10 +162,14 @@ impl Link<CudaSlice<f32>> for NcclLink {
 
     fn all_gather(&mut self, local: &CudaSlice<f32>, gathered: &mut CudaSlice<f32>) -> Result<()> {
         check_sizes("all-gather", local.len(), gathered.len())?;
-        let (send, _) = local.device_ptr(&self.stream);
-        let (recv, _) = gathered.device_ptr_mut(&self.stream);
-        // SAFETY: both buffers belong to this tower's context and stream,
-        // with the sizes checked above; the call is queued on that stream.
+        let stream = self.follow()?;
+        let (send, _) = local.device_ptr(self.side.stream());
+        let (recv, _) = gathered.device_ptr_mut(self.side.stream());
+        // SAFETY: both buffers belong to this tower's context, with the
+        // sizes checked above; the call is queued on the exchange stream,
+        // after the work that wrote `local` and before any that reads
+        // `gathered` (`land`); neither is freed or rewritten before the
+        // tower's stream has waited for it (`land`, `end_pass`).
         let answer = unsafe {
             sys::ncclAllGather(
                 send as *const _,
@@ -166,7 +177,7 @@ impl Link<CudaSlice<f32>> for NcclLink {
                 local.len(),
                 sys::ncclDataType_t::ncclFloat32,
                 self.comm.0,
-                self.stream(),
+                stream,
             )
         };
         self.started(answer, "NCCL all-gather")
@@ -174,8 +185,9 @@ impl Link<CudaSlice<f32>> for NcclLink {
 
     fn reduce_scatter(&mut self, full: &CudaSlice<f32>, local: &mut CudaSlice<f32>) -> Result<()> {
         check_sizes("reduce-scatter", local.len(), full.len())?;
-        let (send, _) = full.device_ptr(&self.stream);
-        let (recv, _) = local.device_ptr_mut(&self.stream);
+        let stream = self.follow()?;
+        let (send, _) = full.device_ptr(self.side.stream());
+        let (recv, _) = local.device_ptr_mut(self.side.stream());
         // SAFETY: as in all_gather.
         let answer = unsafe {
             sys::ncclReduceScatter(
@@ -185,15 +197,24 @@ impl Link<CudaSlice<f32>> for NcclLink {
                 sys::ncclDataType_t::ncclFloat32,
                 sys::ncclRedOp_t::ncclSum,
                 self.comm.0,
-                self.stream(),
+                stream,
             )
         };
         self.started(answer, "NCCL reduce-scatter")
     }
 
-    /// Nothing to order: the collectives run on this tower's stream, in
-    /// order with the work that overwrites their buffers.
+    fn land(&mut self) -> Result<()> {
+        self.side.land()
+    }
+
+    /// No: each GPU uploads the whole batch from the host, beside the other.
+    fn splits_input(&self) -> bool {
+        false
+    }
+
+    /// The tower's later work (which overwrites and frees the buffers the
+    /// collectives used) waits for every collective of the pass.
     fn end_pass(&mut self) -> Result<()> {
-        Ok(())
+        self.side.land()
     }
 }

@@ -19,6 +19,9 @@ pub struct LayerBuffers {
 pub struct BufferSizes {
     /// The tower's input images.
     pub input: usize,
+    /// Its half of them, where the batch splits evenly: with both towers on
+    /// one GPU each uploads half a batch and the halves meet on the GPU.
+    pub input_part: Option<usize>,
     /// Per layer, in layer order.
     pub layers: Vec<LayerBuffers>,
     /// Both towers' logits.
@@ -41,6 +44,9 @@ impl BufferSizes {
             .collect();
         BufferSizes {
             input: batch * plan.input.len(),
+            input_part: batch
+                .is_multiple_of(TOWERS)
+                .then(|| batch / TOWERS * plan.input.len()),
             layers,
             logits: TOWERS * batch * plan.logits_per_tower(),
         }

@@ -31,7 +31,7 @@ pub use real::Real;
 pub use softmax::softmax_cross_entropy;
 
 use super::precision::Storage;
-use super::{Device, LossStats, SgdStep};
+use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::data::input;
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
@@ -172,13 +172,14 @@ impl<T: Real> Device for CpuDevice<T> {
 
     fn conv_forward(
         &mut self,
-        x: &Vec<T>,
+        x: Input<'_, Vec<T>>,
         w: &[Vec<T>],
         bias: &Vec<T>,
         y: &mut Vec<T>,
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
+        let x = x.landed()?;
         let (mut col, mut phases) = (take(&mut self.col), take(&mut self.phases));
         let w = self.weights(w);
         conv_forward(x, &w, bias, y, shape, batch, &mut col, &mut phases);
@@ -192,7 +193,7 @@ impl<T: Real> Device for CpuDevice<T> {
         x: &Vec<T>,
         w: &[Vec<T>],
         dy: &Vec<T>,
-        dx: Option<&mut Vec<T>>,
+        mut dx: Option<InputGrad<'_, Vec<T>>>,
         dw: &mut [Vec<T>],
         dbias: &mut Vec<T>,
         shape: &ConvShape,
@@ -201,12 +202,11 @@ impl<T: Real> Device for CpuDevice<T> {
         let (mut col, mut phases) = (take(&mut self.col), take(&mut self.phases));
         let storage = self.storage;
         let w = self.weights(w);
-        let mut dx = dx.map(Vec::as_mut_slice);
         conv_backward(
             x,
             &w,
             dy,
-            dx.as_deref_mut(),
+            dx.as_mut().map(|g| g.dx.as_mut_slice()),
             &mut slices_mut(dw),
             dbias,
             shape,
@@ -215,19 +215,20 @@ impl<T: Real> Device for CpuDevice<T> {
             &mut phases,
         );
         (self.col, self.phases) = (col, phases);
-        round_gradients(storage, dx, dw, dbias);
-        Ok(())
+        round_gradients(storage, dx.as_mut().map(|g| g.dx.as_mut_slice()), dw, dbias);
+        dx.map_or(Ok(()), InputGrad::announce)
     }
 
     fn fc_forward(
         &mut self,
-        x: &Vec<T>,
+        x: Input<'_, Vec<T>>,
         w: &[Vec<T>],
         bias: &Vec<T>,
         y: &mut Vec<T>,
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
+        let x = x.landed()?;
         let storage = self.storage;
         fc_forward(x, &self.weights(w), bias, y, shape, batch);
         round_all(storage, y);
@@ -239,26 +240,25 @@ impl<T: Real> Device for CpuDevice<T> {
         x: &Vec<T>,
         w: &[Vec<T>],
         dy: &Vec<T>,
-        dx: Option<&mut Vec<T>>,
+        mut dx: Option<InputGrad<'_, Vec<T>>>,
         dw: &mut [Vec<T>],
         dbias: &mut Vec<T>,
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
         let storage = self.storage;
-        let mut dx = dx.map(Vec::as_mut_slice);
         fc_backward(
             x,
             &self.weights(w),
             dy,
-            dx.as_deref_mut(),
+            dx.as_mut().map(|g| g.dx.as_mut_slice()),
             &mut slices_mut(dw),
             dbias,
             shape,
             batch,
         );
-        round_gradients(storage, dx, dw, dbias);
-        Ok(())
+        round_gradients(storage, dx.as_mut().map(|g| g.dx.as_mut_slice()), dw, dbias);
+        dx.map_or(Ok(()), InputGrad::announce)
     }
 
     fn relu_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
@@ -417,7 +417,7 @@ mod tests {
         let mut y = vec![0.0f32; batch * s.outputs];
         let weights = vec![w.clone()];
         device
-            .fc_forward(&x, &weights, &bias, &mut y, &s, batch)
+            .fc_forward(Input::Own(&x), &weights, &bias, &mut y, &s, batch)
             .unwrap();
         assert_eq!(weights[0], w, "the master weights were rounded");
         for n in 0..batch {
@@ -440,7 +440,7 @@ mod tests {
         // The plain device on the same inputs does not round.
         let mut plain = vec![0.0f32; y.len()];
         CpuDevice::<f32>::default()
-            .fc_forward(&x, &weights, &bias, &mut plain, &s, batch)
+            .fc_forward(Input::Own(&x), &weights, &bias, &mut plain, &s, batch)
             .unwrap();
         assert!(plain.iter().any(|&v| to_bf16(v) != v));
     }

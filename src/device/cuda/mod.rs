@@ -26,12 +26,12 @@ pub mod nccl_lib;
 pub mod probe;
 
 use super::run_ahead::RunAhead;
-use super::{Device, LossStats, SgdStep};
+use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 use crate::watch::Watch;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, DeviceSlice, LaunchConfig,
+    CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, DeviceSlice, LaunchConfig,
     ValidAsZeroBits,
 };
 use kernels::Kernels;
@@ -218,6 +218,33 @@ fn part(src: usize, len: usize) -> std::ops::Range<usize> {
     src * len..(src + 1) * len
 }
 
+/// Calls `f(source, part)` for each source tower's `in_len`-element part of
+/// a layer's input: this tower's own part first, then, once the gathered
+/// input has landed, the others', so that the all-gather overlaps the work
+/// on the own part (§3.2).
+fn by_source(
+    x: Input<'_, CudaSlice<f32>>,
+    sources: usize,
+    in_len: usize,
+    mut f: impl FnMut(usize, &CudaView<'_, f32>) -> Result<()>,
+) -> Result<()> {
+    match x {
+        Input::Own(x) => {
+            need(x, sources * in_len, "layer input")?;
+            (0..sources).try_for_each(|src| f(src, &x.slice(part(src, in_len))))
+        }
+        Input::Both(g) => {
+            need(g.own, in_len, "layer input")?;
+            need(g.gathered, sources * in_len, "gathered layer input")?;
+            f(g.rank, &g.own.slice(0..in_len))?;
+            (g.landed)()?;
+            (0..sources)
+                .filter(|&src| src != g.rank)
+                .try_for_each(|src| f(src, &g.gathered.slice(part(src, in_len))))
+        }
+    }
+}
+
 /// A zeroed buffer of `len` elements on `stream`.
 fn zeros<T: DeviceRepr + ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
@@ -289,7 +316,7 @@ impl Device for CudaDevice {
 
     fn conv_forward(
         &mut self,
-        x: &Self::Buf,
+        x: Input<'_, Self::Buf>,
         w: &[Self::Buf],
         bias: &Self::Buf,
         y: &mut Self::Buf,
@@ -300,7 +327,6 @@ impl Device for CudaDevice {
             batch * s.in_c * s.in_h * s.in_w,
             batch * s.out_c * s.out_h * s.out_w,
         );
-        need(x, s.sources * in_len, "conv input")?;
         need(y, out_len, "conv output")?;
         need(bias, s.out_c, "conv bias")?;
         self.kernels.elementwise.bias_fill(
@@ -311,19 +337,20 @@ impl Device for CudaDevice {
             u32_of(s.out_c),
             u32_of(s.out_h * s.out_w),
         )?;
-        for (src, w) in w.iter().enumerate() {
-            let x_src = x.slice(part(src, in_len));
-            self.convs.forward(s, batch, &x_src, w, y)?;
-        }
-        Ok(())
+        let convs = &mut self.convs;
+        by_source(x, s.sources, in_len, |src, x_src| {
+            convs.forward(s, batch, x_src, &w[src], y)
+        })
     }
 
+    /// The input gradient first, so that its reduce-scatter (started by
+    /// `announce`) overlaps the weight and bias gradients.
     fn conv_backward(
         &mut self,
         x: &Self::Buf,
         w: &[Self::Buf],
         dy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
+        dx: Option<InputGrad<'_, Self::Buf>>,
         dw: &mut [Self::Buf],
         dbias: &mut Self::Buf,
         s: &ConvShape,
@@ -336,24 +363,25 @@ impl Device for CudaDevice {
             batch * s.out_c * s.out_h * s.out_w,
             "conv output gradient",
         )?;
+        if let Some(dx) = dx {
+            need(dx.dx, s.sources * in_len, "conv input gradient")?;
+            for (src, w) in w.iter().enumerate() {
+                let mut dx_src = dx.dx.slice_mut(part(src, in_len));
+                self.convs.backward_data(s, batch, w, dy, &mut dx_src)?;
+            }
+            dx.announce()?;
+        }
         self.bias_grad(dy, dbias, batch, s.out_c, s.out_h * s.out_w)?;
         for (src, dw) in dw.iter_mut().enumerate() {
             let x_src = x.slice(part(src, in_len));
             self.convs.backward_filter(s, batch, &x_src, dy, dw)?;
-        }
-        if let Some(dx) = dx {
-            need(dx, s.sources * in_len, "conv input gradient")?;
-            for (src, w) in w.iter().enumerate() {
-                let mut dx_src = dx.slice_mut(part(src, in_len));
-                self.convs.backward_data(s, batch, w, dy, &mut dx_src)?;
-            }
         }
         Ok(())
     }
 
     fn fc_forward(
         &mut self,
-        x: &Self::Buf,
+        x: Input<'_, Self::Buf>,
         w: &[Self::Buf],
         bias: &Self::Buf,
         y: &mut Self::Buf,
@@ -361,7 +389,6 @@ impl Device for CudaDevice {
         batch: usize,
     ) -> Result<()> {
         let in_len = batch * s.inputs;
-        need(x, s.sources * in_len, "fc input")?;
         need(y, batch * s.outputs, "fc output")?;
         need(bias, s.outputs, "fc bias")?;
         self.kernels.elementwise.bias_fill(
@@ -373,18 +400,19 @@ impl Device for CudaDevice {
             1,
         )?;
         let dims = [batch, s.inputs, s.outputs];
-        for (src, w) in w.iter().enumerate() {
-            self.blas.forward(dims, &x.slice(part(src, in_len)), w, y)?;
-        }
-        Ok(())
+        let blas = &mut self.blas;
+        by_source(x, s.sources, in_len, |src, x_src| {
+            blas.forward(dims, x_src, &w[src], y)
+        })
     }
 
+    /// The input gradient first, as in `conv_backward`.
     fn fc_backward(
         &mut self,
         x: &Self::Buf,
         w: &[Self::Buf],
         dy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
+        dx: Option<InputGrad<'_, Self::Buf>>,
         dw: &mut [Self::Buf],
         dbias: &mut Self::Buf,
         s: &FcShape,
@@ -393,18 +421,19 @@ impl Device for CudaDevice {
         let in_len = batch * s.inputs;
         need(x, s.sources * in_len, "fc input")?;
         need(dy, batch * s.outputs, "fc output gradient")?;
-        self.bias_grad(dy, dbias, batch, s.outputs, 1)?;
         let dims = [batch, s.inputs, s.outputs];
+        if let Some(dx) = dx {
+            need(dx.dx, s.sources * in_len, "fc input gradient")?;
+            for (src, w) in w.iter().enumerate() {
+                let mut dx_src = dx.dx.slice_mut(part(src, in_len));
+                self.blas.input_grad(dims, w, dy, &mut dx_src)?;
+            }
+            dx.announce()?;
+        }
+        self.bias_grad(dy, dbias, batch, s.outputs, 1)?;
         for (src, dw) in dw.iter_mut().enumerate() {
             self.blas
                 .weight_grad(dims, &x.slice(part(src, in_len)), dy, dw)?;
-        }
-        if let Some(dx) = dx {
-            need(dx, s.sources * in_len, "fc input gradient")?;
-            for (src, w) in w.iter().enumerate() {
-                let mut dx_src = dx.slice_mut(part(src, in_len));
-                self.blas.input_grad(dims, w, dy, &mut dx_src)?;
-            }
         }
         Ok(())
     }
