@@ -366,6 +366,13 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
             self.timings[i].forward_s = start.elapsed().as_secs_f64();
         }
+        self.loss(labels, grad_scale)
+    }
+
+    /// The loss over both towers' logits (gathered here), and the gradient
+    /// of this tower's own logits, times `grad_scale`.
+    fn loss(&mut self, labels: &[u32], grad_scale: f32) -> Result<()> {
+        let b = &mut *self.buffers;
         let start = Instant::now();
         let last = b.outputs.last().expect("a plan has layers");
         let exchange = Instant::now();
