@@ -1,7 +1,7 @@
 // Element-wise kernels the CUDA device needs beside cuDNN and cuBLAS:
 // ReLU (paper §3.1), inverted dropout (§4.2), the momentum-SGD update (§5),
-// bias broadcast and the sum of two buffers (the emulation link's
-// reduce-scatter). Grid-stride loops, one element per step.
+// bias broadcast, the sum of two buffers (the emulation link's
+// reduce-scatter) and the overflow check of a loss-scaled step. Grid-stride loops, one element per step.
 
 #define FOR_EACH(i, n)                                                          \
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; \
@@ -77,4 +77,14 @@ extern "C" __global__ void add_f32(
     float* out, const float* a, const float* b, unsigned long long n)
 {
     FOR_EACH(i, n) { out[i] = a[i] + b[i]; }
+}
+
+// flag = 1 when any of x's n elements is infinite or NaN (left as it is
+// otherwise, so that one flag can gather several buffers).
+extern "C" __global__ void flag_nonfinite_f32(
+    const float* x, unsigned long long n, unsigned int* flag)
+{
+    FOR_EACH(i, n) {
+        if (!isfinite(x[i])) *flag = 1u;
+    }
 }

@@ -18,6 +18,7 @@ pub struct Elementwise {
     sgd_update: CudaFunction,
     bias_fill: CudaFunction,
     add: CudaFunction,
+    flag_nonfinite: CudaFunction,
 }
 
 impl Elementwise {
@@ -31,6 +32,7 @@ impl Elementwise {
             sgd_update: file.function("sgd_update_f32")?,
             bias_fill: file.function("bias_fill_f32")?,
             add: file.function("add_f32")?,
+            flag_nonfinite: file.function("flag_nonfinite_f32")?,
         })
     }
 
@@ -166,5 +168,23 @@ impl Elementwise {
         let mut builder = stream.launch_builder(&self.add);
         builder.arg(out).arg(a).arg(b).arg(&len);
         run(builder, grid(n))
+    }
+
+    /// Sets `flag[0]` to 1 when any element of `x` is not finite; leaves it otherwise.
+    pub fn flag_nonfinite(
+        &self,
+        stream: &CudaStream,
+        x: &CudaSlice<f32>,
+        flag: &mut CudaSlice<u32>,
+    ) -> Result<()> {
+        need(flag, 1, "overflow flag")?;
+        let n = x.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let len = n as u64;
+        let mut b = stream.launch_builder(&self.flag_nonfinite);
+        b.arg(x).arg(&len).arg(flag);
+        run(b, grid(n))
     }
 }

@@ -85,12 +85,12 @@ __device__ double block_max(double* tree, double v)
 // One block per image (grid-stride over images), LOSS_THREADS threads over
 // its classes, in double as the CPU device. logits is
 // [tower][image][per_tower]; class t * per_tower + u is unit u of tower t.
-// Writes the gradient of the batch-mean loss for this tower's own logits
-// ([image][per_tower]) and, per image, {-log p(label), top-1 hit, top-5 hit}.
+// Writes the gradient of the batch-mean loss, times grad_scale (the loss
+// scale), for this tower's own logits ([image][per_tower]) and, per image, {-log p(label), top-1 hit, top-5 hit}.
 extern "C" __global__ void softmax_cross_entropy_f32(
     const float* __restrict__ logits, const unsigned int* __restrict__ labels,
     float* __restrict__ dlogits, double* __restrict__ stats, unsigned int batch,
-    unsigned int towers, unsigned int per_tower, unsigned int tower)
+    unsigned int towers, unsigned int per_tower, unsigned int tower, float grad_scale)
 {
     __shared__ double tree[LOSS_THREADS];
     const unsigned int classes = towers * per_tower;
@@ -116,7 +116,7 @@ extern "C" __global__ void softmax_cross_entropy_f32(
             const unsigned int cls = tower * per_tower + u;
             const double p = exp(LOGIT(cls) - log_sum);
             dlogits[(unsigned long long)n * per_tower + u] =
-                (float)((p - (cls == label ? 1.0 : 0.0)) / (double)batch);
+                (float)((p - (cls == label ? 1.0 : 0.0)) * (double)grad_scale / (double)batch);
         }
 #undef LOGIT
     }

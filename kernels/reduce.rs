@@ -33,13 +33,14 @@ pub struct BiasGrad {
 }
 
 /// The layout of one loss: `logits` is `[towers][batch][per_tower]`, and
-/// the gradient is of tower `tower`'s own logits.
+/// the gradient is of tower `tower`'s own logits, times `grad_scale`.
 #[derive(Debug, Clone, Copy)]
 pub struct Loss {
     pub batch: usize,
     pub towers: usize,
     pub per_tower: usize,
     pub tower: usize,
+    pub grad_scale: f32,
 }
 
 impl Reduce {
@@ -121,6 +122,7 @@ impl Reduce {
         for dim in &d {
             b.arg(dim);
         }
+        b.arg(&s.grad_scale);
         run(b, config)
     }
 

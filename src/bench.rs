@@ -4,6 +4,7 @@
 use crate::data::synthetic::{Split, Synthetic};
 use crate::device::SgdStep;
 use crate::device::cuda::probe;
+use crate::device::precision::{LossScale, Precision};
 use crate::error::Result;
 use crate::link;
 use crate::net::init::init_twin;
@@ -144,7 +145,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let plan = Arc::new(Plan::load(&config.preset)?);
     let init = init_twin(&plan, InitScheme::Caffe, 1);
     let gpus: Vec<usize> = match config.placement {
-        Placement::Cpu => vec![],
+        Placement::Cpu { .. } => vec![],
         Placement::OneGpu { ordinal, .. } => vec![ordinal],
         Placement::TwoGpus { ordinals, .. } => ordinals.to_vec(),
     };
@@ -201,7 +202,17 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         }
         Ok((steps, layers))
     };
-    let (train, train_layers) = time(&mut |key| towers.queue_step(&batch, key, Some(sgd)))?;
+    // fp16 steps as training makes them: loss-scaled, both towers'
+    // gradients checked before the update (the scale held fixed).
+    let fp16 = config.placement.precision() == Precision::Fp16;
+    let (train, train_layers) = time(&mut |key| {
+        if fp16 {
+            let scale = LossScale::INITIAL;
+            towers.queue_scaled_step(&batch, key, sgd, scale).map(drop)
+        } else {
+            towers.queue_step(&batch, key, Some(sgd))
+        }
+    })?;
     let (inference, inference_layers) = time(&mut |_| towers.evaluate(&batch).map(drop))?;
     let exchange_s = median(
         train_layers
@@ -211,7 +222,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     );
     let gpu_memory_in_use = memory()?;
     let towers_per_gpu = match config.placement {
-        Placement::Cpu => None,
+        Placement::Cpu { .. } => None,
         Placement::OneGpu { .. } => Some(2),
         Placement::TwoGpus { .. } => Some(1),
     };

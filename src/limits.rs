@@ -53,14 +53,14 @@ pub fn check_fits(plan: &Plan, batch: usize, placement: Placement) -> Result<()>
         ))
     };
     let host_need = match placement {
-        Placement::Cpu => TOWERS as f64 * tower,
+        Placement::Cpu { .. } => TOWERS as f64 * tower,
         _ => 2.0 * batch as f64 * plan.input.len() as f64 * 4.0,
     };
     if let Some(have) = host_available().filter(|&have| host_need > have) {
         return Err(too_big(host_need, have, "the host"));
     }
     let gpus: Vec<(usize, f64)> = match placement {
-        Placement::Cpu => Vec::new(),
+        Placement::Cpu { .. } => Vec::new(),
         Placement::OneGpu { ordinal, .. } => vec![(ordinal, TOWERS as f64 * tower)],
         Placement::TwoGpus { ordinals, .. } => ordinals.iter().map(|&o| (o, tower)).collect(),
     };
@@ -92,7 +92,7 @@ mod tests {
         let plan = Plan::load("paper").unwrap();
         let m = crate::summary::MemoryEstimate::for_tower(&plan, 128);
         assert_eq!(tower_bytes(&plan, 128), m.total() as f64);
-        let e = check_fits(&plan, MAX_BATCH as usize, Placement::Cpu).unwrap_err();
+        let e = check_fits(&plan, MAX_BATCH as usize, Placement::cpu()).unwrap_err();
         assert!(
             e.to_string().starts_with("--batch 1048576: needs about"),
             "{e}"

@@ -1,9 +1,10 @@
 //! Where the two towers run: two GPUs, one tower each (the paper's layout),
 //! one GPU holding both (emulation mode), or the CPU (one thread per tower,
-//! host memory between them), chosen from `--cpu`, `--gpus` and what the
-//! machine has.
+//! host memory between them), chosen from `--cpu`, `--gpus`, `--precision`
+//! and what the machine has.
 
 use crate::device::cuda::{CudaOptions, probe};
+use crate::device::precision::Precision;
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::fmt;
@@ -12,8 +13,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Placement {
-    /// One thread per tower, host memory between them.
-    Cpu,
+    /// One thread per tower, host memory between them, storing buffers as
+    /// `precision` says (tf32 is exact f32 here).
+    Cpu { precision: Precision },
     /// Both towers on GPU `ordinal`, on two streams (emulation mode).
     OneGpu {
         ordinal: usize,
@@ -29,32 +31,69 @@ pub enum Placement {
 impl Placement {
     /// Whether the towers run on a GPU.
     pub fn is_gpu(&self) -> bool {
-        !matches!(self, Placement::Cpu)
+        !matches!(self, Placement::Cpu { .. })
+    }
+
+    /// The CPU in exact f32.
+    pub fn cpu() -> Placement {
+        Placement::Cpu {
+            precision: Precision::Fp32,
+        }
+    }
+
+    /// The precision the towers run at.
+    pub fn precision(&self) -> Precision {
+        match self {
+            Placement::Cpu { precision } => *precision,
+            Placement::OneGpu { options, .. } | Placement::TwoGpus { options, .. } => {
+                if options.tf32 {
+                    Precision::Tf32
+                } else {
+                    Precision::Fp32
+                }
+            }
+        }
     }
 
     /// The placement `--cpu` and `--gpus LIST` ask for; with neither, GPUs 0
     /// and 1 where there are two or more, GPU 0 where there is one, else the
-    /// CPU. Returns a one-line note saying what was chosen and why.
+    /// CPU. Returns a one-line note saying what was chosen and why. The GPU
+    /// runs fp32 and tf32; 16-bit storage runs on the CPU only.
     pub fn choose(
         cpu: bool,
         gpus: Option<&str>,
-        options: CudaOptions,
+        precision: Precision,
     ) -> Result<(Placement, String)> {
-        match (cpu, gpus) {
-            (true, Some(_)) => Err(Error::Input("--cpu and --gpus: choose one".into())),
-            (true, None) => Ok((Placement::Cpu, format!("device: {}", Placement::Cpu))),
+        let refuse = || {
+            Error::Input(format!(
+                "--precision {}: 16-bit storage runs on the CPU only in this version (add --cpu); on a GPU use fp32 or tf32",
+                precision.name()
+            ))
+        };
+        let sixteen = precision.storage().is_16_bit();
+        if sixteen && gpus.is_some() && !cpu {
+            return Err(refuse());
+        }
+        let on_cpu = Placement::Cpu { precision };
+        let options = CudaOptions {
+            tf32: precision == Precision::Tf32,
+        };
+        let chosen = match (cpu, gpus) {
+            (true, Some(_)) => return Err(Error::Input("--cpu and --gpus: choose one".into())),
+            (true, None) => (on_cpu, format!("device: {on_cpu}")),
             (false, Some(list)) => {
                 let placement = Placement::from_gpus(list, options)?;
-                Ok((placement, format!("device: {placement}")))
+                (placement, format!("device: {placement}"))
             }
-            (false, None) => Ok(match probe::gpu_count() {
+            (false, None) => match probe::gpu_count() {
                 Ok(count) => Placement::default_for(count, options),
-                Err(why) => (
-                    Placement::Cpu,
-                    format!("device: CPU, one thread per tower ({why})"),
-                ),
-            }),
+                Err(why) => (on_cpu, format!("device: {on_cpu} ({why})")),
+            },
+        };
+        if chosen.0.is_gpu() && sixteen {
+            return Err(refuse());
         }
+        Ok(chosen)
     }
 
     /// The placement without `--cpu` or `--gpus` on a machine with `count`
@@ -161,7 +200,17 @@ fn present(list: &str, ordinals: &[usize]) -> Result<()> {
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Placement::Cpu => write!(f, "CPU, one thread per tower"),
+            Placement::Cpu { precision } => match precision {
+                Precision::Fp32 => write!(f, "CPU, one thread per tower"),
+                Precision::Tf32 => {
+                    write!(f, "CPU, one thread per tower, tf32 (exact f32 on the CPU)")
+                }
+                Precision::Bf16 | Precision::Fp16 => write!(
+                    f,
+                    "CPU, one thread per tower, {} storage with f32 master weights",
+                    precision.name()
+                ),
+            },
             Placement::OneGpu { ordinal, options } => write!(
                 f,
                 "GPU {ordinal}, both towers on it (emulation mode){}",
@@ -239,8 +288,22 @@ mod tests {
     }
 
     #[test]
+    fn sixteen_bits_on_a_gpu_are_refused_before_any_gpu_is_asked_for() {
+        for precision in [Precision::Bf16, Precision::Fp16] {
+            let e = Placement::choose(false, Some("0"), precision).unwrap_err();
+            assert!(e.is_input());
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("--precision {}: ", precision.name()))
+            );
+        }
+        let (cpu, _) = Placement::choose(true, None, Precision::Bf16).unwrap();
+        assert_eq!(cpu.precision(), Precision::Bf16);
+    }
+
+    #[test]
     fn cpu_and_gpus_together_are_refused() {
-        let e = Placement::choose(true, Some("0"), CudaOptions::default()).unwrap_err();
+        let e = Placement::choose(true, Some("0"), Precision::Fp32).unwrap_err();
         assert!(e.is_input());
     }
 }

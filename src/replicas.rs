@@ -12,6 +12,7 @@ use crate::device::LossStats;
 use crate::device::SgdStep;
 use crate::device::cpu::Real;
 use crate::device::cuda::{CudaDevice, nccl_lib};
+use crate::device::precision::{Precision, Storage};
 use crate::error::{Error, Result};
 use crate::link::nccl;
 use crate::net::params::TwinTensor;
@@ -47,8 +48,19 @@ impl Replicas {
         match placements {
             [] => Err(Error::Input("no placement for the towers".into())),
             [one] => Ok(Replicas::one(TowerPair::new(*one, plan, batch, init)?)),
-            many if many.iter().all(|p| *p == Placement::Cpu) => {
-                Replicas::cpu::<f32>(many.len(), plan, batch, init)
+            many if many
+                .iter()
+                .all(|p| *p == many[0] && matches!(p, Placement::Cpu { .. })) =>
+            {
+                if many[0].precision() == Precision::Fp16 {
+                    return Err(Error::Input(
+                        "--precision fp16 with --replicas: fp16's loss scaling is not built \
+                         for replicas yet; use --precision bf16 or fp32"
+                            .into(),
+                    ));
+                }
+                let storage = many[0].precision().storage();
+                Replicas::cpu::<f32>(many.len(), plan, batch, init, storage)
             }
             many if many
                 .iter()
@@ -74,16 +86,18 @@ impl Replicas {
     }
 
     /// `count` replicas on the CPU computing in `T` (f32 to train, f64 for
-    /// the reference checks), each a pair of tower threads, the gradients
+    /// the reference checks) and storing as `storage` says, each a pair of tower threads, the gradients
     /// averaged through host memory in replica order.
     pub fn cpu<T: Real>(
         count: usize,
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
+        storage: Storage,
     ) -> Result<Replicas> {
         if count == 1 {
-            return Ok(Replicas::one(TowerPair::cpu::<T>(plan, batch, init)?));
+            let pair = TowerPair::cpu_storing::<T>(plan, batch, init, storage)?;
+            return Ok(Replicas::one(pair));
         }
         let shard = shard_batch(batch, count)?;
         let watches = (0..count)
@@ -103,6 +117,7 @@ impl Replicas {
                 shard,
                 init,
                 watch,
+                storage,
                 r,
                 Some(reduce),
             )?);
@@ -215,6 +230,23 @@ impl Replicas {
         match &self.pairs[..] {
             [pair] => pair.queue_step(batch, dropout_key, sgd),
             _ => self.pass(batch, Some(dropout_key), sgd),
+        }
+    }
+
+    /// [`TowerPair::queue_scaled_step`] of the only pair: fp16's loss
+    /// scaling runs on one pair (replicas refuse fp16 when they are made).
+    pub fn queue_scaled_step(
+        &self,
+        batch: &Batch,
+        dropout_key: u64,
+        sgd: SgdStep,
+        loss_scale: f32,
+    ) -> Result<bool> {
+        match &self.pairs[..] {
+            [pair] => pair.queue_scaled_step(batch, dropout_key, sgd, loss_scale),
+            _ => Err(Error::Input(
+                "fp16's loss scaling is not built for replicas".into(),
+            )),
         }
     }
 

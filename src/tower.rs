@@ -241,7 +241,48 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         queued: usize,
     ) -> Result<()> {
         self.shard = shard;
-        self.forward(images, labels, dropout_key)?;
+        self.pass(images, labels, dropout_key, 1.0)?;
+        self.finish_step(sgd.filter(|_| dropout_key.is_some()), queued)
+    }
+
+    /// A training pass whose loss gradient is multiplied by `grad_scale`
+    /// (fp16's loss scale), without the update: returns whether every
+    /// gradient is finite (waits for the device). [`Tower::finish_step`]
+    /// then updates, or skips an overflowed step.
+    pub fn scaled_pass(
+        &mut self,
+        images: &Images,
+        labels: &[u32],
+        dropout_key: u64,
+        grad_scale: f32,
+    ) -> Result<bool> {
+        self.pass(images, labels, Some(dropout_key), grad_scale)?;
+        let grads: Vec<&D::Buf> = self
+            .grads
+            .iter()
+            .flat_map(|layer| layer.weights.iter().chain([&layer.bias]))
+            .collect();
+        self.device.all_finite(&grads)
+    }
+
+    /// Ends a step: with `sgd`, the update; then returns once at most
+    /// `queued` passes are unfinished on the device.
+    pub fn finish_step(&mut self, sgd: Option<SgdStep>, queued: usize) -> Result<()> {
+        if let Some(step) = sgd {
+            self.update(step)?;
+        }
+        self.device.end_step(queued)
+    }
+
+    /// Forward, and with `dropout_key` backward, the loss gradient times `grad_scale`.
+    fn pass(
+        &mut self,
+        images: &Images,
+        labels: &[u32],
+        dropout_key: Option<u64>,
+        grad_scale: f32,
+    ) -> Result<()> {
+        self.forward(images, labels, dropout_key, grad_scale)?;
         if dropout_key.is_some() {
             self.backward()?;
             if let Some(reduce) = &mut self.reduce {
@@ -250,11 +291,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         }
         // The pass's last exchange is behind: the next pass may overwrite
         // what this one sent once the other tower has read it.
-        self.link.end_pass()?;
-        if let Some(step) = sgd.filter(|_| dropout_key.is_some()) {
-            self.update(step)?;
-        }
-        self.device.end_step(queued)
+        self.link.end_pass()
     }
 
     /// The loss statistics of every pass since the last take, oldest first
@@ -266,8 +303,14 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     /// Forward pass over `labels.len()` images, then the loss. With
     /// `dropout_key` the pass is a training pass: dropout is on, and the
     /// gradient of the loss with respect to this tower's logits is kept for
-    /// [`Tower::backward`].
-    fn forward(&mut self, images: &Images, labels: &[u32], dropout_key: Option<u64>) -> Result<()> {
+    /// [`Tower::backward`], times `grad_scale`.
+    fn forward(
+        &mut self,
+        images: &Images,
+        labels: &[u32],
+        dropout_key: Option<u64>,
+        grad_scale: f32,
+    ) -> Result<()> {
         // Before any work, so that both towers (given the same labels) fail
         // here alike, and before a device reads a logit out of bounds.
         check_labels(labels, self.plan.classes())?;
@@ -358,6 +401,13 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
             self.timings[i].forward_s = start.elapsed().as_secs_f64();
         }
+        self.loss(labels, grad_scale)
+    }
+
+    /// The loss over both towers' logits (gathered here), and the gradient
+    /// of this tower's own logits, times `grad_scale`.
+    fn loss(&mut self, labels: &[u32], grad_scale: f32) -> Result<()> {
+        let b = &mut *self.buffers;
         let start = Instant::now();
         let last = b.outputs.last().expect("a plan has layers");
         let exchange = Instant::now();
@@ -371,6 +421,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             labels,
             self.link.rank(),
             per_tower,
+            grad_scale,
             dlogits,
         )?;
         if self.profile {

@@ -9,9 +9,10 @@
 //! ([`TowerPair::take_stats`]).
 
 use crate::data::input::Images;
-use crate::device::cpu::{CpuDevice, Real};
+use crate::device::cpu::{self, CpuDevice, Real};
 use crate::device::cuda::{CudaDevice, CudaOptions};
 use crate::device::faults::{self, Faulty};
+use crate::device::precision::Storage;
 use crate::device::{Device, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;
@@ -53,6 +54,8 @@ trait Work {
         sgd: Option<SgdStep>,
         shard: Shard,
     ) -> Result<()>;
+    fn scaled_pass(&mut self, batch: &Batch, dropout_key: u64, grad_scale: f32) -> Result<bool>;
+    fn finish_step(&mut self, sgd: Option<SgdStep>) -> Result<()>;
     fn take_loss_stats(&mut self) -> Result<Vec<LossStats>>;
     fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>>;
     fn upload(&mut self, which: ParamSet, params: &[LayerParams<Vec<f32>>]) -> Result<()>;
@@ -78,6 +81,12 @@ impl<D: Device, L: Link<D::Buf>> Work for Tower<D, L> {
             shard,
             RUN_AHEAD,
         )
+    }
+    fn scaled_pass(&mut self, batch: &Batch, dropout_key: u64, grad_scale: f32) -> Result<bool> {
+        Tower::scaled_pass(self, &batch.images, &batch.labels, dropout_key, grad_scale)
+    }
+    fn finish_step(&mut self, sgd: Option<SgdStep>) -> Result<()> {
+        Tower::finish_step(self, sgd, RUN_AHEAD)
     }
     fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
         Tower::take_loss_stats(self)
@@ -126,26 +135,41 @@ impl TowerPair {
     /// Both towers on the CPU, over host memory, with the twin's parameters
     /// `init`, computing in `T` (f32 for training, f64 for reference checks).
     pub fn cpu<T: Real>(plan: Arc<Plan>, batch: usize, init: &[TwinTensor]) -> Result<TowerPair> {
+        TowerPair::cpu_storing::<T>(plan, batch, init, Storage::Full)
+    }
+
+    /// As [`TowerPair::cpu`], both towers storing buffers and exchanges as
+    /// `storage` says.
+    pub fn cpu_storing<T: Real>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        storage: Storage,
+    ) -> Result<TowerPair> {
         let watch = Arc::new(Watch::new(["CPU".into(), "CPU".into()])?);
-        TowerPair::cpu_replica::<T>(plan, batch, init, watch, 0, None)
+        TowerPair::cpu_replica::<T>(plan, batch, init, watch, storage, 0, None)
     }
 
     /// Both towers on the CPU, looked after by `watch`; with `reduce`,
     /// replica `replica` of several, tower r averaging its gradients through
     /// `reduce[r]`. Returns once the towers are started, not built (the
     /// other replicas' towers start meanwhile); [`TowerPair::ready`] waits.
+    /// Buffers and exchanges are stored as `storage` says.
+    #[allow(clippy::too_many_arguments)]
     pub fn cpu_replica<T: Real>(
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
         watch: Arc<Watch>,
+        storage: Storage,
         replica: usize,
         reduce: Option<[HostReduce<T>; TOWERS]>,
     ) -> Result<TowerPair> {
-        let links: Vec<Mutex<Option<HostLink<T>>>> = HostLink::pair_in(&watch)
-            .into_iter()
-            .map(|l| Mutex::new(Some(l)))
-            .collect();
+        let links: Vec<Mutex<Option<HostLink<T>>>> =
+            HostLink::pair_storing(&watch, cpu::rounder::<T>(storage))
+                .into_iter()
+                .map(|l| Mutex::new(Some(l)))
+                .collect();
         let reduces: Vec<Mutex<Option<HostReduce<T>>>> = match reduce {
             Some(ends) => ends.into_iter().map(|r| Mutex::new(Some(r))).collect(),
             None => Vec::new(),
@@ -156,7 +180,9 @@ impl TowerPair {
             batch,
             init,
             watch,
-            move |rank| faults::build_in(replica, rank, || Ok(CpuDevice::<T>::default())),
+            move |rank| {
+                faults::build_in(replica, rank, || Ok(CpuDevice::<T>::with_storage(storage)))
+            },
             move |rank, _: &Faulty<CpuDevice<T>>| {
                 let link = links[rank].lock().ok().and_then(|mut l| l.take());
                 link.ok_or_else(|| Error::Training(format!("tower {rank}: link end already taken")))
@@ -182,7 +208,9 @@ impl TowerPair {
         init: &[TwinTensor],
     ) -> Result<TowerPair> {
         match placement {
-            Placement::Cpu => TowerPair::cpu::<f32>(plan, batch, init),
+            Placement::Cpu { precision } => {
+                TowerPair::cpu_storing::<f32>(plan, batch, init, precision.storage())
+            }
             Placement::OneGpu { ordinal, options } => {
                 let mut pair = TowerPair::copies(plan, batch, init, [ordinal; TOWERS], options)?;
                 pair.link_note = format!("towers meet by device copies on GPU {ordinal}");
@@ -523,6 +551,28 @@ impl TowerPair {
             self.answer(rank, receive)?;
         }
         Ok(())
+    }
+
+    /// One training step with the loss gradient times `loss_scale` (fp16's
+    /// dynamic loss scale): both towers' gradients are checked, and only if
+    /// every one is finite is the update (`sgd`, unscaled) queued; a step
+    /// that overflowed leaves the weights and momentum as they were.
+    /// Returns whether the update was made. Waits for the devices.
+    pub fn queue_scaled_step(
+        &self,
+        batch: &Batch,
+        dropout_key: u64,
+        sgd: SgdStep,
+        loss_scale: f32,
+    ) -> Result<bool> {
+        let finite = self.ask(|| {
+            let batch = batch.clone();
+            move |t: &mut dyn Work| t.scaled_pass(&batch, dropout_key, loss_scale)
+        })?;
+        let applied = finite.iter().all(|&f| f);
+        let update = applied.then(|| sgd.unscaled(loss_scale));
+        self.ask(|| move |t: &mut dyn Work| t.finish_step(update))?;
+        Ok(applied)
     }
 
     /// The loss statistics of every step queued since the last take, oldest

@@ -427,11 +427,12 @@ fn loss_and_update_match_the_cpu_device() {
     let labels: Vec<u32> = (0..batch)
         .map(|_| rng.below(TOWERS * per_tower) as u32)
         .collect();
-    for tower in 0..TOWERS {
+    // Tower 1's gradient carries a loss scale, as fp16's does.
+    for (tower, scale) in [(0, 1.0), (1, 1024.0)] {
         let mut d = both(&mut gpu, vec![0.0; batch * per_tower]);
-        cpu.softmax_cross_entropy(&logits.cpu, &labels, tower, per_tower, &mut d.cpu)
+        cpu.softmax_cross_entropy(&logits.cpu, &labels, tower, per_tower, scale, &mut d.cpu)
             .unwrap();
-        gpu.softmax_cross_entropy(&logits.gpu, &labels, tower, per_tower, &mut d.gpu)
+        gpu.softmax_cross_entropy(&logits.gpu, &labels, tower, per_tower, scale, &mut d.gpu)
             .unwrap();
         let (want, got) = (
             cpu.take_loss_stats().unwrap(),
@@ -446,6 +447,19 @@ fn loss_and_update_match_the_cpu_device() {
         );
         assert_eq!((got.top1, got.top5), (want.top1, want.top5), "hits");
         assert_close("dlogits", &gpu.download(&d.gpu).unwrap(), &d.cpu, 1e-6);
+    }
+    // The overflow check of a loss-scaled step, as the CPU's.
+    for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        let mut values = random(5000, 6, 1.0);
+        let clean = both(&mut gpu, values.clone());
+        values[4321] = bad;
+        let dirty = both(&mut gpu, values);
+        for bufs in [vec![0, 0], vec![0, 1], vec![1, 0]] {
+            let pick = |i: usize| if i == 0 { &clean } else { &dirty };
+            let want = cpu.all_finite(&bufs.iter().map(|&i| &pick(i).cpu).collect::<Vec<_>>());
+            let got = gpu.all_finite(&bufs.iter().map(|&i| &pick(i).gpu).collect::<Vec<_>>());
+            assert_eq!(got.unwrap(), want.unwrap(), "{bad} in {bufs:?}");
+        }
     }
     let n = 10_000;
     let mut w = both(&mut gpu, random(n, 3, 0.1));

@@ -4,6 +4,7 @@
 
 use alexnet::device::SgdStep;
 use alexnet::device::cuda::{CudaOptions, probe};
+use alexnet::device::precision::Storage;
 use alexnet::net::init::init_twin;
 use alexnet::net::plan::Plan;
 use alexnet::net::spec::InitScheme;
@@ -36,7 +37,7 @@ fn two_replicas_on_four_gpus_train_as_one_cpu_pair() {
     let plan = Arc::new(Plan::load("small").unwrap());
     let batch = 16;
     let init = init_twin(&plan, InitScheme::He, 3);
-    let cpu = Replicas::cpu::<f32>(1, Arc::clone(&plan), batch, &init).unwrap();
+    let cpu = Replicas::cpu::<f32>(1, Arc::clone(&plan), batch, &init, Storage::Full).unwrap();
     let options = CudaOptions::default();
     let placements = [[0, 1], [2, 3]].map(|ordinals| Placement::TwoGpus { ordinals, options });
     let gpus = Replicas::new(&placements, Arc::clone(&plan), batch, &init).unwrap();

@@ -6,6 +6,7 @@
 //! equals an unbroken one bit for bit; and a replica that fails stops the
 //! others at once with its error.
 
+use alexnet::device::precision::Storage;
 mod common;
 
 use alexnet::device::SgdStep;
@@ -62,7 +63,7 @@ fn ten_steps<T: Real>(
     replicas: usize,
     batch: usize,
 ) -> Vec<TwinTensor> {
-    let run = Replicas::cpu::<T>(replicas, Arc::clone(plan), batch, init).unwrap();
+    let run = Replicas::cpu::<T>(replicas, Arc::clone(plan), batch, init, Storage::Full).unwrap();
     for step in 0..10u64 {
         let mut rng = Rng::new(500 + step);
         let images: Vec<f32> = (0..16 * plan.input.len())

@@ -8,7 +8,7 @@ mod predict;
 mod report;
 mod train;
 
-use alexnet::device::cuda::CudaOptions;
+use alexnet::device::precision::Precision;
 use alexnet::error::{Error, Result};
 use alexnet::limits;
 use alexnet::placement::Placement;
@@ -78,19 +78,25 @@ struct DeviceArgs {
     /// GPU 0 where there is one, else the CPU.
     #[arg(long, value_name = "LIST")]
     gpus: Option<String>,
-    /// Let cuDNN and cuBLAS use TF32 tensor cores (default: exact f32).
-    #[arg(long)]
+    /// Number format: fp32 (exact), tf32 (TF32 tensor cores on a GPU, exact
+    /// f32 on the CPU), bf16 or fp16 (16-bit storage, f32 master weights;
+    /// on the CPU only for now).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    precision: Precision,
+    /// The same as `--precision tf32`.
+    #[arg(long, conflicts_with = "precision")]
     tf32: bool,
 }
 
 impl DeviceArgs {
     /// The placement these flags choose, and the line that says so.
     fn placement(&self) -> Result<(Placement, String)> {
-        let chosen = Placement::choose(
-            self.cpu,
-            self.gpus.as_deref(),
-            CudaOptions { tf32: self.tf32 },
-        )?;
+        let precision = if self.tf32 {
+            Precision::Tf32
+        } else {
+            self.precision
+        };
+        let chosen = Placement::choose(self.cpu, self.gpus.as_deref(), precision)?;
         if matches!(chosen.0, Placement::TwoGpus { .. }) {
             alexnet::device::cuda::nccl_lib::relaunch_with_unversioned_name()?;
         }

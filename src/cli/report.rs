@@ -6,7 +6,6 @@ use alexnet::bench::{self, BenchConfig};
 use alexnet::bench_pytorch;
 use alexnet::error::{Error, Result};
 use alexnet::net::plan::Plan;
-use alexnet::placement::Placement;
 use alexnet::plot;
 use alexnet::summary;
 use std::path::{Path, PathBuf};
@@ -60,7 +59,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     pub fn run(self) -> Result<()> {
         let (placement, note) = self.device.placement()?;
-        if self.against_pytorch && placement != Placement::Cpu {
+        if self.against_pytorch && placement.is_gpu() {
             return Err(Error::Input(
                 "--against-pytorch compares the CPU only: add --cpu".into(),
             ));

@@ -91,6 +91,9 @@ pub struct TrainArgs {
     /// Print a progress line every this many steps [default: 10].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     log_every: Option<u32>,
+    /// fp16's first loss scale, a power of two [default: 65536].
+    #[arg(long, value_name = "SCALE")]
+    loss_scale: Option<f32>,
     /// No step lines and no progress: for logs (`--quiet=false` undoes a saved `quiet = true`).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     quiet: Option<bool>,
@@ -187,7 +190,7 @@ impl TrainArgs {
         if count == 1 {
             return Ok((vec![placement], note));
         }
-        if placement != Placement::Cpu {
+        if !matches!(placement, Placement::Cpu { .. }) {
             return Err(Error::Input(format!(
                 "--replicas {count}: replicas run on the CPU (with --cpu); on GPUs give --gpus {} GPUs",
                 2 * count
@@ -281,6 +284,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.quiet {
             c.quiet = v;
+        }
+        if let Some(v) = self.loss_scale {
+            c.loss_scale = v;
         }
         if let Some(v) = self.strict {
             c.strict = v;

@@ -291,10 +291,11 @@ impl<D: Device> Device for Faulty<D> {
         labels: &[u32],
         tower: usize,
         per_tower: usize,
+        grad_scale: f32,
         dlogits: &mut Self::Buf,
     ) -> Result<()> {
         self.inner
-            .softmax_cross_entropy(logits, labels, tower, per_tower, dlogits)?;
+            .softmax_cross_entropy(logits, labels, tower, per_tower, grad_scale, dlogits)?;
         self.passes += 1;
         Ok(())
     }
@@ -303,6 +304,9 @@ impl<D: Device> Device for Faulty<D> {
     }
     fn end_step(&mut self, queued: usize) -> Result<()> {
         self.inner.end_step(queued)
+    }
+    fn all_finite(&mut self, bufs: &[&Self::Buf]) -> Result<bool> {
+        self.inner.all_finite(bufs)
     }
     fn sgd_update(
         &mut self,

@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod faults;
+pub mod precision;
 pub mod run_ahead;
 
 use crate::error::Result;
@@ -27,6 +28,20 @@ pub struct SgdStep {
     pub lr: f32,
     pub momentum: f32,
     pub weight_decay: f32,
+}
+
+impl SgdStep {
+    /// The same update for gradients that carry a loss scale `scale` (a
+    /// power of two): `lr/scale · g` and `(wd·scale)·(lr/scale) · w` are
+    /// exactly `lr · (g/scale)` and `wd·lr · w`, since dividing and
+    /// multiplying by a power of two is exact (barring subnormals).
+    pub fn unscaled(self, scale: f32) -> SgdStep {
+        SgdStep {
+            lr: self.lr / scale,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay * scale,
+        }
+    }
 }
 
 /// A layer's input: this tower's own, or both towers' (§3.2), the other
@@ -244,7 +259,8 @@ pub trait Device {
     /// Softmax cross-entropy over logits split across towers: `logits` is
     /// `[tower][image][per_tower]` (gathered), class `t · per_tower + u` is
     /// unit `u` of tower `t`. Writes the gradient of the batch-mean loss with
-    /// respect to this tower's own logits into `dlogits` (`[image][per_tower]`),
+    /// respect to this tower's own logits, times `grad_scale` (the loss
+    /// scale, 1 without one), into `dlogits` (`[image][per_tower]`),
     /// and keeps the batch's [`LossStats`] on the device for
     /// [`Device::take_loss_stats`] (a GPU does not wait for them here).
     fn softmax_cross_entropy(
@@ -253,6 +269,7 @@ pub trait Device {
         labels: &[u32],
         tower: usize,
         per_tower: usize,
+        grad_scale: f32,
         dlogits: &mut Self::Buf,
     ) -> Result<()>;
     /// The [`LossStats`] of every [`Device::softmax_cross_entropy`] since the
@@ -262,6 +279,10 @@ pub trait Device {
     /// `queued` steps are unfinished: how far the host may run ahead of a
     /// device that runs asynchronously (the CPU has nothing queued).
     fn end_step(&mut self, queued: usize) -> Result<()>;
+
+    /// Whether every element of every buffer in `bufs` is finite (a loss-
+    /// scaled step's gradients; waits for the device).
+    fn all_finite(&mut self, bufs: &[&Self::Buf]) -> Result<bool>;
 
     /// Momentum SGD (paper §5): `v ← m·v − wd·lr·w − lr·g; w ← w + v`.
     fn sgd_update(

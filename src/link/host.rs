@@ -12,6 +12,9 @@ use std::sync::Arc;
 pub struct HostLink<T = f32> {
     rank: usize,
     shared: Arc<Rendezvous<Vec<T>>>,
+    /// Rounds each reduce-scatter's sums as the towers store them (as a
+    /// 16-bit exchange between GPUs returns its sums in 16 bits).
+    store: fn(&mut [T]),
 }
 
 impl<T: Copy + Default + std::ops::AddAssign> HostLink<T> {
@@ -22,10 +25,17 @@ impl<T: Copy + Default + std::ops::AddAssign> HostLink<T> {
 
     /// Both ends of a fresh link for the pair `watch` looks after.
     pub fn pair_in(watch: &Arc<Watch>) -> [HostLink<T>; TOWERS] {
+        HostLink::pair_storing(watch, |_| {})
+    }
+
+    /// As [`HostLink::pair_in`], each reduce-scatter's sums then passed to
+    /// `store` (which rounds them to the towers' storage).
+    pub fn pair_storing(watch: &Arc<Watch>, store: fn(&mut [T])) -> [HostLink<T>; TOWERS] {
         let shared = Arc::new(Rendezvous::new(Arc::clone(watch)));
         std::array::from_fn(|rank| HostLink {
             rank,
             shared: Arc::clone(&shared),
+            store,
         })
     }
 
@@ -73,6 +83,7 @@ impl<T: Copy + Default + std::ops::AddAssign> Link<Vec<T>> for HostLink<T> {
                     *l += v;
                 }
             }
+            (self.store)(local);
         })
     }
 

@@ -13,6 +13,7 @@
 //! the best by validation top-1 are kept.
 
 use crate::data::DataRecord;
+use crate::device::precision::LossScale;
 use crate::error::{Error, Result};
 use crate::net::params::TwinTensor;
 use crate::net::spec::NetSpec;
@@ -52,6 +53,10 @@ pub struct RunState {
     /// Validation top-1 and top-5 at this step, when measured.
     pub val_top1: Option<f64>,
     pub val_top5: Option<f64>,
+    /// fp16's dynamic loss scale at this step, so that a resume goes on
+    /// exactly; absent at other precisions (and in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
 }
 
 /// A checkpoint in memory.
@@ -351,6 +356,7 @@ mod tests {
                 },
                 val_top1,
                 val_top5: None,
+                loss_scale: None,
             },
             weights,
             momentum,

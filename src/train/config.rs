@@ -3,6 +3,7 @@
 //! effective configuration is printed at start and saved as the run's
 //! `config.toml`, which `--config` and `--resume` read back.
 
+use crate::device::precision::LossScale;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_BATCH, MAX_IMAGES, MAX_WORKERS};
 use crate::net::spec::InitScheme;
@@ -50,6 +51,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Print validation results and the end only.
     pub quiet: bool,
+    /// fp16's first loss scale, a power of two (the scale then moves by
+    /// itself, and a checkpoint keeps where it stands).
+    pub loss_scale: f32,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             val_images: 1_000,
             log_every: 10,
             quiet: false,
+            loss_scale: LossScale::INITIAL,
         }
     }
 }
@@ -162,6 +167,14 @@ impl TrainConfig {
         self.schedule
             .validate(self.lr)
             .map_err(|why| Error::Input(format!("--schedule: {why}")))?;
+        let power_of_two = |v: f32| v.is_finite() && v >= 1.0 && (v.to_bits() & 0x007f_ffff) == 0;
+        if !power_of_two(self.loss_scale) || self.loss_scale > LossScale::LARGEST {
+            return bad(
+                "loss-scale",
+                &self.loss_scale,
+                "must be a power of two from 1 to 2^64",
+            );
+        }
         if self.log_every == 0 {
             return bad("log-every", &0, "must be at least 1");
         }

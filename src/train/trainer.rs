@@ -11,6 +11,7 @@ use super::window::{Running, Window, bar_message, progress_bar};
 use crate::data::stream::Stream;
 use crate::data::{Batches, TrainingData};
 use crate::device::SgdStep;
+use crate::device::precision::{LossScale, Precision};
 use crate::error::{Error, Result};
 use crate::net::params::TwinTensor;
 use crate::net::plan::{Op, Plan};
@@ -77,6 +78,8 @@ pub struct Trainer<'a> {
     steps_per_epoch: usize,
     /// The rate of the last step trained.
     lr: f32,
+    /// fp16's dynamic loss scale; `None` at other precisions.
+    loss_scale: Option<LossScale>,
     window: Window,
     /// The queued steps' losses, read at progress lines and checkpoints.
     losses: Losses,
@@ -137,6 +140,14 @@ impl<'a> Trainer<'a> {
         }
         setup::create_run_dir(&run_dir, config)?;
         let saved = resumed.as_ref().map(|r| &r.state);
+        let loss_scale = placements
+            .first()
+            .is_some_and(|p| p.precision() == Precision::Fp16)
+            .then(|| {
+                saved
+                    .and_then(|s| s.loss_scale)
+                    .unwrap_or(LossScale::starting_at(config.loss_scale))
+            });
         let first_step = saved.map_or(0, |s| s.step);
         let last_checkpoint = resumed.as_ref().map(|r| r.folder.clone());
         let log = MetricsLog::open(&run_dir, first_step)?;
@@ -189,6 +200,7 @@ impl<'a> Trainer<'a> {
             total_steps,
             steps_per_epoch,
             lr: config.lr,
+            loss_scale,
             window: Window::open(0.0),
             named: [HashSet::new(), HashSet::new()],
             summary,
@@ -267,8 +279,16 @@ impl<'a> Trainer<'a> {
                 images: Arc::new(loaded.images),
                 labels: Arc::new(loaded.labels),
             };
-            self.towers
-                .queue_step(&batch, derive(config.seed, step as u64), Some(sgd))?;
+            let key = derive(config.seed, step as u64);
+            match &mut self.loss_scale {
+                None => self.towers.queue_step(&batch, key, Some(sgd))?,
+                Some(scale) => {
+                    let applied = self
+                        .towers
+                        .queue_scaled_step(&batch, key, sgd, scale.scale)?;
+                    *scale = scale.after(applied);
+                }
+            }
             self.losses.queued(step, images);
             self.window.seconds += started.elapsed().as_secs_f64();
             self.bar.set_position((step + 1) as u64);
@@ -481,6 +501,7 @@ impl<'a> Trainer<'a> {
             dataset: self.data.describe(),
             val_top1: val.map(|v| v.0),
             val_top5: val.map(|v| v.1),
+            loss_scale: self.loss_scale,
         }
     }
 
@@ -599,7 +620,8 @@ mod tests {
             ..TrainConfig::default()
         };
         let mut out = Vec::new();
-        let mut trainer = Trainer::new(&config, &[Placement::Cpu], Start::Fresh, &mut out).unwrap();
+        let mut trainer =
+            Trainer::new(&config, &[Placement::cpu()], Start::Fresh, &mut out).unwrap();
         assert_eq!(trainer.steps(), 0..4);
         assert_eq!(trainer.boundary(0), (false, false));
         assert_eq!(trainer.boundary(1), (true, false));

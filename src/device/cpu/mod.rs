@@ -1,6 +1,9 @@
 //! The CPU device: f32, NCHW, im2col + GEMM convolutions. One instance per
 //! tower thread; its kernels are generic over f32/f64 so the gradient checks
-//! run the same code in f64.
+//! run the same code in f64. With 16-bit [`Storage`] it is the reference of
+//! mixed precision: it computes in f32 and rounds to 16 bits exactly where
+//! a GPU stores them (each op's outputs, the gradients it writes, the
+//! weight copies the passes read), never the master weights or momentum.
 
 mod conv;
 mod fc;
@@ -27,10 +30,12 @@ pub use pool::{maxpool_backward, maxpool_forward};
 pub use real::Real;
 pub use softmax::softmax_cross_entropy;
 
+use super::precision::Storage;
 use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::data::input;
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
+use std::mem::take;
 
 /// One tower's CPU device; owns the im2col scratch buffers. Training runs in
 /// f32; `CpuDevice<f64>` runs the same kernels in f64 for reference checks.
@@ -40,6 +45,58 @@ pub struct CpuDevice<T = f32> {
     /// Each loss computed since the last [`Device::take_loss_stats`].
     stats: Vec<LossStats>,
     phases: Vec<T>,
+    storage: Storage,
+    /// The 16-bit copies of the weights of the op running now.
+    rounded_weights: Vec<Vec<T>>,
+}
+
+impl<T: Real> CpuDevice<T> {
+    /// A device that stores its buffers as `storage` does.
+    pub fn with_storage(storage: Storage) -> Self {
+        CpuDevice {
+            storage,
+            ..CpuDevice::default()
+        }
+    }
+
+    /// The weights an op reads: `w` itself, or its 16-bit copies.
+    fn weights<'a>(&'a mut self, w: &'a [Vec<T>]) -> Vec<&'a [T]> {
+        if !self.storage.is_16_bit() {
+            return slices(w);
+        }
+        self.rounded_weights.resize_with(w.len(), Vec::new);
+        for (copy, w) in self.rounded_weights.iter_mut().zip(w) {
+            copy.clear();
+            copy.extend_from_slice(w);
+            round_all(self.storage, copy);
+        }
+        slices(&self.rounded_weights[..w.len()])
+    }
+}
+
+/// [`round_all`] at `storage`, as a plain function (for the host link's
+/// reduce-scatter sums).
+pub fn rounder<T: Real>(storage: Storage) -> fn(&mut [T]) {
+    fn bf16<T: Real>(x: &mut [T]) {
+        round_all(Storage::Bf16, x);
+    }
+    fn f16<T: Real>(x: &mut [T]) {
+        round_all(Storage::F16, x);
+    }
+    match storage {
+        Storage::Full => |_| {},
+        Storage::Bf16 => bf16::<T>,
+        Storage::F16 => f16::<T>,
+    }
+}
+
+/// Rounds every element of `x` as `storage` keeps it.
+pub fn round_all<T: Real>(storage: Storage, x: &mut [T]) {
+    if storage.is_16_bit() {
+        for v in x {
+            *v = T::of(f64::from(storage.round(v.wide() as f32)));
+        }
+    }
 }
 
 fn slices<T>(bufs: &[Vec<T>]) -> Vec<&[T]> {
@@ -48,6 +105,22 @@ fn slices<T>(bufs: &[Vec<T>]) -> Vec<&[T]> {
 
 fn slices_mut<T>(bufs: &mut [Vec<T>]) -> Vec<&mut [T]> {
     bufs.iter_mut().map(Vec::as_mut_slice).collect()
+}
+
+/// Rounds what a backward pass wrote, as `storage` keeps it.
+fn round_gradients<T: Real>(
+    storage: Storage,
+    dx: Option<&mut [T]>,
+    dw: &mut [Vec<T>],
+    dbias: &mut [T],
+) {
+    if let Some(dx) = dx {
+        round_all(storage, dx);
+    }
+    for dw in dw {
+        round_all(storage, dw);
+    }
+    round_all(storage, dbias);
 }
 
 impl<T: Real> Device for CpuDevice<T> {
@@ -67,12 +140,15 @@ impl<T: Real> Device for CpuDevice<T> {
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Vec<T>) -> Result<()> {
         input::check_u8(pixels, offsets, y.len()).map_err(Error::Training)?;
         input::u8_to_net(pixels, offsets, y, |v| T::of(f64::from(v)));
+        round_all(self.storage, y);
         Ok(())
     }
 
     /// Nothing to overlap on the CPU: the same as [`Device::upload`].
     fn input_from_f32(&mut self, images: &[f32], y: &mut Vec<T>) -> Result<()> {
-        self.upload(images, y)
+        self.upload(images, y)?;
+        round_all(self.storage, y);
+        Ok(())
     }
 
     fn download(&mut self, src: &Vec<T>) -> Result<Vec<f32>> {
@@ -104,16 +180,11 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         let x = x.landed()?;
-        conv_forward(
-            x,
-            &slices(w),
-            bias,
-            y,
-            shape,
-            batch,
-            &mut self.col,
-            &mut self.phases,
-        );
+        let (mut col, mut phases) = (take(&mut self.col), take(&mut self.phases));
+        let w = self.weights(w);
+        conv_forward(x, &w, bias, y, shape, batch, &mut col, &mut phases);
+        (self.col, self.phases) = (col, phases);
+        round_all(self.storage, y);
         Ok(())
     }
 
@@ -128,18 +199,23 @@ impl<T: Real> Device for CpuDevice<T> {
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
+        let (mut col, mut phases) = (take(&mut self.col), take(&mut self.phases));
+        let storage = self.storage;
+        let w = self.weights(w);
         conv_backward(
             x,
-            &slices(w),
+            &w,
             dy,
             dx.as_mut().map(|g| g.dx.as_mut_slice()),
             &mut slices_mut(dw),
             dbias,
             shape,
             batch,
-            &mut self.col,
-            &mut self.phases,
+            &mut col,
+            &mut phases,
         );
+        (self.col, self.phases) = (col, phases);
+        round_gradients(storage, dx.as_mut().map(|g| g.dx.as_mut_slice()), dw, dbias);
         dx.map_or(Ok(()), InputGrad::announce)
     }
 
@@ -153,7 +229,9 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         let x = x.landed()?;
-        fc_forward(x, &slices(w), bias, y, shape, batch);
+        let storage = self.storage;
+        fc_forward(x, &self.weights(w), bias, y, shape, batch);
+        round_all(storage, y);
         Ok(())
     }
 
@@ -168,9 +246,10 @@ impl<T: Real> Device for CpuDevice<T> {
         shape: &FcShape,
         batch: usize,
     ) -> Result<()> {
+        let storage = self.storage;
         fc_backward(
             x,
-            &slices(w),
+            &self.weights(w),
             dy,
             dx.as_mut().map(|g| g.dx.as_mut_slice()),
             &mut slices_mut(dw),
@@ -178,26 +257,31 @@ impl<T: Real> Device for CpuDevice<T> {
             shape,
             batch,
         );
+        round_gradients(storage, dx.as_mut().map(|g| g.dx.as_mut_slice()), dw, dbias);
         dx.map_or(Ok(()), InputGrad::announce)
     }
 
     fn relu_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
         relu_forward(x, y);
+        round_all(self.storage, y);
         Ok(())
     }
 
     fn relu_backward(&mut self, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
         relu_backward(y, dy, dx);
+        round_all(self.storage, dx);
         Ok(())
     }
 
     fn tanh_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
         tanh_forward(x, y);
+        round_all(self.storage, y);
         Ok(())
     }
 
     fn tanh_backward(&mut self, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
         tanh_backward(y, dy, dx);
+        round_all(self.storage, dx);
         Ok(())
     }
 
@@ -210,6 +294,8 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         lrn_forward(x, y, scale, shape, batch);
+        round_all(self.storage, y);
+        round_all(self.storage, scale);
         Ok(())
     }
 
@@ -224,6 +310,7 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         lrn_backward(x, y, scale, dy, dx, shape, batch);
+        round_all(self.storage, dx);
         Ok(())
     }
 
@@ -235,6 +322,7 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         maxpool_forward(x, y, shape, batch);
+        round_all(self.storage, y);
         Ok(())
     }
 
@@ -248,6 +336,7 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         maxpool_backward(x, y, dy, dx, shape, batch);
+        round_all(self.storage, dx);
         Ok(())
     }
 
@@ -260,6 +349,7 @@ impl<T: Real> Device for CpuDevice<T> {
         first: usize,
     ) -> Result<()> {
         dropout_apply(x, y, p, key, first);
+        round_all(self.storage, y);
         Ok(())
     }
 
@@ -272,6 +362,7 @@ impl<T: Real> Device for CpuDevice<T> {
         first: usize,
     ) -> Result<()> {
         dropout_apply(dy, dx, p, key, first);
+        round_all(self.storage, dx);
         Ok(())
     }
 
@@ -281,9 +372,11 @@ impl<T: Real> Device for CpuDevice<T> {
         labels: &[u32],
         tower: usize,
         per_tower: usize,
+        grad_scale: f32,
         dlogits: &mut Vec<T>,
     ) -> Result<()> {
-        let stats = softmax_cross_entropy(logits, labels, tower, per_tower, dlogits);
+        let stats = softmax_cross_entropy(logits, labels, tower, per_tower, grad_scale, dlogits);
+        round_all(self.storage, dlogits);
         self.stats.push(stats);
         Ok(())
     }
@@ -296,6 +389,10 @@ impl<T: Real> Device for CpuDevice<T> {
         Ok(())
     }
 
+    fn all_finite(&mut self, bufs: &[&Vec<T>]) -> Result<bool> {
+        Ok(bufs.iter().all(|b| b.iter().all(|v| v.is_finite())))
+    }
+
     fn sgd_update(
         &mut self,
         w: &mut Vec<T>,
@@ -305,5 +402,71 @@ impl<T: Real> Device for CpuDevice<T> {
     ) -> Result<()> {
         sgd_update(w, g, v, step);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    fn to_bf16(x: f32) -> f32 {
+        bf16::from_f32(x).to_f32()
+    }
+
+    #[test]
+    fn a_bf16_device_reads_rounded_weights_and_stores_rounded_outputs() {
+        let s = FcShape {
+            sources: 1,
+            inputs: 5,
+            outputs: 3,
+        };
+        let batch = 2;
+        let x: Vec<f32> = (0..10).map(|i| to_bf16(0.37 * i as f32 - 1.3)).collect();
+        let w: Vec<f32> = (0..15)
+            .map(|i| 0.1001 * (i as f32).sin() + 0.0123)
+            .collect();
+        let bias = vec![0.25f32, -0.5, 0.125];
+        let mut device = CpuDevice::<f32>::with_storage(Storage::Bf16);
+        let mut y = vec![0.0f32; batch * s.outputs];
+        let weights = vec![w.clone()];
+        device
+            .fc_forward(Input::Own(&x), &weights, &bias, &mut y, &s, batch)
+            .unwrap();
+        assert_eq!(weights[0], w, "the master weights were rounded");
+        for n in 0..batch {
+            for o in 0..s.outputs {
+                // In f64, from the weights rounded to bf16 by hand.
+                let exact: f64 = f64::from(bias[o])
+                    + (0..s.inputs)
+                        .map(|i| f64::from(x[n * 5 + i]) * f64::from(to_bf16(w[o * 5 + i])))
+                        .sum::<f64>();
+                let got = y[n * s.outputs + o];
+                assert_eq!(to_bf16(got), got, "output {got} is not a bf16");
+                // f32 accumulation may land across a rounding boundary: one bf16 step.
+                let step = f64::from(to_bf16(exact as f32)).abs() * 2f64.powi(-7);
+                assert!(
+                    (f64::from(got) - exact).abs() <= step,
+                    "{got} against {exact}"
+                );
+            }
+        }
+        // The plain device on the same inputs does not round.
+        let mut plain = vec![0.0f32; y.len()];
+        CpuDevice::<f32>::default()
+            .fc_forward(Input::Own(&x), &weights, &bias, &mut plain, &s, batch)
+            .unwrap();
+        assert!(plain.iter().any(|&v| to_bf16(v) != v));
+    }
+
+    #[test]
+    fn fp16_storage_overflows_to_infinity_and_all_finite_sees_it() {
+        let mut device = CpuDevice::<f32>::with_storage(Storage::F16);
+        let x = vec![1.0f32, 70000.0, -3.0];
+        let mut y = vec![0.0; 3];
+        device.relu_forward(&x, &mut y).unwrap();
+        assert_eq!(y, [1.0, f32::INFINITY, 0.0]);
+        assert!(!device.all_finite(&[&x, &y]).unwrap());
+        assert!(device.all_finite(&[&x]).unwrap());
     }
 }

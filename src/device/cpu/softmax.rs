@@ -6,12 +6,14 @@ use super::real::Real;
 use crate::device::LossStats;
 
 /// See [`crate::device::Device::softmax_cross_entropy`]; `logits` is
-/// `[tower][image][per_tower]`, `dlogits` `[image][per_tower]`.
+/// `[tower][image][per_tower]`, `dlogits` `[image][per_tower]`, scaled by
+/// `grad_scale`.
 pub fn softmax_cross_entropy<T: Real>(
     logits: &[T],
     labels: &[u32],
     tower: usize,
     per_tower: usize,
+    grad_scale: f32,
     dlogits: &mut [T],
 ) -> LossStats {
     let batch = labels.len();
@@ -38,7 +40,7 @@ pub fn softmax_cross_entropy<T: Real>(
             let class = tower * per_tower + u;
             let p = (z[class] - log_sum).exp();
             let target = if class == label { 1.0 } else { 0.0 };
-            *d = T::of((p - target) / batch as f64);
+            *d = T::of((p - target) * f64::from(grad_scale) / batch as f64);
         }
     }
     stats
@@ -59,7 +61,8 @@ mod tests {
         let labels = [0u32, 5, 7];
         let loss = |l: &[f64]| {
             let mut scratch = vec![0.0; batch * per_tower];
-            softmax_cross_entropy(l, &labels, 0, per_tower, &mut scratch).loss_sum / batch as f64
+            softmax_cross_entropy(l, &labels, 0, per_tower, 1.0, &mut scratch).loss_sum
+                / batch as f64
         };
         // Direct: class c of image n is logits[(c / per_tower) * batch + n][c % per_tower].
         let mut want = 0.0;
@@ -79,6 +82,7 @@ mod tests {
                 &labels,
                 t,
                 per_tower,
+                1.0,
                 &mut full[t * batch * per_tower..][..batch * per_tower],
             );
         }
@@ -86,15 +90,27 @@ mod tests {
     }
 
     #[test]
+    fn a_loss_scale_multiplies_the_gradient_and_leaves_the_loss() {
+        let logits = [0.5, -1.0, 2.0, 0.25f32];
+        let (mut plain, mut scaled) = ([0.0f32; 4], [0.0f32; 4]);
+        let a = softmax_cross_entropy(&logits, &[1, 0], 0, 2, 1.0, &mut plain);
+        let b = softmax_cross_entropy(&logits, &[1, 0], 0, 2, 1024.0, &mut scaled);
+        assert_eq!(a, b);
+        for (p, s) in plain.iter().zip(&scaled) {
+            assert_eq!(p * 1024.0, *s);
+        }
+    }
+
+    #[test]
     fn counts_top1_and_top5() {
         // One tower of 6 classes, label 2 ranked third.
         let logits = [0.0, 5.0, 3.0, 4.0, 1.0, 2.0f32];
         let mut d = [0.0f32; 6];
-        let stats = softmax_cross_entropy(&logits, &[2], 0, 6, &mut d);
+        let stats = softmax_cross_entropy(&logits, &[2], 0, 6, 1.0, &mut d);
         assert_eq!((stats.top1, stats.top5), (0, 1));
-        let stats = softmax_cross_entropy(&logits, &[1], 0, 6, &mut d);
+        let stats = softmax_cross_entropy(&logits, &[1], 0, 6, 1.0, &mut d);
         assert_eq!((stats.top1, stats.top5), (1, 1));
-        let stats = softmax_cross_entropy(&logits, &[0], 0, 6, &mut d);
+        let stats = softmax_cross_entropy(&logits, &[0], 0, 6, 1.0, &mut d);
         assert_eq!((stats.top1, stats.top5), (0, 0));
     }
 }

@@ -546,6 +546,7 @@ impl Device for CudaDevice {
         labels: &[u32],
         tower: usize,
         per_tower: usize,
+        grad_scale: f32,
         dlogits: &mut Self::Buf,
     ) -> Result<()> {
         let batch = labels.len();
@@ -554,6 +555,7 @@ impl Device for CudaDevice {
             towers: logits.len() / (batch * per_tower).max(1),
             per_tower,
             tower,
+            grad_scale,
         };
         let turn = self.stage_labels(labels)?;
         let stream = &self.stream;
@@ -618,6 +620,22 @@ impl Device for CudaDevice {
         let waited = steps.end_step(event, queued, |oldest| self.wait_for(oldest));
         self.steps = steps;
         waited
+    }
+
+    fn all_finite(&mut self, bufs: &[&Self::Buf]) -> Result<bool> {
+        let mut flag = zeros::<u32>(&self.stream, 1, "overflow flag")?;
+        for buf in bufs {
+            self.kernels
+                .elementwise
+                .flag_nonfinite(&self.stream, buf, &mut flag)?;
+        }
+        // As in `download`: the polled wait, then the copy of a drained stream.
+        self.synchronize()?;
+        let host = self
+            .stream
+            .clone_dtoh(&flag)
+            .map_err(|e| Error::cuda("copying the overflow flag", e))?;
+        Ok(host.first() == Some(&0))
     }
 
     fn sgd_update(

@@ -1,0 +1,228 @@
+//! Mixed precision on the CPU, the reference of the GPU's 16-bit path:
+//! bf16 and fp16 train as well as fp32, an fp16 step that overflows is
+//! skipped and leaves the weights as they were, and a 16-bit run resumes
+//! bit for bit.
+
+mod common;
+
+use alexnet::device::SgdStep;
+use alexnet::device::precision::{LossScale, Storage};
+use alexnet::net::init::init_twin;
+use alexnet::net::params::TwinTensor;
+use alexnet::net::plan::Plan;
+use alexnet::net::spec::InitScheme;
+use alexnet::tower::ParamSet;
+use alexnet::towers::{Batch, TowerPair};
+use alexnet::train::checkpoint;
+use common::{alexnet, scratch};
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn train(run_dir: &Path, precision: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--cpu",
+        "--precision",
+        precision,
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--batch",
+        "16",
+        "--seed",
+        "3",
+        "--schedule",
+        "constant",
+        "--quiet",
+    ];
+    args.extend(extra);
+    alexnet(&args)
+}
+
+fn newest(run_dir: &Path) -> checkpoint::Checkpoint {
+    checkpoint::load(run_dir).expect("a readable checkpoint").1
+}
+
+fn bits(tensors: &[TwinTensor]) -> Vec<(String, Vec<u32>)> {
+    tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.data.iter().map(|v| v.to_bits()).collect()))
+        .collect()
+}
+
+#[test]
+fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
+    let dir = scratch("precision-accuracy");
+    let steps = [
+        "--steps",
+        "300",
+        "--train-images",
+        "4800",
+        "--val-images",
+        "1000",
+    ];
+    let mut top1 = Vec::new();
+    let mut weights = Vec::new();
+    for precision in ["fp32", "bf16", "fp16"] {
+        let run = dir.join(precision);
+        ok(&train(&run, precision, &steps));
+        let ckpt = newest(&run);
+        assert_eq!(ckpt.state.step, 300);
+        top1.push(ckpt.state.val_top1.expect("the last step validates"));
+        weights.push(bits(&ckpt.weights));
+        let scale = ckpt.state.loss_scale;
+        assert_eq!(
+            scale.is_some(),
+            precision == "fp16",
+            "{precision}: {scale:?}"
+        );
+    }
+    // Learning happened (chance is 0.1), and the 16-bit runs rounded: their
+    // weights are not fp32's.
+    assert!(top1[0] > 0.3, "fp32 top-1 {}", top1[0]);
+    assert_ne!(weights[0], weights[1], "bf16 trained exactly as fp32");
+    assert_ne!(weights[0], weights[2], "fp16 trained exactly as fp32");
+    for (precision, t) in ["bf16", "fp16"].iter().zip(&top1[1..]) {
+        assert!(
+            (t - top1[0]).abs() <= 0.03,
+            "{precision} top-1 {t} against fp32's {}",
+            top1[0]
+        );
+    }
+}
+
+#[test]
+fn an_fp16_step_that_overflows_is_skipped_and_leaves_the_weights_untouched() {
+    let plan = Arc::new(Plan::load("small").unwrap());
+    let batch = 4;
+    let init = init_twin(&plan, InitScheme::He, 5);
+    let towers = TowerPair::cpu_storing::<f32>(Arc::clone(&plan), batch, &init, Storage::F16)
+        .expect("a CPU pair");
+    let images: Vec<f32> = (0..batch * plan.input.len())
+        .map(|i| ((i * 7919 % 255) as f32 / 255.0) - 0.5)
+        .collect();
+    let batch = Batch {
+        images: Arc::new(alexnet::data::input::Images::F32(images.into())),
+        labels: Arc::new(vec![0, 3, 7, 9]),
+    };
+    let sgd = SgdStep {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 0.0005,
+    };
+    let before = (
+        bits(&towers.download(ParamSet::Weights).unwrap()),
+        bits(&towers.download(ParamSet::Momentum).unwrap()),
+    );
+    // 2⁴⁰ times a loss gradient of order 1/4 is far past fp16's 65504.
+    let applied = towers
+        .queue_scaled_step(&batch, 1, sgd, 2f32.powi(40))
+        .unwrap();
+    assert!(!applied, "a step at scale 2^40 did not overflow");
+    let after = (
+        bits(&towers.download(ParamSet::Weights).unwrap()),
+        bits(&towers.download(ParamSet::Momentum).unwrap()),
+    );
+    assert!(
+        before == after,
+        "the skipped step changed weights or momentum"
+    );
+    assert_eq!(
+        LossScale::starting_at(2f32.powi(40)).after(applied).scale,
+        2f32.powi(39)
+    );
+    // At a moderate scale the same step is made, and moves the weights.
+    assert!(towers.queue_scaled_step(&batch, 1, sgd, 1024.0).unwrap());
+    assert_ne!(before.0, bits(&towers.download(ParamSet::Weights).unwrap()));
+    let stats = towers.take_stats().unwrap();
+    assert_eq!(stats.len(), 2, "each pass, skipped or not, has its loss");
+    assert!(stats.iter().all(|s| s.loss_sum.is_finite()));
+}
+
+#[test]
+fn a_16_bit_run_resumes_bit_for_bit_with_its_loss_scale() {
+    let dir = scratch("precision-resume");
+    for precision in ["bf16", "fp16"] {
+        let (whole, halves) = (
+            dir.join(format!("{precision}-whole")),
+            dir.join(format!("{precision}-halves")),
+        );
+        // A first scale of 2²⁴ overflows at once: the scale falls during the
+        // first half, and the second half must start from where it fell.
+        let common = [
+            "--train-images",
+            "160",
+            "--val-images",
+            "64",
+            "--loss-scale",
+            "16777216",
+        ];
+        let args = |steps: &'static str| [&common[..], &["--steps", steps]].concat();
+        ok(&train(&whole, precision, &args("14")));
+        ok(&train(&halves, precision, &args("7")));
+        let midway = newest(&halves);
+        assert_eq!(midway.state.step, 7);
+        if precision == "fp16" {
+            let scale = midway.state.loss_scale.expect("fp16 saves its loss scale");
+            assert!(
+                scale.scale < 16_777_216.0,
+                "the scale never fell: {scale:?}"
+            );
+        } else {
+            assert_eq!(midway.state.loss_scale, None);
+        }
+        let out = ok(&alexnet(&[
+            "train",
+            "--resume",
+            halves.to_str().unwrap(),
+            "--steps",
+            "14",
+            "--cpu",
+            "--precision",
+            precision,
+            "--quiet",
+        ]));
+        assert!(out.contains("resuming"), "{out}");
+        let (a, b) = (newest(&whole), newest(&halves));
+        assert_eq!(b.state.step, 14);
+        assert_eq!(
+            bits(&a.weights),
+            bits(&b.weights),
+            "{precision}: weights differ"
+        );
+        assert_eq!(
+            bits(&a.momentum),
+            bits(&b.momentum),
+            "{precision}: momentum differs"
+        );
+        assert_eq!(a.state.loss_scale, b.state.loss_scale);
+    }
+}
+
+#[test]
+fn tf32_is_an_alias_and_16_bits_are_refused_on_a_gpu_in_one_line() {
+    let out = alexnet(&[
+        "train",
+        "--tf32",
+        "--precision",
+        "bf16",
+        "--cpu",
+        "--steps",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = alexnet(&["bench", "--gpus", "0", "--precision", "bf16"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--precision bf16: 16-bit storage runs on the CPU only"),
+        "{stderr}"
+    );
+}
