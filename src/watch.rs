@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// The environment variable that overrides [`DEFAULT_TIMEOUT`], in seconds.
@@ -24,7 +24,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 pub(crate) const POLL: Duration = Duration::from_millis(1);
 /// How long a polled wait only yields between looks (a GPU step's wait is
 /// usually short, and a sleep would add to it).
-const SPIN: Duration = Duration::from_millis(5);
+pub(crate) const SPIN: Duration = Duration::from_millis(5);
 
 /// Shared by both towers of a pair and the thread that drives them.
 pub struct Watch {
@@ -32,6 +32,10 @@ pub struct Watch {
     changed: Condvar,
     timeout: Duration,
     places: [String; TOWERS],
+    /// The watches of the other replicas of a run ([`Watch::join`]): this
+    /// pair's own failure is passed on to them, so that no replica waits
+    /// for one that has failed.
+    peers: OnceLock<Vec<Weak<Watch>>>,
 }
 
 #[derive(Default)]
@@ -46,6 +50,8 @@ struct Failure {
     tower: usize,
     message: String,
     input: bool,
+    /// Another replica's failure, passed on: `message` is its whole error.
+    passed_on: bool,
 }
 
 impl Watch {
@@ -75,6 +81,21 @@ impl Watch {
             changed: Condvar::new(),
             timeout,
             places,
+            peers: OnceLock::new(),
+        }
+    }
+
+    /// Makes the watches of a run's replicas pass their pair's first
+    /// failure on to each other (once; later calls change nothing).
+    pub fn join(watches: &[Arc<Watch>]) {
+        for (r, watch) in watches.iter().enumerate() {
+            let others = watches
+                .iter()
+                .enumerate()
+                .filter(|&(o, _)| o != r)
+                .map(|(_, w)| Arc::downgrade(w))
+                .collect();
+            let _ = watch.peers.set(others);
         }
     }
 
@@ -116,23 +137,41 @@ impl Watch {
     }
 
     fn fail_with(&self, rank: usize, message: String, input: bool) {
+        if self.record(rank, message, input, false) {
+            let shown = self.failure().map(|e| e.to_string()).unwrap_or_default();
+            for peer in self.peers.get().into_iter().flatten() {
+                if let Some(peer) = peer.upgrade() {
+                    peer.record(rank, shown.clone(), input, true);
+                }
+            }
+        }
+    }
+
+    /// Records a failure unless one is recorded already, and releases every
+    /// waiter; whether this one was recorded.
+    fn record(&self, tower: usize, message: String, input: bool, passed_on: bool) -> bool {
         let mut state = self.lock();
-        if state.failure.is_none() {
+        let first = state.failure.is_none();
+        if first {
             state.failure = Some(Failure {
-                tower: rank,
+                tower,
                 message,
                 input,
+                passed_on,
             });
         }
         drop(state);
         self.changed.notify_all();
+        first
     }
 
     /// The pair's first failure as an error naming the tower and its place
     /// (an input error stays one, for exit status 2).
     pub fn failure(&self) -> Option<Error> {
         let failure = self.lock().failure.clone()?;
-        Some(if failure.input {
+        Some(if failure.passed_on && !failure.input {
+            Error::Training(failure.message)
+        } else if failure.input {
             Error::Input(failure.message)
         } else {
             Error::Tower {
@@ -141,6 +180,13 @@ impl Watch {
                 message: failure.message,
             }
         })
+    }
+
+    /// The pair's own first failure: [`Watch::failure`] unless that was
+    /// passed on from another replica.
+    pub fn own_failure(&self) -> Option<Error> {
+        let passed_on = self.lock().failure.as_ref()?.passed_on;
+        if passed_on { None } else { self.failure() }
     }
 
     /// Fails with the pair's first failure, if there is one.
@@ -257,6 +303,26 @@ mod tests {
 
     fn places() -> [String; TOWERS] {
         ["GPU 0".into(), "GPU 1".into()]
+    }
+
+    /// A failure in one replica's pair ends a poll of another's at once
+    /// (a GPU stream's wait polls only its own pair's watch), naming the
+    /// failed tower; that pair's own failure stays apart from the passed-on one.
+    #[test]
+    fn joined_watches_pass_a_failure_on() {
+        let watches: Vec<Arc<Watch>> = (0..3)
+            .map(|_| Arc::new(Watch::with_timeout(places(), Duration::from_secs(60))))
+            .collect();
+        Watch::join(&watches);
+        watches[1].fail(0, &Error::Training("out of memory".into()));
+        let start = Instant::now();
+        let waited = watches[2].poll(1, "waiting for its GPU", || Ok(false));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let message = waited.unwrap_err().to_string();
+        assert!(message.contains("out of memory"), "{message}");
+        assert!(message.contains("GPU 0"), "{message}");
+        assert!(watches[2].own_failure().is_none());
+        assert!(watches[1].own_failure().is_some());
     }
 
     #[test]

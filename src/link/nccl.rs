@@ -50,6 +50,39 @@ impl Drop for RawComm {
     }
 }
 
+impl RawComm {
+    /// Checks what an NCCL call on this communicator answered and, while it
+    /// is in progress, polls the communicator until it is done: the next
+    /// NCCL call may only follow then. `poll` asks "done yet?" until yes,
+    /// giving up where its watch says (another tower's or replica's
+    /// failure, the timeout); the communicator is aborted when dropped.
+    pub(crate) fn settle(
+        &self,
+        answer: ncclResult_t,
+        what: &str,
+        poll: impl FnOnce(&mut dyn FnMut() -> Result<bool>) -> Result<()>,
+    ) -> Result<()> {
+        let failed = |code| Error::cuda(what, message(&NcclError(code)));
+        match answer {
+            ncclResult_t::ncclSuccess | ncclResult_t::ncclInProgress => {}
+            code => return Err(failed(code)),
+        }
+        if self.0.is_null() {
+            return Err(Error::cuda(what, "NCCL returned no communicator"));
+        }
+        poll(&mut || {
+            let mut state = ncclResult_t::ncclSuccess;
+            // SAFETY: a live communicator and an out-parameter.
+            let asked = unsafe { sys::ncclCommGetAsyncError(self.0, &mut state) };
+            match (asked, state) {
+                (ncclResult_t::ncclSuccess, ncclResult_t::ncclSuccess) => Ok(true),
+                (ncclResult_t::ncclSuccess, ncclResult_t::ncclInProgress) => Ok(false),
+                (ncclResult_t::ncclSuccess, code) | (code, _) => Err(failed(code)),
+            }
+        })
+    }
+}
+
 /// `NCCL_VERSION(2, 30, 0)`: the layout of cudarc's `ncclConfig_t`. An
 /// older library reads the prefix it knows; a newer one the fields of 2.30.
 const CONFIG_VERSION: u32 = 23000;
@@ -123,29 +156,11 @@ impl NcclLink {
         Ok(link)
     }
 
-    /// Checks what an NCCL call answered and, while it is in progress,
-    /// polls the communicator until it is done: the next NCCL call may only
-    /// follow then. Gives up on the other tower's failure or the timeout
-    /// (the communicator is aborted when the link is dropped).
+    /// Checks what an NCCL call answered, polling under the pair's watch
+    /// (see [`RawComm::settle`]).
     fn started(&self, answer: ncclResult_t, what: &str) -> Result<()> {
-        let failed = |code| Error::cuda(what, message(&NcclError(code)));
-        match answer {
-            ncclResult_t::ncclSuccess | ncclResult_t::ncclInProgress => {}
-            code => return Err(failed(code)),
-        }
-        if self.comm.0.is_null() {
-            return Err(Error::cuda(what, "NCCL returned no communicator"));
-        }
-        self.watch.poll(self.rank, what, || {
-            let mut state = ncclResult_t::ncclSuccess;
-            // SAFETY: a live communicator and an out-parameter.
-            let asked = unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut state) };
-            match (asked, state) {
-                (ncclResult_t::ncclSuccess, ncclResult_t::ncclSuccess) => Ok(true),
-                (ncclResult_t::ncclSuccess, ncclResult_t::ncclInProgress) => Ok(false),
-                (ncclResult_t::ncclSuccess, code) | (code, _) => Err(failed(code)),
-            }
-        })
+        self.comm
+            .settle(answer, what, |done| self.watch.poll(self.rank, what, done))
     }
 
     /// The exchange stream, made to wait for the tower's work so far.

@@ -6,8 +6,9 @@
 //! it are still being differentiated; the update then reads the average.
 //!
 //! [`ReplicaWatch`] is what every replica's towers know of the others: each
-//! pair's [`Watch`], so that a wait for another replica ends as soon as any
-//! tower anywhere fails, and which replica failed first.
+//! pair's [`Watch`], joined so that a pair's failure is passed on to every
+//! other (any wait of any tower, a GPU stream's included, ends as soon as
+//! any tower anywhere fails), and which replica failed first.
 
 pub mod host;
 pub mod nccl;
@@ -39,6 +40,7 @@ pub struct ReplicaWatch {
 impl ReplicaWatch {
     /// The replicas whose pairs `watches` look after, replica 0 first.
     pub fn new(watches: Vec<Arc<Watch>>) -> ReplicaWatch {
+        Watch::join(&watches);
         ReplicaWatch {
             watches,
             origin: OnceLock::new(),
@@ -64,7 +66,7 @@ impl ReplicaWatch {
             if r == replica {
                 continue;
             }
-            if let Some(e) = watch.failure() {
+            if let Some(e) = watch.own_failure() {
                 let _ = self.origin.set(r);
                 return Err(e);
             }
@@ -106,7 +108,11 @@ impl ReplicaWatch {
                     own.timeout().as_secs_f64()
                 )));
             }
-            std::thread::sleep(crate::watch::POLL);
+            if start.elapsed() < crate::watch::SPIN {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(crate::watch::POLL);
+            }
         }
     }
 
@@ -114,11 +120,12 @@ impl ReplicaWatch {
     /// replica that has one.
     pub fn failure(&self) -> Option<Error> {
         if let Some(&r) = self.origin.get()
-            && let Some(e) = self.watches[r].failure()
+            && let Some(e) = self.watches[r].own_failure()
         {
             return Some(e);
         }
-        self.watches.iter().find_map(|w| w.failure())
+        (self.watches.iter().find_map(|w| w.own_failure()))
+            .or_else(|| self.watches.iter().find_map(|w| w.failure()))
     }
 }
 

@@ -12,13 +12,11 @@
 
 use super::{Reduce, ReplicaWatch};
 use crate::device::cuda::CudaDevice;
-use crate::device::cuda::nccl_lib::message;
 use crate::error::{Error, Result};
 use crate::link::nccl::{RawComm, non_blocking_config};
 use crate::net::params::LayerParams;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
 use cudarc::nccl::Id;
-use cudarc::nccl::result::NcclError;
 use cudarc::nccl::sys::{self, ncclResult_t};
 use std::sync::Arc;
 
@@ -73,26 +71,11 @@ impl NcclReduce {
         Ok(end)
     }
 
-    /// Checks an NCCL call's answer and polls the communicator while it is
-    /// in progress (the next call may only follow then).
+    /// Checks an NCCL call's answer, polling under the replicas' watch
+    /// (see [`RawComm::settle`]).
     fn started(&self, answer: ncclResult_t, what: &str) -> Result<()> {
-        let failed = |code| Error::cuda(what, message(&NcclError(code)));
-        match answer {
-            ncclResult_t::ncclSuccess | ncclResult_t::ncclInProgress => {}
-            code => return Err(failed(code)),
-        }
-        if self.comm.0.is_null() {
-            return Err(Error::cuda(what, "NCCL returned no communicator"));
-        }
-        self.replicas.poll(self.replica, what, || {
-            let mut state = ncclResult_t::ncclSuccess;
-            // SAFETY: a live communicator and an out-parameter.
-            let asked = unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut state) };
-            match (asked, state) {
-                (ncclResult_t::ncclSuccess, ncclResult_t::ncclSuccess) => Ok(true),
-                (ncclResult_t::ncclSuccess, ncclResult_t::ncclInProgress) => Ok(false),
-                (ncclResult_t::ncclSuccess, code) | (code, _) => Err(failed(code)),
-            }
+        self.comm.settle(answer, what, |done| {
+            self.replicas.poll(self.replica, what, done)
         })
     }
 }
@@ -121,8 +104,10 @@ impl Reduce<CudaSlice<f32>> for NcclReduce {
         // buffers, queued on the reduce stream, which waits (above) for the
         // backward pass that wrote them; the compute stream reads them only
         // after [`Reduce::finish`]'s event.
+        // The group is ended whatever its calls answered; the first call
+        // that failed is the one reported.
         let answer = unsafe {
-            sys::ncclGroupStart();
+            let mut first = sys::ncclGroupStart();
             for buf in grads
                 .weights
                 .iter_mut()
@@ -130,7 +115,7 @@ impl Reduce<CudaSlice<f32>> for NcclReduce {
             {
                 let len = buf.len();
                 let (ptr, _written) = buf.device_ptr_mut(&self.reduce);
-                sys::ncclAllReduce(
+                let queued = sys::ncclAllReduce(
                     ptr as *const _,
                     ptr as *mut _,
                     len,
@@ -139,8 +124,15 @@ impl Reduce<CudaSlice<f32>> for NcclReduce {
                     self.comm.0,
                     stream,
                 );
+                if first == ncclResult_t::ncclSuccess {
+                    first = queued;
+                }
             }
-            sys::ncclGroupEnd()
+            let ended = sys::ncclGroupEnd();
+            match first {
+                ncclResult_t::ncclSuccess | ncclResult_t::ncclInProgress => ended,
+                failed => failed,
+            }
         };
         self.started(answer, "NCCL gradient all-reduce")?;
         // SAFETY: the operator is no longer named by any call to come; NCCL
