@@ -38,8 +38,6 @@ pub struct Tower<D: Device, L: Link<D::Buf>> {
     dropout_key: Option<u64>,
     /// The part of the whole batch the current pass sees.
     shard: Shard,
-    /// Elements per image of each layer's output (a dropout mask's stride).
-    image_elements: Vec<usize>,
     /// Wall time of each layer in the last step, then the loss and the update.
     timings: Vec<LayerTiming>,
     /// Wait for the device after each layer, so `timings` hold its compute
@@ -184,11 +182,6 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
         }
         let timings = vec![LayerTiming::default(); plan.layers.len() + 2];
-        let image_elements = BufferSizes::new(&plan, 1)
-            .layers
-            .iter()
-            .map(|l| l.output)
-            .collect();
         Ok(Tower {
             plan,
             device,
@@ -201,7 +194,6 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             buffers: ManuallyDrop::new(buffers),
             dropout_key: None,
             shard: Shard::WHOLE,
-            image_elements,
             reduce: None,
             profile: false,
         })
@@ -382,7 +374,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                 Op::Dropout { p } => match self.dropout_key {
                     Some(key) => {
                         let key = dropout_key_for(key, i, rank);
-                        let first = self.shard.first_image * self.image_elements[i];
+                        let first = self.shard.first_image * layer.output.len();
                         dev.dropout_forward(x.landed()?, y, *p, key, first)?
                     }
                     // p = 0 keeps every unit at scale 1: the test-time identity.
@@ -528,7 +520,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                         .dropout_key
                         .expect("backward follows a training forward");
                     let key = dropout_key_for(key, i, rank);
-                    let first = self.shard.first_image * self.image_elements[i];
+                    let first = self.shard.first_image * layer.output.len();
                     dev.dropout_backward(dy, g.dx, *p, key, first)?;
                 }
             }
