@@ -17,6 +17,7 @@ pub mod infer;
 pub mod limits;
 pub mod link;
 pub mod net;
+pub mod nodes;
 pub mod npy;
 pub mod output;
 pub mod placement;

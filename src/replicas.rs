@@ -5,7 +5,9 @@
 //! of every replica averages its gradients with tower r of the others, so
 //! every replica takes the same update, the one a single pair would take
 //! on the whole batch: `--batch` stays the global batch, and momentum,
-//! weight decay and the learning-rate schedule see it.
+//! weight decay and the learning-rate schedule see it. A run of several
+//! nodes (hosts) has replicas on each; the nodes sum what their replicas
+//! averaged ([`Nodes`]), and each node is given only its part of a batch.
 
 use crate::data::input::Images;
 use crate::device::LossStats;
@@ -17,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::link::nccl;
 use crate::net::params::TwinTensor;
 use crate::net::plan::{Plan, TOWERS};
+use crate::nodes::Nodes;
 use crate::placement::Placement;
 use crate::reduce::host::HostReduce;
 use crate::reduce::nccl::NcclReduce;
@@ -33,46 +36,78 @@ pub struct Replicas {
     pairs: Vec<TowerPair>,
     /// What the replicas know of each other; `None` for one replica.
     group: Option<Arc<ReplicaWatch>>,
+    /// The other nodes of the run, if it has several.
+    nodes: Option<Arc<Nodes>>,
     note: String,
 }
 
 impl Replicas {
     /// One replica per placement (every one the same kind), each with the
-    /// twin's parameters `init`, sharing the global `batch`.
+    /// twin's parameters `init`, sharing the global `batch`; with `nodes`,
+    /// these are this node's replicas of a run over several.
     pub fn new(
         placements: &[Placement],
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
+        nodes: Option<Arc<Nodes>>,
     ) -> Result<Replicas> {
+        if placements
+            .first()
+            .is_some_and(|p| p.precision() == Precision::Fp16)
+            && (placements.len() > 1 || nodes.is_some())
+        {
+            return Err(Error::Input(
+                "--precision fp16 with replicas or nodes: fp16's loss scaling is not built \
+                 for replicas yet; use --precision bf16 or fp32"
+                    .into(),
+            ));
+        }
         match placements {
             [] => Err(Error::Input("no placement for the towers".into())),
-            [one] => Ok(Replicas::one(TowerPair::new(*one, plan, batch, init)?)),
+            [one] if nodes.is_none() => {
+                Ok(Replicas::one(TowerPair::new(*one, plan, batch, init)?))
+            }
             many if many
                 .iter()
                 .all(|p| *p == many[0] && matches!(p, Placement::Cpu { .. })) =>
             {
-                if many[0].precision() == Precision::Fp16 {
-                    return Err(Error::Input(
-                        "--precision fp16 with --replicas: fp16's loss scaling is not built \
-                         for replicas yet; use --precision bf16 or fp32"
-                            .into(),
-                    ));
-                }
                 let storage = many[0].precision().storage();
-                Replicas::cpu::<f32>(many.len(), plan, batch, init, storage)
+                Replicas::cpu::<f32>(many.len(), plan, batch, init, storage, nodes)
             }
             many if many
                 .iter()
                 .all(|p| matches!(p, Placement::TwoGpus { .. })) =>
             {
-                Replicas::gpus(many, plan, batch, init)
+                Replicas::gpus(many, plan, batch, init, nodes)
             }
+            _ if nodes.is_some() => Err(Error::Input(
+                "--nodes runs the CPU (--cpu) or pairs of GPUs (--gpus 0,1 or more) on each node"
+                    .into(),
+            )),
             _ => Err(Error::Input(
                 "replicas run on the CPU (--cpu --replicas R) or one pair of GPUs each (--gpus with an even count)"
                     .into(),
             )),
         }
+    }
+
+    /// What node 0 hands every node at the start of a run on `placements`:
+    /// the NCCL unique ids of the tower ranks' communicators for pairs of
+    /// GPUs, nothing on the CPU.
+    pub fn handout(placements: &[Placement]) -> Result<Vec<u8>> {
+        if !placements
+            .iter()
+            .any(|p| matches!(p, Placement::TwoGpus { .. }))
+        {
+            return Ok(Vec::new());
+        }
+        let mut bytes = Vec::with_capacity(TOWERS * 128);
+        for _ in 0..TOWERS {
+            let id = nccl::new_id()?;
+            bytes.extend(id.internal().iter().map(|&c| c as u8));
+        }
+        Ok(bytes)
     }
 
     /// A single pair as the only replica.
@@ -81,31 +116,41 @@ impl Replicas {
         Replicas {
             pairs: vec![pair],
             group: None,
+            nodes: None,
             note,
         }
     }
 
     /// `count` replicas on the CPU computing in `T` (f32 to train, f64 for
-    /// the reference checks) and storing as `storage` says, each a pair of tower threads, the gradients
-    /// averaged through host memory in replica order.
+    /// the reference checks) and storing as `storage` says, each a pair of
+    /// tower threads, the gradients averaged through host memory in replica
+    /// order (and then over `nodes`, if given).
     pub fn cpu<T: Real>(
         count: usize,
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
         storage: Storage,
+        nodes: Option<Arc<Nodes>>,
     ) -> Result<Replicas> {
-        if count == 1 {
+        if count == 1 && nodes.is_none() {
             let pair = TowerPair::cpu_storing::<T>(plan, batch, init, storage)?;
             return Ok(Replicas::one(pair));
         }
-        let shard = shard_batch(batch, count)?;
+        let shard = shard_batch(batch, count, nodes.as_deref())?;
         let watches = (0..count)
             .map(|r| Watch::new(std::array::from_fn(|_| format!("CPU, replica {r}"))).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let group = Arc::new(ReplicaWatch::new(watches));
-        let mut ends: [_; TOWERS] =
-            std::array::from_fn(|_| HostReduce::<T>::group(&group).into_iter());
+        let mut sums = match &nodes {
+            Some(n) => n.sums().map(|s| s.map(Some)).ok_or_else(|| {
+                Error::Training("the nodes' gradient sums are taken already".into())
+            })?,
+            None => std::array::from_fn(|_| None),
+        };
+        let mut ends: [_; TOWERS] = std::array::from_fn(|rank| {
+            HostReduce::<T>::group(&group, sums[rank].take()).into_iter()
+        });
         let mut pairs = Vec::with_capacity(count);
         for r in 0..count {
             let reduce = ends
@@ -122,10 +167,20 @@ impl Replicas {
                 Some(reduce),
             )?);
         }
+        let note = match &nodes {
+            Some(n) => format!(
+                "node {} of {}: {count} {} on the CPU, gradients averaged through host memory and over TCP",
+                n.rank(),
+                n.count(),
+                if count == 1 { "replica" } else { "replicas" }
+            ),
+            None => format!("{count} replicas on the CPU, gradients averaged through host memory"),
+        };
         let replicas = Replicas {
             pairs,
             group: Some(group),
-            note: format!("{count} replicas on the CPU, gradients averaged through host memory"),
+            nodes,
+            note,
         };
         for pair in &replicas.pairs {
             pair.ready().map_err(|e| replicas.first_failure(e))?;
@@ -141,11 +196,19 @@ impl Replicas {
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
+        nodes: Option<Arc<Nodes>>,
     ) -> Result<Replicas> {
         let count = placements.len();
-        let shard = shard_batch(batch, count)?;
+        let shard = shard_batch(batch, count, nodes.as_deref())?;
         let version = nccl_lib::version().map_err(|why| Error::cuda("NCCL", why))?;
-        let ids: [Id; TOWERS] = [nccl::new_id()?, nccl::new_id()?];
+        let ids: [Id; TOWERS] = match &nodes {
+            Some(n) => handed_ids(n.handout())?,
+            None => [nccl::new_id()?, nccl::new_id()?],
+        };
+        // Replica r of node k is rank k·count + r of every tower rank's communicator.
+        let (first_rank, world) = nodes
+            .as_ref()
+            .map_or((0, count), |n| (n.rank() * count, n.count() * count));
         let mut watches = Vec::with_capacity(count);
         for (r, p) in placements.iter().enumerate() {
             let Placement::TwoGpus { ordinals, .. } = p else {
@@ -170,17 +233,27 @@ impl Replicas {
                 options,
                 Arc::clone(group.watch(r)),
                 move |rank, device: &CudaDevice| {
-                    let end = NcclReduce::new(r, ids[rank], device, Arc::clone(&replicas))?;
+                    let end = NcclReduce::new(
+                        r,
+                        (first_rank + r, world),
+                        ids[rank],
+                        device,
+                        Arc::clone(&replicas),
+                    )?;
                     Ok(Some(Box::new(end) as Box<dyn Reduce<CudaSlice<f32>>>))
                 },
             )?);
         }
         let list: Vec<String> = placements.iter().map(|p| p.to_string()).collect();
+        let on = nodes.as_ref().map_or(String::new(), |n| {
+            format!("node {} of {}: ", n.rank(), n.count())
+        });
         let replicas = Replicas {
             pairs,
             group: Some(group),
+            nodes,
             note: format!(
-                "{count} replicas ({}), towers meet and gradients are averaged over NCCL {version}",
+                "{on}{count} replicas ({}), towers meet and gradients are averaged over NCCL {version}",
                 list.join("; ")
             ),
         };
@@ -208,7 +281,14 @@ impl Replicas {
     /// Gives every replica its shard of `batch` (a training pass with
     /// `dropout_key`, else an evaluation) before waiting for any.
     fn pass(&self, batch: &Batch, dropout_key: Option<u64>, sgd: Option<SgdStep>) -> Result<()> {
-        let shards = split(batch, self.count())?;
+        let images = batch.labels.len();
+        // A training step's shares and dropout masks are the whole batch's,
+        // over every node; an evaluation only counts.
+        let (first, total) = match (&self.nodes, dropout_key) {
+            (Some(nodes), Some(_)) => nodes.place(images)?,
+            _ => (0, images),
+        };
+        let shards = split(batch, self.count(), first, total)?;
         let run = || {
             let started = self
                 .pairs
@@ -227,8 +307,8 @@ impl Replicas {
     /// Queues one training step on every replica, each on its shard of
     /// `batch` (see [`TowerPair::queue_step`]).
     pub fn queue_step(&self, batch: &Batch, dropout_key: u64, sgd: Option<SgdStep>) -> Result<()> {
-        match &self.pairs[..] {
-            [pair] => pair.queue_step(batch, dropout_key, sgd),
+        match (&self.pairs[..], &self.nodes) {
+            ([pair], None) => pair.queue_step(batch, dropout_key, sgd),
             _ => self.pass(batch, Some(dropout_key), sgd),
         }
     }
@@ -263,7 +343,7 @@ impl Replicas {
     }
 
     /// The loss statistics of every step queued since the last take, oldest
-    /// first, summed over the replicas' shards.
+    /// first, summed over this node's replicas' shards.
     pub fn take_stats(&self) -> Result<Vec<LossStats>> {
         self.sum(TowerPair::take_stats)
     }
@@ -292,7 +372,8 @@ impl Replicas {
         Ok(total.unwrap_or_default())
     }
 
-    /// Forward only, dropout off, each replica on its shard; the counts summed.
+    /// Forward only, dropout off, each replica on its shard; the counts
+    /// summed over this node's replicas.
     pub fn evaluate(&self, batch: &Batch) -> Result<LossStats> {
         if let [pair] = &self.pairs[..] {
             return pair.evaluate(batch);
@@ -333,19 +414,40 @@ impl Replicas {
     }
 }
 
-/// Each replica's batch: the global `batch` split evenly.
-fn shard_batch(batch: usize, count: usize) -> Result<usize> {
-    if !batch.is_multiple_of(count) || batch < count {
+/// Each replica's batch: the global `batch` split evenly over `count`
+/// replicas on each of the `nodes`.
+fn shard_batch(batch: usize, count: usize, nodes: Option<&Nodes>) -> Result<usize> {
+    let world = count * nodes.map_or(1, Nodes::count);
+    if !batch.is_multiple_of(world) || batch < world {
+        let over = match nodes {
+            Some(n) => format!("{world} replicas ({count} on each of {} nodes)", n.count()),
+            None => format!("{count} replicas"),
+        };
         return Err(Error::Input(format!(
-            "--batch {batch} does not split evenly over {count} replicas"
+            "--batch {batch} does not split evenly over {over}"
         )));
     }
-    Ok(batch / count)
+    Ok(batch / world)
 }
 
-/// `batch` split into `count` consecutive shards, replica r's from image
+/// The NCCL ids node 0 handed out, one per tower rank.
+fn handed_ids(bytes: &[u8]) -> Result<[Id; TOWERS]> {
+    if bytes.len() != TOWERS * 128 {
+        return Err(Error::Training(
+            "node 0 handed out no NCCL ids: does it run on GPUs too?".into(),
+        ));
+    }
+    Ok(std::array::from_fn(|rank| {
+        Id::uninit(std::array::from_fn(|i| {
+            bytes[rank * 128 + i] as std::ffi::c_char
+        }))
+    }))
+}
+
+/// This node's `batch` (images `first..` of a batch of `total` over all
+/// nodes) split into `count` consecutive shards, replica r's from image
 /// `r·n/count`, and what part of the whole each is.
-fn split(batch: &Batch, count: usize) -> Result<Vec<(Batch, Shard)>> {
+fn split(batch: &Batch, count: usize, first: usize, total: usize) -> Result<Vec<(Batch, Shard)>> {
     let n = batch.labels.len();
     if n < count {
         return Err(Error::Training(format!(
@@ -375,8 +477,8 @@ fn split(batch: &Batch, count: usize) -> Result<Vec<(Batch, Shard)>> {
                 labels: Arc::new(batch.labels[a..b].to_vec()),
             };
             let shard = Shard {
-                first_image: a,
-                share: (b - a) as f64 / n as f64,
+                first_image: first + a,
+                share: (b - a) as f64 / total as f64,
             };
             (part, shard)
         })

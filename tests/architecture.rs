@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The floors of docs/architecture.md, top (0) to bottom, by top-level module.
-const FLOORS: [(&str, usize); 23] = [
+const FLOORS: [(&str, usize); 24] = [
     ("train", 1),
     ("infer", 1),
     ("bench", 1),
@@ -22,6 +22,7 @@ const FLOORS: [(&str, usize); 23] = [
     ("device", 4),
     ("link", 4),
     ("reduce", 4),
+    ("nodes", 4),
     ("net", 5),
     ("data", 5),
     ("error", 6),

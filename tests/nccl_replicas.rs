@@ -37,10 +37,11 @@ fn two_replicas_on_four_gpus_train_as_one_cpu_pair() {
     let plan = Arc::new(Plan::load("small").unwrap());
     let batch = 16;
     let init = init_twin(&plan, InitScheme::He, 3);
-    let cpu = Replicas::cpu::<f32>(1, Arc::clone(&plan), batch, &init, Storage::Full).unwrap();
+    let cpu =
+        Replicas::cpu::<f32>(1, Arc::clone(&plan), batch, &init, Storage::Full, None).unwrap();
     let options = CudaOptions::default();
     let placements = [[0, 1], [2, 3]].map(|ordinals| Placement::TwoGpus { ordinals, options });
-    let gpus = Replicas::new(&placements, Arc::clone(&plan), batch, &init).unwrap();
+    let gpus = Replicas::new(&placements, Arc::clone(&plan), batch, &init, None).unwrap();
     assert!(gpus.link_note().contains("NCCL"), "{}", gpus.link_note());
     let sgd = SgdStep {
         lr: 0.01,

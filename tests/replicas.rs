@@ -63,7 +63,8 @@ fn ten_steps<T: Real>(
     replicas: usize,
     batch: usize,
 ) -> Vec<TwinTensor> {
-    let run = Replicas::cpu::<T>(replicas, Arc::clone(plan), batch, init, Storage::Full).unwrap();
+    let run =
+        Replicas::cpu::<T>(replicas, Arc::clone(plan), batch, init, Storage::Full, None).unwrap();
     for step in 0..10u64 {
         let mut rng = Rng::new(500 + step);
         let images: Vec<f32> = (0..16 * plan.input.len())

@@ -6,6 +6,7 @@ use alexnet::device::cuda::CudaOptions;
 use alexnet::error::{Error, Result};
 use alexnet::limits::{MAX_IMAGES, MAX_WORKERS};
 use alexnet::net::spec::InitScheme;
+use alexnet::nodes::NodeSpec;
 use alexnet::placement::Placement;
 use alexnet::train::checkpoint;
 use alexnet::train::config::TrainConfig;
@@ -48,6 +49,18 @@ pub struct TrainArgs {
     /// on GPUs, give --gpus an even count of four or more instead.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     replicas: Option<u32>,
+    /// Hosts in a run over several, each running this command with its own
+    /// --node-rank (torchrun's WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT
+    /// are read when these flags are absent) [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    nodes: Option<u32>,
+    /// This host's rank in a run of --nodes: 0 listens at --master and
+    /// alone writes the run folder.
+    #[arg(long, value_name = "RANK")]
+    node_rank: Option<u32>,
+    /// Where node 0 listens, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    master: Option<String>,
     /// Weight initialization [default: the preset's].
     #[arg(long, value_enum)]
     init: Option<InitScheme>,
@@ -111,8 +124,23 @@ impl TrainArgs {
     /// Trains as the flags say, printing the device, the config and the end.
     pub fn run(self) -> Result<()> {
         let (config, saved) = self.config()?;
+        let nodes =
+            NodeSpec::resolve(self.nodes, self.node_rank, self.master.as_deref(), |name| {
+                std::env::var(name).ok()
+            })?;
         let (placements, note) = self.placements()?;
         println!("{note}");
+        if let Some(n) = &nodes {
+            let writes = if n.rank == 0 {
+                format!(
+                    "listening at {}, and the only one to write the run folder",
+                    n.master
+                )
+            } else {
+                format!("node 0 at {} writes the run folder", n.master)
+            };
+            println!("node {} of {}: {writes}", n.rank, n.count);
+        }
         let start = match &self.resume {
             Some(run) => {
                 let (_, mut ckpt) = checkpoint::load(&run.join("checkpoints"))?;
@@ -135,7 +163,8 @@ impl TrainArgs {
         // The first SIGINT or SIGTERM asks for a stop after the current
         // step (or validation batch) and a checkpoint.
         let stop = stop_flag()?;
-        let done = train::train(&config, &placements, start, &stop, &mut std::io::stdout())?;
+        let mut out = std::io::stdout();
+        let done = train::train(&config, &placements, nodes.as_ref(), start, &stop, &mut out)?;
         if done.skipped_images > 0 {
             println!(
                 "skipped {} unreadable training images (each named above)",

@@ -65,6 +65,26 @@ pub enum TrainingData {
     },
 }
 
+/// Which part of every batch this process loads: in a run over several
+/// nodes, node `index` of `count` loads the `index`-th of `count`
+/// consecutive slices of each batch's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Part {
+    /// The whole of every batch.
+    pub const WHOLE: Part = Part { index: 0, count: 1 };
+
+    /// This part of `list`: from `index·n/count` to `(index+1)·n/count`.
+    pub fn of(&self, list: &[usize]) -> Vec<usize> {
+        let n = list.len();
+        list[self.index * n / self.count..(self.index + 1) * n / self.count].to_vec()
+    }
+}
+
 impl TrainingData {
     pub fn train_len(&self) -> usize {
         match self {
@@ -92,9 +112,10 @@ impl TrainingData {
         count: usize,
         seed: u64,
         epoch: usize,
+        part: Part,
     ) -> Batches {
         let lists: Vec<Vec<usize>> = (first..count)
-            .map(|b| order[b * batch..][..batch].to_vec())
+            .map(|b| part.of(&order[b * batch..][..batch]))
             .collect();
         self.batches(lists, Mode::Train { seed, epoch }, true)
     }
@@ -107,10 +128,11 @@ impl TrainingData {
         }
     }
 
-    /// The whole validation set in batches of `batch`, centre crops.
-    pub fn val_batches(&self, batch: usize) -> Batches {
+    /// The whole validation set in batches of `batch`, centre crops (of
+    /// each batch, `part`).
+    pub fn val_batches(&self, batch: usize, part: Part) -> Batches {
         let indices: Vec<usize> = (0..self.val_len()).collect();
-        let lists = indices.chunks(batch).map(<[usize]>::to_vec).collect();
+        let lists = indices.chunks(batch).map(|b| part.of(b)).collect();
         self.batches(lists, Mode::Centre, false)
     }
 

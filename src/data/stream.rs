@@ -3,9 +3,9 @@
 //! still being taken, and each validation's loader started ahead of it. The
 //! time the trainer spends waiting for a batch is counted.
 
-use super::TrainingData;
 use super::loader::Batches;
 use super::loader::LoadedBatch;
+use super::{Part, TrainingData};
 use crate::error::Result;
 use crate::rng::{Rng, derive};
 use std::cell::Cell;
@@ -25,6 +25,8 @@ pub struct Stream {
     data: Arc<TrainingData>,
     seed: u64,
     batch: usize,
+    /// Which part of each batch this process loads.
+    part: Part,
     steps_per_epoch: usize,
     total: usize,
     /// The next step to hand out.
@@ -39,12 +41,12 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// The batches of steps `first..total`, with loaders started `lead`
-    /// steps ahead of each epoch end and validation.
+    /// The batches of steps `first..total` (of each, `part`), with loaders
+    /// started `lead` steps ahead of each epoch end and validation.
     pub fn new(
         data: Arc<TrainingData>,
         seed: u64,
-        batch: usize,
+        (batch, part): (usize, Part),
         first: usize,
         total: usize,
         lead: usize,
@@ -54,6 +56,7 @@ impl Stream {
             data,
             seed,
             batch,
+            part,
             steps_per_epoch,
             total,
             step: first,
@@ -79,6 +82,7 @@ impl Stream {
             self.steps_per_epoch,
             self.seed,
             epoch,
+            self.part,
         )
     }
 
@@ -94,7 +98,7 @@ impl Stream {
             && self.step < self.total
             && epoch_end.min(self.total) - self.step <= self.lead
         {
-            self.val = Some(self.data.val_batches(self.batch));
+            self.val = Some(self.data.val_batches(self.batch, self.part));
         }
     }
 
@@ -129,7 +133,7 @@ impl Stream {
         let batches = self
             .val
             .take()
-            .unwrap_or_else(|| self.data.val_batches(self.batch));
+            .unwrap_or_else(|| self.data.val_batches(self.batch, self.part));
         let waited = Rc::clone(&self.waited);
         self.look_ahead();
         Box::new(Timed { batches, waited })

@@ -1,12 +1,14 @@
 //! The gradient average over host memory: the replicas are thread groups of
 //! one process (the CPU's `--replicas R`). Each layer's gradients meet in a
 //! slot per replica and are summed in replica order, so the result does not
-//! depend on which thread came first.
+//! depend on which thread came first. In a run of several nodes the sum of
+//! this node's replicas is then summed over the nodes ([`NodeSum`]).
 
 use super::{Reduce, ReplicaWatch};
 use crate::device::cpu::Real;
 use crate::error::{Error, Result};
 use crate::net::params::LayerParams;
+use crate::nodes::sum::NodeSum;
 use crate::watch::POLL;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -30,11 +32,14 @@ struct Round<T> {
     arrived: Vec<bool>,
     generation: u64,
     sum: Vec<T>,
+    /// The sum over the other nodes of the run, if it has several.
+    nodes: Option<NodeSum>,
 }
 
 impl<T: Real> HostReduce<T> {
-    /// One end per replica for one tower rank, replica 0 first.
-    pub fn group(replicas: &Arc<ReplicaWatch>) -> Vec<HostReduce<T>> {
+    /// One end per replica for one tower rank, replica 0 first; with
+    /// `nodes`, the sum goes on over the other nodes' replicas.
+    pub fn group(replicas: &Arc<ReplicaWatch>, nodes: Option<NodeSum>) -> Vec<HostReduce<T>> {
         let count = replicas.count();
         let group = Arc::new(Group {
             state: Mutex::new(Round {
@@ -42,6 +47,7 @@ impl<T: Real> HostReduce<T> {
                 arrived: vec![false; count],
                 generation: 0,
                 sum: Vec::new(),
+                nodes,
             }),
             turn: Condvar::new(),
             replicas: Arc::clone(replicas),
@@ -75,6 +81,14 @@ impl<T: Real> HostReduce<T> {
                 for (s, &v) in sum.iter_mut().zip(slot) {
                     *s += v;
                 }
+            }
+            if let Some(nodes) = &mut state.nodes {
+                let replicas = &group.replicas;
+                let alive = || {
+                    replicas.watch(self.replica).check()?;
+                    replicas.check_others(self.replica)
+                };
+                nodes.sum(&mut sum, &alive)?;
             }
             state.sum = sum;
             state.arrived.fill(false);
@@ -175,7 +189,7 @@ mod tests {
     #[test]
     fn three_replicas_get_the_weighted_sum_in_replica_order() {
         let group = replicas(3, Duration::from_secs(30));
-        let ends = HostReduce::<f64>::group(&group);
+        let ends = HostReduce::<f64>::group(&group, None);
         let shares = [0.5, 0.25, 0.25];
         let threads: Vec<_> = ends
             .into_iter()
@@ -211,7 +225,7 @@ mod tests {
     #[test]
     fn a_failed_replica_releases_the_others_and_is_the_error_reported() {
         let group = replicas(2, Duration::from_secs(60));
-        let mut ends = HostReduce::<f32>::group(&group);
+        let mut ends = HostReduce::<f32>::group(&group, None);
         let waiting = {
             let mut end = ends.remove(0);
             std::thread::spawn(move || {
@@ -236,7 +250,7 @@ mod tests {
     #[test]
     fn a_replica_that_never_comes_is_named_after_the_timeout() {
         let group = replicas(2, Duration::from_millis(100));
-        let mut end = HostReduce::<f32>::group(&group).remove(1);
+        let mut end = HostReduce::<f32>::group(&group, None).remove(1);
         let mut grads = LayerParams {
             weights: vec![vec![1.0]],
             bias: vec![1.0],

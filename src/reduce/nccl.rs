@@ -32,18 +32,19 @@ pub struct NcclReduce {
 }
 
 impl NcclReduce {
-    /// Replica `replica`'s tower joins communicator `id` (one per tower
-    /// rank, shared by every replica) on `device`, with a stream of its
-    /// own for the averages. Every replica's tower of this rank calls this
-    /// at the same time, each on its own thread.
+    /// This node's replica `replica`'s tower joins communicator `id` (one
+    /// per tower rank, shared by every replica of every node) as rank
+    /// `rank` of `world` on `device`, with a stream of its own for the
+    /// averages. Every replica's tower of this rank calls this at the same
+    /// time, each on its own thread.
     pub fn new(
         replica: usize,
+        (rank, world): (usize, usize),
         id: Id,
         device: &CudaDevice,
         replicas: Arc<ReplicaWatch>,
     ) -> Result<Self> {
-        let world = replicas.count();
-        let what = format!("NCCL init of replica {replica} of {world}");
+        let what = format!("NCCL init of replica {rank} of {world}");
         device.bind()?;
         let compute = Arc::clone(device.stream());
         let reduce = compute
@@ -57,7 +58,7 @@ impl NcclReduce {
         };
         // SAFETY: `raw` and `config` outlive the call; NCCL copies the id.
         let started = unsafe {
-            sys::ncclCommInitRankConfig(&mut raw, world as i32, unique, replica as i32, &mut config)
+            sys::ncclCommInitRankConfig(&mut raw, world as i32, unique, rank as i32, &mut config)
         };
         let end = NcclReduce {
             comm: RawComm(raw),

@@ -12,6 +12,7 @@ pub mod trainer;
 mod window;
 
 use crate::error::Result;
+use crate::nodes::NodeSpec;
 use crate::placement::Placement;
 use config::TrainConfig;
 use std::io::Write;
@@ -22,18 +23,20 @@ pub use setup::run_dir_for;
 pub use trainer::{RunSummary, Start};
 
 /// Runs `config` where `placements` say (one pair per placement, each a
-/// replica on its shard of every batch), writing progress to `out`, until
+/// replica on its shard of every batch; with `nodes`, this node's part of
+/// a run over several), writing progress to `out`, until
 /// its last step or until `stop` is set (then it saves and returns): each
 /// step trains; each epoch's end and the last step validate and save; a
 /// checkpoint also every `checkpoint_every` steps and on a stop.
 pub fn train(
     config: &TrainConfig,
     placements: &[Placement],
+    nodes: Option<&NodeSpec>,
     start: Start,
     stop: &AtomicBool,
     out: &mut dyn Write,
 ) -> Result<RunSummary> {
-    let mut trainer = Trainer::new(config, placements, start, out)?;
+    let mut trainer = Trainer::new(config, (placements, nodes), start, stop, out)?;
     for step in trainer.steps() {
         trainer.step(step)?;
         let (epoch_end, last) = trainer.boundary(step);

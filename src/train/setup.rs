@@ -8,13 +8,19 @@ use super::schedule::ScheduleState;
 use crate::data::augment::{Pipeline, Stats};
 use crate::data::synthetic::{Split, Synthetic};
 use crate::data::{self, TrainingData, stats};
+use crate::device::precision::Precision;
 use crate::error::{Error, Result};
 use crate::net::init::init_twin;
 use crate::net::params::{TwinTensor, twin_shapes};
 use crate::net::plan::Plan;
+use crate::nodes::{NodeSpec, Nodes};
+use crate::placement::Placement;
+use crate::replicas::Replicas;
+use crate::watch::Watch;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The run folder a config names, or `runs/<preset>-<unix time>`.
 pub fn run_dir_for(config: &TrainConfig) -> PathBuf {
@@ -200,3 +206,68 @@ pub fn training_data(
     }
     Ok(data)
 }
+
+/// Joins the run of several nodes `spec` names, on `placements` here:
+/// every node must run the same configuration on the same data from the
+/// same step and weights, and as many replicas, or node 0 refuses it.
+pub fn join_nodes(
+    (spec, stop): (&NodeSpec, &AtomicBool),
+    config: &TrainConfig,
+    data: &TrainingData,
+    (first_step, weights): (usize, &[TwinTensor]),
+    placements: &[Placement],
+) -> Result<Nodes> {
+    let local = TrainConfig {
+        run_dir: None,
+        data: None,
+        workers: 0,
+        quiet: false,
+        ..config.clone()
+    };
+    let record = data.describe();
+    let mut crc = crc32fast::Hasher::new();
+    for tensor in weights {
+        crc.update(tensor.name.as_bytes());
+        for v in &tensor.data {
+            crc.update(&v.to_le_bytes());
+        }
+    }
+    let kind = if placements.iter().any(Placement::is_gpu) {
+        "pairs of GPUs"
+    } else {
+        "CPU"
+    };
+    let fingerprint = format!(
+        "{}data kind = {}\ntraining images = {}\nvalidation images = {}\nfirst step = {first_step}\n\
+         starting weights crc32 = {:08x}\nreplicas per node = {}\ndevice = {kind}\nprecision = {:?}\n",
+        local.to_toml(),
+        record.kind,
+        record.train_images,
+        record.val_images,
+        crc.finalize(),
+        placements.len(),
+        placements
+            .first()
+            .map_or(Precision::Fp32, |p| p.precision()),
+    );
+    let timeout = Watch::new(std::array::from_fn(|_| String::new()))?.timeout();
+    let alive = || {
+        if stop.load(Ordering::SeqCst) {
+            return Err(Error::Training(
+                "stopped by a signal while waiting for the other nodes".into(),
+            ));
+        }
+        Ok(())
+    };
+    Nodes::join(
+        spec.clone(),
+        &fingerprint,
+        || Replicas::handout(placements),
+        (JOIN_WAITS * timeout, timeout),
+        &alive,
+    )
+}
+
+/// How many tower timeouts a node waits at the start for the others (they
+/// may still be computing the colour statistics of their data).
+const JOIN_WAITS: u32 = 5;

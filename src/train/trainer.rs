@@ -8,6 +8,7 @@ use super::metrics::{Metric, MetricsLog};
 use super::schedule::{self, ScheduleState};
 use super::setup;
 use super::window::{Running, Window, bar_message, progress_bar};
+use crate::data::Part;
 use crate::data::stream::Stream;
 use crate::data::{Batches, TrainingData};
 use crate::device::SgdStep;
@@ -15,6 +16,7 @@ use crate::device::precision::{LossScale, Precision};
 use crate::error::{Error, Result};
 use crate::net::params::TwinTensor;
 use crate::net::plan::{Op, Plan};
+use crate::nodes::{NodeSpec, Nodes};
 use crate::placement::Placement;
 use crate::plot::filters::Filters;
 use crate::progress::Progress;
@@ -27,7 +29,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -66,8 +68,11 @@ pub struct Trainer<'a> {
     towers: Replicas,
     stream: Stream,
     run_dir: PathBuf,
-    log: MetricsLog,
-    board: EventWriter,
+    /// The other nodes of a run over several.
+    nodes: Option<Arc<Nodes>>,
+    /// `metrics.jsonl` and TensorBoard: on node 0 alone, which writes.
+    log: Option<MetricsLog>,
+    board: Option<EventWriter>,
     bar: ProgressBar,
     out: &'a mut dyn Write,
     schedule: ScheduleState,
@@ -99,19 +104,25 @@ pub enum Validation {
 
 impl<'a> Trainer<'a> {
     /// Checks everything and allocates the towers (one pair per placement,
-    /// each a replica on its shard of every batch), then makes the run
-    /// folder (so a failed start leaves nothing behind).
+    /// each a replica on its shard of every batch; with `nodes`, these are
+    /// this node's, and it joins the others), then makes the run folder (so
+    /// a failed start leaves nothing behind; on node 0 alone). `stop` ends
+    /// the wait for the other nodes.
     pub fn new(
         config: &'a TrainConfig,
-        placements: &[Placement],
+        (placements, nodes): (&[Placement], Option<&NodeSpec>),
         start: Start,
+        stop: &AtomicBool,
         out: &'a mut dyn Write,
     ) -> Result<Trainer<'a>> {
         config.validate()?;
         let run_dir = setup::run_dir_for(config);
+        let writes = nodes.is_none_or(|n| n.rank == 0);
         let (plan, resume) = match start {
             Start::Fresh => {
-                setup::check_run_dir(&run_dir)?;
+                if writes {
+                    setup::check_run_dir(&run_dir)?;
+                }
                 (Plan::load(&config.preset)?, None)
             }
             Start::Resume(ckpt) => (Plan::new(ckpt.state.spec.clone())?, Some(*ckpt)),
@@ -121,7 +132,8 @@ impl<'a> Trainer<'a> {
         if let Some(c) = &resume {
             setup::check_resume(&c.state, config, &data)?;
         }
-        let shard = config.batch / placements.len().max(1);
+        let world = placements.len().max(1) * nodes.map_or(1, |n| n.count);
+        let shard = config.batch / world;
         for placement in placements {
             crate::limits::check_fits(&plan, shard, *placement)?;
         }
@@ -133,12 +145,42 @@ impl<'a> Trainer<'a> {
             Some(r) => (std::mem::take(&mut r.weights), r.state.schedule),
             None => setup::fresh_weights(&plan, config),
         };
-        let towers = Replicas::new(placements, Arc::clone(&plan), config.batch, &weights)?;
+        let first_step = resumed.as_ref().map_or(0, |r| r.state.step);
+        let nodes = nodes
+            .map(|spec| {
+                setup::join_nodes(
+                    (spec, stop),
+                    config,
+                    &data,
+                    (first_step, &weights),
+                    placements,
+                )
+                .map(Arc::new)
+            })
+            .transpose()?;
+        let towers = Replicas::new(
+            placements,
+            Arc::clone(&plan),
+            config.batch,
+            &weights,
+            nodes.clone(),
+        )?;
         drop(weights);
         if let Some(r) = &mut resumed {
             towers.upload(ParamSet::Momentum, &std::mem::take(&mut r.momentum))?;
         }
-        setup::create_run_dir(&run_dir, config)?;
+        let (log, board) = if writes {
+            setup::create_run_dir(&run_dir, config)?;
+            (
+                Some(MetricsLog::open(&run_dir, first_step)?),
+                Some(EventWriter::create(
+                    &run_dir.join("tensorboard"),
+                    first_step,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
         let saved = resumed.as_ref().map(|r| &r.state);
         let loss_scale = placements
             .first()
@@ -148,20 +190,21 @@ impl<'a> Trainer<'a> {
                     .and_then(|s| s.loss_scale)
                     .unwrap_or(LossScale::starting_at(config.loss_scale))
             });
-        let first_step = saved.map_or(0, |s| s.step);
         let last_checkpoint = resumed.as_ref().map(|r| r.folder.clone());
-        let log = MetricsLog::open(&run_dir, first_step)?;
-        let board = EventWriter::create(&run_dir.join("tensorboard"), first_step)?;
         let steps_per_epoch = data.train_len() / config.batch;
         let total_steps = config.steps.unwrap_or(config.epochs * steps_per_epoch);
         let lead = match &*data {
             TrainingData::Images { workers, .. } => 2 * workers,
             TrainingData::Synthetic { .. } => 2,
         };
+        let part = nodes.as_ref().map_or(Part::WHOLE, |n| Part {
+            index: n.rank(),
+            count: n.count(),
+        });
         let stream = Stream::new(
             Arc::clone(&data),
             config.seed,
-            config.batch,
+            (config.batch, part),
             first_step,
             total_steps,
             lead,
@@ -190,6 +233,7 @@ impl<'a> Trainer<'a> {
             towers,
             stream,
             run_dir,
+            nodes,
             log,
             board,
             bar: progress_bar(total_steps, first_step, target),
@@ -206,7 +250,10 @@ impl<'a> Trainer<'a> {
             summary,
             started: Instant::now(),
         };
-        trainer.announce(placements.len() > 1 || placements.iter().any(|p| p.is_gpu()));
+        let links = placements.len() > 1
+            || trainer.nodes.is_some()
+            || placements.iter().any(|p| p.is_gpu());
+        trainer.announce(links);
         Ok(trainer)
     }
 
@@ -338,7 +385,7 @@ impl<'a> Trainer<'a> {
             );
             self.say(&line);
         }
-        self.log.write(&Metric::Train {
+        self.metric(&Metric::Train {
             step: step + 1,
             epoch,
             loss,
@@ -347,7 +394,7 @@ impl<'a> Trainer<'a> {
             lr,
             data_wait,
         })?;
-        self.board.summary(
+        self.summarize(
             step + 1,
             &[
                 Value::Scalar("train/loss", loss as f32),
@@ -380,9 +427,12 @@ impl<'a> Trainer<'a> {
             .suspend(|| evaluate(towers, batches, stop, &mut progress, &mut skipped));
         progress.finish();
         self.name_skipped(&skipped, 1);
-        let Some(val) = val? else {
+        let Some(mut val) = val? else {
             return Ok(Validation::Stopped);
         };
+        if let Some(nodes) = &self.nodes {
+            val = summed_over(nodes, val)?;
+        }
         let epoch = step / self.steps_per_epoch + 1;
         let (loss, top1, top5) = (val.loss(), val.top1(), val.top5());
         let line = format!(
@@ -392,14 +442,14 @@ impl<'a> Trainer<'a> {
             val.images
         );
         self.say(&line);
-        self.log.write(&Metric::Val {
+        self.metric(&Metric::Val {
             step: step + 1,
             epoch,
             loss,
             top1,
             top5,
         })?;
-        self.board.summary(
+        self.summarize(
             step + 1,
             &[
                 Value::Scalar("val/loss", loss as f32),
@@ -424,10 +474,14 @@ impl<'a> Trainer<'a> {
 
     /// Saves a checkpoint after `step` (with the validation just measured,
     /// if any), refusing weights that are not finite, and records conv1's
-    /// filters (the paper's Figure 3); returns its folder. The queued
-    /// steps' losses are read first, so no checkpoint follows a NaN loss.
-    pub fn checkpoint(&mut self, step: usize, val: Option<(f64, f64)>) -> Result<PathBuf> {
+    /// filters (the paper's Figure 3); returns its folder (`None` on a node
+    /// that does not write). The queued steps' losses are read first, so
+    /// no checkpoint follows a NaN loss.
+    pub fn checkpoint(&mut self, step: usize, val: Option<(f64, f64)>) -> Result<Option<PathBuf>> {
         self.read_losses()?;
+        if self.log.is_none() {
+            return Ok(None);
+        }
         let weights = self.towers.download(ParamSet::Weights)?;
         if !weights.iter().all(|t| t.data.iter().all(|v| v.is_finite())) {
             return Err(self.diverged(step + 1, "weights"));
@@ -442,7 +496,7 @@ impl<'a> Trainer<'a> {
         self.record_filters(&ckpt.weights, step + 1)?;
         self.last_checkpoint = Some(folder.clone());
         self.summary.checkpoint = Some(folder.clone());
-        Ok(folder)
+        Ok(Some(folder))
     }
 
     /// Ends the run early after `step`, saying where it was saved and how
@@ -450,12 +504,11 @@ impl<'a> Trainer<'a> {
     pub fn stop(&mut self, step: usize, in_validation: bool) {
         self.bar.abandon();
         self.summary.stopped = true;
-        let saved = self
-            .last_checkpoint
-            .as_deref()
-            .unwrap_or(Path::new("?"))
-            .display()
-            .to_string();
+        let saved = match (&self.last_checkpoint, &self.log) {
+            (_, None) => "on node 0".to_string(),
+            (Some(c), _) => c.display().to_string(),
+            (None, _) => "?".to_string(),
+        };
         let when = if in_validation {
             format!(
                 "during the validation after step {} of {}; saved {saved} (without that validation)",
@@ -513,13 +566,13 @@ impl<'a> Trainer<'a> {
         }
         let filters = Filters::from_weights(&self.plan, weights)?;
         let saturation = filters.saturation();
-        self.log.write(&Metric::Filters {
+        self.metric(&Metric::Filters {
             step,
             epoch: step.div_ceil(self.steps_per_epoch),
             saturation,
         })?;
         let (width, height) = filters.size();
-        self.board.summary(
+        self.summarize(
             step,
             &[
                 Value::Image {
@@ -549,6 +602,18 @@ impl<'a> Trainer<'a> {
         ))
     }
 
+    /// A line of `metrics.jsonl` (on the node that writes).
+    fn metric(&mut self, metric: &Metric) -> Result<()> {
+        self.log.as_mut().map_or(Ok(()), |log| log.write(metric))
+    }
+
+    /// TensorBoard values at `step` (on the node that writes).
+    fn summarize(&mut self, step: usize, values: &[Value]) -> Result<()> {
+        self.board
+            .as_mut()
+            .map_or(Ok(()), |board| board.summary(step, values))
+    }
+
     /// A line on the run's output, above the progress bar.
     fn say(&mut self, line: &str) {
         let out = &mut self.out;
@@ -567,6 +632,22 @@ impl<'a> Trainer<'a> {
         }
         skipped.len()
     }
+}
+
+/// A validation's counts summed over every node's part of the set.
+fn summed_over(nodes: &Nodes, val: Running) -> Result<Running> {
+    let s = &val.stats;
+    let mut counts = [s.loss_sum, s.top1 as f64, s.top5 as f64, val.images as f64];
+    nodes.sum(&mut counts)?;
+    let [loss_sum, top1, top5, images] = counts;
+    Ok(Running {
+        stats: crate::device::LossStats {
+            loss_sum,
+            top1: top1 as usize,
+            top5: top5 as usize,
+        },
+        images: images as usize,
+    })
 }
 
 /// Top-1/top-5 over a whole set; `None` when `stop` is set before the end.
@@ -620,8 +701,14 @@ mod tests {
             ..TrainConfig::default()
         };
         let mut out = Vec::new();
-        let mut trainer =
-            Trainer::new(&config, &[Placement::cpu()], Start::Fresh, &mut out).unwrap();
+        let mut trainer = Trainer::new(
+            &config,
+            (&[Placement::cpu()], None),
+            Start::Fresh,
+            &AtomicBool::new(false),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(trainer.steps(), 0..4);
         assert_eq!(trainer.boundary(0), (false, false));
         assert_eq!(trainer.boundary(1), (true, false));
@@ -638,7 +725,7 @@ mod tests {
         // Counts over the 8 validation images.
         assert_eq!((top1 * 8.0).fract(), 0.0, "{top1}");
         assert!(top1 <= top5 && top5 <= 1.0, "{top1} {top5}");
-        let folder = trainer.checkpoint(1, Some((top1, top5))).unwrap();
+        let folder = trainer.checkpoint(1, Some((top1, top5))).unwrap().unwrap();
         let saved = checkpoint::load_folder(&folder).unwrap();
         assert_eq!(
             (
