@@ -39,7 +39,7 @@ enum Command {
     /// Time decoding and augmentation: images/s per core and with several workers.
     BenchData(data::BenchDataArgs),
     /// Train (on the built-in synthetic set); SIGINT or SIGTERM saves and stops.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Draw a run's loss, accuracy, learning-rate and conv1 colour-saturation
     /// curves to PNG and SVG; or conv1's kernels; or two runs' training error.
     Plot(report::PlotArgs),

@@ -107,12 +107,11 @@ impl TrainingData {
     pub fn train_batches(
         &self,
         order: &[usize],
-        batch: usize,
+        (batch, part): (usize, Part),
         first: usize,
         count: usize,
         seed: u64,
         epoch: usize,
-        part: Part,
     ) -> Batches {
         let lists: Vec<Vec<usize>> = (first..count)
             .map(|b| part.of(&order[b * batch..][..batch]))

@@ -77,12 +77,11 @@ impl Stream {
         let order = epoch_order(self.seed, epoch, self.data.train_len());
         self.data.train_batches(
             &order,
-            self.batch,
+            (self.batch, self.part),
             step % self.steps_per_epoch,
             self.steps_per_epoch,
             self.seed,
             epoch,
-            self.part,
         )
     }
 

@@ -43,7 +43,9 @@ impl Nodes {
             }
             (control, towers, handout)
         } else {
-            connect_all(&spec, fingerprint, (deadline, timeout), alive)?
+            let ((control, towers), handout) =
+                connect_all(&spec, fingerprint, (deadline, timeout), alive)?;
+            (control, towers, handout)
         };
         Ok(Nodes {
             spec,
@@ -171,7 +173,7 @@ fn connect_all(
     fingerprint: &str,
     (deadline, timeout): (Instant, Duration),
     alive: &dyn Fn() -> Result<()>,
-) -> Result<(Vec<Channel>, [Vec<Channel>; TOWERS], Vec<u8>)> {
+) -> Result<(Joined, Vec<u8>)> {
     let wait = deadline.saturating_duration_since(Instant::now());
     let introduce = |which: usize, text: &str| -> Result<Channel> {
         let mut channel = Channel::new(connect(spec, deadline, alive)?, 0)?;
@@ -199,7 +201,7 @@ fn connect_all(
         ));
     }
     let handout = control.recv(alive, timeout)?;
-    Ok((vec![control], towers, handout))
+    Ok(((vec![control], towers), handout))
 }
 
 /// A connection to node 0, tried again until `deadline` (node 0 may start later).

@@ -249,7 +249,8 @@ mod tests {
     #[test]
     fn each_missing_or_wrong_value_is_named() {
         let none = env(&[]);
-        let cases: [(Option<u32>, Option<u32>, Option<&str>, &str); 5] = [
+        type Case<'a> = (Option<u32>, Option<u32>, Option<&'a str>, &'a str);
+        let cases: [Case; 5] = [
             (None, Some(0), None, "--node-rank and --master need --nodes"),
             (Some(2), None, Some("h:1"), "--nodes 2 needs --node-rank"),
             (Some(2), Some(0), None, "--nodes 2 needs --master"),
