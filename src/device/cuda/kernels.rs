@@ -35,7 +35,16 @@ pub const KERNEL_FILES: &[(&str, KernelCode)] = include!(concat!(env!("OUT_DIR")
 /// How this build's kernels are compiled, in words.
 pub const COMPILED_BY: &str = env!("ALEXNET_KERNELS_COMPILED_BY");
 
-/// Compiles CUDA source to PTX with NVRTC for `arch` (e.g. `compute_90`).
+/// `kernels/storage.cuh`, which kernel files include for their 16-bit
+/// storage types; NVRTC sees one source string, so [`nvrtc_compile`]
+/// splices it in.
+const STORAGE_HEADER: &str = include_str!("../../../kernels/storage.cuh");
+
+/// The line a kernel file includes [`STORAGE_HEADER`] with.
+const STORAGE_INCLUDE: &str = "#include \"storage.cuh\"";
+
+/// Compiles CUDA source to PTX with NVRTC for `arch` (e.g. `compute_90`),
+/// with `kernels/storage.cuh` spliced in where the source includes it.
 pub fn nvrtc_compile(name: &str, source: &str, arch: &str) -> Result<String> {
     // SAFETY: only asks the dynamic loader whether the library exists.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -49,7 +58,7 @@ pub fn nvrtc_compile(name: &str, source: &str, arch: &str) -> Result<String> {
         arch: Some(Box::leak(arch.to_string().into_boxed_str())),
         ..Default::default()
     };
-    compile_ptx_with_opts(source, options)
+    compile_ptx_with_opts(source.replace(STORAGE_INCLUDE, STORAGE_HEADER), options)
         .map(|ptx| ptx.to_src())
         .map_err(|e| Error::cuda(format!("NVRTC on kernels/{name}.cu"), e))
 }
