@@ -129,7 +129,11 @@ fn steps_from_zero(storage: Storage, v: f32) -> i32 {
         Storage::Full => unreachable!("16-bit storage only"),
     };
     let magnitude = i32::from(bits & 0x7fff);
-    if bits & 0x8000 != 0 { -magnitude } else { magnitude }
+    if bits & 0x8000 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
 }
 
 /// Every kernel output is a `storage` value within one step of the CPU
@@ -141,7 +145,11 @@ fn steps_from_zero(storage: Storage, v: f32) -> i32 {
 fn assert_same_storage(storage: Storage, what: &str, got: &[f32], want: &[f32]) {
     let mut differing = 0;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(storage.round(g), g, "{what}[{i}] = {g} is not a {storage:?} value");
+        assert_eq!(
+            storage.round(g),
+            g,
+            "{what}[{i}] = {g} is not a {storage:?} value"
+        );
         let apart = (steps_from_zero(storage, g) - steps_from_zero(storage, w)).abs();
         assert!(
             apart <= 1,
@@ -218,7 +226,17 @@ fn the_shims_16_bit_conversions_are_the_half_crates() {
             }
         }
     }
-    values.extend([0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e-8, -1e-8, f32::MAX, f32::INFINITY]);
+    values.extend([
+        0.0,
+        -0.0,
+        65504.0,
+        65519.99,
+        65520.0,
+        1e-8,
+        -1e-8,
+        f32::MAX,
+        f32::INFINITY,
+    ]);
     for storage in [Storage::Bf16, Storage::F16] {
         let mut child = Command::new(&exe)
             .args(["round", storage_arg(storage)])

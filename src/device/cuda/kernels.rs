@@ -14,8 +14,11 @@ pub mod pool;
 #[path = "../../../kernels/reduce.rs"]
 pub mod reduce;
 
+use crate::device::precision::Storage;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchArgs, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, DeviceRepr, LaunchArgs, LaunchConfig, ValidAsZeroBits,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use std::sync::Arc;
 
@@ -129,6 +132,88 @@ impl Loaded<'_> {
         module
             .load_function(function)
             .map_err(|e| Error::cuda(format!("finding {function} in kernels/{file}.cu"), e))
+    }
+
+    /// The kernel `name` of this file in each storage.
+    fn by_storage(&self, name: &str) -> Result<ByStorage> {
+        Ok(ByStorage {
+            f32: self.function(&format!("{name}_f32"))?,
+            bf16: self.function(&format!("{name}_bf16"))?,
+            f16: self.function(&format!("{name}_f16"))?,
+        })
+    }
+
+    /// The kernel `name` of this file in each 16-bit storage.
+    fn by_half(&self, name: &str) -> Result<ByHalf> {
+        Ok(ByHalf {
+            bf16: self.function(&format!("{name}_bf16"))?,
+            f16: self.function(&format!("{name}_f16"))?,
+        })
+    }
+}
+
+/// An element type our kernels store (`kernels/storage.cuh`): f32, or
+/// bfloat16 or IEEE half as the `half` crate lays them out (16 bits, the
+/// same as the kernels' `bf16` and `f16`).
+pub trait Stored: DeviceRepr + ValidAsZeroBits + Copy + Unpin + Send + Sync + 'static {
+    /// The storage this type is.
+    const STORAGE: Storage;
+}
+
+impl Stored for f32 {
+    const STORAGE: Storage = Storage::Full;
+}
+
+impl Stored for half::bf16 {
+    const STORAGE: Storage = Storage::Bf16;
+}
+
+impl Stored for half::f16 {
+    const STORAGE: Storage = Storage::F16;
+}
+
+/// A 16-bit [`Stored`] type: one that has an f32 master to be narrowed from.
+pub trait Half: Stored {
+    /// Whether this is bfloat16 (else IEEE half).
+    const BF16: bool;
+}
+
+impl Half for half::bf16 {
+    const BF16: bool = true;
+}
+
+impl Half for half::f16 {
+    const BF16: bool = false;
+}
+
+/// One kernel in each 16-bit storage: `NAME_bf16` and `NAME_f16`.
+pub struct ByHalf {
+    bf16: CudaFunction,
+    f16: CudaFunction,
+}
+
+impl ByHalf {
+    /// The kernel that stores `H`.
+    fn of<H: Half>(&self) -> &CudaFunction {
+        if H::BF16 { &self.bf16 } else { &self.f16 }
+    }
+}
+
+/// One kernel in each storage: `NAME_f32`, `NAME_bf16` and `NAME_f16`.
+pub struct ByStorage {
+    f32: CudaFunction,
+    bf16: CudaFunction,
+    f16: CudaFunction,
+}
+
+impl ByStorage {
+    /// The kernel that stores `S`.
+    fn of<S: Stored>(&self) -> &CudaFunction {
+        match S::STORAGE {
+            Storage::Full => &self.f32,
+            Storage::Bf16 => &self.bf16,
+            Storage::F16 => &self.f16,
+        }
     }
 }
 
