@@ -5,8 +5,8 @@
 // conversions between the f32 master weights and their 16-bit copies.
 // Grid-stride loops, one element per step. Each kernel comes in the three
 // storages of storage.cuh (_f32, _bf16, _f16), computing in f32 and
-// rounding once, as it stores; the master weights, the momentum and the
-// biases the forward pass reads stay f32 at every storage.
+// rounding once, as it stores; the master weights and the momentum stay
+// f32 at every storage.
 
 #include "storage.cuh"
 
@@ -84,12 +84,13 @@ __device__ __forceinline__ void sgd_update(
     }
 }
 
-// y[n][c][p] = bias[c] over batch x channels x plane, bias the f32 master.
+// y[n][c][p] = bias[c] over batch x channels x plane, the bias as the
+// passes read it (its 16-bit copy; rounding its f32 master would give the same).
 template <class T>
 __device__ __forceinline__ void bias_fill(
-    T* y, const float* bias, unsigned long long n, unsigned int channels, unsigned int plane)
+    T* y, const T* bias, unsigned long long n, unsigned int channels, unsigned int plane)
 {
-    FOR_EACH(i, n) { put(&y[i], bias[(i / plane) % channels]); }
+    FOR_EACH(i, n) { y[i] = bias[(i / plane) % channels]; }
 }
 
 // out = a + b.
@@ -144,10 +145,10 @@ extern "C" __global__ void sgd_update_f16(float* w, const f16* g, float* v, f16*
     sgd_update(w, g, v, copy, n, lr, momentum, weight_decay);
 }
 
-#define BIAS_ARGS const float* bias, unsigned long long n, unsigned int channels, unsigned int plane
-extern "C" __global__ void bias_fill_f32(float* y, BIAS_ARGS) { bias_fill(y, bias, n, channels, plane); }
-extern "C" __global__ void bias_fill_bf16(bf16* y, BIAS_ARGS) { bias_fill(y, bias, n, channels, plane); }
-extern "C" __global__ void bias_fill_f16(f16* y, BIAS_ARGS) { bias_fill(y, bias, n, channels, plane); }
+#define BIAS_ARGS unsigned long long n, unsigned int channels, unsigned int plane
+extern "C" __global__ void bias_fill_f32(float* y, const float* bias, BIAS_ARGS) { bias_fill(y, bias, n, channels, plane); }
+extern "C" __global__ void bias_fill_bf16(bf16* y, const bf16* bias, BIAS_ARGS) { bias_fill(y, bias, n, channels, plane); }
+extern "C" __global__ void bias_fill_f16(f16* y, const f16* bias, BIAS_ARGS) { bias_fill(y, bias, n, channels, plane); }
 
 extern "C" __global__ void add_f32(float* out, const float* a, const float* b, unsigned long long n) { add(out, a, b, n); }
 extern "C" __global__ void add_bf16(bf16* out, const bf16* a, const bf16* b, unsigned long long n) { add(out, a, b, n); }

@@ -1,8 +1,8 @@
 //! Launchers of `elementwise.cu`, beside it: one method per kernel, taking
 //! typed device buffers in the kernel's own argument order, so that a call
 //! cannot pass them in another. Each checks the lengths it relies on. The
-//! kernels run in any storage ([`Stored`]); the weights' masters, the
-//! momentum and the biases the forward pass reads are f32 at every one.
+//! kernels run in any storage ([`Stored`]); the weights' masters and the
+//! momentum are f32 at every one.
 
 use super::{ByHalf, ByStorage, Half, Loaded, Stored, run};
 use crate::device::SgdStep;
@@ -197,12 +197,12 @@ impl Elementwise {
         run(b, grid(n))
     }
 
-    /// `y[n][c][p] = bias[c]` over the first `n` elements of `y`, rounded as `y` stores.
+    /// `y[n][c][p] = bias[c]` over the first `n` elements of `y`.
     pub fn bias_fill<S: Stored>(
         &self,
         stream: &CudaStream,
         y: &mut CudaSlice<S>,
-        bias: &CudaSlice<f32>,
+        bias: &CudaSlice<S>,
         n: usize,
         channels: u32,
         plane: u32,
