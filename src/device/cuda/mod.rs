@@ -18,8 +18,8 @@
 //! event at each step's end and waits for the one recorded `queued` steps
 //! earlier.
 
-mod conv;
-mod fc;
+pub mod conv;
+pub mod fc;
 mod input;
 pub mod kernels;
 pub mod nccl_lib;
