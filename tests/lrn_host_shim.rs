@@ -13,8 +13,16 @@ use alexnet::rng::Rng;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
-fn build_shim() -> PathBuf {
+/// The shim, compiled once per test process: the tests run in parallel,
+/// and one compiling over the executable while another runs it would fail.
+fn build_shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(compile_shim)
+}
+
+fn compile_shim() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lrn_host");
     let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
@@ -107,7 +115,7 @@ fn lrn_kernels_match_the_cpu_device() {
             .map(|_| (60.0 * rng.uniform() - 20.0) as f32)
             .collect();
         let dy: Vec<f32> = (0..n).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect();
-        let [y, scale, dx] = run_shim(&exe, Storage::Full, &s, batch, &x, &dy);
+        let [y, scale, dx] = run_shim(exe, Storage::Full, &s, batch, &x, &dy);
 
         let wide = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
         let (x64, dy64) = (wide(&x), wide(&dy));
@@ -186,7 +194,7 @@ fn lrn_kernels_at_16_bits_match_the_cpu_16_bit_reference() {
             let dy: Vec<f32> = (0..n)
                 .map(|_| storage.round((2.0 * rng.uniform() - 1.0) as f32))
                 .collect();
-            let [y, scale, dx] = run_shim(&exe, storage, &s, batch, &x, &dy);
+            let [y, scale, dx] = run_shim(exe, storage, &s, batch, &x, &dy);
 
             let mut cpu = CpuDevice::<f32>::with_storage(storage);
             let (mut y_ref, mut scale_ref, mut dx_ref) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
@@ -238,7 +246,7 @@ fn the_shims_16_bit_conversions_are_the_half_crates() {
         f32::INFINITY,
     ]);
     for storage in [Storage::Bf16, Storage::F16] {
-        let mut child = Command::new(&exe)
+        let mut child = Command::new(exe)
             .args(["round", storage_arg(storage)])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
