@@ -1,8 +1,10 @@
 //! Launchers of `elementwise.cu`, beside it: one method per kernel, taking
 //! typed device buffers in the kernel's own argument order, so that a call
-//! cannot pass them in another. Each checks the lengths it relies on.
+//! cannot pass them in another. Each checks the lengths it relies on. The
+//! kernels run in any storage ([`Stored`]); the weights' masters and the
+//! momentum are f32 at every one.
 
-use super::{Loaded, run};
+use super::{ByHalf, ByStorage, Half, Loaded, Stored, run};
 use crate::device::SgdStep;
 use crate::device::cuda::{grid, need};
 use crate::error::Result;
@@ -10,47 +12,53 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, PushKernelAr
 
 /// The kernels of `elementwise.cu`.
 pub struct Elementwise {
-    relu_forward: CudaFunction,
-    relu_backward: CudaFunction,
-    tanh_forward: CudaFunction,
-    tanh_backward: CudaFunction,
-    dropout: CudaFunction,
+    relu_forward: ByStorage,
+    relu_backward: ByStorage,
+    tanh_forward: ByStorage,
+    tanh_backward: ByStorage,
+    dropout: ByStorage,
     sgd_update: CudaFunction,
-    bias_fill: CudaFunction,
-    add: CudaFunction,
-    flag_nonfinite: CudaFunction,
+    sgd_update_with_copy: ByHalf,
+    bias_fill: ByStorage,
+    add: ByStorage,
+    flag_nonfinite: ByStorage,
+    narrow: ByHalf,
+    widen: ByHalf,
 }
 
 impl Elementwise {
     pub(super) fn load(file: &Loaded) -> Result<Self> {
         Ok(Elementwise {
-            relu_forward: file.function("relu_forward_f32")?,
-            relu_backward: file.function("relu_backward_f32")?,
-            tanh_forward: file.function("tanh_forward_f32")?,
-            tanh_backward: file.function("tanh_backward_f32")?,
-            dropout: file.function("dropout_f32")?,
+            relu_forward: file.by_storage("relu_forward")?,
+            relu_backward: file.by_storage("relu_backward")?,
+            tanh_forward: file.by_storage("tanh_forward")?,
+            tanh_backward: file.by_storage("tanh_backward")?,
+            dropout: file.by_storage("dropout")?,
             sgd_update: file.function("sgd_update_f32")?,
-            bias_fill: file.function("bias_fill_f32")?,
-            add: file.function("add_f32")?,
-            flag_nonfinite: file.function("flag_nonfinite_f32")?,
+            sgd_update_with_copy: file.by_half("sgd_update")?,
+            bias_fill: file.by_storage("bias_fill")?,
+            add: file.by_storage("add")?,
+            flag_nonfinite: file.by_storage("flag_nonfinite")?,
+            narrow: file.by_half("narrow")?,
+            widen: file.by_half("widen")?,
         })
     }
 
     /// `y = f(x)` with `f` ReLU, or tanh with `tanh`.
-    pub fn activation_forward(
+    pub fn activation_forward<S: Stored>(
         &self,
         stream: &CudaStream,
         tanh: bool,
-        x: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
+        x: &CudaSlice<S>,
+        y: &mut CudaSlice<S>,
     ) -> Result<()> {
         let n = x.len();
         need(y, n, "activation output")?;
         let len = n as u64;
         let f = if tanh {
-            &self.tanh_forward
+            self.tanh_forward.of::<S>()
         } else {
-            &self.relu_forward
+            self.relu_forward.of::<S>()
         };
         let mut b = stream.launch_builder(f);
         b.arg(x).arg(y).arg(&len);
@@ -58,22 +66,22 @@ impl Elementwise {
     }
 
     /// `dx = dy · f'(y)` for ReLU, or tanh with `tanh`.
-    pub fn activation_backward(
+    pub fn activation_backward<S: Stored>(
         &self,
         stream: &CudaStream,
         tanh: bool,
-        y: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
+        y: &CudaSlice<S>,
+        dy: &CudaSlice<S>,
+        dx: &mut CudaSlice<S>,
     ) -> Result<()> {
         let n = y.len();
         need(dy, n, "activation output gradient")?;
         need(dx, n, "activation input gradient")?;
         let len = n as u64;
         let f = if tanh {
-            &self.tanh_backward
+            self.tanh_backward.of::<S>()
         } else {
-            &self.relu_backward
+            self.relu_backward.of::<S>()
         };
         let mut b = stream.launch_builder(f);
         b.arg(y).arg(dy).arg(dx).arg(&len);
@@ -84,11 +92,11 @@ impl Elementwise {
     /// `i` drawing the mask at `first + i` (the same kernel serves the
     /// forward and the backward pass).
     #[allow(clippy::too_many_arguments)]
-    pub fn dropout(
+    pub fn dropout<S: Stored>(
         &self,
         stream: &CudaStream,
-        input: &CudaSlice<f32>,
-        out: &mut CudaSlice<f32>,
+        input: &CudaSlice<S>,
+        out: &mut CudaSlice<S>,
         p: f32,
         key: u64,
         first: usize,
@@ -96,7 +104,7 @@ impl Elementwise {
         let n = input.len();
         need(out, n, "dropout output")?;
         let (len, first) = (n as u64, first as u64);
-        let mut b = stream.launch_builder(&self.dropout);
+        let mut b = stream.launch_builder(self.dropout.of::<S>());
         b.arg(input)
             .arg(out)
             .arg(&len)
@@ -130,12 +138,71 @@ impl Elementwise {
         run(b, grid(n))
     }
 
-    /// `y[n][c][p] = bias[c]` over the first `n` elements of `y`.
-    pub fn bias_fill(
+    /// Momentum SGD on the f32 master `w` with the 16-bit gradient `g` and
+    /// the f32 momentum `v`; then `copy`, the weights the passes read,
+    /// becomes the new `w` rounded.
+    pub fn sgd_update_with_copy<H: Half>(
         &self,
         stream: &CudaStream,
-        y: &mut CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
+        w: &mut CudaSlice<f32>,
+        g: &CudaSlice<H>,
+        v: &mut CudaSlice<f32>,
+        copy: &mut CudaSlice<H>,
+        step: SgdStep,
+    ) -> Result<()> {
+        let n = w.len();
+        need(g, n, "gradient")?;
+        need(v, n, "momentum")?;
+        need(copy, n, "16-bit weight copy")?;
+        let len = n as u64;
+        let mut b = stream.launch_builder(self.sgd_update_with_copy.of::<H>());
+        b.arg(w)
+            .arg(g)
+            .arg(v)
+            .arg(copy)
+            .arg(&len)
+            .arg(&step.lr)
+            .arg(&step.momentum)
+            .arg(&step.weight_decay);
+        run(b, grid(n))
+    }
+
+    /// `dst = src` rounded to 16 bits, over `src`'s length.
+    pub fn narrow<H: Half>(
+        &self,
+        stream: &CudaStream,
+        src: &CudaSlice<f32>,
+        dst: &mut CudaSlice<H>,
+    ) -> Result<()> {
+        let n = src.len();
+        need(dst, n, "16-bit copy")?;
+        let len = n as u64;
+        let mut b = stream.launch_builder(self.narrow.of::<H>());
+        b.arg(src).arg(dst).arg(&len);
+        run(b, grid(n))
+    }
+
+    /// `dst = src` widened to f32 (exactly), over `src`'s length.
+    pub fn widen<H: Half>(
+        &self,
+        stream: &CudaStream,
+        src: &CudaSlice<H>,
+        dst: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = src.len();
+        need(dst, n, "f32 copy")?;
+        let len = n as u64;
+        let mut b = stream.launch_builder(self.widen.of::<H>());
+        b.arg(src).arg(dst).arg(&len);
+        run(b, grid(n))
+    }
+
+    /// `y[n][c][p] = bias[c]` over the first `n` elements of `y`.
+    pub fn bias_fill<S: Stored>(
+        &self,
+        stream: &CudaStream,
+        y: &mut CudaSlice<S>,
+        bias: &CudaSlice<S>,
         n: usize,
         channels: u32,
         plane: u32,
@@ -143,18 +210,18 @@ impl Elementwise {
         need(y, n, "biased output")?;
         need(bias, channels as usize, "bias")?;
         let len = n as u64;
-        let mut b = stream.launch_builder(&self.bias_fill);
+        let mut b = stream.launch_builder(self.bias_fill.of::<S>());
         b.arg(y).arg(bias).arg(&len).arg(&channels).arg(&plane);
         run(b, grid(n))
     }
 
     /// `out = a + b` over `out`'s length.
-    pub fn add(
+    pub fn add<S: Stored>(
         &self,
         stream: &CudaStream,
-        out: &mut CudaSlice<f32>,
-        a: &CudaView<f32>,
-        b: &CudaSlice<f32>,
+        out: &mut CudaSlice<S>,
+        a: &CudaView<S>,
+        b: &CudaSlice<S>,
     ) -> Result<()> {
         let n = out.len();
         if a.len() < n {
@@ -165,16 +232,16 @@ impl Elementwise {
         }
         need(b, n, "second summand")?;
         let len = n as u64;
-        let mut builder = stream.launch_builder(&self.add);
+        let mut builder = stream.launch_builder(self.add.of::<S>());
         builder.arg(out).arg(a).arg(b).arg(&len);
         run(builder, grid(n))
     }
 
     /// Sets `flag[0]` to 1 when any element of `x` is not finite; leaves it otherwise.
-    pub fn flag_nonfinite(
+    pub fn flag_nonfinite<S: Stored>(
         &self,
         stream: &CudaStream,
-        x: &CudaSlice<f32>,
+        x: &CudaSlice<S>,
         flag: &mut CudaSlice<u32>,
     ) -> Result<()> {
         need(flag, 1, "overflow flag")?;
@@ -183,7 +250,7 @@ impl Elementwise {
             return Ok(());
         }
         let len = n as u64;
-        let mut b = stream.launch_builder(&self.flag_nonfinite);
+        let mut b = stream.launch_builder(self.flag_nonfinite.of::<S>());
         b.arg(x).arg(&len).arg(flag);
         run(b, grid(n))
     }

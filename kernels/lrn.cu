@@ -4,13 +4,19 @@
 //   dx[c] = dy[c] * scale[c]^-beta
 //           - 2 alpha beta x[c] * sum_{|j-c| <= size/2} dy[j] y[j] / scale[j]
 // alpha multiplies the sum directly, as the paper writes it. The channel sums
-// run in ascending order, as on the CPU device.
+// run in ascending order, as on the CPU device. Each kernel comes in the
+// three storages of storage.cuh (_f32, _bf16, _f16), all computing in f32;
+// y is computed from the unrounded scale, and y and scale are rounded as
+// they are stored, as the CPU reference does.
 //
 // These kernels use no shared memory, barriers, warp intrinsics or atomics:
 // kernels/shim/lrn_host.cpp compiles this file as C++ and runs it on the CPU.
 
-extern "C" __global__ void lrn_forward_f32(
-    const float* __restrict__ x, float* __restrict__ y, float* __restrict__ scale,
+#include "storage.cuh"
+
+template <class T>
+__device__ __forceinline__ void lrn_forward(
+    const T* __restrict__ x, T* __restrict__ y, T* __restrict__ scale,
     unsigned int batch, unsigned int channels, unsigned int plane,
     unsigned int size, float alpha, float beta, float k)
 {
@@ -21,25 +27,26 @@ extern "C" __global__ void lrn_forward_f32(
         const unsigned int p = (unsigned int)(i % plane);
         const unsigned long long nc = i / plane;
         const unsigned int c = (unsigned int)(nc % channels);
-        const float* image = x + (nc - c) * plane + p;
+        const T* image = x + (nc - c) * plane + p;
         const unsigned int half = size / 2;
         const unsigned int lo = c >= half ? c - half : 0;
         const unsigned int hi = c + half + 1 < channels ? c + half + 1 : channels;
         float sum = 0.0f;
         for (unsigned int j = lo; j < hi; ++j) {
-            const float v = image[(unsigned long long)j * plane];
+            const float v = widen(image[(unsigned long long)j * plane]);
             sum += v * v;
         }
         const float s = k + alpha * sum;
-        scale[i] = s;
-        y[i] = x[i] * powf(s, -beta);
+        put(&scale[i], s);
+        put(&y[i], widen(x[i]) * powf(s, -beta));
     }
 }
 
-extern "C" __global__ void lrn_backward_f32(
-    const float* __restrict__ x, const float* __restrict__ y,
-    const float* __restrict__ scale, const float* __restrict__ dy,
-    float* __restrict__ dx,
+template <class T>
+__device__ __forceinline__ void lrn_backward(
+    const T* __restrict__ x, const T* __restrict__ y,
+    const T* __restrict__ scale, const T* __restrict__ dy,
+    T* __restrict__ dx,
     unsigned int batch, unsigned int channels, unsigned int plane,
     unsigned int size, float alpha, float beta)
 {
@@ -57,8 +64,49 @@ extern "C" __global__ void lrn_backward_f32(
         float ratios = 0.0f;
         for (unsigned int j = lo; j < hi; ++j) {
             const unsigned long long at = base + (unsigned long long)j * plane;
-            ratios += dy[at] * y[at] / scale[at];
+            ratios += widen(dy[at]) * widen(y[at]) / widen(scale[at]);
         }
-        dx[i] = dy[i] * powf(scale[i], -beta) - 2.0f * alpha * beta * x[i] * ratios;
+        put(&dx[i], widen(dy[i]) * powf(widen(scale[i]), -beta)
+                        - 2.0f * alpha * beta * widen(x[i]) * ratios);
     }
+}
+
+#define LRN_FORWARD_ARGS(T)                                                    \
+    const T* __restrict__ x, T* __restrict__ y, T* __restrict__ scale,         \
+        unsigned int batch, unsigned int channels, unsigned int plane,         \
+        unsigned int size, float alpha, float beta, float k
+#define LRN_BACKWARD_ARGS(T)                                                   \
+    const T* __restrict__ x, const T* __restrict__ y,                          \
+        const T* __restrict__ scale, const T* __restrict__ dy,                 \
+        T* __restrict__ dx, unsigned int batch, unsigned int channels,         \
+        unsigned int plane, unsigned int size, float alpha, float beta
+
+extern "C" __global__ void lrn_forward_f32(LRN_FORWARD_ARGS(float))
+{
+    lrn_forward(x, y, scale, batch, channels, plane, size, alpha, beta, k);
+}
+
+extern "C" __global__ void lrn_forward_bf16(LRN_FORWARD_ARGS(bf16))
+{
+    lrn_forward(x, y, scale, batch, channels, plane, size, alpha, beta, k);
+}
+
+extern "C" __global__ void lrn_forward_f16(LRN_FORWARD_ARGS(f16))
+{
+    lrn_forward(x, y, scale, batch, channels, plane, size, alpha, beta, k);
+}
+
+extern "C" __global__ void lrn_backward_f32(LRN_BACKWARD_ARGS(float))
+{
+    lrn_backward(x, y, scale, dy, dx, batch, channels, plane, size, alpha, beta);
+}
+
+extern "C" __global__ void lrn_backward_bf16(LRN_BACKWARD_ARGS(bf16))
+{
+    lrn_backward(x, y, scale, dy, dx, batch, channels, plane, size, alpha, beta);
+}
+
+extern "C" __global__ void lrn_backward_f16(LRN_BACKWARD_ARGS(f16))
+{
+    lrn_backward(x, y, scale, dy, dx, batch, channels, plane, size, alpha, beta);
 }

@@ -1,33 +1,35 @@
 //! Launchers of `lrn.cu`, beside it: local response normalization's forward
-//! and backward pass over typed device buffers and the layer's shape.
+//! and backward pass over typed device buffers and the layer's shape, in
+//! any storage.
 
-use super::{Loaded, run};
+use super::{ByStorage, Loaded, Stored, run};
 use crate::device::cuda::{grid, need, u32_of};
 use crate::error::Result;
 use crate::net::plan::LrnShape;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
 
 /// The kernels of `lrn.cu`.
 pub struct Lrn {
-    forward: CudaFunction,
-    backward: CudaFunction,
+    forward: ByStorage,
+    backward: ByStorage,
 }
 
 impl Lrn {
     pub(super) fn load(file: &Loaded) -> Result<Self> {
         Ok(Lrn {
-            forward: file.function("lrn_forward_f32")?,
-            backward: file.function("lrn_backward_f32")?,
+            forward: file.by_storage("lrn_forward")?,
+            backward: file.by_storage("lrn_backward")?,
         })
     }
 
-    /// `y = x / scale^β` with `scale = k + α Σ x²` kept (paper §3.3).
-    pub fn forward(
+    /// `y = x / scale^β` with `scale = k + α Σ x²` kept (paper §3.3); `y`
+    /// from the unrounded scale, both rounded as stored.
+    pub fn forward<S: Stored>(
         &self,
         stream: &CudaStream,
-        x: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
-        scale: &mut CudaSlice<f32>,
+        x: &CudaSlice<S>,
+        y: &mut CudaSlice<S>,
+        scale: &mut CudaSlice<S>,
         s: &LrnShape,
         batch: usize,
     ) -> Result<()> {
@@ -36,7 +38,7 @@ impl Lrn {
         need(y, n, "lrn output")?;
         need(scale, n, "lrn scale")?;
         let d = [batch, s.c, s.plane, s.size].map(u32_of);
-        let mut b = stream.launch_builder(&self.forward);
+        let mut b = stream.launch_builder(self.forward.of::<S>());
         b.arg(x).arg(y).arg(scale);
         for dim in &d {
             b.arg(dim);
@@ -47,14 +49,14 @@ impl Lrn {
 
     /// The input gradient of LRN.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    pub fn backward<S: Stored>(
         &self,
         stream: &CudaStream,
-        x: &CudaSlice<f32>,
-        y: &CudaSlice<f32>,
-        scale: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
+        x: &CudaSlice<S>,
+        y: &CudaSlice<S>,
+        scale: &CudaSlice<S>,
+        dy: &CudaSlice<S>,
+        dx: &mut CudaSlice<S>,
         s: &LrnShape,
         batch: usize,
     ) -> Result<()> {
@@ -69,7 +71,7 @@ impl Lrn {
             need(buf, n, what)?;
         }
         let d = [batch, s.c, s.plane, s.size].map(u32_of);
-        let mut b = stream.launch_builder(&self.backward);
+        let mut b = stream.launch_builder(self.backward.of::<S>());
         b.arg(x).arg(y).arg(scale).arg(dy).arg(dx);
         for dim in &d {
             b.arg(dim);

@@ -1,32 +1,32 @@
 //! Launchers of `pool.cu`, beside it: max-pooling's forward and backward
-//! pass over typed device buffers and the layer's shape.
+//! pass over typed device buffers and the layer's shape, in any storage.
 
-use super::{Loaded, run};
+use super::{ByStorage, Loaded, Stored, run};
 use crate::device::cuda::{grid, need, u32_of};
 use crate::error::Result;
 use crate::net::plan::PoolShape;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
 
 /// The kernels of `pool.cu`.
 pub struct Pool {
-    forward: CudaFunction,
-    backward: CudaFunction,
+    forward: ByStorage,
+    backward: ByStorage,
 }
 
 impl Pool {
     pub(super) fn load(file: &Loaded) -> Result<Self> {
         Ok(Pool {
-            forward: file.function("maxpool_forward_f32")?,
-            backward: file.function("maxpool_backward_f32")?,
+            forward: file.by_storage("maxpool_forward")?,
+            backward: file.by_storage("maxpool_backward")?,
         })
     }
 
     /// Max-pool `x` into `y` (paper §3.4).
-    pub fn forward(
+    pub fn forward<S: Stored>(
         &self,
         stream: &CudaStream,
-        x: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
+        x: &CudaSlice<S>,
+        y: &mut CudaSlice<S>,
         s: &PoolShape,
         batch: usize,
     ) -> Result<()> {
@@ -35,7 +35,7 @@ impl Pool {
         need(y, planes * s.out_h * s.out_w, "pool output")?;
         let p = planes as u64;
         let d = [s.in_h, s.in_w, s.size, s.stride, s.out_h, s.out_w].map(u32_of);
-        let mut b = stream.launch_builder(&self.forward);
+        let mut b = stream.launch_builder(self.forward.of::<S>());
         b.arg(x).arg(y).arg(&p);
         for dim in &d {
             b.arg(dim);
@@ -45,13 +45,13 @@ impl Pool {
 
     /// Routes each output's gradient to the first input attaining its max.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    pub fn backward<S: Stored>(
         &self,
         stream: &CudaStream,
-        x: &CudaSlice<f32>,
-        y: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
+        x: &CudaSlice<S>,
+        y: &CudaSlice<S>,
+        dy: &CudaSlice<S>,
+        dx: &mut CudaSlice<S>,
         s: &PoolShape,
         batch: usize,
     ) -> Result<()> {
@@ -63,7 +63,7 @@ impl Pool {
         need(dy, out_len, "pool output gradient")?;
         let p = planes as u64;
         let d = [s.in_h, s.in_w, s.size, s.stride, s.out_h, s.out_w].map(u32_of);
-        let mut b = stream.launch_builder(&self.backward);
+        let mut b = stream.launch_builder(self.backward.of::<S>());
         b.arg(x).arg(y).arg(dy).arg(dx).arg(&p);
         for dim in &d {
             b.arg(dim);

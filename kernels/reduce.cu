@@ -2,7 +2,11 @@
 // across the towers, and a batch's loss statistics. All are deterministic:
 // every sum is taken in an order fixed by the shapes alone (fixed chunks,
 // fixed trees, image order), never by atomics or by the order blocks happen
-// to run in.
+// to run in. The bias gradient and the loss come in the three storages of
+// storage.cuh (_f32, _bf16, _f16) for what they read and write; their sums
+// are f32 and f64 at every storage, rounded once as they are stored.
+
+#include "storage.cuh"
 
 #define BIAS_THREADS 256
 #define LOSS_THREADS 256
@@ -11,11 +15,12 @@
 // Block (chunk, y) sums channel c = y, y + gridDim.y, ... over the images of
 // its chunk: [chunk * per_chunk, (chunk + 1) * per_chunk) of the batch, with
 // a tree in shared memory, into partial[c * chunks + chunk]. With one chunk
-// `partial` may be dbias itself. Launch with BIAS_THREADS threads and
+// `partial` may be dbias itself (at f32). Launch with BIAS_THREADS threads and
 // gridDim.x == chunks, so a layer with few channels (conv1's 48) still fills
 // the GPU.
-extern "C" __global__ void bias_grad_partial_f32(
-    const float* __restrict__ dy, float* __restrict__ partial, unsigned int batch,
+template <class T>
+__device__ __forceinline__ void bias_grad_partial(
+    const T* __restrict__ dy, float* __restrict__ partial, unsigned int batch,
     unsigned int channels, unsigned int plane, unsigned int per_chunk)
 {
     __shared__ float tree[BIAS_THREADS];
@@ -27,7 +32,7 @@ extern "C" __global__ void bias_grad_partial_f32(
         float sum = 0.0f;
         for (unsigned long long i = threadIdx.x; i < count; i += BIAS_THREADS) {
             const unsigned long long n = first + i / plane, p = i % plane;
-            sum += dy[(n * channels + c) * plane + p];
+            sum += widen(dy[(n * channels + c) * plane + p]);
         }
         tree[threadIdx.x] = sum;
         __syncthreads();
@@ -41,17 +46,48 @@ extern "C" __global__ void bias_grad_partial_f32(
     }
 }
 
+#define PARTIAL_ARGS                                                           \
+    float* __restrict__ partial, unsigned int batch, unsigned int channels,    \
+        unsigned int plane, unsigned int per_chunk
+extern "C" __global__ void bias_grad_partial_f32(const float* __restrict__ dy, PARTIAL_ARGS)
+{
+    bias_grad_partial(dy, partial, batch, channels, plane, per_chunk);
+}
+extern "C" __global__ void bias_grad_partial_bf16(const bf16* __restrict__ dy, PARTIAL_ARGS)
+{
+    bias_grad_partial(dy, partial, batch, channels, plane, per_chunk);
+}
+extern "C" __global__ void bias_grad_partial_f16(const f16* __restrict__ dy, PARTIAL_ARGS)
+{
+    bias_grad_partial(dy, partial, batch, channels, plane, per_chunk);
+}
+
 // Pass 2: dbias[c] = the sum of channel c's chunks, in chunk order.
-extern "C" __global__ void bias_grad_finish_f32(
-    const float* __restrict__ partial, float* __restrict__ dbias, unsigned int channels,
+template <class T>
+__device__ __forceinline__ void bias_grad_finish(
+    const float* __restrict__ partial, T* __restrict__ dbias, unsigned int channels,
     unsigned int chunks)
 {
     for (unsigned int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels;
          c += gridDim.x * blockDim.x) {
         float sum = 0.0f;
         for (unsigned int k = 0; k < chunks; ++k) sum += partial[(unsigned long long)c * chunks + k];
-        dbias[c] = sum;
+        put(&dbias[c], sum);
     }
+}
+
+#define FINISH_ARGS unsigned int channels, unsigned int chunks
+extern "C" __global__ void bias_grad_finish_f32(const float* __restrict__ partial, float* __restrict__ dbias, FINISH_ARGS)
+{
+    bias_grad_finish(partial, dbias, channels, chunks);
+}
+extern "C" __global__ void bias_grad_finish_bf16(const float* __restrict__ partial, bf16* __restrict__ dbias, FINISH_ARGS)
+{
+    bias_grad_finish(partial, dbias, channels, chunks);
+}
+extern "C" __global__ void bias_grad_finish_f16(const float* __restrict__ partial, f16* __restrict__ dbias, FINISH_ARGS)
+{
+    bias_grad_finish(partial, dbias, channels, chunks);
 }
 
 // A tree over LOSS_THREADS values in shared memory; every thread gets the result.
@@ -87,16 +123,17 @@ __device__ double block_max(double* tree, double v)
 // [tower][image][per_tower]; class t * per_tower + u is unit u of tower t.
 // Writes the gradient of the batch-mean loss, times grad_scale (the loss
 // scale), for this tower's own logits ([image][per_tower]) and, per image, {-log p(label), top-1 hit, top-5 hit}.
-extern "C" __global__ void softmax_cross_entropy_f32(
-    const float* __restrict__ logits, const unsigned int* __restrict__ labels,
-    float* __restrict__ dlogits, double* __restrict__ stats, unsigned int batch,
+template <class T>
+__device__ __forceinline__ void softmax_cross_entropy(
+    const T* __restrict__ logits, const unsigned int* __restrict__ labels,
+    T* __restrict__ dlogits, double* __restrict__ stats, unsigned int batch,
     unsigned int towers, unsigned int per_tower, unsigned int tower, float grad_scale)
 {
     __shared__ double tree[LOSS_THREADS];
     const unsigned int classes = towers * per_tower;
     for (unsigned int n = blockIdx.x; n < batch; n += gridDim.x) {
         const unsigned int label = labels[n];
-#define LOGIT(cls) ((double)logits[((unsigned long long)((cls) / per_tower) * batch + n) * per_tower + (cls) % per_tower])
+#define LOGIT(cls) ((double)widen(logits[((unsigned long long)((cls) / per_tower) * batch + n) * per_tower + (cls) % per_tower]))
         double local = -__longlong_as_double(0x7ff0000000000000LL);
         for (unsigned int k = threadIdx.x; k < classes; k += LOSS_THREADS) local = fmax(local, LOGIT(k));
         const double max = block_max(tree, local);
@@ -115,11 +152,33 @@ extern "C" __global__ void softmax_cross_entropy_f32(
         for (unsigned int u = threadIdx.x; u < per_tower; u += LOSS_THREADS) {
             const unsigned int cls = tower * per_tower + u;
             const double p = exp(LOGIT(cls) - log_sum);
-            dlogits[(unsigned long long)n * per_tower + u] =
-                (float)((p - (cls == label ? 1.0 : 0.0)) * (double)grad_scale / (double)batch);
+            put(&dlogits[(unsigned long long)n * per_tower + u],
+                (float)((p - (cls == label ? 1.0 : 0.0)) * (double)grad_scale / (double)batch));
         }
 #undef LOGIT
     }
+}
+
+#define LOSS_SHAPE                                                             \
+    double* __restrict__ stats, unsigned int batch, unsigned int towers,       \
+        unsigned int per_tower, unsigned int tower, float grad_scale
+extern "C" __global__ void softmax_cross_entropy_f32(
+    const float* __restrict__ logits, const unsigned int* __restrict__ labels,
+    float* __restrict__ dlogits, LOSS_SHAPE)
+{
+    softmax_cross_entropy(logits, labels, dlogits, stats, batch, towers, per_tower, tower, grad_scale);
+}
+extern "C" __global__ void softmax_cross_entropy_bf16(
+    const bf16* __restrict__ logits, const unsigned int* __restrict__ labels,
+    bf16* __restrict__ dlogits, LOSS_SHAPE)
+{
+    softmax_cross_entropy(logits, labels, dlogits, stats, batch, towers, per_tower, tower, grad_scale);
+}
+extern "C" __global__ void softmax_cross_entropy_f16(
+    const f16* __restrict__ logits, const unsigned int* __restrict__ labels,
+    f16* __restrict__ dlogits, LOSS_SHAPE)
+{
+    softmax_cross_entropy(logits, labels, dlogits, stats, batch, towers, per_tower, tower, grad_scale);
 }
 
 // One batch's loss statistics from the per-image ones softmax_cross_entropy_f32

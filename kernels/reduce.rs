@@ -1,8 +1,9 @@
 //! Launchers of `reduce.cu`, beside it: the bias gradient's two passes,
 //! softmax cross-entropy, and one batch's loss statistics, over typed
-//! device buffers.
+//! device buffers; the bias gradient and the loss in any storage, their
+//! sums f32 and f64 at every one.
 
-use super::{Loaded, run};
+use super::{ByStorage, Loaded, Stored, run};
 use crate::device::cuda::{grid, need, u32_of};
 use crate::error::Result;
 use cudarc::driver::{
@@ -15,9 +16,9 @@ const BLOCK: u32 = 256;
 
 /// The kernels of `reduce.cu`.
 pub struct Reduce {
-    bias_grad_partial: CudaFunction,
-    bias_grad_finish: CudaFunction,
-    softmax_cross_entropy: CudaFunction,
+    bias_grad_partial: ByStorage,
+    bias_grad_finish: ByStorage,
+    softmax_cross_entropy: ByStorage,
     loss_stats_sum: CudaFunction,
 }
 
@@ -46,19 +47,20 @@ pub struct Loss {
 impl Reduce {
     pub(super) fn load(file: &Loaded) -> Result<Self> {
         Ok(Reduce {
-            bias_grad_partial: file.function("bias_grad_partial_f32")?,
-            bias_grad_finish: file.function("bias_grad_finish_f32")?,
-            softmax_cross_entropy: file.function("softmax_cross_entropy_f32")?,
+            bias_grad_partial: file.by_storage("bias_grad_partial")?,
+            bias_grad_finish: file.by_storage("bias_grad_finish")?,
+            softmax_cross_entropy: file.by_storage("softmax_cross_entropy")?,
             loss_stats_sum: file.function("loss_stats_sum_f64")?,
         })
     }
 
     /// Pass 1: `partial[c · chunks + chunk]` = the sum of channel `c` over the
-    /// chunk's images (with one chunk, `partial` may be the bias gradient).
-    pub fn bias_grad_partial(
+    /// chunk's images, in f32 (with one chunk, `partial` may be an f32 bias
+    /// gradient).
+    pub fn bias_grad_partial<S: Stored>(
         &self,
         stream: &CudaStream,
-        dy: &CudaSlice<f32>,
+        dy: &CudaSlice<S>,
         partial: &mut CudaSlice<f32>,
         s: BiasGrad,
     ) -> Result<()> {
@@ -70,7 +72,7 @@ impl Reduce {
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = stream.launch_builder(&self.bias_grad_partial);
+        let mut b = stream.launch_builder(self.bias_grad_partial.of::<S>());
         b.arg(dy).arg(partial);
         for dim in &d {
             b.arg(dim);
@@ -78,31 +80,33 @@ impl Reduce {
         run(b, config)
     }
 
-    /// Pass 2: `dbias[c]` = channel `c`'s chunks summed in chunk order.
-    pub fn bias_grad_finish(
+    /// Pass 2: `dbias[c]` = channel `c`'s chunks summed in chunk order,
+    /// rounded as `dbias` stores.
+    pub fn bias_grad_finish<S: Stored>(
         &self,
         stream: &CudaStream,
         partial: &CudaSlice<f32>,
-        dbias: &mut CudaSlice<f32>,
+        dbias: &mut CudaSlice<S>,
         s: BiasGrad,
     ) -> Result<()> {
         need(partial, s.channels * s.chunks, "bias partial sums")?;
         need(dbias, s.channels, "bias gradient")?;
         let (channels, chunks) = (u32_of(s.channels), u32_of(s.chunks));
-        let mut b = stream.launch_builder(&self.bias_grad_finish);
+        let mut b = stream.launch_builder(self.bias_grad_finish.of::<S>());
         b.arg(partial).arg(dbias).arg(&channels).arg(&chunks);
         run(b, grid(s.channels))
     }
 
     /// Softmax cross-entropy: the gradient of the batch-mean loss into
     /// `dlogits`, and per image {−log p(label), top-1 hit, top-5 hit} into
-    /// `per_image`.
-    pub fn softmax_cross_entropy(
+    /// `per_image`, in f64 from the stored logits, the gradient rounded as
+    /// stored.
+    pub fn softmax_cross_entropy<S: Stored>(
         &self,
         stream: &CudaStream,
-        logits: &CudaSlice<f32>,
+        logits: &CudaSlice<S>,
         labels: &CudaSlice<u32>,
-        dlogits: &mut CudaSlice<f32>,
+        dlogits: &mut CudaSlice<S>,
         per_image: &mut CudaSlice<f64>,
         s: Loss,
     ) -> Result<()> {
@@ -117,7 +121,7 @@ impl Reduce {
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = stream.launch_builder(&self.softmax_cross_entropy);
+        let mut b = stream.launch_builder(self.softmax_cross_entropy.of::<S>());
         b.arg(logits).arg(labels).arg(dlogits).arg(per_image);
         for dim in &d {
             b.arg(dim);

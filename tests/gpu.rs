@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use update::{UPDATE_ELEMENT_TOL, UPDATE_NORM_TOL, compare_updates};
 
+mod half_ops;
 mod update;
 
 /// Every test of this file, by name.
@@ -40,6 +41,10 @@ const TESTS: &[(&str, fn())] = &[
     (
         "u8_input_matches_the_cpu_device_bit_for_bit",
         u8_input_matches_the_cpu_device_bit_for_bit,
+    ),
+    (
+        "sixteen_bit_ops_match_the_cpu_16_bit_reference",
+        half_ops::sixteen_bit_ops_match_the_cpu_16_bit_reference,
     ),
 ];
 

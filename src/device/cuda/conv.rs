@@ -14,8 +14,16 @@
 //! batch (an epoch's short last batch, an evaluation) reuses the algorithms
 //! with its own descriptors; each direction runs with the math type of the
 //! algorithm it chose.
+//!
+//! Data are stored as the precision says (f32, bfloat16 or IEEE half:
+//! tensor and filter descriptors of that type, buffers of the matching
+//! [`Stored`] type) and computed in f32 at every precision (the
+//! convolution descriptors' compute type). Exact f32 runs FMA math only;
+//! TF32 and the 16-bit precisions may use tensor cores.
 
+use super::kernels::Stored;
 use super::need;
+use crate::device::precision::{Precision, Storage};
 use crate::error::{Error, Result};
 use crate::net::plan::ConvShape;
 use cudarc::cudnn::{result, sys};
@@ -50,7 +58,7 @@ pub struct Convolutions {
     algorithms: HashMap<ConvShape, Algorithms>,
     plans: HashMap<(ConvShape, usize), ConvPlan>,
     workspace: Option<CudaSlice<u8>>,
-    tf32: bool,
+    precision: Precision,
 }
 
 struct Handle(sys::cudnnHandle_t);
@@ -127,22 +135,36 @@ fn cudnn(what: &str) -> impl FnOnce(result::CudnnError) -> Error + '_ {
     move |e| Error::cuda(format!("cuDNN {what}"), e)
 }
 
-/// Exact f32 allows plain FMA math only; TF32 allows tensor cores too, but
-/// never the down-conversion of f32 data to f16.
-fn allowed_math(math: sys::cudnnMathType_t, tf32: bool) -> bool {
+/// Exact f32 allows plain FMA math only; the other precisions allow tensor
+/// cores too, but never a down-conversion of the data (f32 to f16, say).
+fn allowed_math(math: sys::cudnnMathType_t, precision: Precision) -> bool {
     use sys::cudnnMathType_t::*;
     match math {
         CUDNN_DEFAULT_MATH | CUDNN_FMA_MATH => true,
-        CUDNN_TENSOR_OP_MATH => tf32,
+        CUDNN_TENSOR_OP_MATH => precision != Precision::Fp32,
         _ => false,
     }
+}
+
+/// cuDNN's name for how `storage` keeps a tensor's elements.
+fn data_type(storage: Storage) -> sys::cudnnDataType_t {
+    match storage {
+        Storage::Full => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        Storage::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+        Storage::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
+    }
+}
+
+/// Bytes one element takes in `storage`.
+fn element_bytes(storage: Storage) -> usize {
+    if storage.is_16_bit() { 2 } else { 4 }
 }
 
 /// What the search needs to know of one direction's measured results.
 trait Perf: Copy {
     type Algo: Copy + std::fmt::Debug;
     fn algo(&self) -> Self::Algo;
-    fn usable(&self, budget: usize, tf32: bool) -> bool;
+    fn usable(&self, budget: usize, precision: Precision) -> bool;
     fn deterministic(&self) -> bool;
     fn math(&self) -> sys::cudnnMathType_t;
 }
@@ -154,10 +176,10 @@ macro_rules! perf {
             fn algo(&self) -> $algo {
                 self.algo
             }
-            fn usable(&self, budget: usize, tf32: bool) -> bool {
+            fn usable(&self, budget: usize, precision: Precision) -> bool {
                 self.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
                     && self.memory <= budget
-                    && allowed_math(self.mathType, tf32)
+                    && allowed_math(self.mathType, precision)
             }
             fn deterministic(&self) -> bool {
                 self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
@@ -183,8 +205,12 @@ perf!(
 
 /// The fastest usable deterministic result (results come fastest first),
 /// else the fastest usable one, and whether it was deterministic.
-fn choose<P: Perf>(perfs: &[P], budget: usize, tf32: bool) -> Option<(Choice<P::Algo>, bool)> {
-    let usable = || perfs.iter().filter(|p| p.usable(budget, tf32));
+fn choose<P: Perf>(
+    perfs: &[P],
+    budget: usize,
+    precision: Precision,
+) -> Option<(Choice<P::Algo>, bool)> {
+    let usable = || perfs.iter().filter(|p| p.usable(budget, precision));
     let pick = usable()
         .find(|p| p.deterministic())
         .or_else(|| usable().next())?;
@@ -201,8 +227,8 @@ fn choose<P: Perf>(perfs: &[P], budget: usize, tf32: bool) -> Option<(Choice<P::
 const RESULTS: usize = 16;
 
 impl Convolutions {
-    /// cuDNN on `stream`; `tf32` lets convolutions use TF32 tensor cores.
-    pub fn new(stream: Arc<CudaStream>, tf32: bool) -> Result<Self> {
+    /// cuDNN on `stream`, storing and computing as `precision` says.
+    pub fn new(stream: Arc<CudaStream>, precision: Precision) -> Result<Self> {
         let handle = Handle(result::create_handle().map_err(cudnn("handle"))?);
         // SAFETY: a live handle and the stream this device owns.
         unsafe { result::set_stream(handle.0, stream.cu_stream() as sys::cudaStream_t) }
@@ -213,7 +239,7 @@ impl Convolutions {
             algorithms: HashMap::new(),
             plans: HashMap::new(),
             workspace: None,
-            tf32,
+            precision,
         })
     }
 
@@ -226,14 +252,15 @@ impl Convolutions {
     }
 
     /// `y += conv(x, w)` for one source (`x` that source's slice of the input).
-    pub fn forward(
+    pub fn forward<S: Stored>(
         &mut self,
         s: &ConvShape,
         batch: usize,
-        x: &impl DevicePtr<f32>,
-        w: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<S>,
+        w: &CudaSlice<S>,
+        y: &mut CudaSlice<S>,
     ) -> Result<()> {
+        self.stores::<S>()?;
         let lens = Lens::new(s, batch);
         need(x, lens.x, "conv input")?;
         need(w, lens.w, "conv weights")?;
@@ -264,14 +291,15 @@ impl Convolutions {
     }
 
     /// `dx = conv_transpose(dy, w)` for one source (`dx` that source's slice).
-    pub fn backward_data(
+    pub fn backward_data<S: Stored>(
         &mut self,
         s: &ConvShape,
         batch: usize,
-        w: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        dx: &mut impl DevicePtrMut<f32>,
+        w: &CudaSlice<S>,
+        dy: &CudaSlice<S>,
+        dx: &mut impl DevicePtrMut<S>,
     ) -> Result<()> {
+        self.stores::<S>()?;
         let lens = Lens::new(s, batch);
         need(w, lens.w, "conv weights")?;
         need(dy, lens.y, "conv output gradient")?;
@@ -302,14 +330,15 @@ impl Convolutions {
     }
 
     /// `dw = Σ_n x ⋆ dy` for one source (`x` that source's slice of the input).
-    pub fn backward_filter(
+    pub fn backward_filter<S: Stored>(
         &mut self,
         s: &ConvShape,
         batch: usize,
-        x: &impl DevicePtr<f32>,
-        dy: &CudaSlice<f32>,
-        dw: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<S>,
+        dy: &CudaSlice<S>,
+        dw: &mut CudaSlice<S>,
     ) -> Result<()> {
+        self.stores::<S>()?;
         let lens = Lens::new(s, batch);
         need(x, lens.x, "conv input")?;
         need(dy, lens.y, "conv output gradient")?;
@@ -377,13 +406,13 @@ impl Convolutions {
     /// Descriptors for `batch` with the given algorithms, and the workspace
     /// bytes they need.
     fn plan(&self, s: &ConvShape, batch: usize, a: &Algorithms) -> Result<(ConvPlan, usize)> {
-        let Tensors { x, y, w } = tensors(s, batch)?;
+        let Tensors { x, y, w } = tensors(s, batch, self.precision.storage())?;
         let h = self.handle.0;
         let math = |m: sys::cudnnMathType_t| {
-            if self.tf32 {
-                m
-            } else {
+            if self.precision == Precision::Fp32 {
                 sys::cudnnMathType_t::CUDNN_FMA_MATH
+            } else {
+                m
             }
         };
         let forward = convolution(s, math(a.forward.math))?;
@@ -479,11 +508,11 @@ struct Search<'a> {
     shape: &'a ConvShape,
     batch: usize,
     budget: usize,
-    tf32: bool,
+    precision: Precision,
     tensors: Tensors,
     conv: ConvDesc,
     /// Owned here, so that the addresses below stay valid.
-    _buffers: [CudaSlice<f32>; 3],
+    _buffers: [CudaSlice<u8>; 3],
     _workspace: CudaSlice<u8>,
     x: *mut c_void,
     y: *mut c_void,
@@ -496,9 +525,10 @@ impl<'a> Search<'a> {
     /// stream, and a workspace of `budget` bytes.
     fn new(convs: &Convolutions, s: &'a ConvShape, batch: usize, budget: usize) -> Result<Self> {
         let stream = &convs.stream;
+        let storage = convs.precision.storage();
         let scratch = |len: usize| {
             stream
-                .alloc_zeros::<f32>(len.max(1))
+                .alloc_zeros::<u8>(len.max(1) * element_bytes(storage))
                 .map_err(|e| Error::cuda("allocating buffers for the cuDNN algorithm search", e))
         };
         let lens = Lens::new(s, batch);
@@ -506,10 +536,10 @@ impl<'a> Search<'a> {
         // SAFETY: the search writes the workspace before it reads it.
         let mut workspace = unsafe { stream.alloc::<u8>(budget.max(1)) }
             .map_err(|e| Error::cuda("allocating the cuDNN search workspace", e))?;
-        let search_math = if convs.tf32 {
-            sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
-        } else {
-            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        let search_math = match convs.precision {
+            Precision::Fp32 => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            Precision::Tf32 => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+            Precision::Bf16 | Precision::Fp16 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
         };
         let [x, y, w] = buffers
             .each_mut()
@@ -520,8 +550,8 @@ impl<'a> Search<'a> {
             shape: s,
             batch,
             budget,
-            tf32: convs.tf32,
-            tensors: tensors(s, batch)?,
+            precision: convs.precision,
+            tensors: tensors(s, batch, storage)?,
             conv: convolution(s, search_math)?,
             _buffers: buffers,
             _workspace: workspace,
@@ -642,7 +672,7 @@ impl<'a> Search<'a> {
         let mut count = 0;
         let results = |perfs: &[P], count: i32| -> Option<(Choice<P::Algo>, bool)> {
             let count = usize::try_from(count).unwrap_or(0).min(RESULTS);
-            choose(&perfs[..count], self.budget, self.tf32)
+            choose(&perfs[..count], self.budget, self.precision)
         };
         let found = find(&mut count, perfs.as_mut_ptr()).result().is_ok();
         if !found || results(&perfs, count).is_none() {
@@ -669,10 +699,11 @@ impl<'a> Search<'a> {
     }
 }
 
-/// NCHW f32 descriptors of `s`'s input, output and one source's filter.
-fn tensors(s: &ConvShape, batch: usize) -> Result<Tensors> {
+/// NCHW descriptors of `s`'s input, output and one source's filter, their
+/// elements stored as `storage` says.
+fn tensors(s: &ConvShape, batch: usize, storage: Storage) -> Result<Tensors> {
     let dims = |v: [usize; 4]| v.map(|d| d as i32);
-    let float = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+    let float = data_type(storage);
     let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
     // SAFETY: each descriptor is created just before it is set, and owned by its wrapper.
     unsafe {
@@ -745,13 +776,28 @@ impl Lens {
 }
 
 impl Convolutions {
+    /// Fails unless this device's descriptors describe buffers of `S`.
+    fn stores<S: Stored>(&self) -> Result<()> {
+        if S::STORAGE != self.precision.storage() {
+            return Err(Error::cuda(
+                "cuDNN convolution",
+                format!(
+                    "{:?} buffers on a device set up for {}",
+                    S::STORAGE,
+                    self.precision.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The address of a buffer cuDNN reads, on this stream.
-    fn read(&self, buf: &impl DevicePtr<f32>) -> *const c_void {
+    fn read<S>(&self, buf: &impl DevicePtr<S>) -> *const c_void {
         buf.device_ptr(&self.stream).0 as *const c_void
     }
 
     /// The address of a buffer cuDNN writes, on this stream.
-    fn write(&self, buf: &mut impl DevicePtrMut<f32>) -> *mut c_void {
+    fn write<S>(&self, buf: &mut impl DevicePtrMut<S>) -> *mut c_void {
         buf.device_ptr_mut(&self.stream).0 as *mut c_void
     }
 }

@@ -1,15 +1,21 @@
 //! Fully connected layers through cuBLAS. Our buffers are row-major; cuBLAS
 //! is column-major, so a row-major `rows × cols` matrix is its `cols × rows`
 //! transpose and every product below is written in those terms.
+//!
+//! f32 buffers go through `cublasSgemm` (exact f32, or TF32 where the
+//! precision allows); 16-bit ones through `cublasGemmEx` with 16-bit inputs
+//! and outputs and f32 accumulation (`CUBLAS_COMPUTE_32F`), on tensor cores.
 
+use super::kernels::Stored;
 use super::need;
+use crate::device::precision::{Precision, Storage};
 use crate::error::{Error, Result};
 use cudarc::cublas::{result, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
-/// cuBLAS on one stream, exact f32 unless `tf32`.
+/// cuBLAS on one stream, exact f32 unless the precision allows TF32.
 pub struct Blas {
     handle: Handle,
     stream: Arc<CudaStream>,
@@ -30,13 +36,13 @@ const N: sys::cublasOperation_t = sys::cublasOperation_t::CUBLAS_OP_N;
 const T: sys::cublasOperation_t = sys::cublasOperation_t::CUBLAS_OP_T;
 
 impl Blas {
-    /// cuBLAS on `stream`.
-    pub fn new(stream: Arc<CudaStream>, tf32: bool) -> Result<Self> {
+    /// cuBLAS on `stream`, at `precision`.
+    pub fn new(stream: Arc<CudaStream>, precision: Precision) -> Result<Self> {
         let handle = Handle(result::create_handle().map_err(|e| Error::cuda("cuBLAS", e))?);
         // SAFETY: a live handle and the stream this device owns.
         unsafe { result::set_stream(handle.0, stream.cu_stream() as sys::cudaStream_t) }
             .map_err(|e| Error::cuda("cuBLAS stream", e))?;
-        let mode = if tf32 {
+        let mode = if precision == Precision::Tf32 {
             sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         } else {
             sys::cublasMath_t::CUBLAS_DEFAULT_MATH
@@ -49,18 +55,18 @@ impl Blas {
     }
 
     /// `y[b][o] += Σ_i x[b][i] · w[o][i]` (x: batch × inputs, w: outputs × inputs).
-    pub fn forward(
+    pub fn forward<S: Stored>(
         &self,
         [batch, inputs, outputs]: [usize; 3],
-        x: &impl DevicePtr<f32>,
-        w: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<S>,
+        w: &CudaSlice<S>,
+        y: &mut CudaSlice<S>,
     ) -> Result<()> {
         need(x, batch * inputs, "fc input")?;
         need(w, outputs * inputs, "fc weights")?;
         need(y, batch * outputs, "fc output")?;
         let (x, w, y) = (self.read(x), self.read(w), self.write(y));
-        self.gemm(
+        self.gemm::<S>(
             T,
             N,
             [outputs, batch, inputs],
@@ -72,18 +78,18 @@ impl Blas {
     }
 
     /// `dw[o][i] = Σ_b dy[b][o] · x[b][i]`.
-    pub fn weight_grad(
+    pub fn weight_grad<S: Stored>(
         &self,
         [batch, inputs, outputs]: [usize; 3],
-        x: &impl DevicePtr<f32>,
-        dy: &CudaSlice<f32>,
-        dw: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<S>,
+        dy: &CudaSlice<S>,
+        dw: &mut CudaSlice<S>,
     ) -> Result<()> {
         need(x, batch * inputs, "fc input")?;
         need(dy, batch * outputs, "fc output gradient")?;
         need(dw, outputs * inputs, "fc weight gradient")?;
         let (x, dy, dw) = (self.read(x), self.read(dy), self.write(dw));
-        self.gemm(
+        self.gemm::<S>(
             N,
             T,
             [inputs, outputs, batch],
@@ -95,18 +101,18 @@ impl Blas {
     }
 
     /// `dx[b][i] = Σ_o dy[b][o] · w[o][i]`.
-    pub fn input_grad(
+    pub fn input_grad<S: Stored>(
         &self,
         [batch, inputs, outputs]: [usize; 3],
-        w: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        dx: &mut impl DevicePtrMut<f32>,
+        w: &CudaSlice<S>,
+        dy: &CudaSlice<S>,
+        dx: &mut impl DevicePtrMut<S>,
     ) -> Result<()> {
         need(w, outputs * inputs, "fc weights")?;
         need(dy, batch * outputs, "fc output gradient")?;
         need(dx, batch * inputs, "fc input gradient")?;
         let (w, dy, dx) = (self.read(w), self.read(dy), self.write(dx));
-        self.gemm(
+        self.gemm::<S>(
             N,
             N,
             [inputs, batch, outputs],
@@ -118,19 +124,19 @@ impl Blas {
     }
 
     /// The address of a buffer cuBLAS reads, on this stream.
-    fn read(&self, buf: &impl DevicePtr<f32>) -> u64 {
+    fn read<S>(&self, buf: &impl DevicePtr<S>) -> u64 {
         buf.device_ptr(&self.stream).0
     }
 
     /// The address of a buffer cuBLAS writes, on this stream.
-    fn write(&self, buf: &mut impl DevicePtrMut<f32>) -> u64 {
+    fn write<S>(&self, buf: &mut impl DevicePtrMut<S>) -> u64 {
         buf.device_ptr_mut(&self.stream).0
     }
 
     /// Column-major `C (m × n) = op(A) · op(B) + beta · C`, `[m, n, k]`, each
-    /// matrix as (device pointer, leading dimension).
+    /// matrix as (device pointer, leading dimension) of `S` elements.
     #[allow(clippy::too_many_arguments)]
-    fn gemm(
+    fn gemm<S: Stored>(
         &self,
         op_a: sys::cublasOperation_t,
         op_b: sys::cublasOperation_t,
@@ -145,6 +151,39 @@ impl Blas {
             c_int::try_from(v)
                 .map_err(|_| Error::cuda("cuBLAS", format!("dimension {v} exceeds a C int")))
         };
+        let (m, n, k, lda, ldb, ldc) = (int(m)?, int(n)?, int(k)?, int(lda)?, int(ldb)?, int(ldc)?);
+        let data = match S::STORAGE {
+            Storage::Full => None,
+            Storage::Bf16 => Some(sys::cudaDataType_t::CUDA_R_16BF),
+            Storage::F16 => Some(sys::cudaDataType_t::CUDA_R_16F),
+        };
+        if let Some(data) = data {
+            // SAFETY: as below; alpha and beta are f32, the compute type's.
+            return unsafe {
+                result::gemm_ex(
+                    self.handle.0,
+                    op_a,
+                    op_b,
+                    m,
+                    n,
+                    k,
+                    (&alpha as *const f32).cast::<c_void>(),
+                    a as *const c_void,
+                    data,
+                    lda,
+                    b as *const c_void,
+                    data,
+                    ldb,
+                    (&beta as *const f32).cast::<c_void>(),
+                    c as *mut c_void,
+                    data,
+                    ldc,
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| Error::cuda("cuBLAS GemmEx", e));
+        }
         // SAFETY: the buffers hold the matrices these dimensions describe
         // (checked by the callers above).
         unsafe {
@@ -152,17 +191,17 @@ impl Blas {
                 self.handle.0,
                 op_a,
                 op_b,
-                int(m)?,
-                int(n)?,
-                int(k)?,
+                m,
+                n,
+                k,
                 &alpha,
                 a as *const f32,
-                int(lda)?,
+                lda,
                 b as *const f32,
-                int(ldb)?,
+                ldb,
                 &beta,
                 c as *mut f32,
-                int(ldc)?,
+                ldc,
             )
         }
         .map_err(|e| Error::cuda("cuBLAS sgemm", e))

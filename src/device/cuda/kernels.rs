@@ -14,8 +14,11 @@ pub mod pool;
 #[path = "../../../kernels/reduce.rs"]
 pub mod reduce;
 
+use crate::device::precision::Storage;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchArgs, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, DeviceRepr, LaunchArgs, LaunchConfig, ValidAsZeroBits,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use std::sync::Arc;
 
@@ -35,7 +38,16 @@ pub const KERNEL_FILES: &[(&str, KernelCode)] = include!(concat!(env!("OUT_DIR")
 /// How this build's kernels are compiled, in words.
 pub const COMPILED_BY: &str = env!("ALEXNET_KERNELS_COMPILED_BY");
 
-/// Compiles CUDA source to PTX with NVRTC for `arch` (e.g. `compute_90`).
+/// `kernels/storage.cuh`, which kernel files include for their 16-bit
+/// storage types; NVRTC sees one source string, so [`nvrtc_compile`]
+/// splices it in.
+const STORAGE_HEADER: &str = include_str!("../../../kernels/storage.cuh");
+
+/// The line a kernel file includes [`STORAGE_HEADER`] with.
+const STORAGE_INCLUDE: &str = "#include \"storage.cuh\"";
+
+/// Compiles CUDA source to PTX with NVRTC for `arch` (e.g. `compute_90`),
+/// with `kernels/storage.cuh` spliced in where the source includes it.
 pub fn nvrtc_compile(name: &str, source: &str, arch: &str) -> Result<String> {
     // SAFETY: only asks the dynamic loader whether the library exists.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -49,7 +61,7 @@ pub fn nvrtc_compile(name: &str, source: &str, arch: &str) -> Result<String> {
         arch: Some(Box::leak(arch.to_string().into_boxed_str())),
         ..Default::default()
     };
-    compile_ptx_with_opts(source, options)
+    compile_ptx_with_opts(source.replace(STORAGE_INCLUDE, STORAGE_HEADER), options)
         .map(|ptx| ptx.to_src())
         .map_err(|e| Error::cuda(format!("NVRTC on kernels/{name}.cu"), e))
 }
@@ -120,6 +132,88 @@ impl Loaded<'_> {
         module
             .load_function(function)
             .map_err(|e| Error::cuda(format!("finding {function} in kernels/{file}.cu"), e))
+    }
+
+    /// The kernel `name` of this file in each storage.
+    fn by_storage(&self, name: &str) -> Result<ByStorage> {
+        Ok(ByStorage {
+            f32: self.function(&format!("{name}_f32"))?,
+            bf16: self.function(&format!("{name}_bf16"))?,
+            f16: self.function(&format!("{name}_f16"))?,
+        })
+    }
+
+    /// The kernel `name` of this file in each 16-bit storage.
+    fn by_half(&self, name: &str) -> Result<ByHalf> {
+        Ok(ByHalf {
+            bf16: self.function(&format!("{name}_bf16"))?,
+            f16: self.function(&format!("{name}_f16"))?,
+        })
+    }
+}
+
+/// An element type our kernels store (`kernels/storage.cuh`): f32, or
+/// bfloat16 or IEEE half as the `half` crate lays them out (16 bits, the
+/// same as the kernels' `bf16` and `f16`).
+pub trait Stored: DeviceRepr + ValidAsZeroBits + Copy + Unpin + Send + Sync + 'static {
+    /// The storage this type is.
+    const STORAGE: Storage;
+}
+
+impl Stored for f32 {
+    const STORAGE: Storage = Storage::Full;
+}
+
+impl Stored for half::bf16 {
+    const STORAGE: Storage = Storage::Bf16;
+}
+
+impl Stored for half::f16 {
+    const STORAGE: Storage = Storage::F16;
+}
+
+/// A 16-bit [`Stored`] type: one that has an f32 master to be narrowed from.
+pub trait Half: Stored {
+    /// Whether this is bfloat16 (else IEEE half).
+    const BF16: bool;
+}
+
+impl Half for half::bf16 {
+    const BF16: bool = true;
+}
+
+impl Half for half::f16 {
+    const BF16: bool = false;
+}
+
+/// One kernel in each 16-bit storage: `NAME_bf16` and `NAME_f16`.
+pub struct ByHalf {
+    bf16: CudaFunction,
+    f16: CudaFunction,
+}
+
+impl ByHalf {
+    /// The kernel that stores `H`.
+    fn of<H: Half>(&self) -> &CudaFunction {
+        if H::BF16 { &self.bf16 } else { &self.f16 }
+    }
+}
+
+/// One kernel in each storage: `NAME_f32`, `NAME_bf16` and `NAME_f16`.
+pub struct ByStorage {
+    f32: CudaFunction,
+    bf16: CudaFunction,
+    f16: CudaFunction,
+}
+
+impl ByStorage {
+    /// The kernel that stores `S`.
+    fn of<S: Stored>(&self) -> &CudaFunction {
+        match S::STORAGE {
+            Storage::Full => &self.f32,
+            Storage::Bf16 => &self.bf16,
+            Storage::F16 => &self.f16,
+        }
     }
 }
 

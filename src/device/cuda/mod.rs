@@ -18,13 +18,14 @@
 //! event at each step's end and waits for the one recorded `queued` steps
 //! earlier.
 
-mod conv;
-mod fc;
+pub mod conv;
+pub mod fc;
 mod input;
 pub mod kernels;
 pub mod nccl_lib;
 pub mod probe;
 
+use super::precision::Precision;
 use super::run_ahead::RunAhead;
 use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
@@ -47,6 +48,17 @@ use std::sync::Arc;
 pub struct CudaOptions {
     /// Let cuDNN and cuBLAS use TF32 tensor cores.
     pub tf32: bool,
+}
+
+impl CudaOptions {
+    /// The precision this device's f32 buffers run at.
+    fn precision(self) -> Precision {
+        if self.tf32 {
+            Precision::Tf32
+        } else {
+            Precision::Fp32
+        }
+    }
 }
 
 /// One tower's GPU: its stream, kernels, cuDNN and cuBLAS state.
@@ -105,9 +117,9 @@ impl CudaDevice {
             .new_stream()
             .map_err(|e| Error::cuda("creating a stream", e))?;
         let kernels = Arc::new(Kernels::load(&ctx)?);
-        let convs = conv::Convolutions::new(Arc::clone(&stream), options.tf32)?;
+        let convs = conv::Convolutions::new(Arc::clone(&stream), options.precision())?;
         Ok(CudaDevice {
-            blas: ManuallyDrop::new(fc::Blas::new(Arc::clone(&stream), options.tf32)?),
+            blas: ManuallyDrop::new(fc::Blas::new(Arc::clone(&stream), options.precision())?),
             stream,
             kernels,
             convs: ManuallyDrop::new(convs),
