@@ -37,9 +37,19 @@ __device__ __forceinline__ float widen(f16 v)
 
 __device__ __forceinline__ void put(bf16* p, float v)
 {
+#if __CUDA_ARCH__ >= 800
     unsigned short r;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));
     p->bits = r;
+#else
+    // Before sm_80 there is no bf16 conversion: the same rounding in
+    // integers (as the host shim's below), so every kernel file still
+    // builds for older GPUs, whose f32 path needs it.
+    const unsigned int b = __float_as_uint(v);
+    p->bits = (b & 0x7fffffffu) > 0x7f800000u
+        ? (unsigned short)((b >> 16) | 0x40u)
+        : (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+#endif
 }
 
 __device__ __forceinline__ void put(f16* p, float v)
