@@ -279,16 +279,22 @@ impl Replicas {
     }
 
     /// Gives every replica its shard of `batch` (a training pass with
-    /// `dropout_key`, else an evaluation) before waiting for any.
-    fn pass(&self, batch: &Batch, dropout_key: Option<u64>, sgd: Option<SgdStep>) -> Result<()> {
+    /// `dropout_key`, else an evaluation) before waiting for any; returns
+    /// how many replicas took part (an evaluation batch of fewer images
+    /// than replicas leaves the last ones out).
+    fn pass(&self, batch: &Batch, dropout_key: Option<u64>, sgd: Option<SgdStep>) -> Result<usize> {
         let images = batch.labels.len();
         // A training step's shares and dropout masks are the whole batch's,
         // over every node; an evaluation only counts.
-        let (first, total) = match (&self.nodes, dropout_key) {
-            (Some(nodes), Some(_)) => nodes.place(images)?,
-            _ => (0, images),
+        let (first, total, count) = match (&self.nodes, dropout_key) {
+            (Some(nodes), Some(_)) => {
+                let (first, total) = nodes.place(images)?;
+                (first, total, self.count())
+            }
+            (None, Some(_)) => (0, images, self.count()),
+            (_, None) => (0, images, self.count().min(images)),
         };
-        let shards = split(batch, self.count(), first, total)?;
+        let shards = split(batch, count, first, total)?;
         let run = || {
             let started = self
                 .pairs
@@ -301,7 +307,8 @@ impl Replicas {
                 .zip(started)
                 .try_for_each(|(pair, started)| pair.wait_pass(started))
         };
-        run().map_err(|e| self.first_failure(e))
+        run().map_err(|e| self.first_failure(e))?;
+        Ok(count)
     }
 
     /// Queues one training step on every replica, each on its shard of
@@ -309,7 +316,7 @@ impl Replicas {
     pub fn queue_step(&self, batch: &Batch, dropout_key: u64, sgd: Option<SgdStep>) -> Result<()> {
         match (&self.pairs[..], &self.nodes) {
             ([pair], None) => pair.queue_step(batch, dropout_key, sgd),
-            _ => self.pass(batch, Some(dropout_key), sgd),
+            _ => self.pass(batch, Some(dropout_key), sgd).map(drop),
         }
     }
 
@@ -338,20 +345,24 @@ impl Replicas {
         sgd: Option<SgdStep>,
     ) -> Result<LossStats> {
         self.queue_step(batch, dropout_key, sgd)?;
-        self.sum(|pair| pair.take_last().map(|s| vec![s]))
+        self.sum(&self.pairs, |pair| pair.take_last().map(|s| vec![s]))
             .map(|mut s| s.remove(0))
     }
 
     /// The loss statistics of every step queued since the last take, oldest
     /// first, summed over this node's replicas' shards.
     pub fn take_stats(&self) -> Result<Vec<LossStats>> {
-        self.sum(TowerPair::take_stats)
+        self.sum(&self.pairs, TowerPair::take_stats)
     }
 
-    /// `read` of every replica, summed step by step.
-    fn sum(&self, read: impl Fn(&TowerPair) -> Result<Vec<LossStats>>) -> Result<Vec<LossStats>> {
+    /// `read` of each of `pairs`, summed step by step.
+    fn sum(
+        &self,
+        pairs: &[TowerPair],
+        read: impl Fn(&TowerPair) -> Result<Vec<LossStats>>,
+    ) -> Result<Vec<LossStats>> {
         let mut total: Option<Vec<LossStats>> = None;
-        for pair in &self.pairs {
+        for pair in pairs {
             let stats = read(pair).map_err(|e| self.first_failure(e))?;
             match &mut total {
                 None => total = Some(stats),
@@ -378,9 +389,11 @@ impl Replicas {
         if let [pair] = &self.pairs[..] {
             return pair.evaluate(batch);
         }
-        self.pass(batch, None, None)?;
-        self.sum(|pair| pair.take_last().map(|s| vec![s]))
-            .map(|mut s| s.remove(0))
+        let used = self.pass(batch, None, None)?;
+        self.sum(&self.pairs[..used], |pair| {
+            pair.take_last().map(|s| vec![s])
+        })
+        .map(|mut s| s.remove(0))
     }
 
     /// The last forward pass's logits, `[image][class]`, over the whole batch.

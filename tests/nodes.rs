@@ -225,3 +225,46 @@ fn a_node_that_dies_stops_the_other_at_once_naming_it() {
     );
     let _ = node1.wait();
 }
+
+#[test]
+fn a_signal_on_any_node_stops_every_node_at_the_same_step_and_node_0_saves() {
+    let dir = scratch("nodes-signal");
+    let port = free_port();
+    let run = dir.join("run");
+    let steps = ["--steps", "100000", "--log-every", "1"];
+    let mut node1 = node(1, port, &steps);
+    let node0 = node(
+        0,
+        port,
+        &[&steps[..], &["--run-dir", run.to_str().unwrap()]].concat(),
+    );
+    let stdout = node1.stdout.take().expect("node 1's output");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    assert!(
+        lines.any(|l| l.starts_with("node 1 of 2: 1 replica")),
+        "node 1 joined the run"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: a plain signal to a child this test started and still owns.
+    let sent = unsafe { libc::kill(node1.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM reaches node 1");
+    let rest: Vec<String> = lines.collect();
+    let out0 = node0.wait_with_output().expect("node 0 ends");
+    let status1 = node1.wait().expect("node 1 ends");
+    assert!(out0.status.success(), "{}", text(&out0));
+    assert!(status1.success(), "{rest:?}");
+    let stopped = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("stopped by a signal after step "))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+    };
+    let at0 = stopped(&text(&out0)).expect("node 0 says where it stopped");
+    let at1 = stopped(&rest.join("\n")).expect("node 1 says where it stopped");
+    assert_eq!(at0, at1, "both nodes stop after the same step");
+    let step: usize = at0.parse().expect("a step number");
+    assert!(
+        run.join(format!("checkpoints/step-{step:08}")).is_dir(),
+        "node 0 saved step {step}"
+    );
+}

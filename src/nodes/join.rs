@@ -53,6 +53,7 @@ impl Nodes {
             towers: Mutex::new(Some(towers)),
             handout,
             timeout,
+            patience: join_timeout,
         })
     }
 }

@@ -123,6 +123,8 @@ pub struct Nodes {
     towers: Mutex<Option<[Vec<Channel>; TOWERS]>>,
     handout: Vec<u8>,
     timeout: Duration,
+    /// How long a node waits for node 0's checkpoint and for the start.
+    patience: Duration,
 }
 
 const ALIVE: &dyn Fn() -> Result<()> = &|| Ok(());
@@ -163,6 +165,22 @@ impl Nodes {
 
     /// Every node's `mine` (all of one length), in node order, on every node.
     pub fn all_gather(&self, mine: &[f64]) -> Result<Vec<Vec<f64>>> {
+        self.all_gather_within(mine, self.timeout)
+    }
+
+    /// Waits until every node is here, as long as node 0 may take to
+    /// write a checkpoint.
+    pub fn barrier(&self) -> Result<()> {
+        self.all_gather_within(&[], self.patience).map(drop)
+    }
+
+    /// Whether any node asks to stop (`here`: this one does).
+    pub fn any(&self, here: bool) -> Result<bool> {
+        let all = self.all_gather(&[f64::from(u8::from(here))])?;
+        Ok(all.iter().any(|node| node[0] != 0.0))
+    }
+
+    fn all_gather_within(&self, mine: &[f64], timeout: Duration) -> Result<Vec<Vec<f64>>> {
         let mut control = self.control.lock().map_err(|_| {
             Error::Training("a thread failed while talking to the other nodes".into())
         })?;
@@ -170,18 +188,18 @@ impl Nodes {
         if self.spec.rank == 0 {
             let mut all = vec![mine.to_vec()];
             for channel in control.iter_mut() {
-                let frame = channel.recv(ALIVE, self.timeout)?;
+                let frame = channel.recv(ALIVE, timeout)?;
                 all.push(from_bytes(&frame, n, channel.peer())?);
             }
             let frame = to_bytes(all.iter().flatten().copied());
             for channel in control.iter_mut() {
-                channel.send(&frame, ALIVE, self.timeout)?;
+                channel.send(&frame, ALIVE, timeout)?;
             }
             Ok(all)
         } else {
             let to_zero = &mut control[0];
-            to_zero.send(&to_bytes(mine.iter().copied()), ALIVE, self.timeout)?;
-            let frame = to_zero.recv(ALIVE, self.timeout)?;
+            to_zero.send(&to_bytes(mine.iter().copied()), ALIVE, timeout)?;
+            let frame = to_zero.recv(ALIVE, timeout)?;
             let flat = from_bytes(&frame, n * self.spec.count, 0)?;
             Ok(flat.chunks(n.max(1)).map(<[f64]>::to_vec).collect())
         }

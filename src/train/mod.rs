@@ -51,7 +51,7 @@ pub fn train(
                 }
             }
         }
-        let stopping = stop.load(Ordering::SeqCst);
+        let stopping = trainer.stopping(stop.load(Ordering::SeqCst))?;
         if epoch_end || last || trainer.periodic(step) || stopping {
             trainer.checkpoint(step, val)?;
         }

@@ -207,6 +207,31 @@ pub fn training_data(
     Ok(data)
 }
 
+/// This node's replicas on `placements`, from `weights` at `first_step`,
+/// after joining the other nodes when `nodes` names a run over several
+/// (`stop` ends that wait).
+pub fn start_towers(
+    config: &TrainConfig,
+    (placements, nodes, stop): (&[Placement], Option<&NodeSpec>, &AtomicBool),
+    (plan, data): (&Arc<Plan>, &TrainingData),
+    (first_step, weights): (usize, Vec<TwinTensor>),
+) -> Result<(Replicas, Option<Arc<Nodes>>)> {
+    let nodes = nodes
+        .map(|spec| {
+            let start = (first_step, &weights[..]);
+            join_nodes((spec, stop), config, data, start, placements).map(Arc::new)
+        })
+        .transpose()?;
+    let towers = Replicas::new(
+        placements,
+        Arc::clone(plan),
+        config.batch,
+        &weights,
+        nodes.clone(),
+    )?;
+    Ok((towers, nodes))
+}
+
 /// Joins the run of several nodes `spec` names, on `placements` here:
 /// every node must run the same configuration on the same data from the
 /// same step and weights, and as many replicas, or node 0 refuses it.

@@ -54,6 +54,28 @@ pub struct RunSummary {
     pub data_wait: f64,
 }
 
+impl RunSummary {
+    /// Before the first step of this process, at `first_step` (`saved`, the
+    /// checkpoint's state, and its folder `checkpoint` on a resume).
+    fn starting(
+        first_step: usize,
+        saved: Option<&RunState>,
+        checkpoint: Option<PathBuf>,
+    ) -> RunSummary {
+        RunSummary {
+            steps: first_step,
+            final_loss: f64::NAN,
+            val_top1: saved.and_then(|s| s.val_top1).unwrap_or(0.0),
+            val_top5: saved.and_then(|s| s.val_top5).unwrap_or(0.0),
+            images_per_s: 0.0,
+            checkpoint,
+            stopped: false,
+            skipped_images: 0,
+            data_wait: 0.0,
+        }
+    }
+}
+
 /// Where a run starts: fresh, or from a checkpoint.
 pub enum Start {
     Fresh,
@@ -146,38 +168,19 @@ impl<'a> Trainer<'a> {
             None => setup::fresh_weights(&plan, config),
         };
         let first_step = resumed.as_ref().map_or(0, |r| r.state.step);
-        let nodes = nodes
-            .map(|spec| {
-                setup::join_nodes(
-                    (spec, stop),
-                    config,
-                    &data,
-                    (first_step, &weights),
-                    placements,
-                )
-                .map(Arc::new)
-            })
-            .transpose()?;
-        let towers = Replicas::new(
-            placements,
-            Arc::clone(&plan),
-            config.batch,
-            &weights,
-            nodes.clone(),
+        let (towers, nodes) = setup::start_towers(
+            config,
+            (placements, nodes, stop),
+            (&plan, &data),
+            (first_step, weights),
         )?;
-        drop(weights);
         if let Some(r) = &mut resumed {
             towers.upload(ParamSet::Momentum, &std::mem::take(&mut r.momentum))?;
         }
         let (log, board) = if writes {
             setup::create_run_dir(&run_dir, config)?;
-            (
-                Some(MetricsLog::open(&run_dir, first_step)?),
-                Some(EventWriter::create(
-                    &run_dir.join("tensorboard"),
-                    first_step,
-                )?),
-            )
+            let board = EventWriter::create(&run_dir.join("tensorboard"), first_step)?;
+            (Some(MetricsLog::open(&run_dir, first_step)?), Some(board))
         } else {
             (None, None)
         };
@@ -214,17 +217,7 @@ impl<'a> Trainer<'a> {
         } else {
             ProgressDrawTarget::stderr()
         };
-        let summary = RunSummary {
-            steps: first_step,
-            final_loss: f64::NAN,
-            val_top1: saved.and_then(|s| s.val_top1).unwrap_or(0.0),
-            val_top5: saved.and_then(|s| s.val_top5).unwrap_or(0.0),
-            images_per_s: 0.0,
-            checkpoint: last_checkpoint.clone(),
-            stopped: false,
-            skipped_images: 0,
-            data_wait: 0.0,
-        };
+        let summary = RunSummary::starting(first_step, saved, last_checkpoint.clone());
         let mut trainer = Trainer {
             config,
             losses: Losses::new(plan.classes()),
@@ -420,6 +413,10 @@ impl<'a> Trainer<'a> {
             self.config.quiet,
         );
         let mut skipped = Vec::new();
+        // Over several nodes a stop waits for the validation's end, where
+        // the nodes agree on it ([`Trainer::stopping`]).
+        let never = AtomicBool::new(false);
+        let stop = if self.nodes.is_some() { &never } else { stop };
         let batches = self.stream.validation();
         let towers = &self.towers;
         let val = self
@@ -480,6 +477,8 @@ impl<'a> Trainer<'a> {
     pub fn checkpoint(&mut self, step: usize, val: Option<(f64, f64)>) -> Result<Option<PathBuf>> {
         self.read_losses()?;
         if self.log.is_none() {
+            // The others wait while node 0 writes, then go on together.
+            self.nodes.as_ref().map_or(Ok(()), |n| n.barrier())?;
             return Ok(None);
         }
         let weights = self.towers.download(ParamSet::Weights)?;
@@ -496,7 +495,18 @@ impl<'a> Trainer<'a> {
         self.record_filters(&ckpt.weights, step + 1)?;
         self.last_checkpoint = Some(folder.clone());
         self.summary.checkpoint = Some(folder.clone());
+        self.nodes.as_ref().map_or(Ok(()), |n| n.barrier())?;
         Ok(Some(folder))
+    }
+
+    /// Whether the run stops after this step: `here`, this process was
+    /// asked to; over several nodes, whether any was (every node must stop
+    /// at the same step).
+    pub fn stopping(&self, here: bool) -> Result<bool> {
+        match &self.nodes {
+            Some(nodes) => nodes.any(here),
+            None => Ok(here),
+        }
     }
 
     /// Ends the run early after `step`, saying where it was saved and how
