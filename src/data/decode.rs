@@ -79,11 +79,11 @@ pub struct Decoded {
 /// image.
 pub fn decode_region(bytes: &[u8], region: Region) -> Result<Decoded, String> {
     #[cfg(feature = "turbojpeg")]
-    if bytes.starts_with(&[0xff, 0xd8]) {
-        if let Some(decoded) = with_turbo(bytes, |d, header| {
-            let Some(mcu) = header.mcu_width.filter(|_| {
-                region.x + region.width <= header.width && region.y + region.height <= header.height
-            }) else {
+    if bytes.starts_with(&[0xff, 0xd8])
+        && let Some(decoded) = with_turbo(bytes, |d, header| {
+            let inside = region.x + region.width <= header.width
+                && region.y + region.height <= header.height;
+            let Some(mcu) = header.mcu_width.filter(|_| inside && !header.lossless) else {
                 return d
                     .decode(bytes, header, 1, None)
                     .map(|image| Decoded { x: 0, y: 0, image });
@@ -104,10 +104,12 @@ pub fn decode_region(bytes: &[u8], region: Region) -> Result<Decoded, String> {
                 y: region.y,
                 image,
             })
-        })? {
-            return Ok(decoded);
-        }
+        })?
+    {
+        return Ok(decoded);
     }
+    #[cfg(not(feature = "turbojpeg"))]
+    let _ = region;
     decode(bytes).map(|image| Decoded { x: 0, y: 0, image })
 }
 
