@@ -39,6 +39,17 @@ impl Stats {
     }
 }
 
+/// Where an image's input-sized crop lies in its `base` square (§4.1):
+/// top left corner, whether it is mirrored, and the per-channel offsets
+/// the device adds to its pixels (the lighting shift minus the mean).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Crop {
+    pub x: usize,
+    pub y: usize,
+    pub flip: bool,
+    pub offsets: [f32; 3],
+}
+
 /// σ of the lighting coefficients αᵢ (§4.1).
 pub const LIGHTING_STD: f64 = 0.1;
 
@@ -107,13 +118,12 @@ impl Pipeline {
         })
     }
 
-    /// A training sample from a `base` square (RGB bytes, HWC): the random
-    /// crop and flip drawn from the stream `key` into `out` (u8 HWC), and the
-    /// image's per-channel offset: its PCA lighting shift minus the mean.
-    pub fn train(&self, square: &[u8], key: u64, out: &mut [u8]) -> [f32; 3] {
+    /// A training sample's random crop, flip and PCA lighting (§4.1), drawn
+    /// from the stream `key`.
+    pub fn draw(&self, key: u64) -> Crop {
         let mut rng = Rng::new(key);
         let room = self.base - self.input;
-        let (x0, y0) = (rng.below(room + 1), rng.below(room + 1));
+        let (x, y) = (rng.below(room + 1), rng.below(room + 1));
         let flip = rng.uniform() < 0.5;
         let alpha: [f64; 3] = std::array::from_fn(|_| LIGHTING_STD * rng.normal());
         let s = &self.stats;
@@ -122,15 +132,39 @@ impl Pipeline {
                 .map(|i| alpha[i] * f64::from(s.eigenvalues[i]) * f64::from(s.eigenvectors[c][i]))
                 .sum::<f64>() as f32
         });
-        self.crop(square, x0, y0, flip, out);
-        self.offsets(shift)
+        Crop {
+            x,
+            y,
+            flip,
+            offsets: self.offsets(shift),
+        }
+    }
+
+    /// The centre crop, unmirrored and unlit.
+    pub fn centre_crop(&self) -> Crop {
+        let at = (self.base - self.input) / 2;
+        Crop {
+            x: at,
+            y: at,
+            flip: false,
+            offsets: self.offsets([0.0; 3]),
+        }
+    }
+
+    /// A training sample from a `base` square (RGB bytes, HWC): the random
+    /// crop and flip drawn from the stream `key` into `out` (u8 HWC), and the
+    /// image's per-channel offset: its PCA lighting shift minus the mean.
+    pub fn train(&self, square: &[u8], key: u64, out: &mut [u8]) -> [f32; 3] {
+        let crop = self.draw(key);
+        self.cut(&crop, square, (0, 0, self.base), out);
+        crop.offsets
     }
 
     /// The centre crop into `out` (u8 HWC), and its offsets (minus the mean).
     pub fn centre(&self, square: &[u8], out: &mut [u8]) -> [f32; 3] {
-        let at = (self.base - self.input) / 2;
-        self.crop(square, at, at, false, out);
-        self.offsets([0.0; 3])
+        let crop = self.centre_crop();
+        self.cut(&crop, square, (0, 0, self.base), out);
+        crop.offsets
     }
 
     /// The ten crops (four corners and the centre, then the same mirrored)
@@ -142,27 +176,38 @@ impl Pipeline {
         let len = self.output_len();
         for (i, flip) in [false, true].into_iter().enumerate() {
             for (j, &(x, y)) in corners.iter().enumerate() {
-                self.crop(square, x, y, flip, &mut out[(i * 5 + j) * len..][..len]);
+                let crop = Crop {
+                    x,
+                    y,
+                    flip,
+                    offsets: [0.0; 3],
+                };
+                let out = &mut out[(i * 5 + j) * len..][..len];
+                self.cut(&crop, square, (0, 0, self.base), out);
             }
         }
         self.offsets([0.0; 3])
     }
 
-    fn offsets(&self, shift: [f32; 3]) -> [f32; 3] {
-        std::array::from_fn(|c| shift[c] - self.stats.mean[c])
-    }
-
-    /// Rows of the `input`-sided crop at (x0, y0), mirrored when `flip`.
-    fn crop(&self, square: &[u8], x0: usize, y0: usize, flip: bool, out: &mut [u8]) {
+    /// The rows of `crop` (mirrored when it says so) into `out` (u8 HWC),
+    /// from `part`: the rectangle of the `base` square whose top left corner
+    /// is at (`part.0`, `part.1`) and which is `part.2` pixels wide, and
+    /// which holds the crop.
+    pub fn cut(&self, crop: &Crop, pixels: &[u8], part: (usize, usize, usize), out: &mut [u8]) {
         let n = self.input;
+        let (x0, y0, width) = (crop.x - part.0, crop.y - part.1, part.2);
         for (y, dst) in out.chunks_exact_mut(n * 3).take(n).enumerate() {
-            let row = &square[((y0 + y) * self.base + x0) * 3..][..n * 3];
-            if flip {
+            let row = &pixels[((y0 + y) * width + x0) * 3..][..n * 3];
+            if crop.flip {
                 mirror_row(row, dst);
             } else {
                 dst.copy_from_slice(row);
             }
         }
+    }
+
+    fn offsets(&self, shift: [f32; 3]) -> [f32; 3] {
+        std::array::from_fn(|c| shift[c] - self.stats.mean[c])
     }
 }
 

@@ -3,6 +3,9 @@
 //! and PNG (the png crate: grey, grey+alpha, palette, RGB, RGBA, 8 or 16
 //! bits). Anything else, or a damaged file, is an error naming why.
 
+#[cfg(feature = "turbojpeg")]
+mod turbo;
+
 use std::io::Cursor;
 use zune_jpeg::JpegDecoder;
 use zune_jpeg::zune_core::colorspace::ColorSpace;
@@ -51,23 +54,107 @@ pub fn decode_at_least(bytes: &[u8], side: usize) -> Result<RgbImage, String> {
     }
 }
 
-/// JPEG through libjpeg-turbo (one decompressor per thread), falling back to
-/// zune-jpeg for what it does not convert to RGB itself (CMYK and YCCK). A
-/// file libjpeg-turbo decodes only with a warning (a truncated or corrupt
-/// one) is an error: its pixels are partly made up.
+/// A rectangle of an image: `width × height` pixels from column `x`, row `y`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: usize,
+    pub y: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Part of an image, decoded: `image` holds the pixels of the rectangle
+/// whose top left corner is (`x`, `y`) in the whole image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub x: usize,
+    pub y: usize,
+    pub image: RgbImage,
+}
+
+/// Decodes a JPEG or PNG file's bytes, at least `region` of them (which must lie
+/// inside the image), pixel for pixel as [`decode`] gives it there: with
+/// libjpeg-turbo only the rows and iMCU columns around the region, saving
+/// the IDCT, upsampling and colour conversion of the rest; else the whole
+/// image.
+pub fn decode_region(bytes: &[u8], region: Region) -> Result<Decoded, String> {
+    #[cfg(feature = "turbojpeg")]
+    if bytes.starts_with(&[0xff, 0xd8])
+        && let Some(decoded) = with_turbo(bytes, |d, header| {
+            let inside = region.x + region.width <= header.width
+                && region.y + region.height <= header.height;
+            let Some(mcu) = header.mcu_width.filter(|_| inside && !header.lossless) else {
+                return d
+                    .decode(bytes, header, 1, None)
+                    .map(|image| Decoded { x: 0, y: 0, image });
+            };
+            // Chroma upsampling reads a sample either side: two pixels of
+            // margin keep the region's edges as a whole decode has them.
+            let x = region.x.saturating_sub(2) / mcu * mcu;
+            let right = (region.x + region.width + 2).min(header.width);
+            let area = Region {
+                x,
+                y: region.y,
+                width: right - x,
+                height: region.height,
+            };
+            let image = d.decode(bytes, header, 1, Some(area))?;
+            Ok(Decoded {
+                x,
+                y: region.y,
+                image,
+            })
+        })?
+    {
+        return Ok(decoded);
+    }
+    #[cfg(not(feature = "turbojpeg"))]
+    let _ = region;
+    decode(bytes).map(|image| Decoded { x: 0, y: 0, image })
+}
+
+/// JPEG through libjpeg-turbo, falling back to zune-jpeg for what it does
+/// not convert to RGB itself (CMYK and YCCK).
 #[cfg(feature = "turbojpeg")]
 fn decode_jpeg(bytes: &[u8], side: usize) -> Result<RgbImage, String> {
+    let decoded = with_turbo(bytes, |d, header| {
+        let shorter = header.width.min(header.height);
+        let denom = [8, 4, 2]
+            .into_iter()
+            .find(|denom| !header.lossless && shorter.div_ceil(*denom) >= side)
+            .unwrap_or(1);
+        d.decode(bytes, header, denom, None)
+    })?;
+    match decoded {
+        Some(image) => Ok(image),
+        None => decode_jpeg_zune(bytes),
+    }
+}
+
+/// `decode` with this thread's libjpeg-turbo decompressor and the header of
+/// `bytes`; `None` for what libjpeg-turbo leaves to zune-jpeg (a header it
+/// cannot read, CMYK and YCCK). A file libjpeg-turbo decodes only with a
+/// warning (a truncated or corrupt one) is an error: its pixels are partly
+/// made up.
+#[cfg(feature = "turbojpeg")]
+fn with_turbo<T>(
+    bytes: &[u8],
+    decode: impl FnOnce(&mut turbo::Turbo, &turbo::Header) -> Result<T, String>,
+) -> Result<Option<T>, String> {
     use std::cell::RefCell;
-    use turbojpeg::Decompressor;
+    use turbo::Turbo;
     thread_local! {
-        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+        static DECOMPRESSOR: RefCell<Option<Turbo>> = const { RefCell::new(None) };
     }
     DECOMPRESSOR.with_borrow_mut(|slot| {
         let d = match slot {
             Some(d) => d,
-            None => slot.insert(Decompressor::new().map_err(|e| format!("JPEG: {e}"))?),
+            None => slot.insert(Turbo::new()?),
         };
-        let decoded = decode_turbo(d, bytes, side);
+        let decoded = match d.header(bytes) {
+            Ok(header) if !header.four_channels => decode(d, &header).map(Some),
+            _ => Ok(None),
+        };
         // A decompressor that failed, or refused a file, may keep state from
         // it, and which thread decodes which file depends on timing: the
         // next file gets a fresh one, so that every decode is the same
@@ -75,60 +162,8 @@ fn decode_jpeg(bytes: &[u8], side: usize) -> Result<RgbImage, String> {
         if !matches!(decoded, Ok(Some(_))) {
             *slot = None;
         }
-        match decoded {
-            Ok(Some(image)) => Ok(image),
-            Ok(None) => decode_jpeg_zune(bytes),
-            Err(e) => Err(e),
-        }
+        decoded
     })
-}
-
-/// One JPEG through `d`, DCT-scaled where the image is at least twice
-/// `side`; `None` for what libjpeg-turbo leaves to zune-jpeg (a header it
-/// cannot read, CMYK and YCCK).
-#[cfg(feature = "turbojpeg")]
-fn decode_turbo(
-    d: &mut turbojpeg::Decompressor,
-    bytes: &[u8],
-    side: usize,
-) -> Result<Option<RgbImage>, String> {
-    use turbojpeg::{Colorspace, Image, PixelFormat, ScalingFactor};
-    let Ok(header) = d.read_header(bytes) else {
-        return Ok(None);
-    };
-    if header.width * header.height > MAX_PIXELS {
-        return Err(format!(
-            "JPEG of {}×{} is too large",
-            header.width, header.height
-        ));
-    }
-    if matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK) {
-        return Ok(None);
-    }
-    let shorter = header.width.min(header.height);
-    let factor = [8, 4, 2]
-        .into_iter()
-        .map(|denom| ScalingFactor::new(1, denom))
-        .find(|f| !header.is_lossless && f.scale(shorter) >= side)
-        .unwrap_or(ScalingFactor::ONE);
-    d.set_scaling_factor(factor)
-        .map_err(|e| format!("JPEG: {e}"))?;
-    let (width, height) = (factor.scale(header.width), factor.scale(header.height));
-    let mut pixels = vec![0; width * height * 3];
-    let image = Image {
-        pixels: &mut pixels[..],
-        width,
-        pitch: width * 3,
-        height,
-        format: PixelFormat::RGB,
-    };
-    d.decompress(bytes, image)
-        .map_err(|e| format!("JPEG: {e}"))?;
-    Ok(Some(RgbImage {
-        width,
-        height,
-        pixels,
-    }))
 }
 
 #[cfg(not(feature = "turbojpeg"))]
@@ -354,6 +389,90 @@ pub mod tests {
         assert!(decode(&good).is_ok());
         let e = decode(&good[..good.len() * 2 / 3]).unwrap_err();
         assert!(e.starts_with("JPEG: "), "{e}");
+    }
+
+    /// A JPEG of sharp-edged colour blocks (where chroma upsampling needs
+    /// its neighbours), subsampled as `sampling` says.
+    fn blocks(width: u16, height: u16, sampling: jpeg_encoder::SamplingFactor) -> Vec<u8> {
+        let data: Vec<u8> = (0..height as usize)
+            .flat_map(|y| {
+                (0..width as usize).flat_map(move |x| {
+                    let cell = (x / 5 + 3 * (y / 7)) % 6;
+                    [
+                        [250, 10, 10],
+                        [10, 240, 20],
+                        [20, 20, 250],
+                        [240, 240, 0],
+                        [0, 0, 0],
+                        [255; 3],
+                    ][cell]
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+        encoder.set_sampling_factor(sampling);
+        encoder
+            .encode(&data, width, height, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_region_decodes_pixel_for_pixel_as_the_whole_image_has_it() {
+        use jpeg_encoder::SamplingFactor;
+        for sampling in [
+            SamplingFactor::R_4_2_0,
+            SamplingFactor::R_4_4_4,
+            SamplingFactor::R_4_2_2,
+        ] {
+            let bytes = blocks(256, 256, sampling);
+            let whole = decode(&bytes).unwrap();
+            for (x, y, side) in (0..=29).map(|x| (x, (x * 7) % 30, 227)).chain([
+                (0, 0, 256),
+                (240, 240, 16),
+                (17, 1, 200),
+            ]) {
+                let region = Region {
+                    x,
+                    y,
+                    width: side,
+                    height: side,
+                };
+                let part = decode_region(&bytes, region).unwrap();
+                assert!(part.x <= x && part.y <= y, "{sampling:?} ({x}, {y})");
+                assert!(
+                    part.x + part.image.width >= x + side && part.y + part.image.height >= y + side
+                );
+                for row in 0..side {
+                    let at = |image: &RgbImage, px: usize, py: usize| {
+                        let start = (py * image.width + px) * 3;
+                        image.pixels[start..start + side * 3].to_vec()
+                    };
+                    assert_eq!(
+                        at(&part.image, x - part.x, y + row - part.y),
+                        at(&whole, x, y + row),
+                        "{sampling:?} region at ({x}, {y}), row {row}"
+                    );
+                }
+            }
+        }
+        // A region outside the image gets the whole image.
+        let bytes = blocks(40, 30, SamplingFactor::R_4_2_0);
+        let part = decode_region(
+            &bytes,
+            Region {
+                x: 30,
+                y: 0,
+                width: 20,
+                height: 5,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (part.x, part.y, part.image),
+            (0, 0, decode(&bytes).unwrap())
+        );
     }
 
     #[cfg(feature = "turbojpeg")]

@@ -6,6 +6,7 @@
 //! its batch and reported; with `strict` it stops the run instead.
 
 use super::augment::Pipeline;
+use super::decode::{Decoded, Region};
 use super::image_set::ImageSet;
 use super::input::{Images, Pool};
 use crate::error::{Error, Result};
@@ -51,7 +52,8 @@ pub fn crops(mode: Mode) -> usize {
 /// Crops image `index` of `set` as `mode` says into `out` (its
 /// [`crops`] u8 crops one after another) and returns their offsets. A set
 /// that stores the `base` square as it is (raw shards) is cropped straight
-/// from its storage.
+/// from its storage; one that stores it as JPEG (JPEG shards) decodes only
+/// the rows and columns of a single crop.
 pub fn prepare(
     set: &dyn ImageSet,
     pipeline: &Pipeline,
@@ -60,6 +62,36 @@ pub fn prepare(
     resizer: &mut Resizer,
     out: &mut [u8],
 ) -> std::result::Result<[f32; 3], String> {
+    let crop = match mode {
+        Mode::Train { seed, epoch } => {
+            Some(pipeline.draw(derive(derive(seed, epoch as u64), index as u64)))
+        }
+        Mode::Centre => Some(pipeline.centre_crop()),
+        Mode::TenCrop => None,
+    };
+    if let Some(crop) = crop {
+        let region = Region {
+            x: crop.x,
+            y: crop.y,
+            width: pipeline.input,
+            height: pipeline.input,
+        };
+        if let Some(part) = set.stored_region(index, pipeline.base, region) {
+            let Decoded { x, y, image } = part?;
+            let holds = x <= region.x
+                && y <= region.y
+                && x + image.width >= region.x + region.width
+                && y + image.height >= region.y + region.height;
+            if !holds {
+                return Err(format!(
+                    "not the {0}×{0} square its shards promise",
+                    pipeline.base
+                ));
+            }
+            pipeline.cut(&crop, &image.pixels, (x, y, image.width), out);
+            return Ok(crop.offsets);
+        }
+    }
     let owned;
     let square: &[u8] = match set.stored_square(index, pipeline.base) {
         Some(stored) => stored?,
@@ -72,13 +104,12 @@ pub fn prepare(
             &owned.pixels
         }
     };
-    Ok(match mode {
-        Mode::Train { seed, epoch } => {
-            let key = derive(derive(seed, epoch as u64), index as u64);
-            pipeline.train(square, key, out)
+    Ok(match crop {
+        Some(crop) => {
+            pipeline.cut(&crop, square, (0, 0, pipeline.base), out);
+            crop.offsets
         }
-        Mode::Centre => pipeline.centre(square, out),
-        Mode::TenCrop => pipeline.ten_crops(square, out),
+        None => pipeline.ten_crops(square, out),
     })
 }
 

@@ -11,7 +11,7 @@
 //! - `<split>-NNNNN.shard`: the images, end to end.
 
 use super::augment::Pipeline;
-use super::decode::{RgbImage, decode_at_least};
+use super::decode::{Decoded, Region, RgbImage, decode_at_least, decode_region};
 use super::image_set::{Dataset, ImageSet};
 use crate::error::{Error, Result};
 use fast_image_resize::Resizer;
@@ -190,6 +190,17 @@ impl ImageSet for ShardSet {
                 Err(format!("{} bytes for a {side}×{side} image", bytes.len()))
             }
         }))
+    }
+    fn stored_region(
+        &self,
+        i: usize,
+        side: usize,
+        region: Region,
+    ) -> Option<std::result::Result<Decoded, String>> {
+        if self.encoding != Encoding::Jpeg || self.side != side {
+            return None;
+        }
+        Some(self.bytes(i).and_then(|bytes| decode_region(bytes, region)))
     }
 }
 
