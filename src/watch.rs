@@ -26,6 +26,24 @@ pub(crate) const POLL: Duration = Duration::from_millis(1);
 /// usually short, and a sleep would add to it).
 pub(crate) const SPIN: Duration = Duration::from_millis(5);
 
+/// How long a tower (or a node) waits for another: [`TIMEOUT_VAR`]'s
+/// seconds, or [`DEFAULT_TIMEOUT`].
+pub fn timeout() -> Result<Duration> {
+    match std::env::var(TIMEOUT_VAR) {
+        Err(_) => Ok(DEFAULT_TIMEOUT),
+        Ok(text) => text
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "{TIMEOUT_VAR}={text}: give a positive number of seconds"
+                ))
+            }),
+    }
+}
+
 /// Shared by both towers of a pair and the thread that drives them.
 pub struct Watch {
     state: Mutex<State>,
@@ -58,20 +76,7 @@ impl Watch {
     /// A watch for towers running at `places` (e.g. "GPU 1"), with the
     /// timeout of [`TIMEOUT_VAR`] or [`DEFAULT_TIMEOUT`].
     pub fn new(places: [String; TOWERS]) -> Result<Watch> {
-        let timeout = match std::env::var(TIMEOUT_VAR) {
-            Err(_) => DEFAULT_TIMEOUT,
-            Ok(text) => text
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s > 0.0)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "{TIMEOUT_VAR}={text}: give a positive number of seconds"
-                    ))
-                })?,
-        };
-        Ok(Watch::with_timeout(places, timeout))
+        Ok(Watch::with_timeout(places, timeout()?))
     }
 
     /// A watch with an explicit timeout.

@@ -151,22 +151,55 @@ impl Channel {
     }
 }
 
-/// `values` as little-endian bytes, for a frame.
-pub fn to_bytes(values: impl Iterator<Item = f64>) -> Vec<u8> {
-    values.flat_map(f64::to_le_bytes).collect()
+/// How wide each value of a frame travels: f32 data as 4 bytes (which is
+/// exact for it), the rest as 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    F32,
+    F64,
 }
 
-/// A frame of little-endian f64s from node `peer`, `expected` of them.
-pub fn from_bytes(frame: &[u8], expected: usize, peer: usize) -> Result<Vec<f64>> {
-    if frame.len() != 8 * expected {
+impl Width {
+    /// The width of `T`'s values.
+    pub fn of<T>() -> Width {
+        if std::mem::size_of::<T>() == 4 {
+            Width::F32
+        } else {
+            Width::F64
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            Width::F32 => 4,
+            Width::F64 => 8,
+        }
+    }
+}
+
+/// `values` as little-endian bytes of `width`, for a frame.
+pub fn to_bytes(values: impl Iterator<Item = f64>, width: Width) -> Vec<u8> {
+    match width {
+        Width::F32 => values.flat_map(|v| (v as f32).to_le_bytes()).collect(),
+        Width::F64 => values.flat_map(f64::to_le_bytes).collect(),
+    }
+}
+
+/// A frame of little-endian values of `width` from node `peer`, `expected` of them.
+pub fn from_bytes(frame: &[u8], expected: usize, width: Width, peer: usize) -> Result<Vec<f64>> {
+    let size = width.bytes();
+    if frame.len() != size * expected {
         return Err(Error::Training(format!(
             "node {peer} sent {} values where {expected} were due: do all nodes run the same net?",
-            frame.len() / 8
+            frame.len() / size
         )));
     }
     Ok(frame
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")))
+        .chunks_exact(size)
+        .map(|c| match width {
+            Width::F32 => f64::from(f32::from_le_bytes(c.try_into().expect("chunks of 4"))),
+            Width::F64 => f64::from_le_bytes(c.try_into().expect("chunks of 8")),
+        })
         .collect())
 }
 
@@ -228,9 +261,14 @@ mod tests {
     #[test]
     fn values_round_trip_and_a_wrong_count_is_refused() {
         let values = [1.5, -0.0, f64::MAX, 1e-300];
-        let frame = to_bytes(values.iter().copied());
-        assert_eq!(from_bytes(&frame, 4, 2).unwrap(), values);
-        let e = from_bytes(&frame, 5, 2).unwrap_err();
+        let frame = to_bytes(values.iter().copied(), Width::F64);
+        assert_eq!(from_bytes(&frame, 4, Width::F64, 2).unwrap(), values);
+        let narrow = [1.5, -0.0, f64::from(f32::MAX), f64::from(f32::MIN_POSITIVE)];
+        let frame = to_bytes(narrow.iter().copied(), Width::F32);
+        assert_eq!(frame.len(), 16);
+        assert_eq!(from_bytes(&frame, 4, Width::F32, 2).unwrap(), narrow);
+        let frame = to_bytes(values.iter().copied(), Width::F64);
+        let e = from_bytes(&frame, 5, Width::F64, 2).unwrap_err();
         assert!(
             e.to_string().contains("node 2 sent 4 values where 5"),
             "{e}"

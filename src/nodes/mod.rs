@@ -14,7 +14,7 @@ pub mod sum;
 
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
-use channel::{Channel, from_bytes, to_bytes};
+use channel::{Channel, Width, from_bytes, to_bytes};
 use std::sync::Mutex;
 use std::time::Duration;
 use sum::NodeSum;
@@ -31,6 +31,11 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
+    /// Whether this node writes the run folder (node 0 alone does).
+    pub fn writes(&self) -> bool {
+        self.rank == 0
+    }
+
     /// The run's nodes from `--nodes`, `--node-rank` and `--master`, or
     /// else from torchrun's `WORLD_SIZE`, `RANK`, `MASTER_ADDR` and
     /// `MASTER_PORT` (read through `env`); `None` for a run on one node.
@@ -142,7 +147,7 @@ impl Nodes {
 
     /// Whether this node writes the run folder (node 0 alone does).
     pub fn writes(&self) -> bool {
-        self.spec.rank == 0
+        self.spec.writes()
     }
 
     /// What node 0 handed out at the start (the same bytes on every node).
@@ -189,18 +194,18 @@ impl Nodes {
             let mut all = vec![mine.to_vec()];
             for channel in control.iter_mut() {
                 let frame = channel.recv(ALIVE, timeout)?;
-                all.push(from_bytes(&frame, n, channel.peer())?);
+                all.push(from_bytes(&frame, n, Width::F64, channel.peer())?);
             }
-            let frame = to_bytes(all.iter().flatten().copied());
+            let frame = to_bytes(all.iter().flatten().copied(), Width::F64);
             for channel in control.iter_mut() {
                 channel.send(&frame, ALIVE, timeout)?;
             }
             Ok(all)
         } else {
             let to_zero = &mut control[0];
-            to_zero.send(&to_bytes(mine.iter().copied()), ALIVE, timeout)?;
+            to_zero.send(&to_bytes(mine.iter().copied(), Width::F64), ALIVE, timeout)?;
             let frame = to_zero.recv(ALIVE, timeout)?;
-            let flat = from_bytes(&frame, n * self.spec.count, 0)?;
+            let flat = from_bytes(&frame, n * self.spec.count, Width::F64, 0)?;
             Ok(flat.chunks(n.max(1)).map(<[f64]>::to_vec).collect())
         }
     }

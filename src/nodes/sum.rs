@@ -4,9 +4,9 @@
 //! on which node was first. Values travel in their own width (f32 as 4
 //! bytes), which is exact.
 
-use super::channel::{Channel, from_bytes, to_bytes};
+use super::channel::{Channel, Width, from_bytes, to_bytes};
 use crate::device::cpu::Real;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::time::Duration;
 
 /// One tower rank's end of the sum over the nodes.
@@ -52,41 +52,11 @@ impl NodeSum {
     }
 }
 
-/// Whether `T` travels as 4-byte f32 (else as 8-byte f64).
-fn narrow<T>() -> bool {
-    std::mem::size_of::<T>() == 4
-}
-
 fn encode<T: Real>(values: &[T]) -> Vec<u8> {
-    if narrow::<T>() {
-        values
-            .iter()
-            .flat_map(|v| (v.wide() as f32).to_le_bytes())
-            .collect()
-    } else {
-        to_bytes(values.iter().map(|v| v.wide()))
-    }
+    to_bytes(values.iter().map(|v| v.wide()), Width::of::<T>())
 }
 
 fn decode<T: Real>(frame: &[u8], expected: usize, peer: usize) -> Result<Vec<T>> {
-    if !narrow::<T>() {
-        return Ok(from_bytes(frame, expected, peer)?
-            .into_iter()
-            .map(T::of)
-            .collect());
-    }
-    if frame.len() != 4 * expected {
-        return Err(Error::Training(format!(
-            "node {peer} sent {} gradients where {expected} were due: do all nodes run the same net?",
-            frame.len() / 4
-        )));
-    }
-    Ok(frame
-        .chunks_exact(4)
-        .map(|c| {
-            T::of(f64::from(f32::from_le_bytes(
-                c.try_into().expect("chunks of 4"),
-            )))
-        })
-        .collect())
+    let values = from_bytes(frame, expected, Width::of::<T>(), peer)?;
+    Ok(values.into_iter().map(T::of).collect())
 }

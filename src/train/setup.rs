@@ -16,7 +16,6 @@ use crate::net::plan::Plan;
 use crate::nodes::{NodeSpec, Nodes};
 use crate::placement::Placement;
 use crate::replicas::Replicas;
-use crate::watch::Watch;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -275,7 +274,7 @@ pub fn join_nodes(
             .first()
             .map_or(Precision::Fp32, |p| p.precision()),
     );
-    let timeout = Watch::new(std::array::from_fn(|_| String::new()))?.timeout();
+    let timeout = crate::watch::timeout()?;
     let alive = || {
         if stop.load(Ordering::SeqCst) {
             return Err(Error::Training(

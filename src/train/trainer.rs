@@ -139,7 +139,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<Trainer<'a>> {
         config.validate()?;
         let run_dir = setup::run_dir_for(config);
-        let writes = nodes.is_none_or(|n| n.rank == 0);
+        let writes = nodes.is_none_or(NodeSpec::writes);
         let (plan, resume) = match start {
             Start::Fresh => {
                 if writes {
@@ -476,7 +476,7 @@ impl<'a> Trainer<'a> {
     /// no checkpoint follows a NaN loss.
     pub fn checkpoint(&mut self, step: usize, val: Option<(f64, f64)>) -> Result<Option<PathBuf>> {
         self.read_losses()?;
-        if self.log.is_none() {
+        if !self.writes() {
             // The others wait while node 0 writes, then go on together.
             self.nodes.as_ref().map_or(Ok(()), |n| n.barrier())?;
             return Ok(None);
@@ -499,6 +499,11 @@ impl<'a> Trainer<'a> {
         Ok(Some(folder))
     }
 
+    /// Whether this process writes the run folder: it is alone, or node 0.
+    fn writes(&self) -> bool {
+        self.nodes.as_deref().is_none_or(Nodes::writes)
+    }
+
     /// Whether the run stops after this step: `here`, this process was
     /// asked to; over several nodes, whether any was (every node must stop
     /// at the same step).
@@ -514,10 +519,10 @@ impl<'a> Trainer<'a> {
     pub fn stop(&mut self, step: usize, in_validation: bool) {
         self.bar.abandon();
         self.summary.stopped = true;
-        let saved = match (&self.last_checkpoint, &self.log) {
-            (_, None) => "on node 0".to_string(),
-            (Some(c), _) => c.display().to_string(),
-            (None, _) => "?".to_string(),
+        let saved = match &self.last_checkpoint {
+            _ if !self.writes() => "on node 0".to_string(),
+            Some(c) => c.display().to_string(),
+            None => "?".to_string(),
         };
         let when = if in_validation {
             format!(
