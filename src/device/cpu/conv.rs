@@ -1,4 +1,5 @@
-//! Convolution by im2col and GEMM, forward and backward, reading one or
+//! Convolution by im2col and GEMM (or, for an unpadded one-tower layer in
+//! f32, the direct kernel of `direct.rs`), forward and backward, reading one or
 //! more source towers (the cross-tower conv3 of paper §3.2 sums two). Each
 //! image is unfolded a band of output rows at a time, so that the unfolded
 //! band stays in the core's cache while the product reads it.
@@ -139,6 +140,11 @@ pub fn conv_forward<T: Real>(
     col: &mut Vec<T>,
     phases: &mut Vec<T>,
 ) {
+    if let [w] = w
+        && T::conv_forward_direct(x, w, bias, y, s, batch, col)
+    {
+        return;
+    }
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;
     col.resize(ick * band_rows::<T>(s) * s.out_w, T::zero());

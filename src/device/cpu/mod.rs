@@ -6,6 +6,7 @@
 //! weight copies the passes read), never the master weights or momentum.
 
 mod conv;
+mod direct;
 mod fc;
 #[cfg(test)]
 pub(crate) mod gradcheck;

@@ -1,6 +1,7 @@
 //! The float types the CPU kernels are generic over: f32 for training, f64
 //! for the finite-difference checks of the same code.
 
+use crate::net::plan::ConvShape;
 use num_traits::Float;
 
 /// f32 or f64.
@@ -24,6 +25,22 @@ pub trait Real:
         let _ = (m, n, k, a, b, c);
         false
     }
+    /// `y = bias + conv(x, w)` by a direct kernel for this type and layer,
+    /// if it has one here; false (and `y` untouched) otherwise. See
+    /// [`super::direct`]; `scratch` is the kernel's to use.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_forward_direct(
+        x: &[Self],
+        w: &[Self],
+        bias: &[Self],
+        y: &mut [Self],
+        s: &ConvShape,
+        batch: usize,
+        scratch: &mut Vec<Self>,
+    ) -> bool {
+        let _ = (x, w, bias, y, s, batch, scratch);
+        false
+    }
 }
 
 impl Real for f32 {
@@ -35,6 +52,17 @@ impl Real for f32 {
     }
     fn matmul_nt_fast(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
         super::nt::matmul_nt_f32(m, n, k, a, b, c)
+    }
+    fn conv_forward_direct(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        y: &mut [f32],
+        s: &ConvShape,
+        batch: usize,
+        scratch: &mut Vec<f32>,
+    ) -> bool {
+        super::direct::conv_forward_f32(x, w, bias, y, s, batch, scratch)
     }
 }
 
