@@ -6,6 +6,7 @@
 
 use super::matmul::{Mat, matmul, matmul_strided};
 use super::real::Real;
+use super::winograd;
 use crate::net::plan::ConvShape;
 use std::ops::Range;
 
@@ -128,8 +129,19 @@ fn col2im<T: Real>(col: &[T], s: &ConvShape, rows: Range<usize>, dx: &mut [T]) {
     }
 }
 
+/// The buffers a convolution works in, kept from call to call.
+#[derive(Debug, Default)]
+pub struct ConvScratch<T> {
+    /// One band of the unfolded image (or the direct kernel's filters).
+    col: Vec<T>,
+    phases: Vec<T>,
+    winograd: winograd::Scratch<T>,
+}
+
 /// `y = bias + Σ_s conv(x_s, w_s)` for a batch; `x` is `[source][image][in_c][in_h][in_w]`.
-#[allow(clippy::too_many_arguments)]
+/// In f32, an unpadded one-tower layer runs by the direct kernel and a 3×3
+/// stride-1 layer by Winograd's F(2×2, 3×3); otherwise, and always in f64
+/// (the reference), by im2col and GEMM.
 pub fn conv_forward<T: Real>(
     x: &[T],
     w: &[&[T]],
@@ -137,14 +149,18 @@ pub fn conv_forward<T: Real>(
     y: &mut [T],
     s: &ConvShape,
     batch: usize,
-    col: &mut Vec<T>,
-    phases: &mut Vec<T>,
+    scratch: &mut ConvScratch<T>,
 ) {
     if let [w] = w
-        && T::conv_forward_direct(x, w, bias, y, s, batch, col)
+        && T::conv_forward_direct(x, w, bias, y, s, batch, &mut scratch.col)
     {
         return;
     }
+    if T::WINOGRAD && winograd::applies(s) {
+        winograd::conv_forward(x, w, bias, y, s, batch, &mut scratch.winograd);
+        return;
+    }
+    let ConvScratch { col, phases, .. } = scratch;
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;
     col.resize(ick * band_rows::<T>(s) * s.out_w, T::zero());
@@ -184,9 +200,9 @@ pub fn conv_backward<T: Real>(
     dbias: &mut [T],
     s: &ConvShape,
     batch: usize,
-    col: &mut Vec<T>,
-    phases: &mut Vec<T>,
+    scratch: &mut ConvScratch<T>,
 ) {
+    let ConvScratch { col, phases, .. } = scratch;
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;
     col.resize(ick * band_rows::<T>(s) * s.out_w, T::zero());
@@ -298,16 +314,7 @@ mod tests {
     fn forward(x: &[f64], w: &[Vec<f64>], b: &[f64], s: &ConvShape, batch: usize) -> Vec<f64> {
         let mut y = vec![0.0; batch * s.out_c * s.out_h * s.out_w];
         let blocks: Vec<&[f64]> = w.iter().map(Vec::as_slice).collect();
-        conv_forward(
-            x,
-            &blocks,
-            b,
-            &mut y,
-            s,
-            batch,
-            &mut Vec::new(),
-            &mut Vec::new(),
-        );
+        conv_forward(x, &blocks, b, &mut y, s, batch, &mut ConvScratch::default());
         y
     }
 
@@ -364,8 +371,7 @@ mod tests {
                     &mut db,
                     &s,
                     batch,
-                    &mut Vec::new(),
-                    &mut Vec::new(),
+                    &mut ConvScratch::default(),
                 );
             }
             check_gradient("conv dx", &x, &dx, |x| {
@@ -426,8 +432,7 @@ mod tests {
             &mut db,
             &s,
             batch,
-            &mut Vec::new(),
-            &mut Vec::new(),
+            &mut ConvScratch::default(),
         );
         check_gradient("banded conv dx", &x, &dx, |x| {
             dot(&r, &forward(x, &w, &b, &s, batch))

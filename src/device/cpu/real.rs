@@ -12,6 +12,10 @@ pub trait Real:
     fn of(x: f64) -> Self;
     /// Widens to f64.
     fn wide(self) -> f64;
+    /// Whether 3×3 stride-1 convolutions run by Winograd's F(2×2, 3×3)
+    /// (`super::winograd`): in f32, for its fewer multiplies; not in f64,
+    /// the reference, which keeps the definition's sums.
+    const WINOGRAD: bool = false;
     /// `c += a · bᵀ` by a kernel for this type, if it has one here; false
     /// (and `c` untouched) otherwise. See [`super::matmul::matmul_nt`].
     fn matmul_nt_fast(
@@ -44,6 +48,7 @@ pub trait Real:
 }
 
 impl Real for f32 {
+    const WINOGRAD: bool = true;
     fn of(x: f64) -> Self {
         x as f32
     }
