@@ -29,11 +29,62 @@ pub struct Scratch<T> {
     plane: Vec<T>,
     /// One plane's transformed blocks, `[16][blocks]`.
     block: Vec<T>,
+    /// The filters of the backward-data pass, and its zero bias.
+    flipped: Vec<T>,
+    zeros: Vec<T>,
 }
 
 /// Whether [`conv_forward`] computes this layer.
 pub fn applies(s: &ConvShape) -> bool {
     s.kernel == 3 && s.stride == 1 && s.out_h > 0 && s.out_w > 0
+}
+
+/// Whether [`conv_backward_data`] computes this layer's input gradient.
+pub fn applies_backward(s: &ConvShape) -> bool {
+    applies(s) && s.pad <= 2 && s.in_h > 0 && s.in_w > 0
+}
+
+/// `dx_s = conv_transpose(dy, w_s)` for each source, overwriting `dx`
+/// (`[source][image][in_c][in_h][in_w]`): for a 3×3 stride-1 layer, the
+/// convolution of `dy` padded by `2 − pad` with each filter turned by 180°
+/// and its input and output channels swapped, by [`conv_forward`].
+pub fn conv_backward_data<T: Real>(
+    dy: &[T],
+    w: &[&[T]],
+    dx: &mut [T],
+    s: &ConvShape,
+    batch: usize,
+    scratch: &mut Scratch<T>,
+) {
+    assert!(applies_backward(s), "no Winograd input gradient for {s:?}");
+    let back = ConvShape {
+        sources: 1,
+        in_c: s.out_c,
+        in_h: s.out_h,
+        in_w: s.out_w,
+        out_c: s.in_c,
+        kernel: 3,
+        stride: 1,
+        pad: 2 - s.pad,
+        out_h: s.in_h,
+        out_w: s.in_w,
+    };
+    let mut flipped = std::mem::take(&mut scratch.flipped);
+    let mut zeros = std::mem::take(&mut scratch.zeros);
+    flipped.resize(s.block_len(), T::zero());
+    zeros.clear();
+    zeros.resize(s.in_c, T::zero());
+    let in_len = batch * s.in_c * s.in_h * s.in_w;
+    for (w_s, dx_s) in w.iter().zip(dx.chunks_exact_mut(in_len)).take(s.sources) {
+        for (oc, g) in w_s.chunks_exact(9).take(s.out_c * s.in_c).enumerate() {
+            let (o, c) = (oc / s.in_c, oc % s.in_c);
+            for (i, &v) in g.iter().enumerate() {
+                flipped[(c * s.out_c + o) * 9 + 8 - i] = v;
+            }
+        }
+        conv_forward(dy, &[&flipped], &zeros, dx_s, &back, batch, scratch);
+    }
+    (scratch.flipped, scratch.zeros) = (flipped, zeros);
 }
 
 /// The blocks of one image: rows and columns of 2×2 output blocks.
