@@ -208,10 +208,11 @@ pub fn conv_backward<T: Real>(
         phases,
         winograd: transforms,
     } = scratch;
-    if T::WINOGRAD && winograd::applies_backward(s) {
-        if let Some(dx) = dx.take() {
-            winograd::conv_backward_data(dy, w, dx, s, batch, transforms);
-        }
+    if T::WINOGRAD
+        && winograd::applies_backward(s)
+        && let Some(dx) = dx.take()
+    {
+        winograd::conv_backward_data(dy, w, dx, s, batch, transforms);
     }
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;

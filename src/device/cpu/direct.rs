@@ -24,7 +24,7 @@ pub fn conv_forward_f32(
     batch: usize,
     wt: &mut Vec<f32>,
 ) -> bool {
-    if s.pad != 0 || s.sources != 1 || s.out_c % 16 != 0 || s.out_c == 0 {
+    if s.pad != 0 || s.sources != 1 || !s.out_c.is_multiple_of(16) || s.out_c == 0 {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
@@ -105,8 +105,8 @@ mod avx512 {
                     for j in 0..J {
                         // SAFETY: window j's sample at (ky, kx) lies in the line.
                         let xv = _mm512_set1_ps(unsafe { *line.add(j * stride + kx) });
-                        for r in 0..R {
-                            acc[r][j] = _mm512_fmadd_ps(wv[r], xv, acc[r][j]);
+                        for (row, &w) in acc.iter_mut().zip(&wv) {
+                            row[j] = _mm512_fmadd_ps(w, xv, row[j]);
                         }
                     }
                 }

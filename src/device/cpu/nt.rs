@@ -62,11 +62,12 @@ mod avx512 {
                     _mm512_loadu_ps(at.add(p * lda + 16)),
                 )
             };
-            for j in 0..S {
+            let [low, high] = &mut acc;
+            for (j, (lo, hi)) in low.iter_mut().zip(high.iter_mut()).enumerate() {
                 // SAFETY: element p of row j of `b`.
                 let bv = _mm512_set1_ps(unsafe { *b.add(j * k + p) });
-                acc[0][j] = _mm512_fmadd_ps(a0, bv, acc[0][j]);
-                acc[1][j] = _mm512_fmadd_ps(a1, bv, acc[1][j]);
+                *lo = _mm512_fmadd_ps(a0, bv, *lo);
+                *hi = _mm512_fmadd_ps(a1, bv, *hi);
             }
         }
         let mut lanes = [0.0f32; 16];
