@@ -33,12 +33,8 @@ fn train(run_dir: &Path, precision: &str, extra: &[&str]) -> Output {
         precision,
         "--run-dir",
         run_dir.to_str().unwrap(),
-        "--batch",
-        "16",
         "--seed",
         "3",
-        "--schedule",
-        "constant",
         "--quiet",
     ];
     args.extend(extra);
@@ -56,12 +52,22 @@ fn bits(tensors: &[TwinTensor]) -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
+/// Trained until the small preset settles: 1200 steps of 32 images, the
+/// rate decayed to 0 along a cosine. Earlier, top-1 measures mostly when a
+/// run happened to leave its first plateau (loss near ln 10), which differs
+/// by 20 points and more between seeds at any one precision and between
+/// precisions at one seed; settled, fp32 reaches 99.4–100 % on seeds 1–3,
+/// so 3 points is room for rounding and not for a broken 16-bit path.
 #[test]
 fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
     let dir = scratch("precision-accuracy");
-    let steps = [
+    let settled = [
+        "--batch",
+        "32",
         "--steps",
-        "300",
+        "1200",
+        "--schedule",
+        "cosine",
         "--train-images",
         "4800",
         "--val-images",
@@ -71,9 +77,9 @@ fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
     let mut weights = Vec::new();
     for precision in ["fp32", "bf16", "fp16"] {
         let run = dir.join(precision);
-        ok(&train(&run, precision, &steps));
+        ok(&train(&run, precision, &settled));
         let ckpt = newest(&run);
-        assert_eq!(ckpt.state.step, 300);
+        assert_eq!(ckpt.state.step, 1200);
         top1.push(ckpt.state.val_top1.expect("the last step validates"));
         weights.push(bits(&ckpt.weights));
         let scale = ckpt.state.loss_scale;
@@ -83,9 +89,9 @@ fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
             "{precision}: {scale:?}"
         );
     }
-    // Learning happened (chance is 0.1), and the 16-bit runs rounded: their
-    // weights are not fp32's.
-    assert!(top1[0] > 0.3, "fp32 top-1 {}", top1[0]);
+    // The net learned the set (chance is 0.1), and the 16-bit runs rounded:
+    // their weights are not fp32's.
+    assert!(top1[0] > 0.9, "fp32 top-1 {}", top1[0]);
     assert_ne!(weights[0], weights[1], "bf16 trained exactly as fp32");
     assert_ne!(weights[0], weights[2], "fp16 trained exactly as fp32");
     for (precision, t) in ["bf16", "fp16"].iter().zip(&top1[1..]) {
@@ -156,6 +162,10 @@ fn a_16_bit_run_resumes_bit_for_bit_with_its_loss_scale() {
         // A first scale of 2²⁴ overflows at once: the scale falls during the
         // first half, and the second half must start from where it fell.
         let common = [
+            "--batch",
+            "16",
+            "--schedule",
+            "constant",
             "--train-images",
             "160",
             "--val-images",

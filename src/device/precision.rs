@@ -5,6 +5,7 @@
 //! every gradient; arithmetic, reductions, the softmax and the loss stay in
 //! f32 or wider.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,36 @@ impl Storage {
     pub fn is_16_bit(self) -> bool {
         self != Storage::Full
     }
+
+    /// Rounds every element of `x` as [`Storage::round`] rounds one, a
+    /// slice at a time: bf16 by an integer rounding the compiler
+    /// vectorizes, fp16 by the `half` crate's slice conversions (F16C
+    /// where the CPU has it).
+    pub fn round_slice(self, x: &mut [f32]) {
+        match self {
+            Storage::Full => {}
+            Storage::Bf16 => x.iter_mut().for_each(|v| *v = round_bf16(*v)),
+            Storage::F16 => {
+                let mut narrow = [f16::ZERO; 256];
+                for chunk in x.chunks_mut(256) {
+                    let narrow = &mut narrow[..chunk.len()];
+                    narrow.convert_from_f32_slice(chunk);
+                    narrow.convert_to_f32_slice(chunk);
+                }
+            }
+        }
+    }
+}
+
+/// `x` rounded to bf16 (nearest, ties to even) and widened again, without
+/// branches: the carry of `0x7FFF` plus the kept part's lowest bit rounds
+/// the upper half; a NaN stays a quiet NaN, as `half::bf16::from_f32` keeps it.
+fn round_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
+    let quiet_nan = (bits & 0xFFFF_0000) | 0x0040_0000;
+    let is_nan = bits & 0x7FFF_FFFF > 0x7F80_0000;
+    f32::from_bits(if is_nan { quiet_nan } else { rounded })
 }
 
 /// fp16's dynamic loss scale (Micikevicius et al. 2018): the loss gradient
@@ -145,6 +176,42 @@ impl Default for LossScale {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slice_rounds_bit_for_bit_as_the_half_crate_rounds_each_value() {
+        // Every bf16 tie and carry lives in the low 16 bits, fp16's in the
+        // low 13 and the exponent: patterns spread over all 2³² bit strings
+        // plus the edges (±0, subnormals, the largest finite values, ±∞, NaN).
+        let mut bits: Vec<u32> = (0..1_000_000u64)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32)
+            .collect();
+        bits.extend([0, 1, 0x8000_0000, 0x0080_0000, 0x7F7F_FFFF, 0x7F7F_8000]);
+        bits.extend([
+            0x7F80_0000,
+            0xFF80_0000,
+            0x7FC0_0001,
+            0x7F80_0001,
+            0x477F_E000,
+        ]);
+        bits.extend([
+            0x477F_F000,
+            0x3380_0000,
+            0x3300_0001,
+            0x3F80_8000,
+            0x3F81_8000,
+        ]);
+        for storage in [Storage::Bf16, Storage::F16] {
+            let mut x: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+            storage.round_slice(&mut x);
+            for (&b, got) in bits.iter().zip(&x) {
+                let want = storage.round(f32::from_bits(b));
+                assert!(
+                    want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                    "{storage:?} of {b:#010x}: {got:e} against {want:e}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn bf16_keeps_eight_significant_bits_rounding_ties_to_even() {

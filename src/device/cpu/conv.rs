@@ -1,10 +1,12 @@
-//! Convolution by im2col and GEMM, forward and backward, reading one or
+//! Convolution by im2col and GEMM (or, for an unpadded one-tower layer in
+//! f32, the direct kernel of `direct.rs`), forward and backward, reading one or
 //! more source towers (the cross-tower conv3 of paper §3.2 sums two). Each
 //! image is unfolded a band of output rows at a time, so that the unfolded
 //! band stays in the core's cache while the product reads it.
 
 use super::matmul::{Mat, matmul, matmul_strided};
 use super::real::Real;
+use super::winograd;
 use crate::net::plan::ConvShape;
 use std::ops::Range;
 
@@ -127,8 +129,19 @@ fn col2im<T: Real>(col: &[T], s: &ConvShape, rows: Range<usize>, dx: &mut [T]) {
     }
 }
 
+/// The buffers a convolution works in, kept from call to call.
+#[derive(Debug, Default)]
+pub struct ConvScratch<T> {
+    /// One band of the unfolded image (or the direct kernel's filters).
+    col: Vec<T>,
+    phases: Vec<T>,
+    winograd: winograd::Scratch<T>,
+}
+
 /// `y = bias + Σ_s conv(x_s, w_s)` for a batch; `x` is `[source][image][in_c][in_h][in_w]`.
-#[allow(clippy::too_many_arguments)]
+/// In f32, an unpadded one-tower layer runs by the direct kernel and a 3×3
+/// stride-1 layer by Winograd's F(2×2, 3×3); otherwise, and always in f64
+/// (the reference), by im2col and GEMM.
 pub fn conv_forward<T: Real>(
     x: &[T],
     w: &[&[T]],
@@ -136,9 +149,18 @@ pub fn conv_forward<T: Real>(
     y: &mut [T],
     s: &ConvShape,
     batch: usize,
-    col: &mut Vec<T>,
-    phases: &mut Vec<T>,
+    scratch: &mut ConvScratch<T>,
 ) {
+    if let [w] = w
+        && T::conv_forward_direct(x, w, bias, y, s, batch, &mut scratch.col)
+    {
+        return;
+    }
+    if T::WINOGRAD && winograd::applies(s) {
+        winograd::conv_forward(x, w, bias, y, s, batch, &mut scratch.winograd);
+        return;
+    }
+    let ConvScratch { col, phases, .. } = scratch;
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;
     col.resize(ick * band_rows::<T>(s) * s.out_w, T::zero());
@@ -167,7 +189,8 @@ pub fn conv_forward<T: Real>(
     }
 }
 
-/// Gradients of [`conv_forward`]: `dw_s`, `dbias`, and `dx_s` when `dx` is given.
+/// Gradients of [`conv_forward`]: `dw_s`, `dbias`, and `dx_s` when `dx` is
+/// given; in f32, `dx` of a 3×3 stride-1 layer by Winograd's F(2×2, 3×3).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward<T: Real>(
     x: &[T],
@@ -178,9 +201,19 @@ pub fn conv_backward<T: Real>(
     dbias: &mut [T],
     s: &ConvShape,
     batch: usize,
-    col: &mut Vec<T>,
-    phases: &mut Vec<T>,
+    scratch: &mut ConvScratch<T>,
 ) {
+    let ConvScratch {
+        col,
+        phases,
+        winograd: transforms,
+    } = scratch;
+    if T::WINOGRAD
+        && winograd::applies_backward(s)
+        && let Some(dx) = dx.take()
+    {
+        winograd::conv_backward_data(dy, w, dx, s, batch, transforms);
+    }
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;
     col.resize(ick * band_rows::<T>(s) * s.out_w, T::zero());
@@ -292,16 +325,7 @@ mod tests {
     fn forward(x: &[f64], w: &[Vec<f64>], b: &[f64], s: &ConvShape, batch: usize) -> Vec<f64> {
         let mut y = vec![0.0; batch * s.out_c * s.out_h * s.out_w];
         let blocks: Vec<&[f64]> = w.iter().map(Vec::as_slice).collect();
-        conv_forward(
-            x,
-            &blocks,
-            b,
-            &mut y,
-            s,
-            batch,
-            &mut Vec::new(),
-            &mut Vec::new(),
-        );
+        conv_forward(x, &blocks, b, &mut y, s, batch, &mut ConvScratch::default());
         y
     }
 
@@ -358,8 +382,7 @@ mod tests {
                     &mut db,
                     &s,
                     batch,
-                    &mut Vec::new(),
-                    &mut Vec::new(),
+                    &mut ConvScratch::default(),
                 );
             }
             check_gradient("conv dx", &x, &dx, |x| {
@@ -374,6 +397,76 @@ mod tests {
                     w[src] = ws.to_vec();
                     dot(&r, &forward(&x, &w, &b, &s, batch))
                 });
+            }
+        }
+    }
+
+    /// The f32 input gradient of 3×3 stride-1 layers (by Winograd) against
+    /// the f64 one (by im2col) of the same f32 inputs, within 16 ε · Σ|dy·w|
+    /// per element (see `winograd.rs`'s f32 test for the bound).
+    #[test]
+    fn f32_input_gradient_of_3x3_layers_matches_f64() {
+        for (sources, pad) in [(1, 1), (2, 0), (1, 2)] {
+            let s = ConvShape {
+                kernel: 3,
+                out_h: 7 + 2 * pad - 2,
+                out_w: 6 + 2 * pad - 2,
+                ..shape(sources, 1, pad)
+            };
+            let batch = 3;
+            let narrow = |v: Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+            let x = narrow(random(sources * batch * s.in_c * s.in_h * s.in_w, 1));
+            let w: Vec<Vec<f32>> = (0..sources)
+                .map(|i| narrow(random(s.block_len(), 2 + i as u64)))
+                .collect();
+            let dy = narrow(random(batch * s.out_c * s.out_h * s.out_w, 5));
+            let gradient = |x: &[f64], w: &[Vec<f64>], dy: &[f64]| {
+                let mut dx = vec![0.0; x.len()];
+                let mut dw: Vec<Vec<f64>> = w.iter().map(|w| vec![0.0; w.len()]).collect();
+                let blocks: Vec<&[f64]> = w.iter().map(Vec::as_slice).collect();
+                let mut grads: Vec<&mut [f64]> = dw.iter_mut().map(Vec::as_mut_slice).collect();
+                let mut db = vec![0.0; s.out_c];
+                conv_backward(
+                    x,
+                    &blocks,
+                    dy,
+                    Some(&mut dx),
+                    &mut grads,
+                    &mut db,
+                    &s,
+                    batch,
+                    &mut ConvScratch::default(),
+                );
+                dx
+            };
+            let mut got = vec![f32::NAN; x.len()];
+            let mut dw: Vec<Vec<f32>> = w.iter().map(|w| vec![0.0; w.len()]).collect();
+            let blocks: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
+            let mut grads: Vec<&mut [f32]> = dw.iter_mut().map(Vec::as_mut_slice).collect();
+            conv_backward(
+                &x,
+                &blocks,
+                &dy,
+                Some(&mut got),
+                &mut grads,
+                &mut vec![0.0; s.out_c],
+                &s,
+                batch,
+                &mut ConvScratch::default(),
+            );
+            let wide: Vec<Vec<f64>> = w.iter().map(|w| widen(w)).collect();
+            let want = gradient(&widen(&x), &wide, &widen(&dy));
+            let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+            let wide_abs: Vec<Vec<f64>> = wide.iter().map(|w| abs(w)).collect();
+            let size = gradient(&widen(&x), &wide_abs, &abs(&widen(&dy)));
+            let terms = (s.out_c * 9) as f64;
+            for ((g, e), m) in got.iter().zip(&want).zip(&size) {
+                let bound = 16.0 * terms * f64::from(f32::EPSILON) * m;
+                assert!(
+                    (f64::from(*g) - e).abs() <= bound,
+                    "{sources} {pad}: {g} vs {e}"
+                );
             }
         }
     }
@@ -420,8 +513,7 @@ mod tests {
             &mut db,
             &s,
             batch,
-            &mut Vec::new(),
-            &mut Vec::new(),
+            &mut ConvScratch::default(),
         );
         check_gradient("banded conv dx", &x, &dx, |x| {
             dot(&r, &forward(x, &w, &b, &s, batch))

@@ -1,4 +1,5 @@
-//! The CPU device: f32, NCHW, im2col + GEMM convolutions. One instance per
+//! The CPU device: f32, NCHW, convolutions by im2col + GEMM, by a direct
+//! kernel (conv1) and by Winograd's F(2×2, 3×3) (conv3–5). One instance per
 //! tower thread; its kernels are generic over f32/f64 so the gradient checks
 //! run the same code in f64. With 16-bit [`Storage`] it is the reference of
 //! mixed precision: it computes in f32 and rounds to 16 bits exactly where
@@ -6,6 +7,7 @@
 //! weight copies the passes read), never the master weights or momentum.
 
 mod conv;
+mod direct;
 mod fc;
 #[cfg(test)]
 pub(crate) mod gradcheck;
@@ -17,8 +19,9 @@ mod pool;
 mod real;
 mod simd;
 mod softmax;
+mod winograd;
 
-pub use conv::{conv_backward, conv_forward};
+pub use conv::{ConvScratch, conv_backward, conv_forward};
 pub use fc::{fc_backward, fc_forward};
 pub use lrn::{lrn_backward, lrn_forward};
 pub use matmul::{Mat, matmul};
@@ -37,14 +40,13 @@ use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 use std::mem::take;
 
-/// One tower's CPU device; owns the im2col scratch buffers. Training runs in
+/// One tower's CPU device; owns the convolutions' scratch buffers. Training runs in
 /// f32; `CpuDevice<f64>` runs the same kernels in f64 for reference checks.
 #[derive(Debug, Default)]
 pub struct CpuDevice<T = f32> {
-    col: Vec<T>,
+    conv: ConvScratch<T>,
     /// Each loss computed since the last [`Device::take_loss_stats`].
     stats: Vec<LossStats>,
-    phases: Vec<T>,
     storage: Storage,
     /// The 16-bit copies of the weights of the op running now.
     rounded_weights: Vec<Vec<T>>,
@@ -93,9 +95,7 @@ pub fn rounder<T: Real>(storage: Storage) -> fn(&mut [T]) {
 /// Rounds every element of `x` as `storage` keeps it.
 pub fn round_all<T: Real>(storage: Storage, x: &mut [T]) {
     if storage.is_16_bit() {
-        for v in x {
-            *v = T::of(f64::from(storage.round(v.wide() as f32)));
-        }
+        T::round_slice(storage, x);
     }
 }
 
@@ -180,10 +180,10 @@ impl<T: Real> Device for CpuDevice<T> {
         batch: usize,
     ) -> Result<()> {
         let x = x.landed()?;
-        let (mut col, mut phases) = (take(&mut self.col), take(&mut self.phases));
+        let mut scratch = take(&mut self.conv);
         let w = self.weights(w);
-        conv_forward(x, &w, bias, y, shape, batch, &mut col, &mut phases);
-        (self.col, self.phases) = (col, phases);
+        conv_forward(x, &w, bias, y, shape, batch, &mut scratch);
+        self.conv = scratch;
         round_all(self.storage, y);
         Ok(())
     }
@@ -199,7 +199,7 @@ impl<T: Real> Device for CpuDevice<T> {
         shape: &ConvShape,
         batch: usize,
     ) -> Result<()> {
-        let (mut col, mut phases) = (take(&mut self.col), take(&mut self.phases));
+        let mut scratch = take(&mut self.conv);
         let storage = self.storage;
         let w = self.weights(w);
         conv_backward(
@@ -211,10 +211,9 @@ impl<T: Real> Device for CpuDevice<T> {
             dbias,
             shape,
             batch,
-            &mut col,
-            &mut phases,
+            &mut scratch,
         );
-        (self.col, self.phases) = (col, phases);
+        self.conv = scratch;
         round_gradients(storage, dx.as_mut().map(|g| g.dx.as_mut_slice()), dw, dbias);
         dx.map_or(Ok(()), InputGrad::announce)
     }

@@ -1,0 +1,302 @@
+//! Direct convolution for an unpadded layer read from one tower, such as the
+//! paper's conv1 (11×11, stride 4, §3.5): no unfolded copy of the image. A
+//! tile of 8 neighbouring outputs of one row × 48 filters is held in
+//! registers; each input sample under a tile's windows is broadcast against
+//! 16 filters at a time, read straight from the image. With only 48 filters
+//! an unfolded copy is read 48 times per write, so writing and packing it
+//! cost as much as the product (the im2col path of `conv.rs`).
+
+use crate::net::plan::ConvShape;
+
+/// Filters per register tile (3 vectors of 16) and outputs per tile.
+const FILTERS: usize = 48;
+const OUTPUTS: usize = 8;
+
+/// `y = bias + conv(x, w)` for a batch, by the AVX-512 kernel; false (and
+/// nothing done) where the CPU lacks AVX-512F or the layer is not unpadded,
+/// read from one tower, with filters in multiples of 16. `wt` is scratch.
+pub fn conv_forward_f32(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    s: &ConvShape,
+    batch: usize,
+    wt: &mut Vec<f32>,
+) -> bool {
+    if s.pad != 0 || s.sources != 1 || !s.out_c.is_multiple_of(16) || s.out_c == 0 {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let ick = s.in_c * s.kernel * s.kernel;
+        let windows_fit = s.out_h == 0
+            || s.out_w == 0
+            || (s.out_h - 1) * s.stride + s.kernel <= s.in_h
+                && (s.out_w - 1) * s.stride + s.kernel <= s.in_w;
+        assert!(
+            windows_fit
+                && x.len() >= batch * s.in_c * s.in_h * s.in_w
+                && y.len() >= batch * s.out_c * s.out_h * s.out_w
+                && w.len() >= s.out_c * ick
+                && bias.len() >= s.out_c,
+            "direct convolution operands out of bounds"
+        );
+        // The filters transposed, `wt[i][o] = w[o][i]`, so that one load reads 16 filters.
+        wt.resize(ick * s.out_c, 0.0);
+        for (o, row) in w.chunks_exact(ick).take(s.out_c).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                wt[i * s.out_c + o] = v;
+            }
+        }
+        // SAFETY: the CPU has AVX-512F, and the assert above keeps every
+        // window of every output inside its image.
+        unsafe { avx512::images(x, wt, bias, y, s, batch) };
+        return true;
+    }
+    let _ = (x, w, bias, y, batch, wt);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{FILTERS, OUTPUTS};
+    use crate::net::plan::ConvShape;
+    use std::arch::x86_64::*;
+
+    /// Where one tile reads and writes.
+    struct Tile {
+        /// The image's first sample under the tile's first window.
+        x: *const f32,
+        /// The tile's first filter in the transposed weights.
+        wt: *const f32,
+        bias: *const f32,
+        /// The tile's first output of its first filter.
+        y: *mut f32,
+    }
+
+    /// `R × 16` filters × `J` outputs of one row: bias, then every sample
+    /// of every window (channel, kernel row, kernel column) broadcast
+    /// against each filter vector; then each lane into its filter's plane.
+    ///
+    /// # Safety
+    /// AVX-512F; `t` points inside the image, weights and output of `s`
+    /// such that all `R·16` filters and `J` windows exist.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize, const J: usize>(t: &Tile, s: &ConvShape) {
+        let (k, stride, plane) = (s.kernel, s.stride, s.out_h * s.out_w);
+        let mut acc = [[_mm512_setzero_ps(); J]; R];
+        for (r, row) in acc.iter_mut().enumerate() {
+            // SAFETY: filters r·16 .. r·16 + 16 exist.
+            let b = unsafe { _mm512_loadu_ps(t.bias.add(r * 16)) };
+            row.fill(b);
+        }
+        for c in 0..s.in_c {
+            for ky in 0..k {
+                // SAFETY: row ky of channel c under the first window.
+                let line = unsafe { t.x.add((c * s.in_h + ky) * s.in_w) };
+                let taps = unsafe { t.wt.add((c * k + ky) * k * s.out_c) };
+                for kx in 0..k {
+                    let mut wv = [_mm512_setzero_ps(); R];
+                    for (r, v) in wv.iter_mut().enumerate() {
+                        // SAFETY: tap (c, ky, kx) of filters r·16 .. r·16 + 16.
+                        *v = unsafe { _mm512_loadu_ps(taps.add(kx * s.out_c + r * 16)) };
+                    }
+                    for j in 0..J {
+                        // SAFETY: window j's sample at (ky, kx) lies in the line.
+                        let xv = _mm512_set1_ps(unsafe { *line.add(j * stride + kx) });
+                        for (row, &w) in acc.iter_mut().zip(&wv) {
+                            row[j] = _mm512_fmadd_ps(w, xv, row[j]);
+                        }
+                    }
+                }
+            }
+        }
+        let mut lanes = [0.0f32; 16];
+        for (r, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                // SAFETY: `lanes` holds 16 floats.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *v) };
+                for (l, &value) in lanes.iter().enumerate() {
+                    // SAFETY: filter r·16 + l's output j of this row exists.
+                    unsafe { *t.y.add((r * 16 + l) * plane + j) = value };
+                }
+            }
+        }
+    }
+
+    /// Every tile of every image: rows, then runs of [`OUTPUTS`] outputs
+    /// along the row, then blocks of [`FILTERS`] filters.
+    ///
+    /// # Safety
+    /// AVX-512F; the operands hold `batch` images of `s` and every window
+    /// lies inside its image (see `conv_forward_f32`).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn images(
+        x: &[f32],
+        wt: &[f32],
+        bias: &[f32],
+        y: &mut [f32],
+        s: &ConvShape,
+        batch: usize,
+    ) {
+        let (in_len, out_len) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
+        for n in 0..batch {
+            for oy in 0..s.out_h {
+                for ox in (0..s.out_w).step_by(OUTPUTS) {
+                    let j = OUTPUTS.min(s.out_w - ox);
+                    for f in (0..s.out_c).step_by(FILTERS) {
+                        let t = Tile {
+                            x: x[n * in_len + oy * s.stride * s.in_w + ox * s.stride..].as_ptr(),
+                            wt: wt[f..].as_ptr(),
+                            bias: bias[f..].as_ptr(),
+                            y: y[n * out_len + f * s.out_h * s.out_w + oy * s.out_w + ox..]
+                                .as_mut_ptr(),
+                        };
+                        macro_rules! run {
+                            ($r:expr) => {
+                                match j {
+                                    1 => unsafe { tile::<$r, 1>(&t, s) },
+                                    2 => unsafe { tile::<$r, 2>(&t, s) },
+                                    3 => unsafe { tile::<$r, 3>(&t, s) },
+                                    4 => unsafe { tile::<$r, 4>(&t, s) },
+                                    5 => unsafe { tile::<$r, 5>(&t, s) },
+                                    6 => unsafe { tile::<$r, 6>(&t, s) },
+                                    7 => unsafe { tile::<$r, 7>(&t, s) },
+                                    _ => unsafe { tile::<$r, OUTPUTS>(&t, s) },
+                                }
+                            };
+                        }
+                        match (s.out_c - f) / 16 {
+                            1 => run!(1),
+                            2 => run!(2),
+                            _ => run!(3),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu::gradcheck::random;
+
+    /// The definition in f64, one output at a time.
+    fn naive(x: &[f64], w: &[f64], b: &[f64], s: &ConvShape, batch: usize) -> Vec<f64> {
+        let k = s.kernel;
+        let mut y = vec![0.0; batch * s.out_c * s.out_h * s.out_w];
+        for n in 0..batch {
+            for o in 0..s.out_c {
+                for oy in 0..s.out_h {
+                    for ox in 0..s.out_w {
+                        let mut acc = b[o];
+                        for c in 0..s.in_c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = (oy * s.stride + ky, ox * s.stride + kx);
+                                    acc += x[((n * s.in_c + c) * s.in_h + iy) * s.in_w + ix]
+                                        * w[((o * s.in_c + c) * k + ky) * k + kx];
+                                }
+                            }
+                        }
+                        y[((n * s.out_c + o) * s.out_h + oy) * s.out_w + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Against the f64 definition, on shapes with partial tiles of outputs
+    /// (rows of 13 = 8 + 5) and of filters (80 = 48 + 32), strides 1 and 4.
+    #[test]
+    fn matches_the_definition_in_f64() {
+        for (out_c, kernel, stride, in_hw) in [(80, 3, 1, 15), (48, 11, 4, 59), (16, 5, 2, 17)] {
+            let out = (in_hw - kernel) / stride + 1;
+            let s = ConvShape {
+                sources: 1,
+                in_c: 3,
+                in_h: in_hw,
+                in_w: in_hw + 2,
+                out_c,
+                kernel,
+                stride,
+                pad: 0,
+                out_h: out,
+                out_w: (in_hw + 2 - kernel) / stride + 1,
+            };
+            let batch = 2;
+            let x = random(batch * s.in_c * s.in_h * s.in_w, 1);
+            let w = random(s.block_len(), 2);
+            let b = random(s.out_c, 3);
+            let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            let mut y = vec![f32::NAN; batch * s.out_c * s.out_h * s.out_w];
+            let ran = conv_forward_f32(
+                &narrow(&x),
+                &narrow(&w),
+                &narrow(&b),
+                &mut y,
+                &s,
+                batch,
+                &mut Vec::new(),
+            );
+            if !ran {
+                eprintln!("no AVX-512F here: the direct convolution is not checked");
+                return;
+            }
+            // The f32 inputs exactly, so only the f32 sums' rounding remains:
+            // |error| ≤ terms · ε · Σ|x·w| with ε = 2⁻²³, twice the bound of
+            // summing in order.
+            let (xe, we, be) = (widen(&narrow(&x)), widen(&narrow(&w)), widen(&narrow(&b)));
+            let want = naive(&xe, &we, &be, &s, batch);
+            let size: Vec<f64> = naive(&abs(&xe), &abs(&we), &abs(&be), &s, batch);
+            let terms = (s.in_c * kernel * kernel + 1) as f64;
+            for ((g, e), m) in y.iter().zip(&want).zip(&size) {
+                let bound = terms * f64::from(f32::EPSILON) * m;
+                assert!(
+                    (f64::from(*g) - e).abs() <= bound,
+                    "{out_c} {kernel} {stride}: {g} vs {e}"
+                );
+            }
+        }
+    }
+
+    fn widen(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| f64::from(x)).collect()
+    }
+
+    fn abs(v: &[f64]) -> Vec<f64> {
+        v.iter().map(|x| x.abs()).collect()
+    }
+
+    #[test]
+    fn padded_or_two_tower_layers_are_left_to_im2col() {
+        let s = ConvShape {
+            sources: 1,
+            in_c: 1,
+            in_h: 4,
+            in_w: 4,
+            out_c: 16,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+            out_h: 4,
+            out_w: 4,
+        };
+        let mut y = vec![0.0; 16 * 16];
+        let (x, w, b) = (vec![1.0; 16], vec![1.0; 16 * 9], vec![0.0; 16]);
+        let mut wt = Vec::new();
+        assert!(!conv_forward_f32(&x, &w, &b, &mut y, &s, 1, &mut wt));
+        let two = ConvShape {
+            sources: 2,
+            pad: 0,
+            out_h: 2,
+            out_w: 2,
+            ..s
+        };
+        assert!(!conv_forward_f32(&x, &w, &b, &mut y, &two, 1, &mut wt));
+    }
+}
