@@ -4,7 +4,7 @@
 //! and what the machine has.
 
 use crate::device::cuda::{CudaOptions, probe};
-use crate::device::precision::Precision;
+use crate::device::precision::{Precision, Storage};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::fmt;
@@ -77,6 +77,7 @@ impl Placement {
         let on_cpu = Placement::Cpu { precision };
         let options = CudaOptions {
             tf32: precision == Precision::Tf32,
+            storage: Storage::Full,
         };
         let chosen = match (cpu, gpus) {
             (true, Some(_)) => return Err(Error::Input("--cpu and --gpus: choose one".into())),

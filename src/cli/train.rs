@@ -192,6 +192,7 @@ impl TrainArgs {
     fn placements(&self) -> Result<(Vec<Placement>, String)> {
         let options = CudaOptions {
             tf32: self.device.tf32,
+            ..CudaOptions::default()
         };
         let gpu_replicas = match (&self.device.gpus, self.device.cpu) {
             (Some(list), false) => Placement::replicas_from_gpus(list, options)?,

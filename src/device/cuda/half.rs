@@ -379,14 +379,9 @@ impl<H: Half> Device for CudaDevice<H> {
         key: u64,
         first: usize,
     ) -> Result<()> {
-        self.kernels.elementwise.dropout(
-            &self.stream,
-            x.stored()?,
-            y.stored_mut()?,
-            p,
-            key,
-            first,
-        )
+        self.kernels
+            .elementwise
+            .dropout(&self.stream, x.stored()?, y.stored_mut()?, p, key, first)
     }
 
     fn dropout_backward(

@@ -20,7 +20,8 @@ use super::{CudaDevice, need};
 use crate::data::input;
 use crate::error::{Error, Result};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, PinnedHostSlice,
+    ValidAsZeroBits,
 };
 use std::sync::Arc;
 

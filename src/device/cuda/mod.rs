@@ -33,11 +33,11 @@ use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 use crate::watch::Watch;
+use buffer::StoredBuf;
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, DeviceSlice, LaunchConfig,
     ValidAsZeroBits,
 };
-use buffer::StoredBuf;
 use kernels::reduce::{BiasGrad, Loss};
 use kernels::{Kernels, Stored};
 use std::marker::PhantomData;
@@ -51,8 +51,10 @@ use std::sync::Arc;
 /// How a CUDA device computes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CudaOptions {
-    /// Let cuDNN and cuBLAS use TF32 tensor cores.
+    /// Let cuDNN and cuBLAS use TF32 tensor cores (f32 storage).
     pub tf32: bool,
+    /// How activations, gradients and weight copies are stored.
+    pub storage: Storage,
 }
 
 impl CudaOptions {
@@ -113,6 +115,16 @@ pub fn grid(n: usize) -> LaunchConfig {
 impl<S: Stored> CudaDevice<S> {
     /// A device on GPU `ordinal`, with its own stream.
     pub fn new(ordinal: usize, options: CudaOptions) -> Result<Self> {
+        if options.storage != S::STORAGE {
+            return Err(Error::cuda(
+                format!("opening GPU {ordinal}"),
+                format!(
+                    "a device storing {:?} asked to store {:?}",
+                    S::STORAGE,
+                    options.storage
+                ),
+            ));
+        }
         probe::require_driver()?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::cuda(format!("opening GPU {ordinal}"), e))?;
@@ -261,7 +273,11 @@ fn by_source<B: StoredBuf>(
         Input::Both(g) => {
             let own = g.own.stored()?;
             need(own, in_len, "layer input")?;
-            need(g.gathered.stored()?, sources * in_len, "gathered layer input")?;
+            need(
+                g.gathered.stored()?,
+                sources * in_len,
+                "gathered layer input",
+            )?;
             f(g.rank, &own.slice(0..in_len))?;
             (g.landed)()?;
             let gathered = g.gathered.stored()?;
@@ -742,10 +758,11 @@ impl<S: Stored> CudaDevice<S> {
             chunks,
         };
         let reduce = &self.kernels.reduce;
-        if chunks == 1 {
-            if let Some(dbias) = (dbias as &mut dyn std::any::Any).downcast_mut::<CudaSlice<f32>>() {
-                return reduce.bias_grad_partial(&self.stream, dy, dbias, shape);
-            }
+        // With one chunk, the first pass's f32 sums are an f32 gradient already.
+        if chunks == 1
+            && let Some(dbias) = (dbias as &mut dyn std::any::Any).downcast_mut::<CudaSlice<f32>>()
+        {
+            return reduce.bias_grad_partial(&self.stream, dy, dbias, shape);
         }
         let len = channels * chunks;
         let partials = match &mut self.bias_partials {
