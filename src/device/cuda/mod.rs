@@ -2,10 +2,11 @@
 //! fully connected layers, and our own kernels (`kernels/*.cu`) for LRN,
 //! pooling, ReLU, dropout, the bias gradient, the loss and the update.
 //!
-//! TF32 policy: off unless asked for (`--tf32`). By default convolutions use
-//! cuDNN's FMA math and cuBLAS its default f32 math, so results compare with
-//! the CPU device to f32 rounding; with TF32, tensor cores may round inputs
-//! to 10-bit mantissas.
+//! TF32 policy: off unless asked for (`--precision tf32`). By default
+//! convolutions use cuDNN's FMA math and cuBLAS its default f32 math, so
+//! results compare with the CPU device to f32 rounding; with TF32, tensor
+//! cores may round inputs to 10-bit mantissas. At `--precision bf16|fp16`
+//! the device stores 16 bits beside f32 master weights (`half.rs`).
 //!
 //! Each tower's work runs in order on the tower's own stream, so cudarc's
 //! cross-stream event tracking is turned off; links order the streams
@@ -58,6 +59,14 @@ pub struct CudaOptions {
 }
 
 impl CudaOptions {
+    /// What `--precision` asks of a GPU.
+    pub fn at(precision: Precision) -> CudaOptions {
+        CudaOptions {
+            tf32: precision == Precision::Tf32,
+            storage: precision.storage(),
+        }
+    }
+
     /// The precision a device storing `S` runs at: 16-bit storage is
     /// bf16 or fp16; f32 storage is exact f32 or TF32 as asked.
     fn precision<S: Stored>(self) -> Precision {
