@@ -171,7 +171,7 @@ impl Elementwise {
     pub fn narrow<H: Half>(
         &self,
         stream: &CudaStream,
-        src: &CudaSlice<f32>,
+        src: &CudaView<f32>,
         dst: &mut CudaSlice<H>,
     ) -> Result<()> {
         let n = src.len();

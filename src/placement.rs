@@ -4,7 +4,7 @@
 //! and what the machine has.
 
 use crate::device::cuda::{CudaOptions, probe};
-use crate::device::precision::Precision;
+use crate::device::precision::{Precision, Storage};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::fmt;
@@ -46,10 +46,11 @@ impl Placement {
         match self {
             Placement::Cpu { precision } => *precision,
             Placement::OneGpu { options, .. } | Placement::TwoGpus { options, .. } => {
-                if options.tf32 {
-                    Precision::Tf32
-                } else {
-                    Precision::Fp32
+                match options.storage {
+                    Storage::Bf16 => Precision::Bf16,
+                    Storage::F16 => Precision::Fp16,
+                    Storage::Full if options.tf32 => Precision::Tf32,
+                    Storage::Full => Precision::Fp32,
                 }
             }
         }
@@ -58,26 +59,14 @@ impl Placement {
     /// The placement `--cpu` and `--gpus LIST` ask for; with neither, GPUs 0
     /// and 1 where there are two or more, GPU 0 where there is one, else the
     /// CPU. Returns a one-line note saying what was chosen and why. The GPU
-    /// runs fp32 and tf32; 16-bit storage runs on the CPU only.
+    /// stores 16 bits where `precision` asks it (bf16, fp16).
     pub fn choose(
         cpu: bool,
         gpus: Option<&str>,
         precision: Precision,
     ) -> Result<(Placement, String)> {
-        let refuse = || {
-            Error::Input(format!(
-                "--precision {}: 16-bit storage runs on the CPU only in this version (add --cpu); on a GPU use fp32 or tf32",
-                precision.name()
-            ))
-        };
-        let sixteen = precision.storage().is_16_bit();
-        if sixteen && gpus.is_some() && !cpu {
-            return Err(refuse());
-        }
         let on_cpu = Placement::Cpu { precision };
-        let options = CudaOptions {
-            tf32: precision == Precision::Tf32,
-        };
+        let options = CudaOptions::at(precision);
         let chosen = match (cpu, gpus) {
             (true, Some(_)) => return Err(Error::Input("--cpu and --gpus: choose one".into())),
             (true, None) => (on_cpu, format!("device: {on_cpu}")),
@@ -90,9 +79,6 @@ impl Placement {
                 Err(why) => (on_cpu, format!("device: {on_cpu} ({why})")),
             },
         };
-        if chosen.0.is_gpu() && sixteen {
-            return Err(refuse());
-        }
         Ok(chosen)
     }
 
@@ -197,6 +183,16 @@ fn present(list: &str, ordinals: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// How a GPU placement's numbers are stored and computed, for its line.
+fn gpu_numbers(options: &CudaOptions) -> String {
+    match options.storage {
+        Storage::Full if options.tf32 => ", TF32 allowed".into(),
+        Storage::Full => String::new(),
+        Storage::Bf16 => ", bf16 storage with f32 master weights".into(),
+        Storage::F16 => ", fp16 storage with f32 master weights".into(),
+    }
+}
+
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -214,14 +210,14 @@ impl fmt::Display for Placement {
             Placement::OneGpu { ordinal, options } => write!(
                 f,
                 "GPU {ordinal}, both towers on it (emulation mode){}",
-                if options.tf32 { ", TF32 allowed" } else { "" }
+                gpu_numbers(options)
             ),
             Placement::TwoGpus { ordinals, options } => write!(
                 f,
                 "GPUs {} and {}, one tower each{}",
                 ordinals[0],
                 ordinals[1],
-                if options.tf32 { ", TF32 allowed" } else { "" }
+                gpu_numbers(options)
             ),
         }
     }
@@ -288,14 +284,29 @@ mod tests {
     }
 
     #[test]
-    fn sixteen_bits_on_a_gpu_are_refused_before_any_gpu_is_asked_for() {
-        for precision in [Precision::Bf16, Precision::Fp16] {
-            let e = Placement::choose(false, Some("0"), precision).unwrap_err();
-            assert!(e.is_input());
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("--precision {}: ", precision.name()))
-            );
+    fn a_gpu_placement_stores_what_the_precision_asks() {
+        for precision in [
+            Precision::Fp32,
+            Precision::Tf32,
+            Precision::Bf16,
+            Precision::Fp16,
+        ] {
+            let options = CudaOptions::at(precision);
+            assert_eq!(options.storage, precision.storage());
+            let gpu = Placement::OneGpu {
+                ordinal: 0,
+                options,
+            };
+            assert_eq!(gpu.precision(), precision);
+            let line = gpu.to_string();
+            match precision {
+                Precision::Fp32 => assert!(line.ends_with("(emulation mode)"), "{line}"),
+                Precision::Tf32 => assert!(line.ends_with(", TF32 allowed"), "{line}"),
+                _ => assert!(
+                    line.contains(&format!("{} storage", precision.name())),
+                    "{line}"
+                ),
+            }
         }
         let (cpu, _) = Placement::choose(true, None, Precision::Bf16).unwrap();
         assert_eq!(cpu.precision(), Precision::Bf16);

@@ -63,6 +63,18 @@ impl Replicas {
                     .into(),
             ));
         }
+        if placements
+            .first()
+            .is_some_and(|p| p.is_gpu() && p.precision().storage().is_16_bit())
+            && (placements.len() > 1 || nodes.is_some())
+        {
+            return Err(Error::Input(format!(
+                "--precision {} with replicas or nodes on GPUs: the GPU replicas average \
+                 their gradients at f32 only in this version; use one pair (--gpus 0,1), \
+                 --precision fp32 or tf32, or the CPU",
+                placements[0].precision().name()
+            )));
+        }
         match placements {
             [] => Err(Error::Input("no placement for the towers".into())),
             [one] if nodes.is_none() => {

@@ -10,6 +10,8 @@
 
 use crate::data::input::Images;
 use crate::device::cpu::{self, CpuDevice, Real};
+use crate::device::cuda::buffer::StoredBuf;
+use crate::device::cuda::kernels::Stored;
 use crate::device::cuda::{CudaDevice, CudaOptions};
 use crate::device::faults::{self, Faulty};
 use crate::device::precision::Storage;
@@ -26,7 +28,6 @@ use crate::reduce::Reduce;
 use crate::reduce::host::HostReduce;
 use crate::tower::{LayerTiming, ParamSet, Shard, Tower};
 use crate::watch::Watch;
-use cudarc::driver::CudaSlice;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -211,18 +212,44 @@ impl TowerPair {
             Placement::Cpu { precision } => {
                 TowerPair::cpu_storing::<f32>(plan, batch, init, precision.storage())
             }
+            Placement::OneGpu { options, .. } | Placement::TwoGpus { options, .. } => {
+                match options.storage {
+                    Storage::Full => TowerPair::gpus::<f32>(placement, plan, batch, init),
+                    Storage::Bf16 => TowerPair::gpus::<half::bf16>(placement, plan, batch, init),
+                    Storage::F16 => TowerPair::gpus::<half::f16>(placement, plan, batch, init),
+                }
+            }
+        }
+    }
+
+    /// Both towers on the GPUs of `placement`, their buffers stored as `S`.
+    fn gpus<S: Stored>(
+        placement: Placement,
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+    ) -> Result<TowerPair>
+    where
+        CudaDevice<S>: Device<Buf: StoredBuf<Elem = S>> + 'static,
+    {
+        match placement {
+            Placement::Cpu { .. } => {
+                Err(Error::Training("a GPU pair asked to run on the CPU".into()))
+            }
             Placement::OneGpu { ordinal, options } => {
-                let mut pair = TowerPair::copies(plan, batch, init, [ordinal; TOWERS], options)?;
+                let mut pair =
+                    TowerPair::copies::<S>(plan, batch, init, [ordinal; TOWERS], options)?;
                 pair.link_note = format!("towers meet by device copies on GPU {ordinal}");
                 Ok(pair)
             }
             Placement::TwoGpus { ordinals, options } => {
-                let why = match TowerPair::nccl(Arc::clone(&plan), batch, init, ordinals, options) {
-                    Ok(pair) => return Ok(pair),
-                    Err(e) if e.is_input() => return Err(e),
-                    Err(e) => e.to_string(),
-                };
-                let mut pair = TowerPair::copies(plan, batch, init, ordinals, options)?;
+                let why =
+                    match TowerPair::nccl::<S>(Arc::clone(&plan), batch, init, ordinals, options) {
+                        Ok(pair) => return Ok(pair),
+                        Err(e) if e.is_input() => return Err(e),
+                        Err(e) => e.to_string(),
+                    };
+                let mut pair = TowerPair::copies::<S>(plan, batch, init, ordinals, options)?;
                 pair.link_note = format!(
                     "towers meet by peer copies between GPUs {} and {} ({why})",
                     ordinals[0], ordinals[1]
@@ -233,13 +260,16 @@ impl TowerPair {
     }
 
     /// Tower r on GPU `ordinals[r]`, meeting by device copies.
-    fn copies(
+    fn copies<S: Stored>(
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
         ordinals: [usize; TOWERS],
         options: CudaOptions,
-    ) -> Result<TowerPair> {
+    ) -> Result<TowerPair>
+    where
+        CudaDevice<S>: Device<Buf: StoredBuf<Elem = S>> + 'static,
+    {
         let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
         let shared = CopyShared::new(Arc::clone(&watch));
         let device_watch = Arc::clone(&watch);
@@ -250,7 +280,7 @@ impl TowerPair {
             init,
             watch,
             watched_gpus(ordinals, options, device_watch),
-            move |rank, device: &Faulty<CudaDevice>| {
+            move |rank, device: &Faulty<CudaDevice<S>>| {
                 CopyLink::new(rank, device.inner(), Arc::clone(&shared), one_gpu)
             },
         )?;
@@ -262,18 +292,28 @@ impl TowerPair {
     /// missing or any rank cannot join. No tower calls NCCL before both
     /// devices are built (the start barrier), and each polls its
     /// communicator's start against the other tower's failure.
-    fn nccl(
+    fn nccl<S: Stored>(
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
         ordinals: [usize; TOWERS],
         options: CudaOptions,
-    ) -> Result<TowerPair> {
+    ) -> Result<TowerPair>
+    where
+        CudaDevice<S>: Device<Buf: StoredBuf<Elem = S>> + 'static,
+    {
         let version =
             crate::device::cuda::nccl_lib::version().map_err(|why| Error::cuda("NCCL", why))?;
         let watch = Arc::new(Watch::new(ordinals.map(|g| format!("GPU {g}")))?);
-        let mut pair =
-            TowerPair::nccl_replica(plan, batch, init, ordinals, options, watch, |_, _| Ok(None))?;
+        let mut pair = TowerPair::nccl_replica::<S, _>(
+            plan,
+            batch,
+            init,
+            ordinals,
+            options,
+            watch,
+            |_, _| Ok(None),
+        )?;
         pair.ready()?;
         pair.link_note = format!(
             "towers meet over NCCL {version} between GPUs {} and {}",
@@ -287,7 +327,8 @@ impl TowerPair {
     /// replicas by `reduce(rank, &device)`. Returns once the towers are
     /// started, not built ([`TowerPair::ready`] waits): the other replicas'
     /// towers must start meanwhile to join the average's communicators.
-    pub fn nccl_replica<R>(
+    #[allow(clippy::type_complexity)]
+    pub fn nccl_replica<S: Stored, R>(
         plan: Arc<Plan>,
         batch: usize,
         init: &[TwinTensor],
@@ -297,7 +338,11 @@ impl TowerPair {
         reduce: R,
     ) -> Result<TowerPair>
     where
-        R: Fn(usize, &CudaDevice) -> Result<Option<Box<dyn Reduce<CudaSlice<f32>>>>>
+        CudaDevice<S>: Device<Buf: StoredBuf<Elem = S>> + 'static,
+        R: Fn(
+                usize,
+                &CudaDevice<S>,
+            ) -> Result<Option<Box<dyn Reduce<<CudaDevice<S> as Device>::Buf>>>>
             + Send
             + Sync
             + 'static,
@@ -310,10 +355,10 @@ impl TowerPair {
             init,
             watch,
             watched_gpus(ordinals, options, device_watch),
-            move |rank, device: &Faulty<CudaDevice>| {
+            move |rank, device: &Faulty<CudaDevice<S>>| {
                 NcclLink::new(rank, TOWERS, id, device.inner(), Arc::clone(&link_watch))
             },
-            move |rank, device: &Faulty<CudaDevice>| reduce(rank, device.inner()),
+            move |rank, device: &Faulty<CudaDevice<S>>| reduce(rank, device.inner()),
         )
     }
 
@@ -689,11 +734,14 @@ const REPLY_POLL: Duration = Duration::from_millis(20);
 /// Builds tower `rank`'s device on GPU `ordinals[rank]`, watched by the
 /// pair (its waits poll for the other tower's failure) and open to the
 /// test-only fault hook: what both GPU links start their towers with.
-fn watched_gpus(
+fn watched_gpus<S: Stored>(
     ordinals: [usize; TOWERS],
     options: CudaOptions,
     watch: Arc<Watch>,
-) -> impl Fn(usize) -> Result<Faulty<CudaDevice>> + Send + Sync + 'static {
+) -> impl Fn(usize) -> Result<Faulty<CudaDevice<S>>> + Send + Sync + 'static
+where
+    CudaDevice<S>: Device,
+{
     move |rank| {
         faults::build(rank, || {
             CudaDevice::new(ordinals[rank], options).map(|d| d.watched(Arc::clone(&watch), rank))

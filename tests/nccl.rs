@@ -103,7 +103,7 @@ fn one_rank_joins_and_a_bad_rank_is_a_clear_error() {
     if let Err(why) = available(1) {
         return skip(&why, true);
     }
-    let device = CudaDevice::new(0, CudaOptions::default()).expect("GPU 0 opens");
+    let device = CudaDevice::<f32>::new(0, CudaOptions::default()).expect("GPU 0 opens");
     let id = nccl::new_id().expect("an NCCL id");
     let watch = || {
         Arc::new(Watch::with_timeout(

@@ -79,8 +79,7 @@ struct DeviceArgs {
     #[arg(long, value_name = "LIST")]
     gpus: Option<String>,
     /// Number format: fp32 (exact), tf32 (TF32 tensor cores on a GPU, exact
-    /// f32 on the CPU), bf16 or fp16 (16-bit storage, f32 master weights;
-    /// on the CPU only for now).
+    /// f32 on the CPU), bf16 or fp16 (16-bit storage, f32 master weights).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
     /// The same as `--precision tf32`.
@@ -89,14 +88,18 @@ struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    /// The placement these flags choose, and the line that says so.
-    fn placement(&self) -> Result<(Placement, String)> {
-        let precision = if self.tf32 {
+    /// The precision these flags ask for (`--tf32` is `--precision tf32`).
+    fn precision(&self) -> Precision {
+        if self.tf32 {
             Precision::Tf32
         } else {
             self.precision
-        };
-        let chosen = Placement::choose(self.cpu, self.gpus.as_deref(), precision)?;
+        }
+    }
+
+    /// The placement these flags choose, and the line that says so.
+    fn placement(&self) -> Result<(Placement, String)> {
+        let chosen = Placement::choose(self.cpu, self.gpus.as_deref(), self.precision())?;
         if matches!(chosen.0, Placement::TwoGpus { .. }) {
             alexnet::device::cuda::nccl_lib::relaunch_with_unversioned_name()?;
         }

@@ -190,9 +190,7 @@ impl TrainArgs {
     /// `--gpus` with four or more GPUs makes a replica of each two, and
     /// `--replicas R` makes R on the CPU.
     fn placements(&self) -> Result<(Vec<Placement>, String)> {
-        let options = CudaOptions {
-            tf32: self.device.tf32,
-        };
+        let options = CudaOptions::at(self.device.precision());
         let gpu_replicas = match (&self.device.gpus, self.device.cpu) {
             (Some(list), false) => Placement::replicas_from_gpus(list, options)?,
             _ => None,

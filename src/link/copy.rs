@@ -27,6 +27,10 @@
 //! other's reads of its buffers), so a tower of a failed pair leaks its
 //! buffers rather than free them ([`crate::device::Device::leak_on_drop`]).
 //!
+//! The link moves what the towers store: f32, or 16 bits at `--precision
+//! bf16|fp16` (half the bytes), a reduce-scatter's sum rounded once as it
+//! is stored, as the CPU's host link rounds it.
+//!
 //! Buffers come from cudarc's stream-ordered pool (`cuMemAllocAsync`),
 //! which `cuCtxEnablePeerAccess` does not govern: each tower also grants
 //! the other GPU access to its own pool (`cuMemPoolSetAccess`), and both
@@ -37,7 +41,8 @@ use super::rendezvous::Rendezvous;
 use super::side::SideStream;
 use super::{Link, check_sizes, slice_of};
 use crate::device::cuda::CudaDevice;
-use crate::device::cuda::kernels::Kernels;
+use crate::device::cuda::buffer::StoredBuf;
+use crate::device::cuda::kernels::{Kernels, Stored};
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
 use crate::watch::Watch;
@@ -89,8 +94,8 @@ impl CopyShared {
     }
 }
 
-/// One tower's end of the copy link.
-pub struct CopyLink {
+/// One tower's end of the copy link, between towers that store `S`.
+pub struct CopyLink<S: Stored = f32> {
     rank: usize,
     /// The tower's compute stream.
     stream: Arc<CudaStream>,
@@ -99,7 +104,7 @@ pub struct CopyLink {
     kernels: Arc<Kernels>,
     shared: Arc<CopyShared>,
     /// The other tower's part of a reduce-scatter, copied here first.
-    scratch: Option<CudaSlice<f32>>,
+    scratch: Option<CudaSlice<S>>,
     /// Whether peer access to the other tower's context was granted.
     peer_checked: bool,
     /// Events posted to the other tower and not yet known to be taken.
@@ -132,12 +137,12 @@ impl Sent {
     }
 }
 
-impl CopyLink {
+impl<S: Stored> CopyLink<S> {
     /// Tower `rank`'s end, beside `device`'s stream; `one_gpu` when both
     /// towers are on the same GPU.
     pub fn new(
         rank: usize,
-        device: &CudaDevice,
+        device: &CudaDevice<S>,
         shared: Arc<CopyShared>,
         one_gpu: bool,
     ) -> Result<Self> {
@@ -160,7 +165,7 @@ impl CopyLink {
         self.stream.context().cu_ctx()
     }
 
-    fn published(&self, buf: &CudaSlice<f32>) -> Published {
+    fn published(&self, buf: &CudaSlice<S>) -> Published {
         Published {
             address: buf.device_ptr(&self.stream).0,
             context: self.context() as usize,
@@ -170,7 +175,7 @@ impl CopyLink {
 
     /// At the first exchange: learns the other tower's context and grants
     /// it peer access, and waits until the other has granted too.
-    fn grant_once(&mut self, buf: &CudaSlice<f32>) -> Result<()> {
+    fn grant_once(&mut self, buf: &CudaSlice<S>) -> Result<()> {
         if self.peer_checked {
             return Ok(());
         }
@@ -217,7 +222,7 @@ impl CopyLink {
 
     /// Records on this stream that `buf` is written, and posts it with that
     /// event; returns what this tower sends.
-    fn send(&mut self, buf: &CudaSlice<f32>) -> Result<Published> {
+    fn send(&mut self, buf: &CudaSlice<S>) -> Result<Published> {
         let source = self.published(buf);
         let event = Self::record(&self.stream, "marking a buffer sent")?;
         let taken = self.shared.ready.taken_from(self.rank)?;
@@ -278,7 +283,7 @@ impl CopyLink {
     }
 }
 
-impl Drop for CopyLink {
+impl<S: Stored> Drop for CopyLink<S> {
     /// Releases the other tower; once the handoffs are abandoned it neither
     /// uses nor takes this tower's events, which are then destroyed with
     /// the link (a destroyed event still pending is released by the driver
@@ -290,12 +295,18 @@ impl Drop for CopyLink {
     }
 }
 
-impl Link<CudaSlice<f32>> for CopyLink {
+/// Bytes of `len` stored elements.
+fn bytes<S>(len: usize) -> usize {
+    len * std::mem::size_of::<S>()
+}
+
+impl<S: Stored, B: StoredBuf<Elem = S>> Link<B> for CopyLink<S> {
     fn rank(&self) -> usize {
         self.rank
     }
 
-    fn all_gather(&mut self, local: &CudaSlice<f32>, gathered: &mut CudaSlice<f32>) -> Result<()> {
+    fn all_gather(&mut self, local: &B, gathered: &mut B) -> Result<()> {
+        let (local, gathered) = (local.stored()?, gathered.stored_mut()?);
         let len = local.len();
         check_sizes("all-gather", len, gathered.len())?;
         self.grant_once(local)?;
@@ -305,13 +316,15 @@ impl Link<CudaSlice<f32>> for CopyLink {
         let base = gathered.device_ptr(self.side.stream()).0;
         for r in 0..TOWERS {
             let src = if r == self.rank { mine } else { theirs };
-            self.copy(base + (slice_of(r, len).start * 4) as u64, src, len * 4)?;
+            let at = bytes::<S>(slice_of(r, len).start) as u64;
+            self.copy(base + at, src, bytes::<S>(len))?;
         }
         self.read_this_pass = true;
         Ok(())
     }
 
-    fn reduce_scatter(&mut self, full: &CudaSlice<f32>, local: &mut CudaSlice<f32>) -> Result<()> {
+    fn reduce_scatter(&mut self, full: &B, local: &mut B) -> Result<()> {
+        let (full, local) = (full.stored()?, local.stored_mut()?);
         let len = local.len();
         check_sizes("reduce-scatter", len, full.len())?;
         self.grant_once(full)?;
@@ -330,15 +343,19 @@ impl Link<CudaSlice<f32>> for CopyLink {
         let theirs = self.receive()?;
         let own = slice_of(self.rank, len);
         let part = Published {
-            address: theirs.address + (own.start * 4) as u64,
+            address: theirs.address + bytes::<S>(own.start) as u64,
             ..theirs
         };
         let Some(scratch) = self.scratch.as_ref() else {
             return Err(Error::cuda("a reduce-scatter", "no exchange buffer"));
         };
-        self.copy(scratch.device_ptr(self.side.stream()).0, part, len * 4)?;
+        self.copy(
+            scratch.device_ptr(self.side.stream()).0,
+            part,
+            bytes::<S>(len),
+        )?;
         // Two summands: a + b is b + a exactly, so the rank order of the
-        // sum needs no care.
+        // sum needs no care; at 16 bits, summed in f32 and rounded once.
         self.kernels
             .elementwise
             .add(self.side.stream(), local, &full.slice(own), scratch)?;

@@ -12,14 +12,21 @@
 //! `ncclCommGetAsyncError` under the pair's [`Watch`] (its timeout, and the
 //! other tower's failure), as NCCL requires before the next call. The
 //! communicator is our own [`RawComm`], aborted on drop without a panic.
+//!
+//! The collectives move what the towers store: f32, or bf16 and fp16 at
+//! 16-bit storage (`ncclBfloat16`, `ncclFloat16`: half the bytes), whose
+//! two-rank sum NCCL rounds once, as the CPU's host link does.
 
 use super::side::SideStream;
 use super::{Link, check_sizes};
 use crate::device::cuda::CudaDevice;
+use crate::device::cuda::buffer::StoredBuf;
+use crate::device::cuda::kernels::Stored;
 use crate::device::cuda::nccl_lib::{message, version};
+use crate::device::precision::Storage;
 use crate::error::{Error, Result};
 use crate::watch::Watch;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use cudarc::nccl::Id;
 use cudarc::nccl::result::NcclError;
 use cudarc::nccl::sys::{self, ncclResult_t};
@@ -121,16 +128,25 @@ pub fn new_id() -> Result<Id> {
     Id::new().map_err(|e| Error::cuda("NCCL unique id", message(&e)))
 }
 
+/// NCCL's name for the element type `S`.
+pub(crate) fn nccl_type<S: Stored>() -> sys::ncclDataType_t {
+    match S::STORAGE {
+        Storage::Full => sys::ncclDataType_t::ncclFloat32,
+        Storage::Bf16 => sys::ncclDataType_t::ncclBfloat16,
+        Storage::F16 => sys::ncclDataType_t::ncclFloat16,
+    }
+}
+
 impl NcclLink {
     /// Tower `rank` of `world` joins communicator `id` on `device`'s stream,
     /// non-blocking, waiting for the other ranks under `watch`. Every rank
     /// calls this at the same time, each on its own thread, after the
     /// pair's start barrier.
-    pub fn new(
+    pub fn new<S: Stored>(
         rank: usize,
         world: usize,
         id: Id,
-        device: &CudaDevice,
+        device: &CudaDevice<S>,
         watch: Arc<Watch>,
     ) -> Result<Self> {
         let what = format!("NCCL init of rank {rank} of {world}");
@@ -170,12 +186,13 @@ impl NcclLink {
     }
 }
 
-impl Link<CudaSlice<f32>> for NcclLink {
+impl<B: StoredBuf> Link<B> for NcclLink {
     fn rank(&self) -> usize {
         self.rank
     }
 
-    fn all_gather(&mut self, local: &CudaSlice<f32>, gathered: &mut CudaSlice<f32>) -> Result<()> {
+    fn all_gather(&mut self, local: &B, gathered: &mut B) -> Result<()> {
+        let (local, gathered) = (local.stored()?, gathered.stored_mut()?);
         check_sizes("all-gather", local.len(), gathered.len())?;
         let stream = self.follow()?;
         let (send, _) = local.device_ptr(self.side.stream());
@@ -190,7 +207,7 @@ impl Link<CudaSlice<f32>> for NcclLink {
                 send as *const _,
                 recv as *mut _,
                 local.len(),
-                sys::ncclDataType_t::ncclFloat32,
+                nccl_type::<B::Elem>(),
                 self.comm.0,
                 stream,
             )
@@ -198,7 +215,8 @@ impl Link<CudaSlice<f32>> for NcclLink {
         self.started(answer, "NCCL all-gather")
     }
 
-    fn reduce_scatter(&mut self, full: &CudaSlice<f32>, local: &mut CudaSlice<f32>) -> Result<()> {
+    fn reduce_scatter(&mut self, full: &B, local: &mut B) -> Result<()> {
+        let (full, local) = (full.stored()?, local.stored_mut()?);
         check_sizes("reduce-scatter", local.len(), full.len())?;
         let stream = self.follow()?;
         let (send, _) = full.device_ptr(self.side.stream());
@@ -209,7 +227,7 @@ impl Link<CudaSlice<f32>> for NcclLink {
                 send as *const _,
                 recv as *mut _,
                 local.len(),
-                sys::ncclDataType_t::ncclFloat32,
+                nccl_type::<B::Elem>(),
                 sys::ncclRedOp_t::ncclSum,
                 self.comm.0,
                 stream,

@@ -15,11 +15,13 @@
 //! memory is freed on the copy stream after them. A drop never waits: pinned
 //! memory whose copy may still run is leaked rather than freed.
 
+use super::kernels::Stored;
 use super::{CudaDevice, need};
 use crate::data::input;
 use crate::error::{Error, Result};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, PinnedHostSlice,
+    ValidAsZeroBits,
 };
 use std::sync::Arc;
 
@@ -161,7 +163,7 @@ fn fill<T: DeviceRepr + ValidAsZeroBits + Copy>(
         .map_err(failed)
 }
 
-impl CudaDevice {
+impl<S: Stored> CudaDevice<S> {
     /// Queues `labels`' copy to the GPU on the compute stream, from pinned
     /// memory (a copy from pageable memory may wait for the stream);
     /// returns their turn, for [`Staging::labels`].
@@ -216,7 +218,7 @@ impl CudaDevice {
         &mut self,
         pixels: &[u8],
         offsets: &[f32],
-        y: &mut CudaSlice<f32>,
+        y: &mut CudaSlice<S>,
     ) -> Result<()> {
         input::check_u8(pixels, offsets, y.len()).map_err(Error::Training)?;
         let at = self.turn()?;
@@ -242,8 +244,14 @@ impl CudaDevice {
     }
 
     /// [`crate::device::Device::input_from_f32`]: the images staged, then
-    /// copied into the net's input on the compute stream.
-    pub(super) fn f32_input(&mut self, images: &[f32], y: &mut CudaSlice<f32>) -> Result<()> {
+    /// put into the net's input `y` on the compute stream by `put(device,
+    /// staged, y)` (a copy at f32, a rounding at 16 bits).
+    pub(super) fn f32_input(
+        &mut self,
+        images: &[f32],
+        y: &mut CudaSlice<S>,
+        put: impl FnOnce(&Self, &CudaView<'_, f32>, &mut CudaSlice<S>) -> Result<()>,
+    ) -> Result<()> {
         need(y, images.len(), "net input")?;
         let at = self.turn()?;
         let Staging { copy, turns, .. } = &mut self.staging;
@@ -252,12 +260,7 @@ impl CudaDevice {
         let Some(staged) = &self.staging.turns[at].images else {
             return Err(Error::cuda("the input", "its buffer was not staged"));
         };
-        self.stream
-            .memcpy_dtod(
-                &staged.device.slice(..images.len()),
-                &mut y.slice_mut(..images.len()),
-            )
-            .map_err(|e| Error::cuda("copying the input", e))?;
+        put(self, &staged.device.slice(..images.len()), y)?;
         self.consumed(at)
     }
 }

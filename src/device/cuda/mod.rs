@@ -2,10 +2,11 @@
 //! fully connected layers, and our own kernels (`kernels/*.cu`) for LRN,
 //! pooling, ReLU, dropout, the bias gradient, the loss and the update.
 //!
-//! TF32 policy: off unless asked for (`--tf32`). By default convolutions use
-//! cuDNN's FMA math and cuBLAS its default f32 math, so results compare with
-//! the CPU device to f32 rounding; with TF32, tensor cores may round inputs
-//! to 10-bit mantissas.
+//! TF32 policy: off unless asked for (`--precision tf32`). By default
+//! convolutions use cuDNN's FMA math and cuBLAS its default f32 math, so
+//! results compare with the CPU device to f32 rounding; with TF32, tensor
+//! cores may round inputs to 10-bit mantissas. At `--precision bf16|fp16`
+//! the device stores 16 bits beside f32 master weights (`half.rs`).
 //!
 //! Each tower's work runs in order on the tower's own stream, so cudarc's
 //! cross-stream event tracking is turned off; links order the streams
@@ -18,27 +19,32 @@
 //! event at each step's end and waits for the one recorded `queued` steps
 //! earlier.
 
+pub mod buffer;
 pub mod conv;
 pub mod fc;
+mod half;
 mod input;
 pub mod kernels;
 pub mod nccl_lib;
 pub mod probe;
 
-use super::precision::Precision;
+use super::precision::{Precision, Storage};
 use super::run_ahead::RunAhead;
 use super::{Device, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 use crate::watch::Watch;
+use buffer::StoredBuf;
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, DeviceSlice, LaunchConfig,
     ValidAsZeroBits,
 };
-use kernels::Kernels;
 use kernels::reduce::{BiasGrad, Loss};
+use kernels::{Kernels, Stored};
+use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 
+pub use buffer::HalfBuf;
 pub use conv::WORKSPACE_LIMIT;
 pub use input::{LABEL_TURNS, TURNS as INPUT_TURNS};
 use std::sync::Arc;
@@ -46,23 +52,37 @@ use std::sync::Arc;
 /// How a CUDA device computes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CudaOptions {
-    /// Let cuDNN and cuBLAS use TF32 tensor cores.
+    /// Let cuDNN and cuBLAS use TF32 tensor cores (f32 storage).
     pub tf32: bool,
+    /// How activations, gradients and weight copies are stored.
+    pub storage: Storage,
 }
 
 impl CudaOptions {
-    /// The precision this device's f32 buffers run at.
-    fn precision(self) -> Precision {
-        if self.tf32 {
-            Precision::Tf32
-        } else {
-            Precision::Fp32
+    /// What `--precision` asks of a GPU.
+    pub fn at(precision: Precision) -> CudaOptions {
+        CudaOptions {
+            tf32: precision == Precision::Tf32,
+            storage: precision.storage(),
+        }
+    }
+
+    /// The precision a device storing `S` runs at: 16-bit storage is
+    /// bf16 or fp16; f32 storage is exact f32 or TF32 as asked.
+    fn precision<S: Stored>(self) -> Precision {
+        match S::STORAGE {
+            Storage::Bf16 => Precision::Bf16,
+            Storage::F16 => Precision::Fp16,
+            Storage::Full if self.tf32 => Precision::Tf32,
+            Storage::Full => Precision::Fp32,
         }
     }
 }
 
-/// One tower's GPU: its stream, kernels, cuDNN and cuBLAS state.
-pub struct CudaDevice {
+/// One tower's GPU: its stream, kernels, cuDNN and cuBLAS state, storing
+/// activations and gradients as `S` (f32, or 16 bits beside f32 master
+/// weights: [`HalfBuf`]).
+pub struct CudaDevice<S: Stored = f32> {
     stream: Arc<CudaStream>,
     kernels: Arc<Kernels>,
     /// Dropped by hand, or leaked after a failure (see the `Drop` impl).
@@ -82,6 +102,7 @@ pub struct CudaDevice {
     /// hold NCCL work that waits for the other tower).
     watch: Option<(Arc<Watch>, usize)>,
     staging: input::Staging,
+    storage: PhantomData<S>,
 }
 
 const THREADS: u32 = 256;
@@ -100,9 +121,19 @@ pub fn grid(n: usize) -> LaunchConfig {
     }
 }
 
-impl CudaDevice {
+impl<S: Stored> CudaDevice<S> {
     /// A device on GPU `ordinal`, with its own stream.
     pub fn new(ordinal: usize, options: CudaOptions) -> Result<Self> {
+        if options.storage != S::STORAGE {
+            return Err(Error::cuda(
+                format!("opening GPU {ordinal}"),
+                format!(
+                    "a device storing {:?} asked to store {:?}",
+                    S::STORAGE,
+                    options.storage
+                ),
+            ));
+        }
         probe::require_driver()?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::cuda(format!("opening GPU {ordinal}"), e))?;
@@ -117,9 +148,10 @@ impl CudaDevice {
             .new_stream()
             .map_err(|e| Error::cuda("creating a stream", e))?;
         let kernels = Arc::new(Kernels::load(&ctx)?);
-        let convs = conv::Convolutions::new(Arc::clone(&stream), options.precision())?;
+        let precision = options.precision::<S>();
+        let convs = conv::Convolutions::new(Arc::clone(&stream), precision)?;
         Ok(CudaDevice {
-            blas: ManuallyDrop::new(fc::Blas::new(Arc::clone(&stream), options.precision())?),
+            blas: ManuallyDrop::new(fc::Blas::new(Arc::clone(&stream), precision)?),
             stream,
             kernels,
             convs: ManuallyDrop::new(convs),
@@ -130,6 +162,7 @@ impl CudaDevice {
             bias_partials: None,
             watch: None,
             staging: input::Staging::new(&ctx)?,
+            storage: PhantomData,
         })
     }
 
@@ -193,7 +226,7 @@ impl CudaDevice {
     }
 }
 
-impl Drop for CudaDevice {
+impl<S: Stored> Drop for CudaDevice<S> {
     /// cuDNN's and cuBLAS's destroy calls synchronize the whole device,
     /// which after either tower of a pair has failed may wait for good (a
     /// stream held by NCCL work for a tower that is gone): their handles are
@@ -234,25 +267,32 @@ fn part(src: usize, len: usize) -> std::ops::Range<usize> {
 /// a layer's input: this tower's own part first, then, once the gathered
 /// input has landed, the others', so that the all-gather overlaps the work
 /// on the own part (§3.2).
-fn by_source(
-    x: Input<'_, CudaSlice<f32>>,
+fn by_source<B: StoredBuf>(
+    x: Input<'_, B>,
     sources: usize,
     in_len: usize,
-    mut f: impl FnMut(usize, &CudaView<'_, f32>) -> Result<()>,
+    mut f: impl FnMut(usize, &CudaView<'_, B::Elem>) -> Result<()>,
 ) -> Result<()> {
     match x {
         Input::Own(x) => {
+            let x = x.stored()?;
             need(x, sources * in_len, "layer input")?;
             (0..sources).try_for_each(|src| f(src, &x.slice(part(src, in_len))))
         }
         Input::Both(g) => {
-            need(g.own, in_len, "layer input")?;
-            need(g.gathered, sources * in_len, "gathered layer input")?;
-            f(g.rank, &g.own.slice(0..in_len))?;
+            let own = g.own.stored()?;
+            need(own, in_len, "layer input")?;
+            need(
+                g.gathered.stored()?,
+                sources * in_len,
+                "gathered layer input",
+            )?;
+            f(g.rank, &own.slice(0..in_len))?;
             (g.landed)()?;
+            let gathered = g.gathered.stored()?;
             (0..sources)
                 .filter(|&src| src != g.rank)
-                .try_for_each(|src| f(src, &g.gathered.slice(part(src, in_len))))
+                .try_for_each(|src| f(src, &gathered.slice(part(src, in_len))))
         }
     }
 }
@@ -272,7 +312,7 @@ pub(crate) fn u32_of(v: usize) -> u32 {
     u32::try_from(v).expect("layer dimensions fit in 32 bits")
 }
 
-impl Device for CudaDevice {
+impl Device for CudaDevice<f32> {
     type Buf = CudaSlice<f32>;
 
     fn alloc(&mut self, len: usize) -> Result<Self::Buf> {
@@ -293,7 +333,12 @@ impl Device for CudaDevice {
     }
 
     fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()> {
-        self.f32_input(images, y)
+        self.f32_input(images, y, |device, staged, y| {
+            device
+                .stream
+                .memcpy_dtod(staged, &mut y.slice_mut(..staged.len()))
+                .map_err(|e| Error::cuda("copying the input", e))
+        })
     }
 
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>> {
@@ -317,9 +362,7 @@ impl Device for CudaDevice {
     /// read it (on one GPU both towers share a context and its pool, and an
     /// illegal address there is sticky, ending every later use of the GPU).
     fn leak_on_drop(&self) -> bool {
-        self.watch
-            .as_ref()
-            .is_some_and(|(watch, _)| watch.failure().is_some() || std::thread::panicking())
+        self.leaks()
     }
 
     fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
@@ -561,6 +604,54 @@ impl Device for CudaDevice {
         grad_scale: f32,
         dlogits: &mut Self::Buf,
     ) -> Result<()> {
+        self.loss(logits, labels, tower, per_tower, grad_scale, dlogits)
+    }
+
+    fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
+        self.loss_stats()
+    }
+
+    fn end_step(&mut self, queued: usize) -> Result<()> {
+        self.step_ended(queued)
+    }
+
+    fn all_finite(&mut self, bufs: &[&Self::Buf]) -> Result<bool> {
+        self.finite(bufs)
+    }
+
+    fn sgd_update(
+        &mut self,
+        w: &mut Self::Buf,
+        g: &Self::Buf,
+        v: &mut Self::Buf,
+        step: SgdStep,
+    ) -> Result<()> {
+        self.kernels
+            .elementwise
+            .sgd_update(&self.stream, w, g, v, step)
+    }
+}
+
+impl<S: Stored> CudaDevice<S> {
+    /// [`Device::leak_on_drop`] at any storage.
+    fn leaks(&self) -> bool {
+        self.watch
+            .as_ref()
+            .is_some_and(|(watch, _)| watch.failure().is_some() || std::thread::panicking())
+    }
+
+    /// [`Device::softmax_cross_entropy`] at any storage: the softmax and
+    /// the loss in f32 (f64 sums), `dlogits` rounded once as it stores.
+    #[allow(clippy::too_many_arguments)]
+    fn loss(
+        &mut self,
+        logits: &CudaSlice<S>,
+        labels: &[u32],
+        tower: usize,
+        per_tower: usize,
+        grad_scale: f32,
+        dlogits: &mut CudaSlice<S>,
+    ) -> Result<()> {
         let batch = labels.len();
         let shape = Loss {
             batch,
@@ -600,7 +691,8 @@ impl Device for CudaDevice {
         Ok(())
     }
 
-    fn take_loss_stats(&mut self) -> Result<Vec<LossStats>> {
+    /// [`Device::take_loss_stats`] at any storage.
+    fn loss_stats(&mut self) -> Result<Vec<LossStats>> {
         let pending = std::mem::take(&mut self.losses_pending);
         let Some(sums) = self.loss_sums.as_ref().filter(|_| pending > 0) else {
             return Ok(Vec::new());
@@ -623,7 +715,8 @@ impl Device for CudaDevice {
             .collect())
     }
 
-    fn end_step(&mut self, queued: usize) -> Result<()> {
+    /// [`Device::end_step`] at any storage.
+    fn step_ended(&mut self, queued: usize) -> Result<()> {
         let event = self
             .stream
             .record_event(None)
@@ -634,12 +727,14 @@ impl Device for CudaDevice {
         waited
     }
 
-    fn all_finite(&mut self, bufs: &[&Self::Buf]) -> Result<bool> {
+    /// [`Device::all_finite`] at any storage: one flag for all of `bufs`,
+    /// read back once.
+    fn finite<B: StoredBuf<Elem = S>>(&mut self, bufs: &[&B]) -> Result<bool> {
         let mut flag = zeros::<u32>(&self.stream, 1, "overflow flag")?;
         for buf in bufs {
             self.kernels
                 .elementwise
-                .flag_nonfinite(&self.stream, buf, &mut flag)?;
+                .flag_nonfinite(&self.stream, buf.stored()?, &mut flag)?;
         }
         // As in `download`: the polled wait, then the copy of a drained stream.
         self.synchronize()?;
@@ -650,28 +745,14 @@ impl Device for CudaDevice {
         Ok(host.first() == Some(&0))
     }
 
-    fn sgd_update(
-        &mut self,
-        w: &mut Self::Buf,
-        g: &Self::Buf,
-        v: &mut Self::Buf,
-        step: SgdStep,
-    ) -> Result<()> {
-        self.kernels
-            .elementwise
-            .sgd_update(&self.stream, w, g, v, step)
-    }
-}
-
-impl CudaDevice {
     /// `dbias[c] = Σ dy[n][c][p]` in two deterministic passes: blocks over
     /// (chunk of images, channel) into partial sums, then each channel's
     /// chunks in order; one pass straight into `dbias` where one chunk
     /// already fills the GPU.
     fn bias_grad(
         &mut self,
-        dy: &CudaSlice<f32>,
-        dbias: &mut CudaSlice<f32>,
+        dy: &CudaSlice<S>,
+        dbias: &mut CudaSlice<S>,
         batch: usize,
         channels: usize,
         plane: usize,
@@ -686,7 +767,10 @@ impl CudaDevice {
             chunks,
         };
         let reduce = &self.kernels.reduce;
-        if chunks == 1 {
+        // With one chunk, the first pass's f32 sums are an f32 gradient already.
+        if chunks == 1
+            && let Some(dbias) = (dbias as &mut dyn std::any::Any).downcast_mut::<CudaSlice<f32>>()
+        {
             return reduce.bias_grad_partial(&self.stream, dy, dbias, shape);
         }
         let len = channels * chunks;
