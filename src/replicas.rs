@@ -54,17 +54,6 @@ impl Replicas {
     ) -> Result<Replicas> {
         if placements
             .first()
-            .is_some_and(|p| p.precision() == Precision::Fp16)
-            && (placements.len() > 1 || nodes.is_some())
-        {
-            return Err(Error::Input(
-                "--precision fp16 with replicas or nodes: fp16's loss scaling is not built \
-                 for replicas yet; use --precision bf16 or fp32"
-                    .into(),
-            ));
-        }
-        if placements
-            .first()
             .is_some_and(|p| p.is_gpu() && p.precision().storage().is_16_bit())
             && (placements.len() > 1 || nodes.is_some())
         {
@@ -74,6 +63,17 @@ impl Replicas {
                  --precision fp32 or tf32, or the CPU",
                 placements[0].precision().name()
             )));
+        }
+        if placements
+            .first()
+            .is_some_and(|p| p.precision() == Precision::Fp16)
+            && (placements.len() > 1 || nodes.is_some())
+        {
+            return Err(Error::Input(
+                "--precision fp16 with replicas or nodes: fp16's loss scaling is not built \
+                 for replicas yet; use --precision bf16 (on the CPU) or fp32"
+                    .into(),
+            ));
         }
         match placements {
             [] => Err(Error::Input("no placement for the towers".into())),

@@ -42,10 +42,16 @@ impl Blas {
         // SAFETY: a live handle and the stream this device owns.
         unsafe { result::set_stream(handle.0, stream.cu_stream() as sys::cudaStream_t) }
             .map_err(|e| Error::cuda("cuBLAS stream", e))?;
-        let mode = if precision == Precision::Tf32 {
-            sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        } else {
-            sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+        // At 16 bits, CUBLAS_COMPUTE_32F alone lets cuBLAS sum split-K
+        // partial products in the 16-bit output type; the CPU reference
+        // sums in f32 and rounds once, so reduced-precision reductions are
+        // disallowed.
+        let mode = match precision {
+            Precision::Tf32 => sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+            Precision::Bf16 | Precision::Fp16 => {
+                sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION
+            }
+            Precision::Fp32 => sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
         };
         // SAFETY: a live handle.
         unsafe { sys::cublasSetMathMode(handle.0, mode) }

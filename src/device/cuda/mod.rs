@@ -141,6 +141,17 @@ impl<S: Stored> CudaDevice<S> {
         // before cuDNN, cuBLAS (here) and NCCL (the link) are called raw.
         ctx.bind_to_thread()
             .map_err(|e| Error::cuda(format!("binding GPU {ordinal} to its tower's thread"), e))?;
+        if S::STORAGE == Storage::Bf16 {
+            let (major, minor) = ctx
+                .compute_capability()
+                .map_err(|e| Error::cuda("reading the compute capability", e))?;
+            if major < 8 {
+                return Err(Error::Input(format!(
+                    "--precision bf16 needs a GPU of compute capability 8.0 or newer \
+                     (GPU {ordinal} is {major}.{minor}); use fp16, tf32 or fp32"
+                )));
+            }
+        }
         // SAFETY: every buffer of a tower is used on that tower's stream only;
         // links synchronize the streams themselves (module docs).
         unsafe { ctx.disable_event_tracking() };
