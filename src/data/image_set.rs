@@ -2,7 +2,7 @@
 //! (folders, Fashion-MNIST, shards), and a dataset: class names with a
 //! training and a validation set.
 
-use super::decode::{Buffers, Canvas, Region, RgbImage};
+use super::decode::{Buffers, Canvas, Decoded, Region, RgbImage};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -28,8 +28,7 @@ pub trait ImageSet: Send + Sync {
     /// Image `i` decoded into `buffers.pixels` as [`ImageSet::load_at_least`]
     /// gives it, of which only the part that `needed` asks for (given the
     /// size the image decodes at) need be decoded, where the set can decode
-    /// less than the whole image (JPEG files and JPEG shards); none where it
-    /// cannot.
+    /// less than the whole image (JPEG files); none where it cannot.
     fn load_within(
         &self,
         i: usize,
@@ -44,6 +43,18 @@ pub trait ImageSet: Send + Sync {
     /// side` square the net crops from (raw shards), to crop without a copy.
     fn stored_square(&self, i: usize, side: usize) -> Option<std::result::Result<&[u8], String>> {
         let _ = (i, side);
+        None
+    }
+    /// At least `region` of image `i`, when the set stores it compressed as
+    /// the `side × side` square the net crops from (JPEG shards), decoding
+    /// only the part of it that the region needs.
+    fn stored_region(
+        &self,
+        i: usize,
+        side: usize,
+        region: Region,
+    ) -> Option<std::result::Result<Decoded, String>> {
+        let _ = (i, side, region);
         None
     }
 }

@@ -6,7 +6,7 @@
 //! its batch and reported; with `strict` it stops the run instead.
 
 use super::augment::Pipeline;
-use super::decode::Buffers;
+use super::decode::{Buffers, Decoded, Region};
 use super::image_set::ImageSet;
 use super::input::{Images, Pool};
 use crate::error::{Error, Result};
@@ -60,9 +60,9 @@ pub struct Scratch {
 /// Crops image `index` of `set` as `mode` says into `out` (its
 /// [`crops`] u8 crops one after another) and returns their offsets. A set
 /// that stores the `base` square as it is (raw shards) is cropped straight
-/// from its storage; JPEG (files or shards) decodes only the part of the
-/// image that a single crop is resampled from (for shards, which store the
-/// square, the crop's own rows and columns).
+/// from its storage; one that stores it as JPEG (JPEG shards) decodes only
+/// the rows and columns of a single crop; JPEG files decode only the part
+/// of the image that the single crop is resampled from.
 pub fn prepare(
     set: &dyn ImageSet,
     pipeline: &Pipeline,
@@ -79,6 +79,27 @@ pub fn prepare(
         Mode::TenCrop => None,
     };
     if let Some(crop) = crop {
+        let region = Region {
+            x: crop.x,
+            y: crop.y,
+            width: pipeline.input,
+            height: pipeline.input,
+        };
+        if let Some(part) = set.stored_region(index, pipeline.base, region) {
+            let Decoded { x, y, image } = part?;
+            let holds = x <= region.x
+                && y <= region.y
+                && x + image.width >= region.x + region.width
+                && y + image.height >= region.y + region.height;
+            if !holds {
+                return Err(format!(
+                    "not the {0}×{0} square its shards promise",
+                    pipeline.base
+                ));
+            }
+            pipeline.cut(&crop, &image.pixels, (x, y, image.width), out);
+            return Ok(crop.offsets);
+        }
         let needed = |width, height| pipeline.source_of(width, height, &crop);
         if let Some(canvas) = set.load_within(index, pipeline.base, &needed, &mut scratch.decoded) {
             let canvas = canvas?;

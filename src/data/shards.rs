@@ -11,7 +11,7 @@
 //! - `<split>-NNNNN.shard`: the images, end to end.
 
 use super::augment::Pipeline;
-use super::decode::{Buffers, Canvas, Region, RgbImage, decode_at_least, decode_within};
+use super::decode::{Decoded, Region, RgbImage, decode_at_least, decode_region};
 use super::image_set::{Dataset, ImageSet};
 use crate::error::{Error, Result};
 use fast_image_resize::Resizer;
@@ -191,20 +191,16 @@ impl ImageSet for ShardSet {
             }
         }))
     }
-    fn load_within(
+    fn stored_region(
         &self,
         i: usize,
         side: usize,
-        needed: &dyn Fn(usize, usize) -> Region,
-        buffers: &mut Buffers,
-    ) -> Option<std::result::Result<Canvas, String>> {
-        if self.encoding != Encoding::Jpeg {
+        region: Region,
+    ) -> Option<std::result::Result<Decoded, String>> {
+        if self.encoding != Encoding::Jpeg || self.side != side {
             return None;
         }
-        Some(
-            self.bytes(i)
-                .and_then(|bytes| decode_within(bytes, side, needed, &mut buffers.pixels)),
-        )
+        Some(self.bytes(i).and_then(|bytes| decode_region(bytes, region)))
     }
 }
 
