@@ -8,7 +8,7 @@ mod reference;
 use alexnet::data::ImageSet;
 use alexnet::data::augment::{Pipeline, Stats};
 use alexnet::data::decode::{RgbImage, decode_at_least};
-use alexnet::data::loader::{Mode, prepare};
+use alexnet::data::loader::{self, Mode, prepare};
 use alexnet::net::params::twin_shapes;
 use alexnet::net::plan::Plan;
 use alexnet::rng::Rng;
@@ -462,7 +462,7 @@ fn ten_crops_are_the_corners_and_the_centre_and_their_mirrors_for_images_of_any_
                 &pipeline,
                 Mode::TenCrop,
                 index,
-                &mut resizer,
+                &mut loader::Scratch::default(),
                 &mut pixels,
             )
             .unwrap();

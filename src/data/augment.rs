@@ -6,7 +6,7 @@
 //! to [0, 1] and the per-channel mean subtracted. At test time the centre
 //! crop, or the ten crops (corners and centre, each also mirrored).
 
-use super::decode::RgbImage;
+use super::decode::{Region, RgbImage};
 use super::flip::mirror_row;
 use crate::rng::Rng;
 use fast_image_resize::images::{Image, ImageRef};
@@ -95,27 +95,83 @@ impl Pipeline {
         if image.width == self.base && image.height == self.base {
             return Ok(image);
         }
-        let (w, h) = (image.width as f64, image.height as f64);
-        let side = w.min(h);
-        let src = ImageRef::new(
-            image.width as u32,
-            image.height as u32,
+        let mut pixels = Vec::new();
+        self.square_into(
+            image.width,
+            image.height,
             &image.pixels,
-            PixelType::U8x3,
-        )
-        .map_err(|e| format!("resize: {e}"))?;
-        let mut dst = Image::new(self.base as u32, self.base as u32, PixelType::U8x3);
+            resizer,
+            &mut pixels,
+        )?;
+        Ok(RgbImage {
+            width: self.base,
+            height: self.base,
+            pixels,
+        })
+    }
+
+    /// [`Pipeline::square`] of the `width × height` RGB `pixels` into `out`
+    /// (its length set to the square's), for an image that is not that
+    /// square already.
+    pub fn square_into(
+        &self,
+        width: usize,
+        height: usize,
+        pixels: &[u8],
+        resizer: &mut Resizer,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let (w, h) = (width as f64, height as f64);
+        let side = w.min(h);
+        let src = ImageRef::new(width as u32, height as u32, pixels, PixelType::U8x3)
+            .map_err(|e| format!("resize: {e}"))?;
+        out.resize(self.base * self.base * 3, 0);
+        let mut dst =
+            Image::from_slice_u8(self.base as u32, self.base as u32, out, PixelType::U8x3)
+                .map_err(|e| format!("resize: {e}"))?;
         let options = ResizeOptions::new()
             .crop((w - side) / 2.0, (h - side) / 2.0, side, side)
             .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         resizer
             .resize(&src, &mut dst, &options)
-            .map_err(|e| format!("resize: {e}"))?;
-        Ok(RgbImage {
-            width: self.base,
-            height: self.base,
-            pixels: dst.into_vec(),
-        })
+            .map_err(|e| format!("resize: {e}"))
+    }
+
+    /// The part of a `width × height` image that [`Pipeline::square`] reads
+    /// for the pixels of `crop`, with a pixel to spare each side (all of
+    /// the image's where it is the square already, the crop itself). The
+    /// bilinear filter reaches one source pixel either side of an output
+    /// pixel's centre, times the reduction where the image shrinks.
+    pub fn source_of(&self, width: usize, height: usize, crop: &Crop) -> Region {
+        if width == self.base && height == self.base {
+            return Region {
+                x: crop.x,
+                y: crop.y,
+                width: self.input,
+                height: self.input,
+            };
+        }
+        let side = width.min(height) as f64;
+        let scale = side / self.base as f64;
+        let reach = scale.max(1.0);
+        let n = self.input as f64;
+        // Source pixels [first, last) under output pixels [at, at + n).
+        let span = |at: usize, length: usize| {
+            let origin = (length as f64 - side) / 2.0;
+            let centre = |out: f64| origin + (out + 0.5) * scale;
+            let first = (centre(at as f64) - reach).floor() - 1.0;
+            let last = (centre(at as f64 + n - 1.0) + reach).ceil() + 1.0;
+            let first = first.max(0.0) as usize;
+            (first, (last.max(0.0) as usize).min(length).max(first))
+        };
+        let (x0, x1) = span(crop.x, width);
+        let (y0, y1) = span(crop.y, height);
+        Region {
+            x: x0,
+            y: y0,
+            width: x1 - x0,
+            height: y1 - y0,
+        }
     }
 
     /// A training sample's random crop, flip and PCA lighting (§4.1), drawn

@@ -10,7 +10,7 @@ use super::augment::{Pipeline, Stats};
 use super::decode::RgbImage;
 use super::image_set::ImageSet;
 use super::input::Pool;
-use super::loader::{Loader, Mode, default_workers, load_batch};
+use super::loader::{Loader, Mode, Scratch, default_workers, load_batch};
 use super::synthetic::{CLASSES, Split, Synthetic};
 use crate::error::{Error, Result};
 use fast_image_resize::Resizer;
@@ -62,10 +62,10 @@ pub fn run(path: &Path, images: usize, workers: usize, input: usize) -> Result<D
     // whose time sets how many passes make about a second of one core's
     // work, so that a fast path is timed over enough images.
     let warm = Instant::now();
-    let mut resizer = Resizer::new();
+    let mut scratch = Scratch::default();
     let pool = Pool::new(1);
     for chunk in indices.chunks(BATCH) {
-        load_batch(set.as_ref(), &pipeline, mode, chunk, &mut resizer, &pool);
+        load_batch(set.as_ref(), &pipeline, mode, chunk, &mut scratch, &pool);
     }
     let passes = (1.0 / warm.elapsed().as_secs_f64().max(1e-6)).ceil() as usize;
     // Images/s with `workers` threads, and the images they could not read.

@@ -81,27 +81,18 @@ pub fn decode_region(bytes: &[u8], region: Region) -> Result<Decoded, String> {
     #[cfg(feature = "turbojpeg")]
     if bytes.starts_with(&[0xff, 0xd8])
         && let Some(decoded) = with_turbo(bytes, |d, header| {
-            let inside = region.x + region.width <= header.width
-                && region.y + region.height <= header.height;
-            let Some(mcu) = header.mcu_width.filter(|_| inside && !header.lossless) else {
+            let Some(area) = decodable(header, 1, region) else {
                 return d
                     .decode(bytes, header, 1, None)
                     .map(|image| Decoded { x: 0, y: 0, image });
             };
-            // Chroma upsampling reads a sample either side: two pixels of
-            // margin keep the region's edges as a whole decode has them.
-            let x = region.x.saturating_sub(2) / mcu * mcu;
-            let right = (region.x + region.width + 2).min(header.width);
-            let area = Region {
-                x,
-                y: region.y,
-                width: right - x,
-                height: region.height,
-            };
+            if area.y + area.height < header.height {
+                ends_whole(bytes)?;
+            }
             let image = d.decode(bytes, header, 1, Some(area))?;
             Ok(Decoded {
-                x,
-                y: region.y,
+                x: area.x,
+                y: area.y,
                 image,
             })
         })?
@@ -113,17 +104,137 @@ pub fn decode_region(bytes: &[u8], region: Region) -> Result<Decoded, String> {
     decode(bytes).map(|image| Decoded { x: 0, y: 0, image })
 }
 
+/// What a thread decodes with, kept from one image to the next so that an
+/// image costs no allocation: the file's bytes and the decoded pixels.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    pub file: Vec<u8>,
+    pub pixels: Vec<u8>,
+}
+
+/// An image decoded into a buffer kept from image to image: `width ×
+/// height` RGB pixels, of which only those in `valid` were decoded from
+/// this image (the rest are left from earlier ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canvas {
+    pub width: usize,
+    pub height: usize,
+    pub valid: Region,
+}
+
+/// Decodes like [`decode_at_least`] into `pixels` (its length set to the
+/// whole image's), but only the part of it that `needed` asks for, given the
+/// size the image decodes at: with libjpeg-turbo the rows and iMCU columns
+/// around that part, pixel for pixel as the whole decode has them there
+/// (the rows below it are not even entropy-decoded); else the whole image.
+pub fn decode_within(
+    bytes: &[u8],
+    side: usize,
+    needed: &dyn Fn(usize, usize) -> Region,
+    pixels: &mut Vec<u8>,
+) -> Result<Canvas, String> {
+    #[cfg(feature = "turbojpeg")]
+    if bytes.starts_with(&[0xff, 0xd8])
+        && let Some(canvas) = with_turbo(bytes, |d, header| {
+            let denom = dct_denominator(header, side);
+            let (width, height) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+            if width * height > MAX_PIXELS {
+                return Err(format!("JPEG of {width}×{height} is too large"));
+            }
+            let whole = Region {
+                x: 0,
+                y: 0,
+                width,
+                height,
+            };
+            let area = decodable(header, denom, needed(width, height)).unwrap_or(whole);
+            if area.y + area.height < height {
+                ends_whole(bytes)?;
+            }
+            pixels.resize(width * height * 3, 0);
+            let first = (area.y * width + area.x) * 3;
+            d.decode_into(bytes, header, denom, area, &mut pixels[first..], width * 3)?;
+            Ok(Canvas {
+                width,
+                height,
+                valid: area,
+            })
+        })?
+    {
+        return Ok(canvas);
+    }
+    let _ = needed;
+    let image = decode_at_least(bytes, side)?;
+    *pixels = image.pixels;
+    Ok(Canvas {
+        width: image.width,
+        height: image.height,
+        valid: Region {
+            x: 0,
+            y: 0,
+            width: image.width,
+            height: image.height,
+        },
+    })
+}
+
+/// The part of an image (scaled by 1/`denom`) that libjpeg-turbo decodes to
+/// give `region` exactly as a whole decode does: its left edge moved to an
+/// iMCU boundary and both edges two pixels out, since chroma upsampling
+/// reads a sample either side; none where the region does not lie inside
+/// the image or the image cannot be cropped (lossless, an unusual
+/// subsampling).
+#[cfg(feature = "turbojpeg")]
+fn decodable(header: &turbo::Header, denom: usize, region: Region) -> Option<Region> {
+    let (width, height) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+    let inside = region.width > 0
+        && region.height > 0
+        && region.x + region.width <= width
+        && region.y + region.height <= height;
+    let mcu = header.mcu_width.filter(|_| inside && !header.lossless)?;
+    let mcu = mcu.div_ceil(denom);
+    let x = region.x.saturating_sub(2) / mcu * mcu;
+    let right = (region.x + region.width + 2).min(width);
+    Some(Region {
+        x,
+        y: region.y,
+        width: right - x,
+        height: region.height,
+    })
+}
+
+/// An error for a JPEG without an end-of-image marker after its last scan
+/// (a truncated file), checked where a decode leaves out the image's last
+/// rows, which libjpeg-turbo then does not read: a file cut short is
+/// damaged whatever part of it an image needs.
+#[cfg(feature = "turbojpeg")]
+fn ends_whole(bytes: &[u8]) -> Result<(), String> {
+    // Inside a scan a 0xff byte is never followed by 0xd9: the last such
+    // pair of a whole file is its end of image, with no scan after it.
+    let end = bytes.windows(2).rposition(|m| m == [0xff, 0xd9]);
+    if end.is_some_and(|at| !bytes[at..].windows(2).any(|m| m == [0xff, 0xda])) {
+        return Ok(());
+    }
+    Err("JPEG: no end-of-image marker after the last scan (truncated?)".into())
+}
+
+/// The largest of the DCT-domain scale denominators 8, 4 and 2 at which
+/// the image's shorter side is still at least `side` pixels (1 where none is).
+#[cfg(feature = "turbojpeg")]
+fn dct_denominator(header: &turbo::Header, side: usize) -> usize {
+    let shorter = header.width.min(header.height);
+    [8, 4, 2]
+        .into_iter()
+        .find(|denom| !header.lossless && shorter.div_ceil(*denom) >= side)
+        .unwrap_or(1)
+}
+
 /// JPEG through libjpeg-turbo, falling back to zune-jpeg for what it does
 /// not convert to RGB itself (CMYK and YCCK).
 #[cfg(feature = "turbojpeg")]
 fn decode_jpeg(bytes: &[u8], side: usize) -> Result<RgbImage, String> {
     let decoded = with_turbo(bytes, |d, header| {
-        let shorter = header.width.min(header.height);
-        let denom = [8, 4, 2]
-            .into_iter()
-            .find(|denom| !header.lossless && shorter.div_ceil(*denom) >= side)
-            .unwrap_or(1);
-        d.decode(bytes, header, denom, None)
+        d.decode(bytes, header, dct_denominator(header, side), None)
     })?;
     match decoded {
         Some(image) => Ok(image),

@@ -2,7 +2,7 @@
 //! (folders, Fashion-MNIST, shards), and a dataset: class names with a
 //! training and a validation set.
 
-use super::decode::{Decoded, Region, RgbImage};
+use super::decode::{Buffers, Canvas, Decoded, Region, RgbImage};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,6 +24,20 @@ pub trait ImageSet: Send + Sync {
     fn load_at_least(&self, i: usize, side: usize) -> std::result::Result<RgbImage, String> {
         let _ = side;
         self.load(i)
+    }
+    /// Image `i` decoded into `buffers.pixels` as [`ImageSet::load_at_least`]
+    /// gives it, of which only the part that `needed` asks for (given the
+    /// size the image decodes at) need be decoded, where the set can decode
+    /// less than the whole image (JPEG files); none where it cannot.
+    fn load_within(
+        &self,
+        i: usize,
+        side: usize,
+        needed: &dyn Fn(usize, usize) -> Region,
+        buffers: &mut Buffers,
+    ) -> Option<std::result::Result<Canvas, String>> {
+        let _ = (i, side, needed, buffers);
+        None
     }
     /// Image `i`'s stored RGB bytes when the set stores it as the `side ×
     /// side` square the net crops from (raw shards), to crop without a copy.

@@ -6,7 +6,7 @@
 //! its batch and reported; with `strict` it stops the run instead.
 
 use super::augment::Pipeline;
-use super::decode::{Decoded, Region};
+use super::decode::{Buffers, Decoded, Region};
 use super::image_set::ImageSet;
 use super::input::{Images, Pool};
 use crate::error::{Error, Result};
@@ -49,17 +49,26 @@ pub fn crops(mode: Mode) -> usize {
     if mode == Mode::TenCrop { 10 } else { 1 }
 }
 
+/// A worker's buffers and resizer, kept from one image to the next.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    resizer: Resizer,
+    decoded: Buffers,
+    square: Vec<u8>,
+}
+
 /// Crops image `index` of `set` as `mode` says into `out` (its
 /// [`crops`] u8 crops one after another) and returns their offsets. A set
 /// that stores the `base` square as it is (raw shards) is cropped straight
 /// from its storage; one that stores it as JPEG (JPEG shards) decodes only
-/// the rows and columns of a single crop.
+/// the rows and columns of a single crop; JPEG files decode only the part
+/// of the image that the single crop is resampled from.
 pub fn prepare(
     set: &dyn ImageSet,
     pipeline: &Pipeline,
     mode: Mode,
     index: usize,
-    resizer: &mut Resizer,
+    scratch: &mut Scratch,
     out: &mut [u8],
 ) -> std::result::Result<[f32; 3], String> {
     let crop = match mode {
@@ -91,26 +100,71 @@ pub fn prepare(
             pipeline.cut(&crop, &image.pixels, (x, y, image.width), out);
             return Ok(crop.offsets);
         }
+        let needed = |width, height| pipeline.source_of(width, height, &crop);
+        if let Some(canvas) = set.load_within(index, pipeline.base, &needed, &mut scratch.decoded) {
+            let canvas = canvas?;
+            let Scratch {
+                resizer,
+                decoded,
+                square,
+            } = scratch;
+            let square = to_square(
+                pipeline,
+                canvas.width,
+                canvas.height,
+                &decoded.pixels,
+                resizer,
+                square,
+            )?;
+            pipeline.cut(&crop, square, (0, 0, pipeline.base), out);
+            return Ok(crop.offsets);
+        }
     }
-    let owned;
-    let square: &[u8] = match set.stored_square(index, pipeline.base) {
+    let Scratch {
+        resizer, square, ..
+    } = scratch;
+    let image;
+    let pixels: &[u8] = match set.stored_square(index, pipeline.base) {
         Some(stored) => stored?,
         None => {
-            let image = set.load_at_least(index, pipeline.base)?;
-            if image.width == 0 || image.height == 0 {
-                return Err("an empty image".into());
-            }
-            owned = pipeline.square(image, resizer)?;
-            &owned.pixels
+            image = set.load_at_least(index, pipeline.base)?;
+            to_square(
+                pipeline,
+                image.width,
+                image.height,
+                &image.pixels,
+                resizer,
+                square,
+            )?
         }
     };
     Ok(match crop {
         Some(crop) => {
-            pipeline.cut(&crop, square, (0, 0, pipeline.base), out);
+            pipeline.cut(&crop, pixels, (0, 0, pipeline.base), out);
             crop.offsets
         }
-        None => pipeline.ten_crops(square, out),
+        None => pipeline.ten_crops(pixels, out),
     })
+}
+
+/// The `base` square of a decoded `width × height` image: the image itself
+/// when it is that square, else resized into `square`.
+fn to_square<'a>(
+    pipeline: &Pipeline,
+    width: usize,
+    height: usize,
+    pixels: &'a [u8],
+    resizer: &mut Resizer,
+    square: &'a mut Vec<u8>,
+) -> std::result::Result<&'a [u8], String> {
+    if width == 0 || height == 0 {
+        return Err("an empty image".into());
+    }
+    if width == pipeline.base && height == pipeline.base {
+        return Ok(&pixels[..width * height * 3]);
+    }
+    pipeline.square_into(width, height, pixels, resizer, square)?;
+    Ok(square)
 }
 
 /// One batch of `indices`, prepared on this thread into a buffer of `pool`.
@@ -119,7 +173,7 @@ pub fn load_batch(
     pipeline: &Pipeline,
     mode: Mode,
     indices: &[usize],
-    resizer: &mut Resizer,
+    scratch: &mut Scratch,
     pool: &Arc<Pool<u8>>,
 ) -> LoadedBatch {
     let crops = crops(mode);
@@ -132,7 +186,7 @@ pub fn load_batch(
     let mut skipped = Vec::new();
     for &i in indices {
         let out = &mut pixels[labels.len() * len..][..len];
-        match prepare(set, pipeline, mode, i, resizer, out) {
+        match prepare(set, pipeline, mode, i, scratch, out) {
             Ok(offset) => {
                 labels.push(set.label(i));
                 for _ in 0..crops {
@@ -237,14 +291,14 @@ impl Loader {
                 std::thread::Builder::new()
                     .name(format!("loader{w}"))
                     .spawn(move || {
-                        let mut resizer = Resizer::new();
+                        let mut scratch = Scratch::default();
                         while let Some(b) = take(&shared, batches.len(), prefetch) {
                             let batch = load_batch(
                                 set.as_ref(),
                                 &pipeline,
                                 mode,
                                 &batches[b],
-                                &mut resizer,
+                                &mut scratch,
                                 &pool,
                             );
                             if tx.send((b, batch)).is_err() {
@@ -434,5 +488,112 @@ mod tests {
         let strict = run(3, Mode::TenCrop, true);
         let e = strict[0].as_ref().unwrap_err().to_string();
         assert!(e.starts_with("image3.jpg: truncated"), "{e}");
+    }
+
+    /// A JPEG of `width × height`: smooth gradients under sharp-edged colour
+    /// blocks (where resampling and chroma upsampling need their neighbours).
+    fn photo(width: u16, height: u16, sampling: jpeg_encoder::SamplingFactor) -> Vec<u8> {
+        let data: Vec<u8> = (0..height as usize)
+            .flat_map(|y| {
+                (0..width as usize).flat_map(move |x| {
+                    let block = [[250, 10, 10], [10, 240, 20], [20, 20, 250], [0, 0, 0]]
+                        [(x / 9 + 3 * (y / 11)) % 4];
+                    let smooth = [(x * 255 / width as usize) as u8, (y * 3 % 256) as u8, 128];
+                    std::array::from_fn::<u8, 3, _>(|c| block[c] / 2 + smooth[c] / 2)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut out, 92);
+        encoder.set_sampling_factor(sampling);
+        encoder
+            .encode(&data, width, height, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn jpeg_files_decode_only_what_the_crop_needs_and_give_the_whole_decodes_crop() {
+        use crate::data::decode::decode_at_least;
+        use jpeg_encoder::SamplingFactor as S;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // Wide, tall and odd sizes in each subsampling; at 1/2 and 1/4 of
+        // their size in the DCT domain; enlarged; the square already.
+        let sizes = [
+            (500, 375, S::R_4_4_4),
+            (500, 375, S::R_4_2_0),
+            (375, 500, S::R_4_2_2),
+            (333, 301, S::R_4_4_4),
+            (640, 560, S::R_4_2_0),
+            (1100, 1030, S::R_4_2_0),
+            (200, 150, S::R_4_2_0),
+            (256, 256, S::R_4_2_0),
+        ];
+        let mut files = Vec::new();
+        for (i, &(w, h, sampling)) in sizes.iter().enumerate() {
+            let bytes = photo(w, h, sampling);
+            let path = root.join(format!("train/c/{i}.jpg"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+            files.push(bytes);
+        }
+        std::fs::create_dir_all(root.join("val/c")).unwrap();
+        std::fs::write(root.join("val/c/v.jpg"), &files[0]).unwrap();
+        let set = crate::data::open(root).unwrap().train;
+        let mut scratch = Scratch::default();
+        let mut resizer = Resizer::new();
+        for pipeline in [
+            Pipeline::new(227, Stats::imagenet()),
+            Pipeline::new(64, Stats::imagenet()),
+        ] {
+            let (base, len) = (pipeline.base, pipeline.output_len());
+            for (i, bytes) in files.iter().enumerate() {
+                // The whole decode's square, by the path that decodes everything.
+                let whole = pipeline
+                    .square(decode_at_least(bytes, base).unwrap(), &mut resizer)
+                    .unwrap();
+                let modes = (0..30)
+                    .map(|seed| Mode::Train { seed, epoch: 0 })
+                    .chain([Mode::Centre]);
+                for mode in modes {
+                    let crop = match mode {
+                        Mode::Train { seed, epoch } => {
+                            pipeline.draw(derive(derive(seed, epoch as u64), i as u64))
+                        }
+                        _ => pipeline.centre_crop(),
+                    };
+                    let mut want = vec![0; len];
+                    pipeline.cut(&crop, &whole.pixels, (0, 0, base), &mut want);
+                    // What earlier images left in the buffer must not show.
+                    scratch.decoded.pixels = vec![0xa5; 5_000_000];
+                    let mut got = vec![0; len];
+                    let offsets = prepare(set.as_ref(), &pipeline, mode, i, &mut scratch, &mut got);
+                    assert_eq!(offsets, Ok(crop.offsets));
+                    assert!(
+                        got == want,
+                        "image {i} {:?}, input {}, {mode:?}",
+                        sizes[i],
+                        pipeline.input
+                    );
+                }
+            }
+        }
+        // The paper's crop of a 500×375 image needs about three fifths of it.
+        let pipeline = Pipeline::new(227, Stats::imagenet());
+        let crop = pipeline.draw(5);
+        let needed = |w, h| pipeline.source_of(w, h, &crop);
+        let canvas = set.load_within(0, 256, &needed, &mut scratch.decoded);
+        let valid = canvas.unwrap().unwrap().valid;
+        assert!(valid.width < 360 && valid.height < 360, "{valid:?}");
+        // A file cut short is damaged whichever rows its crop needs.
+        let cut = &files[0][..files[0].len() * 9 / 10];
+        std::fs::write(root.join("train/c/0.jpg"), cut).unwrap();
+        for seed in 0..10 {
+            let mut out = vec![0; pipeline.output_len()];
+            let mode = Mode::Train { seed, epoch: 0 };
+            let e = prepare(set.as_ref(), &pipeline, mode, 0, &mut scratch, &mut out).unwrap_err();
+            assert!(e.starts_with("JPEG: "), "{e}");
+        }
     }
 }

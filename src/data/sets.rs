@@ -1,7 +1,7 @@
 //! Labelled image sets on disk: ImageNet-style folders and Fashion-MNIST's
 //! IDX files.
 
-use super::decode::{RgbImage, decode_at_least};
+use super::decode::{Buffers, Canvas, Region, RgbImage, decode_at_least, decode_within};
 use super::image_set::{Dataset, ImageSet};
 use crate::error::{Error, Result};
 use std::io::Read;
@@ -40,6 +40,21 @@ impl ImageSet for FileSet {
     fn load_at_least(&self, i: usize, side: usize) -> std::result::Result<RgbImage, String> {
         let bytes = std::fs::read(&self.files[i].0).map_err(|e| e.to_string())?;
         decode_at_least(&bytes, side)
+    }
+    fn load_within(
+        &self,
+        i: usize,
+        side: usize,
+        needed: &dyn Fn(usize, usize) -> Region,
+        buffers: &mut Buffers,
+    ) -> Option<std::result::Result<Canvas, String>> {
+        let Buffers { file, pixels } = buffers;
+        file.clear();
+        let read = std::fs::File::open(&self.files[i].0).and_then(|mut f| f.read_to_end(file));
+        Some(match read {
+            Ok(_) => decode_within(file, side, needed, pixels),
+            Err(e) => Err(e.to_string()),
+        })
     }
 }
 

@@ -490,7 +490,7 @@ mod tests {
             &pipeline,
             mode,
             &all,
-            &mut resizer,
+            &mut crate::data::loader::Scratch::default(),
             &crate::data::input::Pool::new(1),
         );
         let loaded = crate::data::loader::load_batch(
@@ -498,7 +498,7 @@ mod tests {
             &pipeline,
             mode,
             &all,
-            &mut resizer,
+            &mut crate::data::loader::Scratch::default(),
             &crate::data::input::Pool::new(1),
         );
         assert_eq!(in_place, loaded);

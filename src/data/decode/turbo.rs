@@ -102,7 +102,7 @@ impl Turbo {
 
     /// Decodes `bytes`, whose header was just read as `header`, to RGB:
     /// scaled by 1/`denom` (1, 2, 4 or 8), and of that only `region` where
-    /// one is given (its left edge a multiple of the iMCU width).
+    /// one is given (its left edge a multiple of the scaled iMCU width).
     pub fn decode(
         &mut self,
         bytes: &[u8],
@@ -110,10 +110,47 @@ impl Turbo {
         denom: usize,
         region: Option<Region>,
     ) -> Result<RgbImage, String> {
+        let r = region.unwrap_or(Region {
+            x: 0,
+            y: 0,
+            width: header.width.div_ceil(denom),
+            height: header.height.div_ceil(denom),
+        });
+        let mut pixels = vec![0; r.width * r.height * 3];
+        self.decode_into(bytes, header, denom, r, &mut pixels, r.width * 3)?;
+        Ok(RgbImage {
+            width: r.width,
+            height: r.height,
+            pixels,
+        })
+    }
+
+    /// Decodes `region` of `bytes` (whose header was just read as
+    /// `header`), scaled by 1/`denom`, into `dst`: its rows `pitch` bytes
+    /// apart, the first at the start of `dst`.
+    pub fn decode_into(
+        &mut self,
+        bytes: &[u8],
+        header: &Header,
+        denom: usize,
+        r: Region,
+        dst: &mut [u8],
+        pitch: usize,
+    ) -> Result<(), String> {
         if header.width * header.height > MAX_PIXELS {
             return Err(format!(
                 "JPEG of {}×{} is too large",
                 header.width, header.height
+            ));
+        }
+        let row = r.width * 3;
+        if r.width == 0 || r.height == 0 || pitch < row || dst.len() < (r.height - 1) * pitch + row
+        {
+            return Err(format!(
+                "JPEG: {} bytes at a pitch of {pitch} cannot hold {}×{} pixels",
+                dst.len(),
+                r.width,
+                r.height
             ));
         }
         let factor = raw::tjscalingfactor {
@@ -124,12 +161,6 @@ impl Turbo {
         let answer = unsafe { raw::tj3SetScalingFactor(self.handle, factor) };
         self.check(answer)?;
         let scaled = |side: usize| side.div_ceil(denom);
-        let r = region.unwrap_or(Region {
-            x: 0,
-            y: 0,
-            width: scaled(header.width),
-            height: scaled(header.height),
-        });
         let whole = r.x == 0 && r.y == 0 && r.width == scaled(header.width);
         let crop = raw::tjregion {
             x: r.x as libc::c_int,
@@ -144,28 +175,20 @@ impl Turbo {
         // SAFETY: a live handle; the region is checked against the header.
         let answer = unsafe { raw::tj3SetCroppingRegion(self.handle, crop) };
         self.check(answer)?;
-        let len = r.width * r.height * 3;
-        let mut pixels: Vec<u8> = Vec::with_capacity(len);
-        // SAFETY: the destination holds `r.height` rows of `r.width` RGB
-        // pixels at a pitch of `3 r.width` bytes, which is what libjpeg-turbo
-        // writes for this scaling and region; `bytes` outlives the call.
+        // SAFETY: `dst` holds `r.height` rows of `r.width` RGB pixels at a
+        // pitch of `pitch` bytes (checked above), which is what
+        // libjpeg-turbo writes for this scaling and region; `bytes` outlives
+        // the call.
         let answer = unsafe {
             raw::tj3Decompress8(
                 self.handle,
                 bytes.as_ptr(),
                 bytes.len() as _,
-                pixels.as_mut_ptr(),
-                (r.width * 3) as libc::c_int,
+                dst.as_mut_ptr(),
+                pitch as libc::c_int,
                 raw::TJPF_TJPF_RGB as libc::c_int,
             )
         };
-        self.check(answer)?;
-        // SAFETY: a successful decode wrote all `len` bytes.
-        unsafe { pixels.set_len(len) };
-        Ok(RgbImage {
-            width: r.width,
-            height: r.height,
-            pixels,
-        })
+        self.check(answer)
     }
 }
