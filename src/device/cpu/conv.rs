@@ -418,7 +418,14 @@ mod tests {
     /// `winograd`'s f32 tests for the bound).
     #[test]
     fn f32_gradients_of_3x3_and_5x5_layers_match_f64() {
-        for (kernel, sources, pad) in [(3, 1, 1), (3, 2, 0), (3, 1, 2), (5, 1, 2), (5, 2, 1), (5, 1, 4)] {
+        for (kernel, sources, pad) in [
+            (3, 1, 1),
+            (3, 2, 0),
+            (3, 1, 2),
+            (5, 1, 2),
+            (5, 2, 1),
+            (5, 1, 4),
+        ] {
             let s = ConvShape {
                 kernel,
                 out_h: 7 + 2 * pad + 1 - kernel,
@@ -472,7 +479,8 @@ mod tests {
             let (want, want_dw, want_db) = gradients(&widen(&x), &wide, &widen(&dy));
             let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
             let wide_abs: Vec<Vec<f64>> = wide.iter().map(|w| abs(w)).collect();
-            let (size, size_dw, size_db) = gradients(&abs(&widen(&x)), &wide_abs, &abs(&widen(&dy)));
+            let (size, size_dw, size_db) =
+                gradients(&abs(&widen(&x)), &wide_abs, &abs(&widen(&dy)));
             let close = |got: &[f32], want: &[f64], size: &[f64], terms: usize, what: &str| {
                 for ((g, e), m) in got.iter().zip(want).zip(size) {
                     let bound = 16.0 * terms as f64 * f64::from(f32::EPSILON) * m;

@@ -15,11 +15,14 @@ mod transforms;
 use super::matmul::{Mat, matmul};
 use super::real::Real;
 use crate::net::plan::ConvShape;
-use transforms::{F2_3, F2_5, Transforms, tiles};
+use transforms::{Algorithm, F2x3, F2x5, tiles};
 
 /// Output blocks per pass, so that the transformed blocks of a pass stay
-/// in the last-level cache while its products read them.
-const TILES_PER_PASS: usize = 512;
+/// in cache while its products read them.
+const TILES_PER_PASS: usize = 196;
+/// Output channels per block of the forward products, so that a block's
+/// products stay in the core's cache until they are transformed back.
+const OUT_BLOCK: usize = 32;
 
 /// The transformed filters, input and products of one pass.
 #[derive(Debug, Default)]
@@ -39,17 +42,10 @@ pub struct Scratch<T> {
     zeros: Vec<T>,
 }
 
-/// The algorithm for a layer's kernel, if it is stride 1 with one here.
-fn algorithm(s: &ConvShape) -> Option<&'static Transforms> {
-    if s.stride != 1 || s.out_h == 0 || s.out_w == 0 {
-        return None;
-    }
-    [&F2_3, &F2_5].into_iter().find(|f| f.r == s.kernel)
-}
-
-/// Whether [`conv_forward`] computes this layer.
+/// Whether [`conv_forward`] computes this layer: stride 1, and a kernel
+/// with an algorithm here.
 pub fn applies(s: &ConvShape) -> bool {
-    algorithm(s).is_some()
+    s.stride == 1 && s.out_h > 0 && s.out_w > 0 && [F2x3::R, F2x5::R].contains(&s.kernel)
 }
 
 /// Whether [`conv_backward_data`] and [`conv_backward_weights`] compute
@@ -62,7 +58,10 @@ pub fn applies_backward(s: &ConvShape) -> bool {
 fn pass(s: &ConvShape, batch: usize) -> (usize, usize) {
     let (th, tw) = tiles(s);
     let per_image = th * tw;
-    ((TILES_PER_PASS / per_image).clamp(1, batch.max(1)), per_image)
+    (
+        (TILES_PER_PASS / per_image).clamp(1, batch.max(1)),
+        per_image,
+    )
 }
 
 /// `dx_s = conv_transpose(dy, w_s)` for each source, overwriting `dx`
@@ -120,41 +119,73 @@ pub fn conv_forward<T: Real>(
     batch: usize,
     scratch: &mut Scratch<T>,
 ) {
-    let f = algorithm(s).unwrap_or_else(|| panic!("no Winograd algorithm for {s:?}"));
-    let a2 = f.alpha() * f.alpha();
+    assert!(applies(s), "no Winograd algorithm for {s:?}");
+    if s.kernel == F2x3::R {
+        forward::<T, F2x3>(x, w, bias, y, s, batch, scratch);
+    } else {
+        forward::<T, F2x5>(x, w, bias, y, s, batch, scratch);
+    }
+}
+
+/// [`conv_forward`] by algorithm `F`.
+fn forward<T: Real, F: Algorithm>(
+    x: &[T],
+    w: &[&[T]],
+    bias: &[T],
+    y: &mut [T],
+    s: &ConvShape,
+    batch: usize,
+    scratch: &mut Scratch<T>,
+) {
+    let a2 = F::A * F::A;
     let (images, per_image) = pass(s, batch);
     let in_len = s.in_c * s.in_h * s.in_w;
     let filters = a2 * s.out_c * s.in_c;
     scratch.u.resize(s.sources * filters, T::zero());
     for (w_s, u) in w.iter().zip(scratch.u.chunks_exact_mut(filters)) {
-        transforms::filters(f, w_s, s, u);
+        transforms::filters::<T, F>(w_s, s, u);
     }
-    scratch.v.resize(a2 * s.in_c * images * per_image, T::zero());
-    scratch.m.resize(a2 * s.out_c * images * per_image, T::zero());
+    let Scratch {
+        u,
+        v,
+        m,
+        plane,
+        block,
+        ..
+    } = scratch;
+    v.resize(s.sources * a2 * s.in_c * images * per_image, T::zero());
+    m.resize(a2 * OUT_BLOCK.min(s.out_c) * images * per_image, T::zero());
+    let out_plane = s.out_h * s.out_w;
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         let t = count * per_image;
-        for src in 0..s.sources {
+        let source_len = a2 * s.in_c * t;
+        for (src, v_s) in v.chunks_exact_mut(source_len).take(s.sources).enumerate() {
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
-                transforms::input(f, image, s, i * per_image, t, scratch);
-            }
-            for xi in 0..a2 {
-                matmul(
-                    s.out_c,
-                    t,
-                    s.in_c,
-                    Mat::rows(&scratch.u[src * filters + xi * s.out_c * s.in_c..], s.in_c),
-                    Mat::rows(&scratch.v[xi * s.in_c * t..], t),
-                    &mut scratch.m[xi * s.out_c * t..][..s.out_c * t],
-                    src > 0,
-                );
+                transforms::input::<T, F>(image, s, i * per_image, t, v_s, plane, block);
             }
         }
-        let plane = s.out_c * s.out_h * s.out_w;
-        for i in 0..count {
-            let y_n = &mut y[(first + i) * plane..][..plane];
-            transforms::output(f, &scratch.m, bias, s, i * per_image, t, y_n);
+        for o in (0..s.out_c).step_by(OUT_BLOCK) {
+            let oc = OUT_BLOCK.min(s.out_c - o);
+            for src in 0..s.sources {
+                for xi in 0..a2 {
+                    matmul(
+                        oc,
+                        t,
+                        s.in_c,
+                        Mat::rows(&u[src * filters + (xi * s.out_c + o) * s.in_c..], s.in_c),
+                        Mat::rows(&v[src * source_len + xi * s.in_c * t..], t),
+                        &mut m[xi * oc * t..][..oc * t],
+                        src > 0,
+                    );
+                }
+            }
+            let part = ConvShape { out_c: oc, ..*s };
+            for i in 0..count {
+                let y_n = &mut y[((first + i) * s.out_c + o) * out_plane..][..oc * out_plane];
+                transforms::output::<T, F>(m, &bias[o..], &part, i * per_image, t, y_n);
+            }
         }
     }
 }
@@ -173,26 +204,47 @@ pub fn conv_backward_weights<T: Real>(
     scratch: &mut Scratch<T>,
 ) {
     assert!(applies_backward(s), "no Winograd weight gradient for {s:?}");
-    let f = algorithm(s).unwrap_or_else(|| panic!("no Winograd algorithm for {s:?}"));
-    let a2 = f.alpha() * f.alpha();
+    if s.kernel == F2x3::R {
+        weights::<T, F2x3>(x, dy, dw, s, batch, scratch);
+    } else {
+        weights::<T, F2x5>(x, dy, dw, s, batch, scratch);
+    }
+}
+
+/// [`conv_backward_weights`] by algorithm `F`.
+fn weights<T: Real, F: Algorithm>(
+    x: &[T],
+    dy: &[T],
+    dw: &mut [&mut [T]],
+    s: &ConvShape,
+    batch: usize,
+    scratch: &mut Scratch<T>,
+) {
+    let a2 = F::A * F::A;
     let (images, per_image) = pass(s, batch);
     let (in_len, out_len) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
     let filters = a2 * s.out_c * s.in_c;
     scratch.u.resize(s.sources * filters, T::zero());
     scratch.u.fill(T::zero());
-    scratch.v.resize(a2 * s.in_c * images * per_image, T::zero());
-    scratch.m.resize(a2 * s.out_c * images * per_image, T::zero());
+    scratch
+        .v
+        .resize(a2 * s.in_c * images * per_image, T::zero());
+    scratch
+        .m
+        .resize(a2 * s.out_c * images * per_image, T::zero());
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         let t = count * per_image;
         for i in 0..count {
             let dy_n = &dy[(first + i) * out_len..][..out_len];
-            transforms::output_adjoint(f, dy_n, s, i * per_image, t, &mut scratch.m);
+            transforms::output_adjoint::<T, F>(dy_n, s, i * per_image, t, &mut scratch.m);
         }
         for src in 0..s.sources {
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
-                transforms::input(f, image, s, i * per_image, t, scratch);
+                let v = &mut scratch.v[..a2 * s.in_c * t];
+                let (plane, block) = (&mut scratch.plane, &mut scratch.block);
+                transforms::input::<T, F>(image, s, i * per_image, t, v, plane, block);
             }
             for xi in 0..a2 {
                 matmul(
@@ -208,7 +260,7 @@ pub fn conv_backward_weights<T: Real>(
         }
     }
     for (du, dw_s) in scratch.u.chunks_exact(filters).zip(dw.iter_mut()) {
-        transforms::filters_adjoint(f, du, s, dw_s);
+        transforms::filters_adjoint::<T, F>(du, s, dw_s);
     }
 }
 
@@ -297,9 +349,10 @@ mod tests {
     }
 
     /// 3×3 and 5×5 kernels on odd and even sizes (a last block half outside
-    /// the image), pads 0 to r − 1, two sources, and batches that take
-    /// several passes (13×13 outputs: 49 blocks an image, 10 images a pass;
-    /// 9×9: 25 blocks, 20 images a pass).
+    /// the image), pads 0 to r − 1 (and past it, forward), two sources,
+    /// batches that take several passes (13×13 outputs: 49 blocks an image,
+    /// 4 images a pass; 9×9: 25 blocks, 7 images a pass), and output
+    /// channels in two blocks (40 = 32 + 8).
     fn cases() -> Vec<(ConvShape, usize)> {
         vec![
             (shape(3, 1, 1, 13, 13), 23),
@@ -311,6 +364,20 @@ mod tests {
             (shape(5, 1, 0, 8, 7), 2),
             (shape(5, 1, 4, 4, 5), 1),
             (shape(5, 1, 3, 3, 3), 2),
+            (
+                ConvShape {
+                    out_c: 40,
+                    ..shape(3, 2, 1, 6, 7)
+                },
+                2,
+            ),
+            (
+                ConvShape {
+                    out_c: 40,
+                    ..shape(5, 1, 2, 9, 8)
+                },
+                9,
+            ),
         ]
     }
 
