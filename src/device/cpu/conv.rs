@@ -140,7 +140,7 @@ pub struct ConvScratch<T> {
 
 /// `y = bias + Σ_s conv(x_s, w_s)` for a batch; `x` is `[source][image][in_c][in_h][in_w]`.
 /// In f32, an unpadded one-tower layer runs by the direct kernel and a 3×3
-/// stride-1 layer by Winograd's F(2×2, 3×3); otherwise, and always in f64
+/// or 5×5 stride-1 layer by Winograd's F(2×2, r×r); otherwise, and always in f64
 /// (the reference), by im2col and GEMM.
 pub fn conv_forward<T: Real>(
     x: &[T],
@@ -190,7 +190,8 @@ pub fn conv_forward<T: Real>(
 }
 
 /// Gradients of [`conv_forward`]: `dw_s`, `dbias`, and `dx_s` when `dx` is
-/// given; in f32, `dx` of a 3×3 stride-1 layer by Winograd's F(2×2, 3×3).
+/// given; in f32, those of a 3×3 or 5×5 stride-1 layer by Winograd's
+/// F(2×2, r×r).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward<T: Real>(
     x: &[T],
@@ -208,16 +209,18 @@ pub fn conv_backward<T: Real>(
         phases,
         winograd: transforms,
     } = scratch;
-    if T::WINOGRAD
-        && winograd::applies_backward(s)
-        && let Some(dx) = dx.take()
-    {
-        winograd::conv_backward_data(dy, w, dx, s, batch, transforms);
+    if T::WINOGRAD && winograd::applies_backward(s) {
+        bias_gradient(dy, dbias, s, batch);
+        winograd::conv_backward_weights(x, dy, dw, s, batch, transforms);
+        if let Some(dx) = dx {
+            winograd::conv_backward_data(dy, w, dx, s, batch, transforms);
+        }
+        return;
     }
     let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
     let ick = s.in_c * s.kernel * s.kernel;
     col.resize(ick * band_rows::<T>(s) * s.out_w, T::zero());
-    dbias.fill(T::zero());
+    bias_gradient(dy, dbias, s, batch);
     for g in dw.iter_mut() {
         g.fill(T::zero());
     }
@@ -226,9 +229,6 @@ pub fn conv_backward<T: Real>(
     }
     for n in 0..batch {
         let dy_n = &dy[n * s.out_c * plane..][..s.out_c * plane];
-        for (c, g) in dy_n.chunks_exact(plane).enumerate() {
-            dbias[c] += g.iter().copied().sum();
-        }
         for src in 0..s.sources {
             let image = (src * batch + n) * in_len;
             for rows in bands::<T>(s) {
@@ -259,6 +259,17 @@ pub fn conv_backward<T: Real>(
                     col2im(col, s, rows, &mut dx[image..][..in_len]);
                 }
             }
+        }
+    }
+}
+
+/// `dbias[o] = Σ_n Σ_p dy[n][o][p]`, overwriting `dbias`.
+fn bias_gradient<T: Real>(dy: &[T], dbias: &mut [T], s: &ConvShape, batch: usize) {
+    let plane = s.out_h * s.out_w;
+    dbias.fill(T::zero());
+    for dy_n in dy.chunks_exact(s.out_c * plane).take(batch) {
+        for (c, g) in dy_n.chunks_exact(plane).enumerate() {
+            dbias[c] += g.iter().copied().sum();
         }
     }
 }
@@ -401,16 +412,24 @@ mod tests {
         }
     }
 
-    /// The f32 input gradient of 3×3 stride-1 layers (by Winograd) against
-    /// the f64 one (by im2col) of the same f32 inputs, within 16 ε · Σ|dy·w|
-    /// per element (see `winograd.rs`'s f32 test for the bound).
+    /// The f32 gradients of 3×3 and 5×5 stride-1 layers (by Winograd)
+    /// against the f64 ones (by im2col) of the same f32 inputs, within
+    /// 16 ε · Σ|dy·w| (or Σ|dy·x|) per element times the sums' length (see
+    /// `winograd`'s f32 tests for the bound).
     #[test]
-    fn f32_input_gradient_of_3x3_layers_matches_f64() {
-        for (sources, pad) in [(1, 1), (2, 0), (1, 2)] {
+    fn f32_gradients_of_3x3_and_5x5_layers_match_f64() {
+        for (kernel, sources, pad) in [
+            (3, 1, 1),
+            (3, 2, 0),
+            (3, 1, 2),
+            (5, 1, 2),
+            (5, 2, 1),
+            (5, 1, 4),
+        ] {
             let s = ConvShape {
-                kernel: 3,
-                out_h: 7 + 2 * pad - 2,
-                out_w: 6 + 2 * pad - 2,
+                kernel,
+                out_h: 7 + 2 * pad + 1 - kernel,
+                out_w: 6 + 2 * pad + 1 - kernel,
                 ..shape(sources, 1, pad)
             };
             let batch = 3;
@@ -421,7 +440,7 @@ mod tests {
                 .map(|i| narrow(random(s.block_len(), 2 + i as u64)))
                 .collect();
             let dy = narrow(random(batch * s.out_c * s.out_h * s.out_w, 5));
-            let gradient = |x: &[f64], w: &[Vec<f64>], dy: &[f64]| {
+            let gradients = |x: &[f64], w: &[Vec<f64>], dy: &[f64]| {
                 let mut dx = vec![0.0; x.len()];
                 let mut dw: Vec<Vec<f64>> = w.iter().map(|w| vec![0.0; w.len()]).collect();
                 let blocks: Vec<&[f64]> = w.iter().map(Vec::as_slice).collect();
@@ -438,10 +457,11 @@ mod tests {
                     batch,
                     &mut ConvScratch::default(),
                 );
-                dx
+                (dx, dw, db)
             };
             let mut got = vec![f32::NAN; x.len()];
-            let mut dw: Vec<Vec<f32>> = w.iter().map(|w| vec![0.0; w.len()]).collect();
+            let mut dw: Vec<Vec<f32>> = w.iter().map(|w| vec![f32::NAN; w.len()]).collect();
+            let mut db = vec![f32::NAN; s.out_c];
             let blocks: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
             let mut grads: Vec<&mut [f32]> = dw.iter_mut().map(Vec::as_mut_slice).collect();
             conv_backward(
@@ -450,24 +470,31 @@ mod tests {
                 &dy,
                 Some(&mut got),
                 &mut grads,
-                &mut vec![0.0; s.out_c],
+                &mut db,
                 &s,
                 batch,
                 &mut ConvScratch::default(),
             );
             let wide: Vec<Vec<f64>> = w.iter().map(|w| widen(w)).collect();
-            let want = gradient(&widen(&x), &wide, &widen(&dy));
+            let (want, want_dw, want_db) = gradients(&widen(&x), &wide, &widen(&dy));
             let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
             let wide_abs: Vec<Vec<f64>> = wide.iter().map(|w| abs(w)).collect();
-            let size = gradient(&widen(&x), &wide_abs, &abs(&widen(&dy)));
-            let terms = (s.out_c * 9) as f64;
-            for ((g, e), m) in got.iter().zip(&want).zip(&size) {
-                let bound = 16.0 * terms * f64::from(f32::EPSILON) * m;
-                assert!(
-                    (f64::from(*g) - e).abs() <= bound,
-                    "{sources} {pad}: {g} vs {e}"
-                );
+            let (size, size_dw, size_db) =
+                gradients(&abs(&widen(&x)), &wide_abs, &abs(&widen(&dy)));
+            let close = |got: &[f32], want: &[f64], size: &[f64], terms: usize, what: &str| {
+                for ((g, e), m) in got.iter().zip(want).zip(size) {
+                    let bound = 16.0 * terms as f64 * f64::from(f32::EPSILON) * m;
+                    assert!(
+                        (f64::from(*g) - e).abs() <= bound,
+                        "{kernel} {sources} {pad} {what}: {g} vs {e}"
+                    );
+                }
+            };
+            close(&got, &want, &size, s.out_c * kernel * kernel, "dx");
+            for ((g, e), m) in dw.iter().zip(&want_dw).zip(&size_dw) {
+                close(g, e, m, batch * s.out_h * s.out_w, "dw");
             }
+            close(&db, &want_db, &size_db, batch * s.out_h * s.out_w, "dbias");
         }
     }
 

@@ -19,39 +19,40 @@ pub fn has_v3() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// Defines `pub fn name<T: Real>(args)` whose body is built for each
-/// instruction set and dispatched to the widest one present.
+/// Defines `pub fn name<T: Real>(args)` (or with further type parameters,
+/// each of one bound) whose body is built for each instruction set and
+/// dispatched to the widest one present.
 macro_rules! kernel {
-    ($(#[$meta:meta])* pub fn $name:ident<T: Real>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* pub fn $name:ident<T: Real $(, $g:ident: $bound:ident)*>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
-        pub fn $name<T: Real>($($arg: $ty),*) {
+        pub fn $name<T: Real $(, $g: $bound)*>($($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
-            fn body<T: Real>($($arg: $ty),*) $body
+            fn body<T: Real $(, $g: $bound)*>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(
                     enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi1,bmi2,lzcnt,popcnt"
                 )]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn v4<T: Real>($($arg: $ty),*) {
-                    body($($arg),*)
+                unsafe fn v4<T: Real $(, $g: $bound)*>($($arg: $ty),*) {
+                    body::<T $(, $g)*>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn v3<T: Real>($($arg: $ty),*) {
-                    body($($arg),*)
+                unsafe fn v3<T: Real $(, $g: $bound)*>($($arg: $ty),*) {
+                    body::<T $(, $g)*>($($arg),*)
                 }
                 if $crate::device::cpu::simd::has_v4() {
                     // SAFETY: the CPU has every feature `v4` enables.
-                    return unsafe { v4($($arg),*) };
+                    return unsafe { v4::<T $(, $g)*>($($arg),*) };
                 }
                 if $crate::device::cpu::simd::has_v3() {
                     // SAFETY: the CPU has every feature `v3` enables.
-                    return unsafe { v3($($arg),*) };
+                    return unsafe { v3::<T $(, $g)*>($($arg),*) };
                 }
             }
-            body($($arg),*)
+            body::<T $(, $g)*>($($arg),*)
         }
     };
 }

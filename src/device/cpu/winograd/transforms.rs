@@ -1,0 +1,348 @@
+//! The transforms of Winograd's F(2×2, r×r) (Lavin & Gray 2016, built by
+//! Toom–Cook on the points 0, ±1, ∞ for r = 3 and 0, ±1, ±2, ∞ for r = 5):
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for each α×α block `d` of input
+//! (α = r + 1) and 2×2 block `Y` of output, and the adjoints of the filter
+//! and output transforms that the weight gradient needs. The matrices are
+//! constants of each algorithm's type, so each kernel is compiled for its
+//! own and its zero coefficients cost nothing.
+
+use super::super::real::Real;
+use super::super::simd;
+use crate::net::plan::ConvShape;
+
+/// The widest input block of the algorithms here.
+const MAX_ALPHA: usize = 6;
+
+/// One algorithm F(2×2, r×r): its three matrices, row-major.
+pub trait Algorithm {
+    /// The kernel's size `r`.
+    const R: usize;
+    /// The input blocks' width α = r + 1.
+    const A: usize = Self::R + 1;
+    /// `Aᵀ`, 2 × α.
+    const AT: &'static [f64];
+    /// `G`, α × r.
+    const G: &'static [f64];
+    /// `Bᵀ`, α × α.
+    const BT: &'static [f64];
+}
+
+/// F(2×2, 3×3): 16 products per 2×2 outputs instead of 36.
+pub struct F2x3;
+
+impl Algorithm for F2x3 {
+    const R: usize = 3;
+    const AT: &'static [f64] = &[1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0, -1.0];
+    const G: &'static [f64] = &[1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0];
+    const BT: &'static [f64] = &[
+        1.0, 0.0, -1.0, 0.0, //
+        0.0, 1.0, 1.0, 0.0, //
+        0.0, -1.0, 1.0, 0.0, //
+        0.0, 1.0, 0.0, -1.0,
+    ];
+}
+
+/// F(2×2, 5×5): 36 products per 2×2 outputs instead of 100. `Bᵀ` is
+/// integral, so the input's transform rounds only its sums.
+pub struct F2x5;
+
+impl Algorithm for F2x5 {
+    const R: usize = 5;
+    const AT: &'static [f64] = &[
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0, //
+        0.0, 1.0, -1.0, 2.0, -2.0, 1.0,
+    ];
+    const G: &'static [f64] = &[
+        1.0 / 4.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0, //
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0, //
+        -1.0 / 6.0,
+        1.0 / 6.0,
+        -1.0 / 6.0,
+        1.0 / 6.0,
+        -1.0 / 6.0, //
+        1.0 / 24.0,
+        1.0 / 12.0,
+        1.0 / 6.0,
+        1.0 / 3.0,
+        2.0 / 3.0, //
+        1.0 / 24.0,
+        -1.0 / 12.0,
+        1.0 / 6.0,
+        -1.0 / 3.0,
+        2.0 / 3.0, //
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+    ];
+    const BT: &'static [f64] = &[
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0, //
+        0.0, -4.0, -4.0, 1.0, 1.0, 0.0, //
+        0.0, 4.0, -4.0, -1.0, 1.0, 0.0, //
+        0.0, -2.0, -1.0, 2.0, 1.0, 0.0, //
+        0.0, 2.0, -1.0, -2.0, 1.0, 0.0, //
+        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+    ];
+}
+
+/// `Σ_j c[j] · x[j]`, skipping zero coefficients (from −0, which adds
+/// nothing, so a lone coefficient of 1 costs no addition).
+#[inline(always)]
+fn dot<T: Real>(c: &[f64], x: &[T]) -> T {
+    let mut acc = -T::zero();
+    for (&c, &x) in c.iter().zip(x) {
+        if c != 0.0 {
+            acc += T::of(c) * x;
+        }
+    }
+    acc
+}
+
+/// `out = Σ_j c[j] · ins[j]`, elementwise, skipping zero coefficients.
+#[inline(always)]
+fn combine<T: Real>(c: &[f64], ins: &[&[T]], out: &mut [T]) {
+    out.fill(-T::zero());
+    for (&c, input) in c.iter().zip(ins) {
+        if c == 0.0 {
+            continue;
+        }
+        let c = T::of(c);
+        for (o, &v) in out.iter_mut().zip(input.iter()) {
+            *o += c * v;
+        }
+    }
+}
+
+/// The blocks of one image: rows and columns of 2×2 output blocks.
+pub fn tiles(s: &ConvShape) -> (usize, usize) {
+    (s.out_h.div_ceil(2), s.out_w.div_ceil(2))
+}
+
+/// `u[ξ][o][c] = (G g Gᵀ)[ξ]` for each filter `g = w[o][c]` (r × r).
+pub fn filters<T: Real, F: Algorithm>(w: &[T], s: &ConvShape, u: &mut [T]) {
+    let (r, a) = (F::R, F::A);
+    let block = s.out_c * s.in_c;
+    let mut gg = vec![T::zero(); a * r];
+    let mut column = vec![T::zero(); r];
+    for (oc, g) in w.chunks_exact(r * r).take(block).enumerate() {
+        // G g: α rows of r.
+        for j in 0..r {
+            for (k, v) in column.iter_mut().enumerate() {
+                *v = g[k * r + j];
+            }
+            for i in 0..a {
+                gg[i * r + j] = dot(&F::G[i * r..][..r], &column);
+            }
+        }
+        // Then each row times Gᵀ.
+        for i in 0..a {
+            for j in 0..a {
+                u[(i * a + j) * block + oc] = dot(&F::G[j * r..][..r], &gg[i * r..][..r]);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`filters`]: `dw[o][c] = Gᵀ du[·][o][c] G` (r × r) from
+/// `du` (`[α²][out_c][in_c]`), overwriting `dw`.
+pub fn filters_adjoint<T: Real, F: Algorithm>(du: &[T], s: &ConvShape, dw: &mut [T]) {
+    let (r, a) = (F::R, F::A);
+    let block = s.out_c * s.in_c;
+    let mut h = vec![T::zero(); a * r];
+    let mut gt = vec![0.0; r * a];
+    for (i, row) in F::G.chunks_exact(r).enumerate() {
+        for (b, &v) in row.iter().enumerate() {
+            gt[b * a + i] = v;
+        }
+    }
+    let mut d = vec![T::zero(); a];
+    for (oc, g) in dw.chunks_exact_mut(r * r).take(block).enumerate() {
+        // du G: α rows of r.
+        for i in 0..a {
+            for (j, v) in d.iter_mut().enumerate() {
+                *v = du[(i * a + j) * block + oc];
+            }
+            for b in 0..r {
+                h[i * r + b] = dot(&gt[b * a..][..a], &d);
+            }
+        }
+        // Then Gᵀ times it.
+        for b in 0..r {
+            for (i, v) in d.iter_mut().enumerate() {
+                *v = h[i * r + b];
+            }
+            for x in 0..r {
+                g[x * r + b] = dot(&gt[x * a..][..a], &d);
+            }
+        }
+    }
+}
+
+simd::kernel! {
+/// The transformed blocks `Bᵀ d B` of one image's input, `d` each α×α
+/// block at stride 2, into columns `first..` of `v` (`[α²][in_c][t]`):
+/// `Bᵀ` down whole rows of the padded plane, then `B` along each block's
+/// row; `plane` and `block` are its to use.
+pub fn input<T: Real, F: Algorithm>(
+    image: &[T],
+    s: &ConvShape,
+    first: usize,
+    t: usize,
+    v: &mut [T],
+    plane: &mut Vec<T>,
+    block: &mut Vec<T>,
+) {
+    let a = F::A;
+    let (th, tw) = tiles(s);
+    let (ph, pw, per_image) = (2 * th + a - 2, 2 * tw + a - 2, th * tw);
+    plane.resize(ph * pw, T::zero());
+    block.resize(a * a * per_image, T::zero());
+    let mut down = vec![T::zero(); a * pw];
+    for c in 0..s.in_c {
+        plane.fill(T::zero());
+        for iy in 0..s.in_h {
+            let line = &image[(c * s.in_h + iy) * s.in_w..][..s.in_w];
+            plane[(iy + s.pad) * pw + s.pad..][..s.in_w].copy_from_slice(line);
+        }
+        for ty in 0..th {
+            let mut rows: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (j, row) in plane[2 * ty * pw..][..a * pw].chunks_exact(pw).enumerate() {
+                rows[j] = row;
+            }
+            for (i, d) in down.chunks_exact_mut(pw).enumerate() {
+                combine(&F::BT[i * a..][..a], &rows[..a], d);
+            }
+            for (i, d) in down.chunks_exact(pw).enumerate() {
+                for tx in 0..tw {
+                    let e = &d[2 * tx..][..a];
+                    let at = ty * tw + tx;
+                    for k in 0..a {
+                        block[(i * a + k) * per_image + at] = dot(&F::BT[k * a..][..a], e);
+                    }
+                }
+            }
+        }
+        for (xi, values) in block.chunks_exact(per_image).enumerate() {
+            v[(xi * s.in_c + c) * t + first..][..per_image].copy_from_slice(values);
+        }
+    }
+}
+}
+
+simd::kernel! {
+/// One image's outputs `bias + Aᵀ m A` from its products in columns
+/// `first..` of `m` (`[α²][out_c][t]`), all the image's blocks at once;
+/// the blocks' rows and columns past the image's edge are dropped.
+pub fn output<T: Real, F: Algorithm>(
+    m: &[T],
+    bias: &[T],
+    s: &ConvShape,
+    first: usize,
+    t: usize,
+    y: &mut [T],
+) {
+    let a = F::A;
+    let (th, tw) = tiles(s);
+    let per_image = th * tw;
+    let mut half = vec![T::zero(); 2 * a * per_image];
+    let mut out = vec![T::zero(); 4 * per_image];
+    for o in 0..s.out_c {
+        let p = |xi: usize| &m[(xi * s.out_c + o) * t + first..][..per_image];
+        // Aᵀ m: two rows of α.
+        for (ij, h) in half.chunks_exact_mut(per_image).enumerate() {
+            let (i, j) = (ij / a, ij % a);
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (k, input) in ins.iter_mut().take(a).enumerate() {
+                *input = p(k * a + j);
+            }
+            combine(&F::AT[i * a..][..a], &ins[..a], h);
+        }
+        // Then times A: each row's two outputs.
+        for (il, values) in out.chunks_exact_mut(per_image).enumerate() {
+            let (i, l) = (il / 2, il % 2);
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (j, h) in half[i * a * per_image..][..a * per_image].chunks_exact(per_image).enumerate() {
+                ins[j] = h;
+            }
+            combine(&F::AT[l * a..][..a], &ins[..a], values);
+            for v in values.iter_mut() {
+                *v += bias[o];
+            }
+        }
+        let plane = &mut y[o * s.out_h * s.out_w..][..s.out_h * s.out_w];
+        for (corner, values) in out.chunks_exact(per_image).enumerate() {
+            let (i, j) = (corner / 2, corner % 2);
+            for ty in 0..th {
+                let oy = 2 * ty + i;
+                if oy >= s.out_h {
+                    continue;
+                }
+                let line = &mut plane[oy * s.out_w..][..s.out_w];
+                for (tx, &value) in values[ty * tw..][..tw].iter().enumerate() {
+                    if let Some(dst) = line.get_mut(2 * tx + j) {
+                        *dst = value;
+                    }
+                }
+            }
+        }
+    }
+}
+}
+
+simd::kernel! {
+/// The adjoint of [`output`]: `dm = A dy Aᵀ` for each 2×2 block of one
+/// image's output gradient `dy` (`[out_c][out_h][out_w]`, zero past the
+/// image's edge), into columns `first..` of `m` (`[α²][out_c][t]`).
+pub fn output_adjoint<T: Real, F: Algorithm>(
+    dy: &[T],
+    s: &ConvShape,
+    first: usize,
+    t: usize,
+    m: &mut [T],
+) {
+    let a = F::A;
+    let (th, tw) = tiles(s);
+    let per_image = th * tw;
+    let mut corners = vec![T::zero(); 4 * per_image];
+    let mut half = vec![T::zero(); 2 * a * per_image];
+    for o in 0..s.out_c {
+        let plane = &dy[o * s.out_h * s.out_w..][..s.out_h * s.out_w];
+        for (corner, values) in corners.chunks_exact_mut(per_image).enumerate() {
+            let (i, j) = (corner / 2, corner % 2);
+            for (ty, row) in values.chunks_exact_mut(tw).enumerate() {
+                let oy = 2 * ty + i;
+                if oy >= s.out_h {
+                    row.fill(T::zero());
+                    continue;
+                }
+                let line = &plane[oy * s.out_w..][..s.out_w];
+                for (tx, value) in row.iter_mut().enumerate() {
+                    *value = line.get(2 * tx + j).copied().unwrap_or(T::zero());
+                }
+            }
+        }
+        // dy A: two rows (i) of α (j), `Σ_l Aᵀ[l][j] dy[i][l]`.
+        for (ij, h) in half.chunks_exact_mut(per_image).enumerate() {
+            let (i, j) = (ij / a, ij % a);
+            let ins = [&corners[2 * i * per_image..][..per_image], &corners[(2 * i + 1) * per_image..][..per_image]];
+            combine(&[F::AT[j], F::AT[a + j]], &ins, h);
+        }
+        // Then A times it: `dm[k][j] = Σ_i Aᵀ[i][k] half[i][j]`.
+        for xi in 0..a * a {
+            let (k, j) = (xi / a, xi % a);
+            let ins = [&half[j * per_image..][..per_image], &half[(a + j) * per_image..][..per_image]];
+            let out = &mut m[(xi * s.out_c + o) * t + first..][..per_image];
+            combine(&[F::AT[k], F::AT[a + k]], &ins, out);
+        }
+    }
+}
+}
