@@ -155,7 +155,16 @@ fn two_replicas_through_the_binary_end_where_one_pair_does() {
     assert_eq!((a.state.step, b.state.step), (10, 10));
     let gap = weight_gap(&b.weights, &a.weights);
     eprintln!("f32, 2 replicas against one pair after 10 steps: weights differ by {gap:e}");
-    assert!(gap < 1e-5, "weights differ by {gap:e}");
+    // The arithmetic is held to 1e-10 in f64 above; in f32 the two runs
+    // round apart. The convolutions' Winograd sums (weight gradients summed
+    // over each pass's blocks) run in other orders on 8 images than on 16,
+    // and ten steps carry that further: measured 1.6e-5 on the weights and
+    // 4e-4 to 7e-4 on the conv biases, the tensors of smallest norm (with
+    // im2col products it was below 1e-6). An image, a share or a dropout
+    // mask in the wrong replica changes a step's gradient by about a
+    // sixteenth, which on the biases (whose norm is mostly their updates')
+    // is well past this bound.
+    assert!(gap < 2e-3, "weights differ by {gap:e}");
     // The validation, split across the replicas, counts the same hits.
     assert_eq!(a.state.val_top1, b.state.val_top1);
     assert_eq!(a.state.val_top5, b.state.val_top5);

@@ -11,10 +11,38 @@ pub fn alexnet(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
-/// A fresh, empty folder for one test, named after it and this process.
+/// A fresh, empty folder for one test, named after it and this process,
+/// under `alexnet-tests/` in the temporary folder. The first call of a
+/// process removes the folders of test processes that have ended, so a
+/// failed run's files stay for a look until the next run, and no more pile
+/// up than one run makes.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("alexnet-test-{}-{name}", std::process::id()));
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    let root = std::env::temp_dir().join("alexnet-tests");
+    SWEEP.call_once(|| remove_ended(&root));
+    let dir = root.join(format!("{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a scratch folder");
     dir
+}
+
+/// Removes the folders under `root` whose process (the number before the
+/// first `-`) no longer runs. Only where `/proc` says which processes run.
+fn remove_ended(root: &std::path::Path) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_string_lossy().split('-').next().map(str::to_owned);
+        let ended = pid
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .is_some_and(|p| !std::path::Path::new("/proc").join(p).exists());
+        if ended {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
