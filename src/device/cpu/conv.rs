@@ -277,7 +277,7 @@ fn bias_gradient<T: Real>(dy: &[T], dbias: &mut [T], s: &ConvShape, batch: usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::cpu::gradcheck::{check_gradient, dot, random};
+    use crate::device::cpu::gradcheck::{check_gradient, conv_definition, dot, random};
 
     fn shape(sources: usize, stride: usize, pad: usize) -> ConvShape {
         let (in_h, in_w, kernel) = (7, 6, 3);
@@ -293,44 +293,6 @@ mod tests {
             out_h: (in_h + 2 * pad - kernel) / stride + 1,
             out_w: (in_w + 2 * pad - kernel) / stride + 1,
         }
-    }
-
-    /// The definition, one output at a time.
-    fn naive(x: &[f64], w: &[Vec<f64>], b: &[f64], s: &ConvShape, batch: usize) -> Vec<f64> {
-        let k = s.kernel;
-        let mut y = vec![0.0; batch * s.out_c * s.out_h * s.out_w];
-        for n in 0..batch {
-            for o in 0..s.out_c {
-                for oy in 0..s.out_h {
-                    for ox in 0..s.out_w {
-                        let mut acc = b[o];
-                        for (src, w_s) in w.iter().enumerate() {
-                            for c in 0..s.in_c {
-                                for ky in 0..k {
-                                    for kx in 0..k {
-                                        let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                                        if iy < 0 || ix < 0 {
-                                            continue;
-                                        }
-                                        let (iy, ix) = (iy as usize, ix as usize);
-                                        if iy >= s.in_h || ix >= s.in_w {
-                                            continue;
-                                        }
-                                        let xi = (((src * batch + n) * s.in_c + c) * s.in_h + iy)
-                                            * s.in_w
-                                            + ix;
-                                        acc += x[xi] * w_s[((o * s.in_c + c) * k + ky) * k + kx];
-                                    }
-                                }
-                            }
-                        }
-                        y[((n * s.out_c + o) * s.out_h + oy) * s.out_w + ox] = acc;
-                    }
-                }
-            }
-        }
-        y
     }
 
     fn forward(x: &[f64], w: &[Vec<f64>], b: &[f64], s: &ConvShape, batch: usize) -> Vec<f64> {
@@ -357,7 +319,10 @@ mod tests {
                 .map(|i| random(s.block_len(), 10 + i as u64))
                 .collect();
             let b = random(s.out_c, 3);
-            let (got, want) = (forward(&x, &w, &b, &s, batch), naive(&x, &w, &b, &s, batch));
+            let (got, want) = (
+                forward(&x, &w, &b, &s, batch),
+                conv_definition(&x, &w, &b, &s, batch),
+            );
             for (g, e) in got.iter().zip(&want) {
                 assert!(
                     (g - e).abs() < 1e-12,
@@ -525,7 +490,7 @@ mod tests {
         let b = random(s.out_c, 13);
         for (g, e) in forward(&x, &w, &b, &s, batch)
             .iter()
-            .zip(&naive(&x, &w, &b, &s, batch))
+            .zip(&conv_definition(&x, &w, &b, &s, batch))
         {
             assert!((g - e).abs() < 1e-12, "{g} vs {e}");
         }

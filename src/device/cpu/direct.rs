@@ -182,33 +182,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::cpu::gradcheck::random;
-
-    /// The definition in f64, one output at a time.
-    fn naive(x: &[f64], w: &[f64], b: &[f64], s: &ConvShape, batch: usize) -> Vec<f64> {
-        let k = s.kernel;
-        let mut y = vec![0.0; batch * s.out_c * s.out_h * s.out_w];
-        for n in 0..batch {
-            for o in 0..s.out_c {
-                for oy in 0..s.out_h {
-                    for ox in 0..s.out_w {
-                        let mut acc = b[o];
-                        for c in 0..s.in_c {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let (iy, ix) = (oy * s.stride + ky, ox * s.stride + kx);
-                                    acc += x[((n * s.in_c + c) * s.in_h + iy) * s.in_w + ix]
-                                        * w[((o * s.in_c + c) * k + ky) * k + kx];
-                                }
-                            }
-                        }
-                        y[((n * s.out_c + o) * s.out_h + oy) * s.out_w + ox] = acc;
-                    }
-                }
-            }
-        }
-        y
-    }
+    use crate::device::cpu::gradcheck::{conv_definition, random};
 
     /// Against the f64 definition, on shapes with partial tiles of outputs
     /// (rows of 13 = 8 + 5) and of filters (80 = 48 + 32), strides 1 and 4.
@@ -251,8 +225,8 @@ mod tests {
             // |error| ≤ terms · ε · Σ|x·w| with ε = 2⁻²³, twice the bound of
             // summing in order.
             let (xe, we, be) = (widen(&narrow(&x)), widen(&narrow(&w)), widen(&narrow(&b)));
-            let want = naive(&xe, &we, &be, &s, batch);
-            let size: Vec<f64> = naive(&abs(&xe), &abs(&we), &abs(&be), &s, batch);
+            let want = conv_definition(&xe, std::slice::from_ref(&we), &be, &s, batch);
+            let size: Vec<f64> = conv_definition(&abs(&xe), &[abs(&we)], &abs(&be), &s, batch);
             let terms = (s.in_c * kernel * kernel + 1) as f64;
             for ((g, e), m) in y.iter().zip(&want).zip(&size) {
                 let bound = terms * f64::from(f32::EPSILON) * m;

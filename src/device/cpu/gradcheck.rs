@@ -1,5 +1,7 @@
-//! Test helpers: random data and central finite differences in f64.
+//! Test helpers: random data, central finite differences and a
+//! convolution's definition, in f64.
 
+use crate::net::plan::ConvShape;
 use crate::rng::Rng;
 
 /// `n` values uniform in (−1, 1) from stream `seed`.
@@ -35,4 +37,49 @@ pub fn check_gradient(what: &str, x: &[f64], analytic: &[f64], loss: impl Fn(&[f
             analytic[i]
         );
     }
+}
+
+/// A convolution's definition in f64, one output at a time: `y = bias +
+/// Σ_s conv(x_s, w_s)`, `x` being `[source][image][in_c][in_h][in_w]`.
+pub fn conv_definition(
+    x: &[f64],
+    w: &[Vec<f64>],
+    b: &[f64],
+    s: &ConvShape,
+    batch: usize,
+) -> Vec<f64> {
+    let k = s.kernel;
+    let mut y = vec![0.0; batch * s.out_c * s.out_h * s.out_w];
+    for n in 0..batch {
+        for o in 0..s.out_c {
+            for oy in 0..s.out_h {
+                for ox in 0..s.out_w {
+                    let mut acc = b[o];
+                    for (src, w_s) in w.iter().enumerate() {
+                        for c in 0..s.in_c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                                    let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                                    if iy < 0 || ix < 0 {
+                                        continue;
+                                    }
+                                    let (iy, ix) = (iy as usize, ix as usize);
+                                    if iy >= s.in_h || ix >= s.in_w {
+                                        continue;
+                                    }
+                                    let xi = (((src * batch + n) * s.in_c + c) * s.in_h + iy)
+                                        * s.in_w
+                                        + ix;
+                                    acc += x[xi] * w_s[((o * s.in_c + c) * k + ky) * k + kx];
+                                }
+                            }
+                        }
+                    }
+                    y[((n * s.out_c + o) * s.out_h + oy) * s.out_w + ox] = acc;
+                }
+            }
+        }
+    }
+    y
 }

@@ -267,7 +267,7 @@ fn weights<T: Real, F: Algorithm>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::cpu::gradcheck::random;
+    use crate::device::cpu::gradcheck::{conv_definition, random};
 
     /// The input sample under output `(oy, ox)` and tap `(ky, kx)` of
     /// channel `c` of image `image` (`[image][in_c][in_h][in_w]` images), if
@@ -277,35 +277,6 @@ mod tests {
         let iy = (oy + ky).checked_sub(s.pad).filter(|&iy| iy < s.in_h)?;
         let ix = (ox + kx).checked_sub(s.pad).filter(|&ix| ix < s.in_w)?;
         Some(x[((image * s.in_c + c) * s.in_h + iy) * s.in_w + ix])
-    }
-
-    /// The definition in f64, one output at a time.
-    fn naive(x: &[f64], w: &[Vec<f64>], b: &[f64], s: &ConvShape, batch: usize) -> Vec<f64> {
-        let k = s.kernel;
-        let mut y = vec![0.0; batch * s.out_c * s.out_h * s.out_w];
-        for n in 0..batch {
-            for o in 0..s.out_c {
-                for oy in 0..s.out_h {
-                    for ox in 0..s.out_w {
-                        let mut acc = b[o];
-                        for (src, w_s) in w.iter().enumerate() {
-                            for c in 0..s.in_c {
-                                for ky in 0..k {
-                                    for kx in 0..k {
-                                        let at = [oy, ox, ky, kx];
-                                        if let Some(v) = sample(x, s, src * batch + n, c, at) {
-                                            acc += v * w_s[((o * s.in_c + c) * k + ky) * k + kx];
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        y[((n * s.out_c + o) * s.out_h + oy) * s.out_w + ox] = acc;
-                    }
-                }
-            }
-        }
-        y
     }
 
     /// The weight gradient's definition in f64: `dw_s[o][c][ky][kx] =
@@ -415,7 +386,7 @@ mod tests {
                 .map(|i| random(s.block_len(), 2 + i as u64))
                 .collect();
             let b = random(s.out_c, 9);
-            let want = naive(&x, &w, &b, &s, batch);
+            let want = conv_definition(&x, &w, &b, &s, batch);
             for (g, e) in run(&x, &w, &b, &s, batch).iter().zip(&want) {
                 assert!((g - e).abs() < 1e-12, "{s:?}: {g} vs {e}");
             }
@@ -438,9 +409,9 @@ mod tests {
             let b = narrow(random(s.out_c, 8));
             let got = run(&x, &w, &b, &s, batch);
             let wide: Vec<Vec<f64>> = w.iter().map(|w| widen(w)).collect();
-            let want = naive(&widen(&x), &wide, &widen(&b), &s, batch);
+            let want = conv_definition(&widen(&x), &wide, &widen(&b), &s, batch);
             let wide_abs: Vec<Vec<f64>> = wide.iter().map(|w| abs(w)).collect();
-            let size = naive(&abs(&widen(&x)), &wide_abs, &abs(&widen(&b)), &s, batch);
+            let size = conv_definition(&abs(&widen(&x)), &wide_abs, &abs(&widen(&b)), &s, batch);
             let terms = (s.sources * s.in_c + 1) as f64;
             for ((g, e), m) in got.iter().zip(&want).zip(&size) {
                 let bound = 16.0 * terms * f64::from(f32::EPSILON) * m;
