@@ -10,17 +10,11 @@ use alexnet::net::init::init_twin;
 use alexnet::net::plan::Plan;
 use alexnet::net::spec::InitScheme;
 use alexnet::plot::filters::Filters;
-use common::{alexnet, scratch};
+use common::{alexnet, ok, scratch};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// One short run of the small preset shared by the tests: 2 epochs of 10
 /// steps, a checkpoint at each epoch's end.

@@ -8,22 +8,14 @@ mod common;
 use alexnet::device::SgdStep;
 use alexnet::device::precision::{LossScale, Storage};
 use alexnet::net::init::init_twin;
-use alexnet::net::params::TwinTensor;
 use alexnet::net::plan::Plan;
 use alexnet::net::spec::InitScheme;
 use alexnet::tower::ParamSet;
 use alexnet::towers::{Batch, TowerPair};
-use alexnet::train::checkpoint;
-use common::{alexnet, scratch};
+use common::{alexnet, bits, newest, ok, scratch};
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn train(run_dir: &Path, precision: &str, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -39,17 +31,6 @@ fn train(run_dir: &Path, precision: &str, extra: &[&str]) -> Output {
     ];
     args.extend(extra);
     alexnet(&args)
-}
-
-fn newest(run_dir: &Path) -> checkpoint::Checkpoint {
-    checkpoint::load(run_dir).expect("a readable checkpoint").1
-}
-
-fn bits(tensors: &[TwinTensor]) -> Vec<(String, Vec<u32>)> {
-    tensors
-        .iter()
-        .map(|t| (t.name.clone(), t.data.iter().map(|v| v.to_bits()).collect()))
-        .collect()
 }
 
 /// Trained until the small preset settles: 1200 steps of 32 images, the

@@ -19,8 +19,7 @@ use alexnet::replicas::Replicas;
 use alexnet::rng::Rng;
 use alexnet::tower::ParamSet;
 use alexnet::towers::Batch;
-use alexnet::train::checkpoint;
-use common::{alexnet, scratch};
+use common::{alexnet, newest, ok, scratch};
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
@@ -111,12 +110,6 @@ fn f64_replicas_at_a_share_of_the_batch_train_as_one_pair_on_all_of_it() {
     assert!(gap > 1e-2, "half the batch: {gap:e}");
 }
 
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `alexnet train --cpu --batch 16` on 160 synthetic images with `extra`.
 fn train(run_dir: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -136,12 +129,6 @@ fn train(run_dir: &Path, extra: &[&str]) -> Output {
     ];
     args.extend(extra);
     alexnet(&args)
-}
-
-fn newest(run_dir: &Path) -> checkpoint::Checkpoint {
-    checkpoint::load(&run_dir.join("checkpoints"))
-        .expect("a readable checkpoint")
-        .1
 }
 
 #[test]

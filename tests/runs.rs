@@ -5,21 +5,14 @@ mod common;
 mod reference;
 
 use alexnet::data::synthetic::{Split, Synthetic};
-use alexnet::net::params::TwinTensor;
 use alexnet::net::plan::Plan;
 use alexnet::npy;
 use alexnet::train::checkpoint;
-use common::{alexnet, scratch};
+use common::{alexnet, bits, newest, ok, scratch};
 use reference::Twin;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A small, fast run: 10 steps per epoch of 16 images.
 const SMALL: [&str; 10] = [
@@ -40,17 +33,6 @@ fn train(run_dir: &Path, extra: &[&str]) -> Output {
     args.extend(SMALL);
     args.extend(extra);
     alexnet(&args)
-}
-
-fn newest(run_dir: &Path) -> checkpoint::Checkpoint {
-    checkpoint::load(run_dir).expect("a readable checkpoint").1
-}
-
-fn bits(tensors: &[TwinTensor]) -> Vec<(String, Vec<u32>)> {
-    tensors
-        .iter()
-        .map(|t| (t.name.clone(), t.data.iter().map(|v| v.to_bits()).collect()))
-        .collect()
 }
 
 #[test]

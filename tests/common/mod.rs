@@ -1,6 +1,9 @@
-//! Helpers the end-to-end tests share: running the binary, scratch folders.
+//! Helpers the end-to-end tests share: running the binary, scratch folders,
+//! reading what a run wrote. Not every test file uses every helper.
 
-use std::path::PathBuf;
+use alexnet::net::params::TwinTensor;
+use alexnet::train::checkpoint;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the `alexnet` binary with `args`.
@@ -9,6 +12,30 @@ pub fn alexnet(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("the binary runs")
+}
+
+/// The standard output of a run that must have succeeded; its standard
+/// error in the failure's message where it did not.
+#[allow(dead_code)]
+pub fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The newest complete checkpoint of the run in `run_dir`.
+#[allow(dead_code)]
+pub fn newest(run_dir: &Path) -> checkpoint::Checkpoint {
+    checkpoint::load(run_dir).expect("a readable checkpoint").1
+}
+
+/// Each tensor's name and the bits of its values, to compare runs exactly.
+#[allow(dead_code)]
+pub fn bits(tensors: &[TwinTensor]) -> Vec<(String, Vec<u32>)> {
+    tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.data.iter().map(|v| v.to_bits()).collect()))
+        .collect()
 }
 
 /// A fresh, empty folder for one test, named after it and this process,
