@@ -400,6 +400,10 @@ fn encode(
             // (the encoder's default at quality 90 keeps it whole, which
             // costs a third more to decode).
             encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+            // Huffman tables fitted to each image: the same pixels in 6 %
+            // fewer bytes, so 4–5 % faster to decode, every epoch, for a
+            // second pass over each image once, here.
+            encoder.set_optimized_huffman_tables(true);
             encoder
                 .encode(&square.pixels, side, side, jpeg_encoder::ColorType::Rgb)
                 .map_err(|e| format!("JPEG encoding: {e}"))?;
