@@ -190,8 +190,9 @@ pub fn conv_forward<T: Real>(
 }
 
 /// Gradients of [`conv_forward`]: `dw_s`, `dbias`, and `dx_s` when `dx` is
-/// given; in f32, those of a 3×3 or 5×5 stride-1 layer by Winograd's
-/// F(2×2, r×r).
+/// given; in f32, `dw` of an unpadded one-tower layer without `dx` (conv1)
+/// by the direct kernel, and those of a 3×3 or 5×5 stride-1 layer by
+/// Winograd's F(2×2, r×r).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward<T: Real>(
     x: &[T],
@@ -209,6 +210,13 @@ pub fn conv_backward<T: Real>(
         phases,
         winograd: transforms,
     } = scratch;
+    if dx.is_none()
+        && let [dw] = dw
+        && T::conv_backward_weights_direct(x, dy, dw, s, batch, col)
+    {
+        bias_gradient(dy, dbias, s, batch);
+        return;
+    }
     if T::WINOGRAD && winograd::applies_backward(s) {
         bias_gradient(dy, dbias, s, batch);
         winograd::conv_backward_weights(x, dy, dw, s, batch, transforms);

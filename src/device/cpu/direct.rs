@@ -4,13 +4,41 @@
 //! registers; each input sample under a tile's windows is broadcast against
 //! 16 filters at a time, read straight from the image. With only 48 filters
 //! an unfolded copy is read 48 times per write, so writing and packing it
-//! cost as much as the product (the im2col path of `conv.rs`).
+//! cost as much as the product (the im2col path of `conv.rs`). The weight
+//! gradient runs alike: a tile of 48 filters × up to 6 kernel columns of one
+//! kernel row is held in registers over a chunk of output rows, whose
+//! gradients are first transposed so that one load reads 16 filters.
 
 use crate::net::plan::ConvShape;
 
 /// Filters per register tile (3 vectors of 16) and outputs per tile.
 const FILTERS: usize = 48;
 const OUTPUTS: usize = 8;
+/// Kernel columns per register tile of the weight gradient.
+const TAPS: usize = 6;
+/// Bytes of output gradients transposed at a time (a share of a core's L1).
+const CHUNK_BYTES: usize = 32 << 10;
+
+/// Whether the direct kernels take layer `s` of a batch whose operands are
+/// as long as given: unpadded, read from one tower, filters in multiples
+/// of 16, every window inside its image; panics where an operand is short.
+fn applies(s: &ConvShape, batch: usize, x: usize, y: usize, w: usize) -> bool {
+    if s.pad != 0 || s.sources != 1 || !s.out_c.is_multiple_of(16) || s.out_c == 0 {
+        return false;
+    }
+    let windows_fit = s.out_h == 0
+        || s.out_w == 0
+        || (s.out_h - 1) * s.stride + s.kernel <= s.in_h
+            && (s.out_w - 1) * s.stride + s.kernel <= s.in_w;
+    assert!(
+        windows_fit
+            && x >= batch * s.in_c * s.in_h * s.in_w
+            && y >= batch * s.out_c * s.out_h * s.out_w
+            && w >= s.out_c * s.in_c * s.kernel * s.kernel,
+        "direct convolution operands out of bounds"
+    );
+    true
+}
 
 /// `y = bias + conv(x, w)` for a batch, by the AVX-512 kernel; false (and
 /// nothing done) where the CPU lacks AVX-512F or the layer is not unpadded,
@@ -24,24 +52,13 @@ pub fn conv_forward_f32(
     batch: usize,
     wt: &mut Vec<f32>,
 ) -> bool {
-    if s.pad != 0 || s.sources != 1 || !s.out_c.is_multiple_of(16) || s.out_c == 0 {
+    if !applies(s, batch, x.len(), y.len(), w.len()) {
         return false;
     }
+    assert!(bias.len() >= s.out_c, "direct convolution bias too short");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         let ick = s.in_c * s.kernel * s.kernel;
-        let windows_fit = s.out_h == 0
-            || s.out_w == 0
-            || (s.out_h - 1) * s.stride + s.kernel <= s.in_h
-                && (s.out_w - 1) * s.stride + s.kernel <= s.in_w;
-        assert!(
-            windows_fit
-                && x.len() >= batch * s.in_c * s.in_h * s.in_w
-                && y.len() >= batch * s.out_c * s.out_h * s.out_w
-                && w.len() >= s.out_c * ick
-                && bias.len() >= s.out_c,
-            "direct convolution operands out of bounds"
-        );
         // The filters transposed, `wt[i][o] = w[o][i]`, so that one load reads 16 filters.
         wt.resize(ick * s.out_c, 0.0);
         for (o, row) in w.chunks_exact(ick).take(s.out_c).enumerate() {
@@ -49,8 +66,8 @@ pub fn conv_forward_f32(
                 wt[i * s.out_c + o] = v;
             }
         }
-        // SAFETY: the CPU has AVX-512F, and the assert above keeps every
-        // window of every output inside its image.
+        // SAFETY: the CPU has AVX-512F, and `applies` keeps every window of
+        // every output inside its image.
         unsafe { avx512::images(x, wt, bias, y, s, batch) };
         return true;
     }
@@ -58,9 +75,47 @@ pub fn conv_forward_f32(
     false
 }
 
+/// `dw[o][c][ky][kx] = Σ_n Σ_(oy,ox) dy[n][o][oy][ox] · x[n][c][oy·stride +
+/// ky][ox·stride + kx]`, the weight gradient of [`conv_forward_f32`]
+/// (overwriting `dw`), by the AVX-512 kernel; false (and nothing done) where
+/// that one does not run. `scratch` holds the transposed gradients.
+pub fn conv_backward_weights_f32(
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    s: &ConvShape,
+    batch: usize,
+    scratch: &mut Vec<f32>,
+) -> bool {
+    if !applies(s, batch, x.len(), dy.len(), dw.len()) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let ick = s.in_c * s.kernel * s.kernel;
+        let row_len = s.out_w * s.out_c;
+        let rows = (CHUNK_BYTES / size_of::<f32>() / row_len.max(1)).clamp(1, s.out_h.max(1));
+        scratch.clear();
+        scratch.resize(ick * s.out_c + rows * row_len, 0.0);
+        let (dwt, dyt) = scratch.split_at_mut(ick * s.out_c);
+        // SAFETY: the CPU has AVX-512F, and `applies` keeps every window of
+        // every output inside its image.
+        unsafe { avx512::weight_gradient(x, dy, dwt, dyt, s, batch) };
+        // `dwt[i][o]` back to `dw[o][i]`.
+        for (o, row) in dw.chunks_exact_mut(ick).take(s.out_c).enumerate() {
+            for (i, g) in row.iter_mut().enumerate() {
+                *g = dwt[i * s.out_c + o];
+            }
+        }
+        return true;
+    }
+    let _ = (x, dy, dw, batch, scratch);
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{FILTERS, OUTPUTS};
+    use super::{FILTERS, OUTPUTS, TAPS};
     use crate::net::plan::ConvShape;
     use std::arch::x86_64::*;
 
@@ -177,12 +232,133 @@ mod avx512 {
             }
         }
     }
+
+    /// Where one tile of the weight gradient reads and accumulates.
+    struct GradTile {
+        /// The image's sample under the chunk's first window at the tile's first tap.
+        x: *const f32,
+        /// The chunk's transposed gradients, from the tile's first filter.
+        dyt: *const f32,
+        /// The tile's first tap of its first filter in the transposed gradient.
+        dwt: *mut f32,
+    }
+
+    /// `R × 16` filters × `J` kernel columns of one kernel row: their
+    /// gradients loaded, then every output of `rows` output rows adds its
+    /// 16-filter gradient vectors times each of its `J` samples; stored back.
+    ///
+    /// # Safety
+    /// AVX-512F; `t` points inside the image, the chunk and the transposed
+    /// gradient of `s` such that all `R·16` filters, `J` taps and `rows`
+    /// output rows exist.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn grad_tile<const R: usize, const J: usize>(t: &GradTile, s: &ConvShape, rows: usize) {
+        let (oc, stride) = (s.out_c, s.stride);
+        let mut acc = [[_mm512_setzero_ps(); J]; R];
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                // SAFETY: tap j of filters r·16 .. r·16 + 16.
+                *v = unsafe { _mm512_loadu_ps(t.dwt.add(j * oc + r * 16)) };
+            }
+        }
+        for row in 0..rows {
+            // SAFETY: output row `row` of the chunk exists, and so its windows.
+            let line = unsafe { t.x.add(row * stride * s.in_w) };
+            let grads = unsafe { t.dyt.add(row * s.out_w * oc) };
+            for ox in 0..s.out_w {
+                let mut dv = [_mm512_setzero_ps(); R];
+                for (r, v) in dv.iter_mut().enumerate() {
+                    // SAFETY: output ox's gradients of filters r·16 .. r·16 + 16.
+                    *v = unsafe { _mm512_loadu_ps(grads.add(ox * oc + r * 16)) };
+                }
+                for j in 0..J {
+                    // SAFETY: window ox's sample at tap j lies in the line.
+                    let xv = _mm512_set1_ps(unsafe { *line.add(ox * stride + j) });
+                    for (row, &d) in acc.iter_mut().zip(&dv) {
+                        row[j] = _mm512_fmadd_ps(d, xv, row[j]);
+                    }
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                // SAFETY: as the loads above.
+                unsafe { _mm512_storeu_ps(t.dwt.add(j * oc + r * 16), *v) };
+            }
+        }
+    }
+
+    /// The weight gradient of every image into `dwt` (`[tap][filter]`,
+    /// zero on entry): chunks of output rows, their gradients transposed
+    /// into `dyt` (`[output][filter]`), then every tile of taps and filters.
+    ///
+    /// # Safety
+    /// AVX-512F; the operands hold `batch` images of `s`, every window lies
+    /// inside its image (see `conv_backward_weights_f32`), `dwt` holds
+    /// every tap of every filter and `dyt` at least one output row.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weight_gradient(
+        x: &[f32],
+        dy: &[f32],
+        dwt: &mut [f32],
+        dyt: &mut [f32],
+        s: &ConvShape,
+        batch: usize,
+    ) {
+        let (k, oc, plane) = (s.kernel, s.out_c, s.out_h * s.out_w);
+        let (in_len, out_len) = (s.in_c * s.in_h * s.in_w, oc * plane);
+        let chunk_rows = dyt.len() / (s.out_w * oc).max(1);
+        for n in 0..batch {
+            for oy in (0..s.out_h).step_by(chunk_rows) {
+                let rows = chunk_rows.min(s.out_h - oy);
+                let outputs = rows * s.out_w;
+                for o in 0..oc {
+                    let from = &dy[n * out_len + o * plane + oy * s.out_w..][..outputs];
+                    for (p, &g) in from.iter().enumerate() {
+                        dyt[p * oc + o] = g;
+                    }
+                }
+                for c in 0..s.in_c {
+                    for ky in 0..k {
+                        for kx in (0..k).step_by(TAPS) {
+                            let j = TAPS.min(k - kx);
+                            for f in (0..oc).step_by(FILTERS) {
+                                let first = (c * s.in_h + oy * s.stride + ky) * s.in_w + kx;
+                                let t = GradTile {
+                                    x: x[n * in_len + first..].as_ptr(),
+                                    dyt: dyt[f..].as_ptr(),
+                                    dwt: dwt[((c * k + ky) * k + kx) * oc + f..].as_mut_ptr(),
+                                };
+                                macro_rules! run {
+                                    ($r:expr) => {
+                                        match j {
+                                            1 => unsafe { grad_tile::<$r, 1>(&t, s, rows) },
+                                            2 => unsafe { grad_tile::<$r, 2>(&t, s, rows) },
+                                            3 => unsafe { grad_tile::<$r, 3>(&t, s, rows) },
+                                            4 => unsafe { grad_tile::<$r, 4>(&t, s, rows) },
+                                            5 => unsafe { grad_tile::<$r, 5>(&t, s, rows) },
+                                            _ => unsafe { grad_tile::<$r, TAPS>(&t, s, rows) },
+                                        }
+                                    };
+                                }
+                                match (oc - f) / 16 {
+                                    1 => run!(1),
+                                    2 => run!(2),
+                                    _ => run!(3),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::cpu::gradcheck::{conv_definition, random};
+    use crate::device::cpu::gradcheck::{conv_definition, conv_weight_gradient_definition, random};
 
     /// Against the f64 definition, on shapes with partial tiles of outputs
     /// (rows of 13 = 8 + 5) and of filters (80 = 48 + 32), strides 1 and 4.
@@ -233,6 +409,54 @@ mod tests {
                 assert!(
                     (f64::from(*g) - e).abs() <= bound,
                     "{out_c} {kernel} {stride}: {g} vs {e}"
+                );
+            }
+        }
+    }
+
+    /// The weight gradient against the f64 definition, on shapes with
+    /// partial tiles of taps (11 = 6 + 5 columns) and of filters (80 = 48 +
+    /// 32), strides 1, 2 and 4, and one whose output rows take several chunks.
+    #[test]
+    fn weight_gradient_matches_the_definition_in_f64() {
+        for (out_c, kernel, stride, in_hw) in [
+            (80, 3, 1, 15),
+            (48, 11, 4, 59),
+            (16, 5, 2, 17),
+            (16, 3, 1, 40),
+        ] {
+            let s = ConvShape {
+                sources: 1,
+                in_c: 3,
+                in_h: in_hw,
+                in_w: in_hw + 2,
+                out_c,
+                kernel,
+                stride,
+                pad: 0,
+                out_h: (in_hw - kernel) / stride + 1,
+                out_w: (in_hw + 2 - kernel) / stride + 1,
+            };
+            let batch = 2;
+            let narrow = |v: Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            let x = narrow(random(batch * s.in_c * s.in_h * s.in_w, 4));
+            let dy = narrow(random(batch * s.out_c * s.out_h * s.out_w, 5));
+            let mut dw = vec![f32::NAN; s.block_len()];
+            if !conv_backward_weights_f32(&x, &dy, &mut dw, &s, batch, &mut Vec::new()) {
+                eprintln!("no AVX-512F here: the direct weight gradient is not checked");
+                return;
+            }
+            // Each weight sums batch · out_h · out_w products in f32:
+            // |error| ≤ terms · ε · Σ|dy·x|, twice the bound of summing in order.
+            let (xe, dye) = (widen(&x), widen(&dy));
+            let want = conv_weight_gradient_definition(&xe, &dye, &s, batch);
+            let size = conv_weight_gradient_definition(&abs(&xe), &abs(&dye), &s, batch);
+            let terms = (batch * s.out_h * s.out_w) as f64;
+            for ((g, e), m) in dw.iter().zip(&want).zip(&size) {
+                let bound = terms * f64::from(f32::EPSILON) * m;
+                assert!(
+                    (f64::from(*g) - e).abs() <= bound,
+                    "{out_c} {kernel} {stride} {in_hw}: {g} vs {e}"
                 );
             }
         }
