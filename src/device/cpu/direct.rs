@@ -288,6 +288,78 @@ mod avx512 {
         }
     }
 
+    /// `to[p·filters + o] = from[o·plane + p]` for `outputs` outputs of
+    /// `filters` filters (a multiple of 16): blocks of 16 × 16 transposed
+    /// in registers, the outputs after the last whole block one by one.
+    ///
+    /// # Safety
+    /// AVX-512F; `from` holds `(filters − 1)·plane + outputs` floats, `to`
+    /// `outputs · filters`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose(
+        from: *const f32,
+        plane: usize,
+        to: *mut f32,
+        filters: usize,
+        outputs: usize,
+    ) {
+        let whole = outputs - outputs % 16;
+        for f in (0..filters).step_by(16) {
+            for p in (0..whole).step_by(16) {
+                // SAFETY: outputs p .. p + 16 of filters f .. f + 16 exist.
+                let rows: [__m512; 16] = std::array::from_fn(|i| unsafe {
+                    _mm512_loadu_ps(from.add((f + i) * plane + p))
+                });
+                for (c, column) in transpose16(rows).iter().enumerate() {
+                    // SAFETY: as above, transposed.
+                    unsafe { _mm512_storeu_ps(to.add((p + c) * filters + f), *column) };
+                }
+            }
+            for p in whole..outputs {
+                for o in f..f + 16 {
+                    // SAFETY: output p of filter o exists.
+                    unsafe { *to.add(p * filters + o) = *from.add(o * plane + p) };
+                }
+            }
+        }
+    }
+
+    /// A 16 × 16 block transposed: column `c` of `r` as vector `c`. Pairs
+    /// of rows interleaved, then groups of 4 rows per 128-bit lane, then
+    /// the lanes exchanged twice.
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // Lane L of `u[4g + c]` holds rows 4g .. 4g + 4 of column 4L + c.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a, b) = (&r[4 * g..4 * g + 2], &r[4 * g + 2..4 * g + 4]);
+            let lo01 = _mm512_unpacklo_ps(a[0], a[1]);
+            let hi01 = _mm512_unpackhi_ps(a[0], a[1]);
+            let lo23 = _mm512_unpacklo_ps(b[0], b[1]);
+            let hi23 = _mm512_unpackhi_ps(b[0], b[1]);
+            u[4 * g] = _mm512_shuffle_ps::<0x44>(lo01, lo23);
+            u[4 * g + 1] = _mm512_shuffle_ps::<0xee>(lo01, lo23);
+            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(hi01, hi23);
+            u[4 * g + 3] = _mm512_shuffle_ps::<0xee>(hi01, hi23);
+        }
+        // `v[c]` (c < 4): columns c and c + 8 of rows 0–7, 8–15 of them in
+        // `v[c + 8]`; `v[c + 4]`: columns c + 4 and c + 12 alike.
+        let mut v = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            for half in [0, 8] {
+                let (a, b) = (u[half + c], u[half + 4 + c]);
+                v[half + c] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                v[half + 4 + c] = _mm512_shuffle_f32x4::<0xdd>(a, b);
+            }
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..8 {
+            out[c] = _mm512_shuffle_f32x4::<0x88>(v[c], v[c + 8]);
+            out[c + 8] = _mm512_shuffle_f32x4::<0xdd>(v[c], v[c + 8]);
+        }
+        out
+    }
+
     /// The weight gradient of every image into `dwt` (`[tap][filter]`,
     /// zero on entry): chunks of output rows, their gradients transposed
     /// into `dyt` (`[output][filter]`), then every tile of taps and filters.
@@ -312,12 +384,10 @@ mod avx512 {
             for oy in (0..s.out_h).step_by(chunk_rows) {
                 let rows = chunk_rows.min(s.out_h - oy);
                 let outputs = rows * s.out_w;
-                for o in 0..oc {
-                    let from = &dy[n * out_len + o * plane + oy * s.out_w..][..outputs];
-                    for (p, &g) in from.iter().enumerate() {
-                        dyt[p * oc + o] = g;
-                    }
-                }
+                let from = &dy[n * out_len + oy * s.out_w..];
+                assert!(from.len() >= (oc - 1) * plane + outputs && dyt.len() >= outputs * oc);
+                // SAFETY: the assert above.
+                unsafe { transpose(from.as_ptr(), plane, dyt.as_mut_ptr(), oc, outputs) };
                 for c in 0..s.in_c {
                     for ky in 0..k {
                         for kx in (0..k).step_by(TAPS) {
