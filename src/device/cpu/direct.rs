@@ -59,16 +59,18 @@ pub fn conv_forward_f32(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         let ick = s.in_c * s.kernel * s.kernel;
-        // The filters transposed, `wt[i][o] = w[o][i]`, so that one load reads 16 filters.
-        wt.resize(ick * s.out_c, 0.0);
-        for (o, row) in w.chunks_exact(ick).take(s.out_c).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
+        // The filters transposed, `wt[i][o] = w[o][i]`, so that one load
+        // reads 16 filters; after them, one output row `[output][filter]`.
+        wt.resize((ick + s.out_w) * s.out_c, 0.0);
+        let (wt, row) = wt.split_at_mut(ick * s.out_c);
+        for (o, filter) in w.chunks_exact(ick).take(s.out_c).enumerate() {
+            for (i, &v) in filter.iter().enumerate() {
                 wt[i * s.out_c + o] = v;
             }
         }
         // SAFETY: the CPU has AVX-512F, and `applies` keeps every window of
         // every output inside its image.
-        unsafe { avx512::images(x, wt, bias, y, s, batch) };
+        unsafe { avx512::images(x, wt, bias, row, y, s, batch) };
         return true;
     }
     let _ = (x, w, bias, y, batch, wt);
@@ -126,20 +128,20 @@ mod avx512 {
         /// The tile's first filter in the transposed weights.
         wt: *const f32,
         bias: *const f32,
-        /// The tile's first output of its first filter.
+        /// The tile's first output of its first filter in the row buffer.
         y: *mut f32,
     }
 
     /// `R × 16` filters × `J` outputs of one row: bias, then every sample
     /// of every window (channel, kernel row, kernel column) broadcast
-    /// against each filter vector; then each lane into its filter's plane.
+    /// against each filter vector; then into the row buffer (`[output][filter]`).
     ///
     /// # Safety
     /// AVX-512F; `t` points inside the image, weights and output of `s`
     /// such that all `R·16` filters and `J` windows exist.
     #[target_feature(enable = "avx512f")]
     unsafe fn tile<const R: usize, const J: usize>(t: &Tile, s: &ConvShape) {
-        let (k, stride, plane) = (s.kernel, s.stride, s.out_h * s.out_w);
+        let (k, stride) = (s.kernel, s.stride);
         let mut acc = [[_mm512_setzero_ps(); J]; R];
         for (r, row) in acc.iter_mut().enumerate() {
             // SAFETY: filters r·16 .. r·16 + 16 exist.
@@ -167,35 +169,36 @@ mod avx512 {
                 }
             }
         }
-        let mut lanes = [0.0f32; 16];
         for (r, row) in acc.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
-                // SAFETY: `lanes` holds 16 floats.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *v) };
-                for (l, &value) in lanes.iter().enumerate() {
-                    // SAFETY: filter r·16 + l's output j of this row exists.
-                    unsafe { *t.y.add((r * 16 + l) * plane + j) = value };
-                }
+                // SAFETY: output j of filters r·16 .. r·16 + 16 in the row buffer.
+                unsafe { _mm512_storeu_ps(t.y.add(j * s.out_c + r * 16), *v) };
             }
         }
     }
 
     /// Every tile of every image: rows, then runs of [`OUTPUTS`] outputs
-    /// along the row, then blocks of [`FILTERS`] filters.
+    /// along the row, then blocks of [`FILTERS`] filters, into `row`
+    /// (`[output][filter]`), transposed into the filters' planes at the
+    /// row's end.
     ///
     /// # Safety
-    /// AVX-512F; the operands hold `batch` images of `s` and every window
-    /// lies inside its image (see `conv_forward_f32`).
+    /// AVX-512F; the operands hold `batch` images of `s`, every window
+    /// lies inside its image (see `conv_forward_f32`) and `row` holds one
+    /// output row of every filter.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn images(
         x: &[f32],
         wt: &[f32],
         bias: &[f32],
+        row: &mut [f32],
         y: &mut [f32],
         s: &ConvShape,
         batch: usize,
     ) {
-        let (in_len, out_len) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
+        let (in_len, plane) = (s.in_c * s.in_h * s.in_w, s.out_h * s.out_w);
+        let out_len = s.out_c * plane;
+        assert!(row.len() >= s.out_w * s.out_c);
         for n in 0..batch {
             for oy in 0..s.out_h {
                 for ox in (0..s.out_w).step_by(OUTPUTS) {
@@ -205,8 +208,7 @@ mod avx512 {
                             x: x[n * in_len + oy * s.stride * s.in_w + ox * s.stride..].as_ptr(),
                             wt: wt[f..].as_ptr(),
                             bias: bias[f..].as_ptr(),
-                            y: y[n * out_len + f * s.out_h * s.out_w + oy * s.out_w + ox..]
-                                .as_mut_ptr(),
+                            y: row[ox * s.out_c + f..].as_mut_ptr(),
                         };
                         macro_rules! run {
                             ($r:expr) => {
@@ -229,6 +231,19 @@ mod avx512 {
                         }
                     }
                 }
+                let to = &mut y[n * out_len + oy * s.out_w..];
+                assert!(to.len() >= (s.out_c - 1) * plane + s.out_w);
+                // SAFETY: the asserts above.
+                unsafe {
+                    transpose(
+                        row.as_ptr(),
+                        s.out_c,
+                        to.as_mut_ptr(),
+                        plane,
+                        s.out_w,
+                        s.out_c,
+                    )
+                };
             }
         }
     }
@@ -288,38 +303,40 @@ mod avx512 {
         }
     }
 
-    /// `to[p·filters + o] = from[o·plane + p]` for `outputs` outputs of
-    /// `filters` filters (a multiple of 16): blocks of 16 × 16 transposed
-    /// in registers, the outputs after the last whole block one by one.
+    /// `to[c·to_stride + r] = from[r·from_stride + c]` for `rows × cols`
+    /// floats: blocks of 16 × 16 transposed in registers, the rows and
+    /// columns after the last whole block one by one.
     ///
     /// # Safety
-    /// AVX-512F; `from` holds `(filters − 1)·plane + outputs` floats, `to`
-    /// `outputs · filters`.
+    /// AVX-512F; `from` holds `(rows − 1)·from_stride + cols` floats, `to`
+    /// `(cols − 1)·to_stride + rows`.
     #[target_feature(enable = "avx512f")]
     unsafe fn transpose(
         from: *const f32,
-        plane: usize,
+        from_stride: usize,
         to: *mut f32,
-        filters: usize,
-        outputs: usize,
+        to_stride: usize,
+        rows: usize,
+        cols: usize,
     ) {
-        let whole = outputs - outputs % 16;
-        for f in (0..filters).step_by(16) {
-            for p in (0..whole).step_by(16) {
-                // SAFETY: outputs p .. p + 16 of filters f .. f + 16 exist.
-                let rows: [__m512; 16] = std::array::from_fn(|i| unsafe {
-                    _mm512_loadu_ps(from.add((f + i) * plane + p))
+        let (whole_rows, whole_cols) = (rows - rows % 16, cols - cols % 16);
+        for r in (0..whole_rows).step_by(16) {
+            for c in (0..whole_cols).step_by(16) {
+                // SAFETY: rows r .. r + 16, columns c .. c + 16 exist.
+                let block: [__m512; 16] = std::array::from_fn(|i| unsafe {
+                    _mm512_loadu_ps(from.add((r + i) * from_stride + c))
                 });
-                for (c, column) in transpose16(rows).iter().enumerate() {
+                for (i, column) in transpose16(block).iter().enumerate() {
                     // SAFETY: as above, transposed.
-                    unsafe { _mm512_storeu_ps(to.add((p + c) * filters + f), *column) };
+                    unsafe { _mm512_storeu_ps(to.add((c + i) * to_stride + r), *column) };
                 }
             }
-            for p in whole..outputs {
-                for o in f..f + 16 {
-                    // SAFETY: output p of filter o exists.
-                    unsafe { *to.add(p * filters + o) = *from.add(o * plane + p) };
-                }
+        }
+        for r in 0..rows {
+            let first_col = if r < whole_rows { whole_cols } else { 0 };
+            for c in first_col..cols {
+                // SAFETY: row r, column c exists.
+                unsafe { *to.add(c * to_stride + r) = *from.add(r * from_stride + c) };
             }
         }
     }
@@ -387,7 +404,7 @@ mod avx512 {
                 let from = &dy[n * out_len + oy * s.out_w..];
                 assert!(from.len() >= (oc - 1) * plane + outputs && dyt.len() >= outputs * oc);
                 // SAFETY: the assert above.
-                unsafe { transpose(from.as_ptr(), plane, dyt.as_mut_ptr(), oc, outputs) };
+                unsafe { transpose(from.as_ptr(), plane, dyt.as_mut_ptr(), oc, oc, outputs) };
                 for c in 0..s.in_c {
                     for ky in 0..k {
                         for kx in (0..k).step_by(TAPS) {
@@ -431,10 +448,16 @@ mod tests {
     use crate::device::cpu::gradcheck::{conv_definition, conv_weight_gradient_definition, random};
 
     /// Against the f64 definition, on shapes with partial tiles of outputs
-    /// (rows of 13 = 8 + 5) and of filters (80 = 48 + 32), strides 1 and 4.
+    /// (rows of 13 = 8 + 5) and of filters (80 = 48 + 32), strides 1 and 4,
+    /// and rows of 40 outputs (two whole 16 × 16 blocks to transpose, and 8).
     #[test]
     fn matches_the_definition_in_f64() {
-        for (out_c, kernel, stride, in_hw) in [(80, 3, 1, 15), (48, 11, 4, 59), (16, 5, 2, 17)] {
+        for (out_c, kernel, stride, in_hw) in [
+            (80, 3, 1, 15),
+            (48, 11, 4, 59),
+            (16, 5, 2, 17),
+            (32, 3, 1, 40),
+        ] {
             let out = (in_hw - kernel) / stride + 1;
             let s = ConvShape {
                 sources: 1,
