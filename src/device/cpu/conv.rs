@@ -6,6 +6,7 @@
 
 use super::matmul::{Mat, matmul, matmul_strided};
 use super::real::Real;
+use super::simd;
 use super::winograd;
 use crate::net::plan::ConvShape;
 use std::ops::Range;
@@ -271,15 +272,30 @@ pub fn conv_backward<T: Real>(
     }
 }
 
-/// `dbias[o] = Σ_n Σ_p dy[n][o][p]`, overwriting `dbias`.
-fn bias_gradient<T: Real>(dy: &[T], dbias: &mut [T], s: &ConvShape, batch: usize) {
+/// Partial sums per plane in [`bias_gradient`], so that its adds run as
+/// one vector instead of one chain.
+const BIAS_LANES: usize = 16;
+
+simd::kernel! {
+/// `dbias[o] = Σ_n Σ_p dy[n][o][p]`, overwriting `dbias`: each plane summed
+/// in [`BIAS_LANES`] interleaved partial sums, added up at its end.
+pub fn bias_gradient<T: Real>(dy: &[T], dbias: &mut [T], s: &ConvShape, batch: usize) {
     let plane = s.out_h * s.out_w;
     dbias.fill(T::zero());
     for dy_n in dy.chunks_exact(s.out_c * plane).take(batch) {
         for (c, g) in dy_n.chunks_exact(plane).enumerate() {
-            dbias[c] += g.iter().copied().sum();
+            let mut lanes = [T::zero(); BIAS_LANES];
+            let mut runs = g.chunks_exact(BIAS_LANES);
+            for run in runs.by_ref() {
+                for (l, &v) in lanes.iter_mut().zip(run) {
+                    *l += v;
+                }
+            }
+            let tail: T = runs.remainder().iter().copied().sum();
+            dbias[c] += lanes.iter().copied().sum::<T>() + tail;
         }
     }
+}
 }
 
 #[cfg(test)]
