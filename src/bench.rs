@@ -63,6 +63,16 @@ pub struct LayerReport {
     pub backward_gflops: f64,
 }
 
+/// One step's per-layer times of each tower, tower 0's first.
+type PairTimings = Vec<Vec<LayerTiming>>;
+
+/// Milliseconds in exchanges per step, one entry per tower.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExchangeTimes {
+    pub training: Vec<f64>,
+    pub inference: Vec<f64>,
+}
+
 /// A benchmark's result, as printed and as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -77,6 +87,10 @@ pub struct BenchReport {
     /// in exchanges per training step (including any wait for the other tower).
     pub exchange_bytes_per_step: usize,
     pub exchange_ms_per_step: f64,
+    /// Each tower's median time in exchanges per training step and per
+    /// inference batch, tower 0's first: the copies, and the waits for the
+    /// other tower that a work split between the cores could win back at most.
+    pub exchange_ms_by_tower: ExchangeTimes,
     /// Bytes of gradients each tower would all-reduce per step with other
     /// replicas of the pair (bench times one pair, which all-reduces none).
     pub allreduce_bytes_per_step: usize,
@@ -175,7 +189,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     // training): after the warm-up fills the queue, each step's time is
     // that of one step through the GPU, and the wait for the last ones to
     // finish counts in the last step's.
-    let time = |f: &mut dyn FnMut(u64) -> Result<()>| -> Result<(Vec<f64>, Vec<Vec<LayerTiming>>)> {
+    let time = |f: &mut dyn FnMut(u64) -> Result<()>| -> Result<(Vec<f64>, Vec<PairTimings>)> {
         for i in 0..config.warmup {
             f(i as u64)?;
         }
@@ -187,7 +201,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
                 towers.take_stats()?;
             }
             steps.push(start.elapsed().as_secs_f64());
-            layers.push(towers.timings()?);
+            layers.push(towers.timings_each()?);
         }
         // A GPU runs asynchronously: its per-layer times come from further
         // steps that wait after each layer, apart from the timed ones.
@@ -195,7 +209,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
             towers.set_profile(true)?;
             for (i, layer) in layers.iter_mut().enumerate() {
                 f((config.warmup + config.steps + i) as u64)?;
-                *layer = towers.timings()?;
+                *layer = towers.timings_each()?;
             }
             towers.set_profile(false)?;
             towers.take_stats()?;
@@ -214,12 +228,26 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         }
     })?;
     let (inference, inference_layers) = time(&mut |_| towers.evaluate(&batch).map(drop))?;
-    let exchange_s = median(
-        train_layers
-            .iter()
-            .map(|step| step.iter().map(|t| t.exchange_s).sum())
-            .collect(),
-    );
+    // Per tower, the median over steps of its exchange time per step, in ms.
+    let exchange_ms = |steps: &[PairTimings]| -> Vec<f64> {
+        let towers = steps.first().map_or(0, Vec::len);
+        (0..towers)
+            .map(|t| {
+                let per_step = steps
+                    .iter()
+                    .map(|s| s[t].iter().map(|l| l.exchange_s).sum());
+                1e3 * median(per_step.collect())
+            })
+            .collect()
+    };
+    let exchange_ms_by_tower = ExchangeTimes {
+        training: exchange_ms(&train_layers),
+        inference: exchange_ms(&inference_layers),
+    };
+    let tower_0 = |steps: Vec<PairTimings>| -> Vec<Vec<LayerTiming>> {
+        steps.into_iter().map(|mut s| s.swap_remove(0)).collect()
+    };
+    let (train_layers, inference_layers) = (tower_0(train_layers), tower_0(inference_layers));
     let gpu_memory_in_use = memory()?;
     let towers_per_gpu = match config.placement {
         Placement::Cpu { .. } => None,
@@ -235,7 +263,8 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         device: config.placement.to_string(),
         link: towers.link_note().to_string(),
         exchange_bytes_per_step: link::bytes_per_step(&plan, config.batch),
-        exchange_ms_per_step: 1e3 * exchange_s,
+        exchange_ms_per_step: exchange_ms_by_tower.training[0],
+        exchange_ms_by_tower,
         allreduce_bytes_per_step: crate::reduce::bytes_per_step(
             plan.params() / crate::net::plan::TOWERS,
         ),
@@ -251,11 +280,16 @@ pub fn render(r: &BenchReport) -> String {
     let gflops =
         |t: &Timing, passes: f64| passes * 2.0 * r.macs_per_image as f64 * t.images_per_s / 1e9;
     let steps = r.train.step_seconds.len();
+    let per_tower = |ms: &[f64]| {
+        let each: Vec<String> = ms.iter().map(|m| format!("{m:.1}")).collect();
+        each.join(" / ")
+    };
     let mut text = format!(
         "bench: preset {}, batch {}, {}; median of {steps} steps after warm-up\n\
          training   {:8.1} images/s  ({:.3} s/step, ≈{:.0} GFLOP/s)\n\
          inference  {:8.1} images/s  ({:.3} s/batch, ≈{:.0} GFLOP/s)\n\
          exchanges  {:8.2} MB per training step per tower, {:.1} ms ({})\n\
+         waits      {} ms per training step, {} ms per inference batch, tower 0 / 1 (exchanges' copies and waits for the other tower)\n\
          all-reduce {:8.2} MB of gradients per step per tower with replicas (none in this one-pair run)\n",
         r.preset,
         r.batch,
@@ -269,6 +303,8 @@ pub fn render(r: &BenchReport) -> String {
         r.exchange_bytes_per_step as f64 / 1e6,
         r.exchange_ms_per_step,
         r.link,
+        per_tower(&r.exchange_ms_by_tower.training),
+        per_tower(&r.exchange_ms_by_tower.inference),
         r.allreduce_bytes_per_step as f64 / 1e6,
     );
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;

@@ -679,6 +679,11 @@ impl TowerPair {
         self.ask_first(|t: &mut dyn Work| Ok(t.timings()))
     }
 
+    /// Both towers' per-layer wall times of the last step, tower 0's first.
+    pub fn timings_each(&self) -> Result<Vec<Vec<LayerTiming>>> {
+        self.ask(|| |t: &mut dyn Work| Ok(t.timings()))
+    }
+
     /// Makes both towers wait for their device after each layer (see [`Tower::set_profile`]).
     pub fn set_profile(&self, on: bool) -> Result<()> {
         self.ask(|| {

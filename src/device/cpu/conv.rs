@@ -6,6 +6,7 @@
 
 use super::matmul::{Mat, matmul, matmul_strided};
 use super::real::Real;
+use super::simd;
 use super::winograd;
 use crate::net::plan::ConvShape;
 use std::ops::Range;
@@ -190,8 +191,9 @@ pub fn conv_forward<T: Real>(
 }
 
 /// Gradients of [`conv_forward`]: `dw_s`, `dbias`, and `dx_s` when `dx` is
-/// given; in f32, those of a 3×3 or 5×5 stride-1 layer by Winograd's
-/// F(2×2, r×r).
+/// given; in f32, `dw` of an unpadded one-tower layer without `dx` (conv1)
+/// by the direct kernel, and those of a 3×3 or 5×5 stride-1 layer by
+/// Winograd's F(2×2, r×r).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward<T: Real>(
     x: &[T],
@@ -209,6 +211,13 @@ pub fn conv_backward<T: Real>(
         phases,
         winograd: transforms,
     } = scratch;
+    if dx.is_none()
+        && let [dw] = dw
+        && T::conv_backward_weights_direct(x, dy, dw, s, batch, col)
+    {
+        bias_gradient(dy, dbias, s, batch);
+        return;
+    }
     if T::WINOGRAD && winograd::applies_backward(s) {
         bias_gradient(dy, dbias, s, batch);
         winograd::conv_backward_weights(x, dy, dw, s, batch, transforms);
@@ -263,15 +272,30 @@ pub fn conv_backward<T: Real>(
     }
 }
 
-/// `dbias[o] = Σ_n Σ_p dy[n][o][p]`, overwriting `dbias`.
-fn bias_gradient<T: Real>(dy: &[T], dbias: &mut [T], s: &ConvShape, batch: usize) {
+/// Partial sums per plane in [`bias_gradient`], so that its adds run as
+/// one vector instead of one chain.
+const BIAS_LANES: usize = 16;
+
+simd::kernel! {
+/// `dbias[o] = Σ_n Σ_p dy[n][o][p]`, overwriting `dbias`: each plane summed
+/// in [`BIAS_LANES`] interleaved partial sums, added up at its end.
+pub fn bias_gradient<T: Real>(dy: &[T], dbias: &mut [T], s: &ConvShape, batch: usize) {
     let plane = s.out_h * s.out_w;
     dbias.fill(T::zero());
     for dy_n in dy.chunks_exact(s.out_c * plane).take(batch) {
         for (c, g) in dy_n.chunks_exact(plane).enumerate() {
-            dbias[c] += g.iter().copied().sum();
+            let mut lanes = [T::zero(); BIAS_LANES];
+            let mut runs = g.chunks_exact(BIAS_LANES);
+            for run in runs.by_ref() {
+                for (l, &v) in lanes.iter_mut().zip(run) {
+                    *l += v;
+                }
+            }
+            let tail: T = runs.remainder().iter().copied().sum();
+            dbias[c] += lanes.iter().copied().sum::<T>() + tail;
         }
     }
+}
 }
 
 #[cfg(test)]

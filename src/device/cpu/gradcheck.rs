@@ -83,3 +83,46 @@ pub fn conv_definition(
     }
     y
 }
+
+/// The weight gradient of a one-tower convolution's definition in f64, one
+/// weight at a time: `dw[o][c][ky][kx] = Σ_n Σ_(oy,ox) dy[n][o][oy][ox] ·
+/// x[n][c][oy·stride + ky − pad][ox·stride + kx − pad]` (zero outside the image).
+pub fn conv_weight_gradient_definition(
+    x: &[f64],
+    dy: &[f64],
+    s: &ConvShape,
+    batch: usize,
+) -> Vec<f64> {
+    let k = s.kernel;
+    let mut dw = vec![0.0; s.out_c * s.in_c * k * k];
+    for o in 0..s.out_c {
+        for c in 0..s.in_c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let mut acc = 0.0;
+                    for n in 0..batch {
+                        for oy in 0..s.out_h {
+                            for ox in 0..s.out_w {
+                                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                                let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy as usize >= s.in_h
+                                    || ix as usize >= s.in_w
+                                {
+                                    continue;
+                                }
+                                let xi = ((n * s.in_c + c) * s.in_h + iy as usize) * s.in_w
+                                    + ix as usize;
+                                let yi = ((n * s.out_c + o) * s.out_h + oy) * s.out_w + ox;
+                                acc += dy[yi] * x[xi];
+                            }
+                        }
+                    }
+                    dw[((o * s.in_c + c) * k + ky) * k + kx] = acc;
+                }
+            }
+        }
+    }
+    dw
+}

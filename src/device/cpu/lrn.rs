@@ -79,9 +79,13 @@ fn forward<T: Real>(
         for c in 0..s.c {
             let at = (n * image + c * s.plane)..(n * image + (c + 1) * s.plane);
             let out = &mut scale[at.clone()];
-            out.fill(T::zero());
-            for j in window(c, s) {
-                for (o, &v) in out.iter_mut().zip(&x_n[j * s.plane..][..s.plane]) {
+            let mut planes = window(c, s).map(|j| &x_n[j * s.plane..][..s.plane]);
+            let first = planes.next().expect("a window holds its own channel");
+            for (o, &v) in out.iter_mut().zip(first) {
+                *o = v * v;
+            }
+            for plane in planes {
+                for (o, &v) in out.iter_mut().zip(plane) {
                     *o += v * v;
                 }
             }

@@ -45,8 +45,14 @@ pub fn dropout_keeps(key: u64, index: usize, p: f32) -> bool {
 }
 
 /// `out = inp / (1 − p)` where kept, 0 elsewhere; element `i` draws the
-/// mask at index `first + i`. The same for forward and backward.
+/// mask at index `first + i`. The same for forward and backward. With p = 0
+/// (the test-time identity) every element is kept at scale 1: a copy, no draws.
 pub fn dropout_apply<T: Real>(inp: &[T], out: &mut [T], p: f32, key: u64, first: usize) {
+    if p == 0.0 {
+        let n = out.len().min(inp.len());
+        out[..n].copy_from_slice(&inp[..n]);
+        return;
+    }
     let keep_scale = T::of(1.0 / (1.0 - f64::from(p)));
     for (i, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
         *o = if dropout_keeps(key, first + i, p) {
@@ -135,6 +141,14 @@ mod tests {
         assert_eq!(y, again);
         dropout_apply(&x, &mut again, 0.5, 43, 0);
         assert_ne!(y, again);
+    }
+
+    #[test]
+    fn dropout_at_p_0_is_the_identity() {
+        let x = random(1000, 9);
+        let mut y = vec![f64::NAN; x.len()];
+        dropout_apply(&x, &mut y, 0.0, 7, 3);
+        assert_eq!(x, y);
     }
 
     #[test]

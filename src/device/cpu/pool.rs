@@ -119,6 +119,48 @@ mod tests {
         }
     }
 
+    /// With many ties (inputs of 0, 1 and 2, as after a ReLU), each output's
+    /// gradient goes to the first maximum of its window in row-major order,
+    /// against a plain scan; one shape's last windows hang over the edge.
+    #[test]
+    fn ties_go_to_the_first_maximum_of_each_window() {
+        let over = PoolShape {
+            in_h: 6,
+            in_w: 6,
+            ..SHAPE
+        };
+        for s in [SHAPE, over] {
+            let planes = 2 * s.c;
+            let x: Vec<f64> = random(planes * s.in_h * s.in_w, 4)
+                .iter()
+                .map(|v| (v * 1.5 + 1.5).floor())
+                .collect();
+            let mut y = vec![0.0; planes * s.out_h * s.out_w];
+            maxpool_forward(&x, &mut y, &s, 2);
+            let dy = random(y.len(), 5);
+            let mut dx = vec![f64::NAN; x.len()];
+            maxpool_backward(&x, &y, &dy, &mut dx, &s, 2);
+            let mut want = vec![0.0; x.len()];
+            for p in 0..planes {
+                for oy in 0..s.out_h {
+                    for ox in 0..s.out_w {
+                        let o = (p * s.out_h + oy) * s.out_w + ox;
+                        let window = (oy * 2..(oy * 2 + 3).min(s.in_h)).flat_map(|iy| {
+                            (ox * 2..(ox * 2 + 3).min(s.in_w))
+                                .map(move |ix| (p * s.in_h + iy) * s.in_w + ix)
+                        });
+                        let max = window.clone().map(|i| x[i]).fold(f64::MIN, f64::max);
+                        let i = window.clone().find(|&i| x[i] == max).unwrap();
+                        want[i] += dy[o];
+                    }
+                }
+            }
+            for (g, e) in dx.iter().zip(&want) {
+                assert!((g - e).abs() < 1e-12, "{g} vs {e}");
+            }
+        }
+    }
+
     #[test]
     fn backward_matches_finite_differences() {
         let x = random(2 * SHAPE.c * SHAPE.in_h * SHAPE.in_w, 2);

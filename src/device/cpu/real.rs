@@ -52,6 +52,20 @@ pub trait Real:
         let _ = (x, w, bias, y, s, batch, scratch);
         false
     }
+    /// `dw` = the weight gradient of [`Real::conv_forward_direct`]'s layer
+    /// by a direct kernel for this type and layer, if it has one here;
+    /// false (and `dw` untouched) otherwise. See [`super::direct`].
+    fn conv_backward_weights_direct(
+        x: &[Self],
+        dy: &[Self],
+        dw: &mut [Self],
+        s: &ConvShape,
+        batch: usize,
+        scratch: &mut Vec<Self>,
+    ) -> bool {
+        let _ = (x, dy, dw, s, batch, scratch);
+        false
+    }
 }
 
 impl Real for f32 {
@@ -78,6 +92,16 @@ impl Real for f32 {
         scratch: &mut Vec<f32>,
     ) -> bool {
         super::direct::conv_forward_f32(x, w, bias, y, s, batch, scratch)
+    }
+    fn conv_backward_weights_direct(
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        s: &ConvShape,
+        batch: usize,
+        scratch: &mut Vec<f32>,
+    ) -> bool {
+        super::direct::conv_backward_weights_f32(x, dy, dw, s, batch, scratch)
     }
 }
 
