@@ -33,10 +33,11 @@ pub struct Scratch<T> {
     v: Vec<T>,
     /// `[α²][out_c][tiles]`: the products, or their gradients.
     m: Vec<T>,
-    /// One input plane inside its zero padding, rounded up to whole blocks.
-    plane: Vec<T>,
-    /// One plane's transformed blocks, `[α²][blocks]`.
-    block: Vec<T>,
+    /// One input channel's samples under each tap column of every block
+    /// (`transforms::input`).
+    gathered: Vec<T>,
+    /// One input channel's blocks times `B` along their rows.
+    rows: Vec<T>,
     /// The filters of the backward-data pass, and its zero bias.
     flipped: Vec<T>,
     zeros: Vec<T>,
@@ -149,8 +150,8 @@ fn forward<T: Real, F: Algorithm>(
         u,
         v,
         m,
-        plane,
-        block,
+        gathered,
+        rows,
         ..
     } = scratch;
     v.resize(s.sources * a2 * s.in_c * images * per_image, T::zero());
@@ -163,7 +164,7 @@ fn forward<T: Real, F: Algorithm>(
         for (src, v_s) in v.chunks_exact_mut(source_len).take(s.sources).enumerate() {
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
-                transforms::input::<T, F>(image, s, i * per_image, t, v_s, plane, block);
+                transforms::input::<T, F>(image, s, i * per_image, t, v_s, gathered, rows);
             }
         }
         for o in (0..s.out_c).step_by(OUT_BLOCK) {
@@ -243,8 +244,8 @@ fn weights<T: Real, F: Algorithm>(
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
                 let v = &mut scratch.v[..a2 * s.in_c * t];
-                let (plane, block) = (&mut scratch.plane, &mut scratch.block);
-                transforms::input::<T, F>(image, s, i * per_image, t, v, plane, block);
+                let (gathered, rows) = (&mut scratch.gathered, &mut scratch.rows);
+                transforms::input::<T, F>(image, s, i * per_image, t, v, gathered, rows);
             }
             for xi in 0..a2 {
                 matmul(

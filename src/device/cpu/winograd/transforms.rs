@@ -187,52 +187,72 @@ pub fn filters_adjoint<T: Real, F: Algorithm>(du: &[T], s: &ConvShape, dw: &mut 
     }
 }
 
+/// The samples of one channel under each tap column of every block, for
+/// [`input`]: `gathered[j][p][r][tx] = d(2r + p, 2tx + j)`, `d` the channel
+/// inside its zero padding, so that each of `Bᵀ`'s terms along a row is
+/// one contiguous slice over all the plane's rows and blocks. Writes only
+/// the samples inside the image: the padding's entries stay as they are.
+fn gather<T: Real>(channel: &[T], s: &ConvShape, a: usize, tw: usize, gathered: &mut [T]) {
+    let part = gathered.len() / (2 * a);
+    for (iy, line) in channel.chunks_exact(s.in_w).take(s.in_h).enumerate() {
+        let y = iy + s.pad;
+        let (p, r) = (y % 2, y / 2);
+        for j in 0..a {
+            let lo = s.pad.saturating_sub(j).div_ceil(2);
+            let hi = (s.in_w + s.pad).saturating_sub(j).div_ceil(2).min(tw);
+            if lo >= hi {
+                continue;
+            }
+            let row = &mut gathered[(2 * j + p) * part + r * tw..][..tw];
+            let src = &line[2 * lo + j - s.pad..];
+            for (d, &x) in row[lo..hi].iter_mut().zip(src.iter().step_by(2)) {
+                *d = x;
+            }
+        }
+    }
+}
+
 simd::kernel! {
 /// The transformed blocks `Bᵀ d B` of one image's input, `d` each α×α
 /// block at stride 2, into columns `first..` of `v` (`[α²][in_c][t]`):
-/// `Bᵀ` down whole rows of the padded plane, then `B` along each block's
-/// row; `plane` and `block` are its to use.
+/// `B` along the rows of every block at once (over [`gather`]'s slices,
+/// into `rows`, `[k][p][r][tx]`: plane row `2r + p`, block column `tx`),
+/// then `Bᵀ` down them, each of the α² results one contiguous slice of
+/// `v`; `gathered` and `rows` are its to use.
 pub fn input<T: Real, F: Algorithm>(
     image: &[T],
     s: &ConvShape,
     first: usize,
     t: usize,
     v: &mut [T],
-    plane: &mut Vec<T>,
-    block: &mut Vec<T>,
+    gathered: &mut Vec<T>,
+    rows: &mut Vec<T>,
 ) {
     let a = F::A;
     let (th, tw) = tiles(s);
-    let (ph, pw, per_image) = (2 * th + a - 2, 2 * tw + a - 2, th * tw);
-    plane.resize(ph * pw, T::zero());
-    block.resize(a * a * per_image, T::zero());
-    let mut down = vec![T::zero(); a * pw];
-    for c in 0..s.in_c {
-        plane.fill(T::zero());
-        for iy in 0..s.in_h {
-            let line = &image[(c * s.in_h + iy) * s.in_w..][..s.in_w];
-            plane[(iy + s.pad) * pw + s.pad..][..s.in_w].copy_from_slice(line);
+    let per_image = th * tw;
+    let part = (th + a / 2 - 1) * tw;
+    gathered.clear();
+    gathered.resize(2 * a * part, T::zero());
+    rows.resize(2 * a * part, T::zero());
+    for (c, channel) in image.chunks_exact(s.in_h * s.in_w).take(s.in_c).enumerate() {
+        gather(channel, s, a, tw, gathered);
+        for (kp, out) in rows.chunks_exact_mut(part).enumerate() {
+            let (k, p) = (kp / 2, kp % 2);
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (j, input) in ins.iter_mut().take(a).enumerate() {
+                *input = &gathered[(2 * j + p) * part..][..part];
+            }
+            combine(&F::BT[k * a..][..a], &ins[..a], out);
         }
-        for ty in 0..th {
-            let mut rows: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
-            for (j, row) in plane[2 * ty * pw..][..a * pw].chunks_exact(pw).enumerate() {
-                rows[j] = row;
+        for xi in 0..a * a {
+            let (i, k) = (xi / a, xi % a);
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (j, input) in ins.iter_mut().take(a).enumerate() {
+                *input = &rows[(2 * k + j % 2) * part + j / 2 * tw..][..per_image];
             }
-            for (i, d) in down.chunks_exact_mut(pw).enumerate() {
-                combine(&F::BT[i * a..][..a], &rows[..a], d);
-            }
-            for (i, d) in down.chunks_exact(pw).enumerate() {
-                for tx in 0..tw {
-                    let e = &d[2 * tx..][..a];
-                    let at = ty * tw + tx;
-                    for k in 0..a {
-                        block[(i * a + k) * per_image + at] = dot(&F::BT[k * a..][..a], e);
-                    }
-                }
-            }
-        }
-        for (xi, values) in block.chunks_exact(per_image).enumerate() {
-            v[(xi * s.in_c + c) * t + first..][..per_image].copy_from_slice(values);
+            let out = &mut v[(xi * s.in_c + c) * t + first..][..per_image];
+            combine(&F::BT[i * a..][..a], &ins[..a], out);
         }
     }
 }
