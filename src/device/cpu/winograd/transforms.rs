@@ -294,28 +294,30 @@ pub fn output<T: Real, F: Algorithm>(
                 ins[j] = h;
             }
             combine(&F::AT[l * a..][..a], &ins[..a], values);
-            for v in values.iter_mut() {
-                *v += bias[o];
-            }
         }
         let plane = &mut y[o * s.out_h * s.out_w..][..s.out_h * s.out_w];
-        for (corner, values) in out.chunks_exact(per_image).enumerate() {
-            let (i, j) = (corner / 2, corner % 2);
-            for ty in 0..th {
-                let oy = 2 * ty + i;
-                if oy >= s.out_h {
-                    continue;
-                }
-                let line = &mut plane[oy * s.out_w..][..s.out_w];
-                for (tx, &value) in values[ty * tw..][..tw].iter().enumerate() {
-                    if let Some(dst) = line.get_mut(2 * tx + j) {
-                        *dst = value;
-                    }
-                }
-            }
+        for (oy, line) in plane.chunks_exact_mut(s.out_w).enumerate() {
+            let (ty, i) = (oy / 2, oy % 2);
+            let left = &out[2 * i * per_image + ty * tw..][..tw];
+            let right = &out[(2 * i + 1) * per_image + ty * tw..][..tw];
+            interleave(left, right, bias[o], line);
         }
     }
 }
+}
+
+/// `line = bias + (left[0], right[0], left[1], right[1], …)`, as far as
+/// `line` goes: one row of outputs from its blocks' two columns.
+#[inline(always)]
+fn interleave<T: Real>(left: &[T], right: &[T], bias: T, line: &mut [T]) {
+    let mut pairs = line.chunks_exact_mut(2);
+    for ((pair, &l), &r) in (&mut pairs).zip(left).zip(right) {
+        pair[0] = l + bias;
+        pair[1] = r + bias;
+    }
+    if let Some(last) = pairs.into_remainder().first_mut() {
+        *last = left[left.len() - 1] + bias;
+    }
 }
 
 simd::kernel! {
