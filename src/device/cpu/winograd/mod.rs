@@ -33,9 +33,9 @@ pub struct Scratch<T> {
     v: Vec<T>,
     /// `[α²][out_c][tiles]`: the products, or their gradients.
     m: Vec<T>,
-    /// One input channel's samples under each tap column of every block
+    /// One input channel's even and odd rows and columns
     /// (`transforms::input`).
-    gathered: Vec<T>,
+    halves: Vec<T>,
     /// One input channel's blocks times `B` along their rows.
     rows: Vec<T>,
     /// The filters of the backward-data pass, and its zero bias.
@@ -150,7 +150,7 @@ fn forward<T: Real, F: Algorithm>(
         u,
         v,
         m,
-        gathered,
+        halves,
         rows,
         ..
     } = scratch;
@@ -164,7 +164,7 @@ fn forward<T: Real, F: Algorithm>(
         for (src, v_s) in v.chunks_exact_mut(source_len).take(s.sources).enumerate() {
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
-                transforms::input::<T, F>(image, s, i * per_image, t, v_s, gathered, rows);
+                transforms::input::<T, F>(image, s, i * per_image, t, v_s, halves, rows);
             }
         }
         for o in (0..s.out_c).step_by(OUT_BLOCK) {
@@ -244,8 +244,8 @@ fn weights<T: Real, F: Algorithm>(
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
                 let v = &mut scratch.v[..a2 * s.in_c * t];
-                let (gathered, rows) = (&mut scratch.gathered, &mut scratch.rows);
-                transforms::input::<T, F>(image, s, i * per_image, t, v, gathered, rows);
+                let (halves, rows) = (&mut scratch.halves, &mut scratch.rows);
+                transforms::input::<T, F>(image, s, i * per_image, t, v, halves, rows);
             }
             for xi in 0..a2 {
                 matmul(
@@ -323,10 +323,13 @@ mod tests {
     /// 3×3 and 5×5 kernels on odd and even sizes (a last block half outside
     /// the image), pads 0 to r − 1 (and past it, forward), two sources,
     /// batches that take several passes (13×13 outputs: 49 blocks an image,
-    /// 4 images a pass; 9×9: 25 blocks, 7 images a pass), and output
-    /// channels in two blocks (40 = 32 + 8).
+    /// 4 images a pass; 9×9: 25 blocks, 7 images a pass), output
+    /// channels in two blocks (40 = 32 + 8), and rows of more blocks than
+    /// one register's lanes of the input transform (35 outputs: 18 blocks).
     fn cases() -> Vec<(ConvShape, usize)> {
         vec![
+            (shape(3, 1, 1, 5, 35), 2),
+            (shape(5, 2, 2, 3, 36), 2),
             (shape(3, 1, 1, 13, 13), 23),
             (shape(3, 2, 1, 6, 7), 3),
             (shape(3, 1, 0, 8, 5), 2),

@@ -187,24 +187,45 @@ pub fn filters_adjoint<T: Real, F: Algorithm>(du: &[T], s: &ConvShape, dw: &mut 
     }
 }
 
-/// The samples of one channel under each tap column of every block, for
-/// [`input`]: `gathered[j][p][r][tx] = d(2r + p, 2tx + j)`, `d` the channel
-/// inside its zero padding, so that each of `Bᵀ`'s terms along a row is
-/// one contiguous slice over all the plane's rows and blocks. Writes only
-/// the samples inside the image: the padding's entries stay as they are.
-fn gather<T: Real>(channel: &[T], s: &ConvShape, a: usize, tw: usize, gathered: &mut [T]) {
-    let part = gathered.len() / (2 * a);
+/// Lanes of [`combine_chunk`]: one AVX-512 register of f32.
+const CHUNK: usize = 16;
+
+/// `out[..CHUNK] = Σ_j c[j] · ins[j][..CHUNK]`, skipping zero
+/// coefficients: [`combine`] on a fixed width, which the compiler keeps in
+/// registers whatever the rows' lengths.
+#[inline(always)]
+fn combine_chunk<T: Real>(c: &[f64], ins: &[&[T]], out: &mut [T]) {
+    let mut acc = [-T::zero(); CHUNK];
+    for (&c, input) in c.iter().zip(ins) {
+        if c == 0.0 {
+            continue;
+        }
+        let c = T::of(c);
+        for (o, &v) in acc.iter_mut().zip(&input[..CHUNK]) {
+            *o += c * v;
+        }
+    }
+    out[..CHUNK].copy_from_slice(&acc);
+}
+
+/// One channel split four ways for [`input`], `split[q][p][r][m] =
+/// d(2r + p, 2m + q)`, `d` the channel inside its zero padding: the even
+/// and odd columns of the even and odd rows, `width` columns each. Writes
+/// only the samples inside the image: the padding's entries stay as they
+/// are.
+fn split<T: Real>(channel: &[T], s: &ConvShape, width: usize, split: &mut [T]) {
+    let part = (split.len() - 2 * CHUNK) / 4;
     for (iy, line) in channel.chunks_exact(s.in_w).take(s.in_h).enumerate() {
         let y = iy + s.pad;
         let (p, r) = (y % 2, y / 2);
-        for j in 0..a {
-            let lo = s.pad.saturating_sub(j).div_ceil(2);
-            let hi = (s.in_w + s.pad).saturating_sub(j).div_ceil(2).min(tw);
+        for q in 0..2 {
+            let lo = s.pad.saturating_sub(q).div_ceil(2);
+            let hi = (s.in_w + s.pad).saturating_sub(q).div_ceil(2).min(width);
             if lo >= hi {
                 continue;
             }
-            let row = &mut gathered[(2 * j + p) * part + r * tw..][..tw];
-            let src = &line[2 * lo + j - s.pad..];
+            let row = &mut split[(2 * q + p) * part + r * width..][..width];
+            let src = &line[2 * lo + q - s.pad..];
             for (d, &x) in row[lo..hi].iter_mut().zip(src.iter().step_by(2)) {
                 *d = x;
             }
@@ -214,36 +235,45 @@ fn gather<T: Real>(channel: &[T], s: &ConvShape, a: usize, tw: usize, gathered: 
 
 simd::kernel! {
 /// The transformed blocks `Bᵀ d B` of one image's input, `d` each α×α
-/// block at stride 2, into columns `first..` of `v` (`[α²][in_c][t]`):
-/// `B` along the rows of every block at once (over [`gather`]'s slices,
-/// into `rows`, `[k][p][r][tx]`: plane row `2r + p`, block column `tx`),
-/// then `Bᵀ` down them, each of the α² results one contiguous slice of
-/// `v`; `gathered` and `rows` are its to use.
+/// block at stride 2, into columns `first..` of `v` (`[α²][in_c][t]`).
+/// Each channel is [`split`], then `B` runs along the rows of all its
+/// blocks at once, a few blocks a register (into `rows`, `[k][p][r][tx]`:
+/// plane row `2r + p`, block column `tx`, each register's lanes past a
+/// row's end overwritten by the next row), then `Bᵀ` down them, each of
+/// the α² results one contiguous slice of `v`. `halves` and `rows` are
+/// its to use.
 pub fn input<T: Real, F: Algorithm>(
     image: &[T],
     s: &ConvShape,
     first: usize,
     t: usize,
     v: &mut [T],
-    gathered: &mut Vec<T>,
+    halves: &mut Vec<T>,
     rows: &mut Vec<T>,
 ) {
     let a = F::A;
     let (th, tw) = tiles(s);
     let per_image = th * tw;
-    let part = (th + a / 2 - 1) * tw;
-    gathered.clear();
-    gathered.resize(2 * a * part, T::zero());
-    rows.resize(2 * a * part, T::zero());
+    let rh = th + a / 2 - 1;
+    let width = tw + a / 2 - 1;
+    let (half, part) = (rh * width, rh * tw);
+    halves.clear();
+    halves.resize(4 * half + 2 * CHUNK, T::zero());
+    rows.resize(2 * a * part + CHUNK, T::zero());
     for (c, channel) in image.chunks_exact(s.in_h * s.in_w).take(s.in_c).enumerate() {
-        gather(channel, s, a, tw, gathered);
-        for (kp, out) in rows.chunks_exact_mut(part).enumerate() {
+        split(channel, s, width, halves);
+        for kp in 0..2 * a {
             let (k, p) = (kp / 2, kp % 2);
-            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
-            for (j, input) in ins.iter_mut().take(a).enumerate() {
-                *input = &gathered[(2 * j + p) * part..][..part];
+            for r in 0..rh {
+                for x in (0..tw).step_by(CHUNK) {
+                    let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+                    for (j, input) in ins.iter_mut().take(a).enumerate() {
+                        *input = &halves[(2 * (j % 2) + p) * half + r * width + x + j / 2..];
+                    }
+                    let out = &mut rows[kp * part + r * tw + x..];
+                    combine_chunk(&F::BT[k * a..][..a], &ins[..a], out);
+                }
             }
-            combine(&F::BT[k * a..][..a], &ins[..a], out);
         }
         for xi in 0..a * a {
             let (i, k) = (xi / a, xi % a);
