@@ -107,18 +107,45 @@ fn dot<T: Real>(c: &[f64], x: &[T]) -> T {
     acc
 }
 
-/// `out = Σ_j c[j] · ins[j]`, elementwise, skipping zero coefficients.
+/// Lanes of [`combine_chunk`]: one AVX-512 register of f32.
+const CHUNK: usize = 16;
+
+/// `Σ_j c[j] · ins[j][at..at + CHUNK]`, skipping zero coefficients (as
+/// [`dot`]), on a fixed width that the compiler keeps in a register
+/// whatever the slices' lengths.
 #[inline(always)]
-fn combine<T: Real>(c: &[f64], ins: &[&[T]], out: &mut [T]) {
-    out.fill(-T::zero());
+fn combine_chunk<T: Real>(c: &[f64], ins: &[&[T]], at: usize) -> [T; CHUNK] {
+    let mut acc = [-T::zero(); CHUNK];
     for (&c, input) in c.iter().zip(ins) {
         if c == 0.0 {
             continue;
         }
         let c = T::of(c);
-        for (o, &v) in out.iter_mut().zip(input.iter()) {
+        for (o, &v) in acc.iter_mut().zip(&input[at..][..CHUNK]) {
             *o += c * v;
         }
+    }
+    acc
+}
+
+/// `out = Σ_j c[j] · ins[j]`, elementwise, skipping zero coefficients: a
+/// register of elements at a time, each term added to it there.
+#[inline(always)]
+fn combine<T: Real>(c: &[f64], ins: &[&[T]], out: &mut [T]) {
+    let start = out.len() - out.len() % CHUNK;
+    let mut chunks = out.chunks_exact_mut(CHUNK);
+    for (n, o) in (&mut chunks).enumerate() {
+        o.copy_from_slice(&combine_chunk(c, ins, n * CHUNK));
+    }
+    let rest = chunks.into_remainder();
+    for (n, o) in rest.iter_mut().enumerate() {
+        let mut acc = -T::zero();
+        for (&c, input) in c.iter().zip(ins) {
+            if c != 0.0 {
+                acc += T::of(c) * input[start + n];
+            }
+        }
+        *o = acc;
     }
 }
 
@@ -187,27 +214,6 @@ pub fn filters_adjoint<T: Real, F: Algorithm>(du: &[T], s: &ConvShape, dw: &mut 
     }
 }
 
-/// Lanes of [`combine_chunk`]: one AVX-512 register of f32.
-const CHUNK: usize = 16;
-
-/// `out[..CHUNK] = Σ_j c[j] · ins[j][..CHUNK]`, skipping zero
-/// coefficients: [`combine`] on a fixed width, which the compiler keeps in
-/// registers whatever the rows' lengths.
-#[inline(always)]
-fn combine_chunk<T: Real>(c: &[f64], ins: &[&[T]], out: &mut [T]) {
-    let mut acc = [-T::zero(); CHUNK];
-    for (&c, input) in c.iter().zip(ins) {
-        if c == 0.0 {
-            continue;
-        }
-        let c = T::of(c);
-        for (o, &v) in acc.iter_mut().zip(&input[..CHUNK]) {
-            *o += c * v;
-        }
-    }
-    out[..CHUNK].copy_from_slice(&acc);
-}
-
 /// One channel split four ways for [`input`], `split[q][p][r][m] =
 /// d(2r + p, 2m + q)`, `d` the channel inside its zero padding: the even
 /// and odd columns of the even and odd rows, `width` columns each. Writes
@@ -270,8 +276,8 @@ pub fn input<T: Real, F: Algorithm>(
                     for (j, input) in ins.iter_mut().take(a).enumerate() {
                         *input = &halves[(2 * (j % 2) + p) * half + r * width + x + j / 2..];
                     }
-                    let out = &mut rows[kp * part + r * tw + x..];
-                    combine_chunk(&F::BT[k * a..][..a], &ins[..a], out);
+                    let sum = combine_chunk(&F::BT[k * a..][..a], &ins[..a], 0);
+                    rows[kp * part + r * tw + x..][..CHUNK].copy_from_slice(&sum);
                 }
             }
         }
