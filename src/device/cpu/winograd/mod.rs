@@ -22,7 +22,7 @@ use transforms::{Algorithm, F2x3, F2x5, tiles};
 const TILES_PER_PASS: usize = 196;
 /// Output channels per block of the forward products, so that a block's
 /// products stay in the core's cache until they are transformed back.
-const OUT_BLOCK: usize = 32;
+const OUT_BLOCK: usize = 64;
 
 /// The transformed filters, input and products of one pass.
 #[derive(Debug, Default)]
@@ -324,7 +324,7 @@ mod tests {
     /// the image), pads 0 to r − 1 (and past it, forward), two sources,
     /// batches that take several passes (13×13 outputs: 49 blocks an image,
     /// 4 images a pass; 9×9: 25 blocks, 7 images a pass), output
-    /// channels in two blocks (40 = 32 + 8), and rows of more blocks than
+    /// channels in two blocks (72 = 64 + 8), and rows of more blocks than
     /// one register's lanes of the input transform (35 outputs: 18 blocks).
     fn cases() -> Vec<(ConvShape, usize)> {
         vec![
@@ -341,14 +341,14 @@ mod tests {
             (shape(5, 1, 3, 3, 3), 2),
             (
                 ConvShape {
-                    out_c: 40,
+                    out_c: 72,
                     ..shape(3, 2, 1, 6, 7)
                 },
                 2,
             ),
             (
                 ConvShape {
-                    out_c: 40,
+                    out_c: 72,
                     ..shape(5, 1, 2, 9, 8)
                 },
                 9,
