@@ -141,10 +141,10 @@ fn forward<T: Real, F: Algorithm>(
     let a2 = F::A * F::A;
     let (images, per_image) = pass(s, batch);
     let in_len = s.in_c * s.in_h * s.in_w;
-    let filters = a2 * s.out_c * s.in_c;
-    scratch.u.resize(s.sources * filters, T::zero());
-    for (w_s, u) in w.iter().zip(scratch.u.chunks_exact_mut(filters)) {
-        transforms::filters::<T, F>(w_s, s, u);
+    let channels = s.sources * s.in_c;
+    scratch.u.resize(a2 * s.out_c * channels, T::zero());
+    for (src, w_s) in w.iter().enumerate().take(s.sources) {
+        transforms::filters::<T, F>(w_s, s, channels, &mut scratch.u[src * s.in_c..]);
     }
     let Scratch {
         u,
@@ -154,33 +154,31 @@ fn forward<T: Real, F: Algorithm>(
         rows,
         ..
     } = scratch;
-    v.resize(s.sources * a2 * s.in_c * images * per_image, T::zero());
+    v.resize(a2 * channels * images * per_image, T::zero());
     m.resize(a2 * OUT_BLOCK.min(s.out_c) * images * per_image, T::zero());
     let out_plane = s.out_h * s.out_w;
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         let t = count * per_image;
-        let source_len = a2 * s.in_c * t;
-        for (src, v_s) in v.chunks_exact_mut(source_len).take(s.sources).enumerate() {
+        for src in 0..s.sources {
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
-                transforms::input::<T, F>(image, s, i * per_image, t, v_s, halves, rows);
+                let v_s = &mut v[src * s.in_c * t..];
+                transforms::input::<T, F>(image, s, i * per_image, t, channels, v_s, halves, rows);
             }
         }
         for o in (0..s.out_c).step_by(OUT_BLOCK) {
             let oc = OUT_BLOCK.min(s.out_c - o);
-            for src in 0..s.sources {
-                for xi in 0..a2 {
-                    matmul(
-                        oc,
-                        t,
-                        s.in_c,
-                        Mat::rows(&u[src * filters + (xi * s.out_c + o) * s.in_c..], s.in_c),
-                        Mat::rows(&v[src * source_len + xi * s.in_c * t..], t),
-                        &mut m[xi * oc * t..][..oc * t],
-                        src > 0,
-                    );
-                }
+            for xi in 0..a2 {
+                matmul(
+                    oc,
+                    t,
+                    channels,
+                    Mat::rows(&u[(xi * s.out_c + o) * channels..], channels),
+                    Mat::rows(&v[xi * channels * t..], t),
+                    &mut m[xi * oc * t..][..oc * t],
+                    false,
+                );
             }
             let part = ConvShape { out_c: oc, ..*s };
             for i in 0..count {
@@ -224,44 +222,47 @@ fn weights<T: Real, F: Algorithm>(
     let a2 = F::A * F::A;
     let (images, per_image) = pass(s, batch);
     let (in_len, out_len) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
-    let filters = a2 * s.out_c * s.in_c;
-    scratch.u.resize(s.sources * filters, T::zero());
-    scratch.u.fill(T::zero());
-    scratch
-        .v
-        .resize(a2 * s.in_c * images * per_image, T::zero());
-    scratch
-        .m
-        .resize(a2 * s.out_c * images * per_image, T::zero());
+    let channels = s.sources * s.in_c;
+    let Scratch {
+        u,
+        v,
+        m,
+        halves,
+        rows,
+        ..
+    } = scratch;
+    u.clear();
+    u.resize(a2 * s.out_c * channels, T::zero());
+    v.resize(a2 * channels * images * per_image, T::zero());
+    m.resize(a2 * s.out_c * images * per_image, T::zero());
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         let t = count * per_image;
         for i in 0..count {
             let dy_n = &dy[(first + i) * out_len..][..out_len];
-            transforms::output_adjoint::<T, F>(dy_n, s, i * per_image, t, &mut scratch.m);
+            transforms::output_adjoint::<T, F>(dy_n, s, i * per_image, t, m);
         }
         for src in 0..s.sources {
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
-                let v = &mut scratch.v[..a2 * s.in_c * t];
-                let (halves, rows) = (&mut scratch.halves, &mut scratch.rows);
-                transforms::input::<T, F>(image, s, i * per_image, t, v, halves, rows);
-            }
-            for xi in 0..a2 {
-                matmul(
-                    s.out_c,
-                    s.in_c,
-                    t,
-                    Mat::rows(&scratch.m[xi * s.out_c * t..], t),
-                    Mat::rows_transposed(&scratch.v[xi * s.in_c * t..], t),
-                    &mut scratch.u[src * filters + xi * s.out_c * s.in_c..][..s.out_c * s.in_c],
-                    true,
-                );
+                let v_s = &mut v[src * s.in_c * t..];
+                transforms::input::<T, F>(image, s, i * per_image, t, channels, v_s, halves, rows);
             }
         }
+        for xi in 0..a2 {
+            matmul(
+                s.out_c,
+                channels,
+                t,
+                Mat::rows(&m[xi * s.out_c * t..], t),
+                Mat::rows_transposed(&v[xi * channels * t..], t),
+                &mut u[xi * s.out_c * channels..][..s.out_c * channels],
+                true,
+            );
+        }
     }
-    for (du, dw_s) in scratch.u.chunks_exact(filters).zip(dw.iter_mut()) {
-        transforms::filters_adjoint::<T, F>(du, s, dw_s);
+    for (src, dw_s) in dw.iter_mut().enumerate().take(s.sources) {
+        transforms::filters_adjoint::<T, F>(&u[src * s.in_c..], s, channels, dw_s);
     }
 }
 

@@ -154,8 +154,10 @@ pub fn tiles(s: &ConvShape) -> (usize, usize) {
     (s.out_h.div_ceil(2), s.out_w.div_ceil(2))
 }
 
-/// `u[ξ][o][c] = (G g Gᵀ)[ξ]` for each filter `g = w[o][c]` (r × r).
-pub fn filters<T: Real, F: Algorithm>(w: &[T], s: &ConvShape, u: &mut [T]) {
+/// `u[ξ][o][c] = (G g Gᵀ)[ξ]` for each filter `g = w[o][c]` (r × r), `u`
+/// `[α²][out_c][channels]` from its column `c = 0` (one source's columns
+/// of several sources' filters).
+pub fn filters<T: Real, F: Algorithm>(w: &[T], s: &ConvShape, channels: usize, u: &mut [T]) {
     let (r, a) = (F::R, F::A);
     let block = s.out_c * s.in_c;
     let mut gg = vec![T::zero(); a * r];
@@ -173,15 +175,22 @@ pub fn filters<T: Real, F: Algorithm>(w: &[T], s: &ConvShape, u: &mut [T]) {
         // Then each row times Gᵀ.
         for i in 0..a {
             for j in 0..a {
-                u[(i * a + j) * block + oc] = dot(&F::G[j * r..][..r], &gg[i * r..][..r]);
+                let (o, c) = (oc / s.in_c, oc % s.in_c);
+                u[((i * a + j) * s.out_c + o) * channels + c] =
+                    dot(&F::G[j * r..][..r], &gg[i * r..][..r]);
             }
         }
     }
 }
 
 /// The adjoint of [`filters`]: `dw[o][c] = Gᵀ du[·][o][c] G` (r × r) from
-/// `du` (`[α²][out_c][in_c]`), overwriting `dw`.
-pub fn filters_adjoint<T: Real, F: Algorithm>(du: &[T], s: &ConvShape, dw: &mut [T]) {
+/// `du` (`[α²][out_c][channels]` from its column `c = 0`), overwriting `dw`.
+pub fn filters_adjoint<T: Real, F: Algorithm>(
+    du: &[T],
+    s: &ConvShape,
+    channels: usize,
+    dw: &mut [T],
+) {
     let (r, a) = (F::R, F::A);
     let block = s.out_c * s.in_c;
     let mut h = vec![T::zero(); a * r];
@@ -195,8 +204,9 @@ pub fn filters_adjoint<T: Real, F: Algorithm>(du: &[T], s: &ConvShape, dw: &mut 
     for (oc, g) in dw.chunks_exact_mut(r * r).take(block).enumerate() {
         // du G: α rows of r.
         for i in 0..a {
+            let (o, c) = (oc / s.in_c, oc % s.in_c);
             for (j, v) in d.iter_mut().enumerate() {
-                *v = du[(i * a + j) * block + oc];
+                *v = du[((i * a + j) * s.out_c + o) * channels + c];
             }
             for b in 0..r {
                 h[i * r + b] = dot(&gt[b * a..][..a], &d);
@@ -241,18 +251,21 @@ fn split<T: Real>(channel: &[T], s: &ConvShape, width: usize, split: &mut [T]) {
 
 simd::kernel! {
 /// The transformed blocks `Bᵀ d B` of one image's input, `d` each α×α
-/// block at stride 2, into columns `first..` of `v` (`[α²][in_c][t]`).
+/// block at stride 2, into columns `first..` of `v` (`[α²][channels][t]`,
+/// from channel 0: one source's rows of several sources' blocks).
 /// Each channel is [`split`], then `B` runs along the rows of all its
 /// blocks at once, a few blocks a register (into `rows`, `[k][p][r][tx]`:
 /// plane row `2r + p`, block column `tx`, each register's lanes past a
 /// row's end overwritten by the next row), then `Bᵀ` down them, each of
 /// the α² results one contiguous slice of `v`. `halves` and `rows` are
 /// its to use.
+#[allow(clippy::too_many_arguments)]
 pub fn input<T: Real, F: Algorithm>(
     image: &[T],
     s: &ConvShape,
     first: usize,
     t: usize,
+    channels: usize,
     v: &mut [T],
     halves: &mut Vec<T>,
     rows: &mut Vec<T>,
@@ -287,7 +300,7 @@ pub fn input<T: Real, F: Algorithm>(
             for (j, input) in ins.iter_mut().take(a).enumerate() {
                 *input = &rows[(2 * k + j % 2) * part + j / 2 * tw..][..per_image];
             }
-            let out = &mut v[(xi * s.in_c + c) * t + first..][..per_image];
+            let out = &mut v[(xi * channels + c) * t + first..][..per_image];
             combine(&F::BT[i * a..][..a], &ins[..a], out);
         }
     }
