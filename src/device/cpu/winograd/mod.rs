@@ -38,6 +38,9 @@ pub struct Scratch<T> {
     halves: Vec<T>,
     /// One input channel's blocks times `B` along their rows.
     rows: Vec<T>,
+    /// The filters turned to `[tap][out_c][in_c]`, and their products by
+    /// `G` (`transforms::filters`).
+    filter_work: Vec<T>,
     /// The filters of the backward-data pass, and its zero bias.
     flipped: Vec<T>,
     zeros: Vec<T>,
@@ -144,7 +147,8 @@ fn forward<T: Real, F: Algorithm>(
     let channels = s.sources * s.in_c;
     scratch.u.resize(a2 * s.out_c * channels, T::zero());
     for (src, w_s) in w.iter().enumerate().take(s.sources) {
-        transforms::filters::<T, F>(w_s, s, channels, &mut scratch.u[src * s.in_c..]);
+        let (u, work) = (&mut scratch.u[src * s.in_c..], &mut scratch.filter_work);
+        transforms::filters::<T, F>(w_s, s, channels, u, work);
     }
     let Scratch {
         u,

@@ -154,33 +154,49 @@ pub fn tiles(s: &ConvShape) -> (usize, usize) {
     (s.out_h.div_ceil(2), s.out_w.div_ceil(2))
 }
 
+simd::kernel! {
 /// `u[ξ][o][c] = (G g Gᵀ)[ξ]` for each filter `g = w[o][c]` (r × r), `u`
 /// `[α²][out_c][channels]` from its column `c = 0` (one source's columns
-/// of several sources' filters).
-pub fn filters<T: Real, F: Algorithm>(w: &[T], s: &ConvShape, channels: usize, u: &mut [T]) {
+/// of several sources' filters): `w` turned to `[tap][o][c]` in `work`,
+/// then `G` and `Gᵀ` applied over all the filters at once.
+pub fn filters<T: Real, F: Algorithm>(
+    w: &[T],
+    s: &ConvShape,
+    channels: usize,
+    u: &mut [T],
+    work: &mut Vec<T>,
+) {
     let (r, a) = (F::R, F::A);
     let block = s.out_c * s.in_c;
-    let mut gg = vec![T::zero(); a * r];
-    let mut column = vec![T::zero(); r];
-    for (oc, g) in w.chunks_exact(r * r).take(block).enumerate() {
-        // G g: α rows of r.
-        for j in 0..r {
-            for (k, v) in column.iter_mut().enumerate() {
-                *v = g[k * r + j];
-            }
-            for i in 0..a {
-                gg[i * r + j] = dot(&F::G[i * r..][..r], &column);
-            }
-        }
-        // Then each row times Gᵀ.
-        for i in 0..a {
-            for j in 0..a {
-                let (o, c) = (oc / s.in_c, oc % s.in_c);
-                u[((i * a + j) * s.out_c + o) * channels + c] =
-                    dot(&F::G[j * r..][..r], &gg[i * r..][..r]);
-            }
+    work.resize((r * r + a * r) * block, T::zero());
+    let (taps, gg) = work.split_at_mut(r * r * block);
+    for (e, tap) in taps.chunks_exact_mut(block).enumerate() {
+        for (x, g) in tap.iter_mut().zip(w.chunks_exact(r * r)) {
+            *x = g[e];
         }
     }
+    // G g: `gg[i][b] = Σ_k G[i][k] g[k][b]`.
+    for (ib, out) in gg.chunks_exact_mut(block).enumerate() {
+        let (i, b) = (ib / r, ib % r);
+        let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+        for (k, input) in ins.iter_mut().take(r).enumerate() {
+            *input = &taps[(k * r + b) * block..][..block];
+        }
+        combine(&F::G[i * r..][..r], &ins[..r], out);
+    }
+    // Then each row times Gᵀ, one output channel's row of `u` at a time.
+    for xi in 0..a * a {
+        let (i, j) = (xi / a, xi % a);
+        for o in 0..s.out_c {
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (b, input) in ins.iter_mut().take(r).enumerate() {
+                *input = &gg[(i * r + b) * block + o * s.in_c..][..s.in_c];
+            }
+            let out = &mut u[(xi * s.out_c + o) * channels..][..s.in_c];
+            combine(&F::G[j * r..][..r], &ins[..r], out);
+        }
+    }
+}
 }
 
 /// The adjoint of [`filters`]: `dw[o][c] = Gᵀ du[·][o][c] G` (r × r) from
