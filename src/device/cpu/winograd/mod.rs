@@ -233,6 +233,7 @@ fn weights<T: Real, F: Algorithm>(
         m,
         halves,
         rows,
+        filter_work,
         ..
     } = scratch;
     u.clear();
@@ -266,7 +267,7 @@ fn weights<T: Real, F: Algorithm>(
         }
     }
     for (src, dw_s) in dw.iter_mut().enumerate().take(s.sources) {
-        transforms::filters_adjoint::<T, F>(&u[src * s.in_c..], s, channels, dw_s);
+        transforms::filters_adjoint::<T, F>(&u[src * s.in_c..], s, channels, dw_s, filter_work);
     }
 }
 

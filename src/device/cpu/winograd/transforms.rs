@@ -94,25 +94,13 @@ impl Algorithm for F2x5 {
     ];
 }
 
-/// `Σ_j c[j] · x[j]`, skipping zero coefficients (from −0, which adds
-/// nothing, so a lone coefficient of 1 costs no addition).
-#[inline(always)]
-fn dot<T: Real>(c: &[f64], x: &[T]) -> T {
-    let mut acc = -T::zero();
-    for (&c, &x) in c.iter().zip(x) {
-        if c != 0.0 {
-            acc += T::of(c) * x;
-        }
-    }
-    acc
-}
-
 /// Lanes of [`combine_chunk`]: one AVX-512 register of f32.
 const CHUNK: usize = 16;
 
-/// `Σ_j c[j] · ins[j][at..at + CHUNK]`, skipping zero coefficients (as
-/// [`dot`]), on a fixed width that the compiler keeps in a register
-/// whatever the slices' lengths.
+/// `Σ_j c[j] · ins[j][at..at + CHUNK]`, skipping zero coefficients (from
+/// −0, which adds nothing, so a lone coefficient of 1 costs no addition),
+/// on a fixed width that the compiler keeps in a register whatever the
+/// slices' lengths.
 #[inline(always)]
 fn combine_chunk<T: Real>(c: &[f64], ins: &[&[T]], at: usize) -> [T; CHUNK] {
     let mut acc = [-T::zero(); CHUNK];
@@ -199,45 +187,54 @@ pub fn filters<T: Real, F: Algorithm>(
 }
 }
 
+simd::kernel! {
 /// The adjoint of [`filters`]: `dw[o][c] = Gᵀ du[·][o][c] G` (r × r) from
-/// `du` (`[α²][out_c][channels]` from its column `c = 0`), overwriting `dw`.
+/// `du` (`[α²][out_c][channels]` from its column `c = 0`), overwriting
+/// `dw`: over all the filters at once into `work` (`[tap][o][c]`), then
+/// turned to `dw`'s `[o][c][tap]`.
 pub fn filters_adjoint<T: Real, F: Algorithm>(
     du: &[T],
     s: &ConvShape,
     channels: usize,
     dw: &mut [T],
+    work: &mut Vec<T>,
 ) {
     let (r, a) = (F::R, F::A);
     let block = s.out_c * s.in_c;
-    let mut h = vec![T::zero(); a * r];
-    let mut gt = vec![0.0; r * a];
+    let mut gt = [0.0; MAX_ALPHA * MAX_ALPHA];
     for (i, row) in F::G.chunks_exact(r).enumerate() {
         for (b, &v) in row.iter().enumerate() {
             gt[b * a + i] = v;
         }
     }
-    let mut d = vec![T::zero(); a];
-    for (oc, g) in dw.chunks_exact_mut(r * r).take(block).enumerate() {
-        // du G: α rows of r.
-        for i in 0..a {
-            let (o, c) = (oc / s.in_c, oc % s.in_c);
-            for (j, v) in d.iter_mut().enumerate() {
-                *v = du[((i * a + j) * s.out_c + o) * channels + c];
+    work.resize((a * r + r * r) * block, T::zero());
+    let (h, taps) = work.split_at_mut(a * r * block);
+    // du G: `h[i][b] = Σ_j du[i][j] G[j][b]`, one output channel's row at a time.
+    for (ib, h) in h.chunks_exact_mut(block).enumerate() {
+        let (i, b) = (ib / r, ib % r);
+        for (o, out) in h.chunks_exact_mut(s.in_c).enumerate() {
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (j, input) in ins.iter_mut().take(a).enumerate() {
+                *input = &du[((i * a + j) * s.out_c + o) * channels..][..s.in_c];
             }
-            for b in 0..r {
-                h[i * r + b] = dot(&gt[b * a..][..a], &d);
-            }
-        }
-        // Then Gᵀ times it.
-        for b in 0..r {
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = h[i * r + b];
-            }
-            for x in 0..r {
-                g[x * r + b] = dot(&gt[x * a..][..a], &d);
-            }
+            combine(&gt[b * a..][..a], &ins[..a], out);
         }
     }
+    // Then Gᵀ times it: `taps[x][b] = Σ_i G[i][x] h[i][b]`.
+    for (xb, out) in taps.chunks_exact_mut(block).enumerate() {
+        let (x, b) = (xb / r, xb % r);
+        let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+        for (i, input) in ins.iter_mut().take(a).enumerate() {
+            *input = &h[(i * r + b) * block..][..block];
+        }
+        combine(&gt[x * a..][..a], &ins[..a], out);
+    }
+    for (oc, g) in dw.chunks_exact_mut(r * r).take(block).enumerate() {
+        for (e, v) in g.iter_mut().enumerate() {
+            *v = taps[e * block + oc];
+        }
+    }
+}
 }
 
 /// One channel split four ways for [`input`], `split[q][p][r][m] =
