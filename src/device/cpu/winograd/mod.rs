@@ -22,7 +22,7 @@ use transforms::{Algorithm, F2x3, F2x5, tiles};
 const TILES_PER_PASS: usize = 196;
 /// Output channels per block of the forward products, so that a block's
 /// products stay in the core's cache until they are transformed back.
-const OUT_BLOCK: usize = 32;
+const OUT_BLOCK: usize = 64;
 
 /// The transformed filters, input and products of one pass.
 #[derive(Debug, Default)]
@@ -33,10 +33,14 @@ pub struct Scratch<T> {
     v: Vec<T>,
     /// `[α²][out_c][tiles]`: the products, or their gradients.
     m: Vec<T>,
-    /// One input plane inside its zero padding, rounded up to whole blocks.
-    plane: Vec<T>,
-    /// One plane's transformed blocks, `[α²][blocks]`.
-    block: Vec<T>,
+    /// One input channel's even and odd rows and columns
+    /// (`transforms::input`).
+    halves: Vec<T>,
+    /// One input channel's blocks times `B` along their rows.
+    rows: Vec<T>,
+    /// The filters turned to `[tap][out_c][in_c]`, and their products by
+    /// `G` (`transforms::filters`).
+    filter_work: Vec<T>,
     /// The filters of the backward-data pass, and its zero bias.
     flipped: Vec<T>,
     zeros: Vec<T>,
@@ -140,46 +144,45 @@ fn forward<T: Real, F: Algorithm>(
     let a2 = F::A * F::A;
     let (images, per_image) = pass(s, batch);
     let in_len = s.in_c * s.in_h * s.in_w;
-    let filters = a2 * s.out_c * s.in_c;
-    scratch.u.resize(s.sources * filters, T::zero());
-    for (w_s, u) in w.iter().zip(scratch.u.chunks_exact_mut(filters)) {
-        transforms::filters::<T, F>(w_s, s, u);
+    let channels = s.sources * s.in_c;
+    scratch.u.resize(a2 * s.out_c * channels, T::zero());
+    for (src, w_s) in w.iter().enumerate().take(s.sources) {
+        let (u, work) = (&mut scratch.u[src * s.in_c..], &mut scratch.filter_work);
+        transforms::filters::<T, F>(w_s, s, channels, u, work);
     }
     let Scratch {
         u,
         v,
         m,
-        plane,
-        block,
+        halves,
+        rows,
         ..
     } = scratch;
-    v.resize(s.sources * a2 * s.in_c * images * per_image, T::zero());
+    v.resize(a2 * channels * images * per_image, T::zero());
     m.resize(a2 * OUT_BLOCK.min(s.out_c) * images * per_image, T::zero());
     let out_plane = s.out_h * s.out_w;
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         let t = count * per_image;
-        let source_len = a2 * s.in_c * t;
-        for (src, v_s) in v.chunks_exact_mut(source_len).take(s.sources).enumerate() {
+        for src in 0..s.sources {
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
-                transforms::input::<T, F>(image, s, i * per_image, t, v_s, plane, block);
+                let v_s = &mut v[src * s.in_c * t..];
+                transforms::input::<T, F>(image, s, i * per_image, t, channels, v_s, halves, rows);
             }
         }
         for o in (0..s.out_c).step_by(OUT_BLOCK) {
             let oc = OUT_BLOCK.min(s.out_c - o);
-            for src in 0..s.sources {
-                for xi in 0..a2 {
-                    matmul(
-                        oc,
-                        t,
-                        s.in_c,
-                        Mat::rows(&u[src * filters + (xi * s.out_c + o) * s.in_c..], s.in_c),
-                        Mat::rows(&v[src * source_len + xi * s.in_c * t..], t),
-                        &mut m[xi * oc * t..][..oc * t],
-                        src > 0,
-                    );
-                }
+            for xi in 0..a2 {
+                matmul(
+                    oc,
+                    t,
+                    channels,
+                    Mat::rows(&u[(xi * s.out_c + o) * channels..], channels),
+                    Mat::rows(&v[xi * channels * t..], t),
+                    &mut m[xi * oc * t..][..oc * t],
+                    false,
+                );
             }
             let part = ConvShape { out_c: oc, ..*s };
             for i in 0..count {
@@ -223,44 +226,48 @@ fn weights<T: Real, F: Algorithm>(
     let a2 = F::A * F::A;
     let (images, per_image) = pass(s, batch);
     let (in_len, out_len) = (s.in_c * s.in_h * s.in_w, s.out_c * s.out_h * s.out_w);
-    let filters = a2 * s.out_c * s.in_c;
-    scratch.u.resize(s.sources * filters, T::zero());
-    scratch.u.fill(T::zero());
-    scratch
-        .v
-        .resize(a2 * s.in_c * images * per_image, T::zero());
-    scratch
-        .m
-        .resize(a2 * s.out_c * images * per_image, T::zero());
+    let channels = s.sources * s.in_c;
+    let Scratch {
+        u,
+        v,
+        m,
+        halves,
+        rows,
+        filter_work,
+        ..
+    } = scratch;
+    u.clear();
+    u.resize(a2 * s.out_c * channels, T::zero());
+    v.resize(a2 * channels * images * per_image, T::zero());
+    m.resize(a2 * s.out_c * images * per_image, T::zero());
     for first in (0..batch).step_by(images) {
         let count = images.min(batch - first);
         let t = count * per_image;
         for i in 0..count {
             let dy_n = &dy[(first + i) * out_len..][..out_len];
-            transforms::output_adjoint::<T, F>(dy_n, s, i * per_image, t, &mut scratch.m);
+            transforms::output_adjoint::<T, F>(dy_n, s, i * per_image, t, m);
         }
         for src in 0..s.sources {
             for i in 0..count {
                 let image = &x[(src * batch + first + i) * in_len..][..in_len];
-                let v = &mut scratch.v[..a2 * s.in_c * t];
-                let (plane, block) = (&mut scratch.plane, &mut scratch.block);
-                transforms::input::<T, F>(image, s, i * per_image, t, v, plane, block);
-            }
-            for xi in 0..a2 {
-                matmul(
-                    s.out_c,
-                    s.in_c,
-                    t,
-                    Mat::rows(&scratch.m[xi * s.out_c * t..], t),
-                    Mat::rows_transposed(&scratch.v[xi * s.in_c * t..], t),
-                    &mut scratch.u[src * filters + xi * s.out_c * s.in_c..][..s.out_c * s.in_c],
-                    true,
-                );
+                let v_s = &mut v[src * s.in_c * t..];
+                transforms::input::<T, F>(image, s, i * per_image, t, channels, v_s, halves, rows);
             }
         }
+        for xi in 0..a2 {
+            matmul(
+                s.out_c,
+                channels,
+                t,
+                Mat::rows(&m[xi * s.out_c * t..], t),
+                Mat::rows_transposed(&v[xi * channels * t..], t),
+                &mut u[xi * s.out_c * channels..][..s.out_c * channels],
+                true,
+            );
+        }
     }
-    for (du, dw_s) in scratch.u.chunks_exact(filters).zip(dw.iter_mut()) {
-        transforms::filters_adjoint::<T, F>(du, s, dw_s);
+    for (src, dw_s) in dw.iter_mut().enumerate().take(s.sources) {
+        transforms::filters_adjoint::<T, F>(&u[src * s.in_c..], s, channels, dw_s, filter_work);
     }
 }
 
@@ -322,10 +329,13 @@ mod tests {
     /// 3×3 and 5×5 kernels on odd and even sizes (a last block half outside
     /// the image), pads 0 to r − 1 (and past it, forward), two sources,
     /// batches that take several passes (13×13 outputs: 49 blocks an image,
-    /// 4 images a pass; 9×9: 25 blocks, 7 images a pass), and output
-    /// channels in two blocks (40 = 32 + 8).
+    /// 4 images a pass; 9×9: 25 blocks, 7 images a pass), output
+    /// channels in two blocks (72 = 64 + 8), and rows of more blocks than
+    /// one register's lanes of the input transform (35 outputs: 18 blocks).
     fn cases() -> Vec<(ConvShape, usize)> {
         vec![
+            (shape(3, 1, 1, 5, 35), 2),
+            (shape(5, 2, 2, 3, 36), 2),
             (shape(3, 1, 1, 13, 13), 23),
             (shape(3, 2, 1, 6, 7), 3),
             (shape(3, 1, 0, 8, 5), 2),
@@ -337,14 +347,14 @@ mod tests {
             (shape(5, 1, 3, 3, 3), 2),
             (
                 ConvShape {
-                    out_c: 40,
+                    out_c: 72,
                     ..shape(3, 2, 1, 6, 7)
                 },
                 2,
             ),
             (
                 ConvShape {
-                    out_c: 40,
+                    out_c: 72,
                     ..shape(5, 1, 2, 9, 8)
                 },
                 9,

@@ -94,31 +94,46 @@ impl Algorithm for F2x5 {
     ];
 }
 
-/// `Σ_j c[j] · x[j]`, skipping zero coefficients (from −0, which adds
-/// nothing, so a lone coefficient of 1 costs no addition).
-#[inline(always)]
-fn dot<T: Real>(c: &[f64], x: &[T]) -> T {
-    let mut acc = -T::zero();
-    for (&c, &x) in c.iter().zip(x) {
-        if c != 0.0 {
-            acc += T::of(c) * x;
-        }
-    }
-    acc
-}
+/// Lanes of [`combine_chunk`]: one AVX-512 register of f32.
+const CHUNK: usize = 16;
 
-/// `out = Σ_j c[j] · ins[j]`, elementwise, skipping zero coefficients.
+/// `Σ_j c[j] · ins[j][at..at + CHUNK]`, skipping zero coefficients (from
+/// −0, which adds nothing, so a lone coefficient of 1 costs no addition),
+/// on a fixed width that the compiler keeps in a register whatever the
+/// slices' lengths.
 #[inline(always)]
-fn combine<T: Real>(c: &[f64], ins: &[&[T]], out: &mut [T]) {
-    out.fill(-T::zero());
+fn combine_chunk<T: Real>(c: &[f64], ins: &[&[T]], at: usize) -> [T; CHUNK] {
+    let mut acc = [-T::zero(); CHUNK];
     for (&c, input) in c.iter().zip(ins) {
         if c == 0.0 {
             continue;
         }
         let c = T::of(c);
-        for (o, &v) in out.iter_mut().zip(input.iter()) {
+        for (o, &v) in acc.iter_mut().zip(&input[at..][..CHUNK]) {
             *o += c * v;
         }
+    }
+    acc
+}
+
+/// `out = Σ_j c[j] · ins[j]`, elementwise, skipping zero coefficients: a
+/// register of elements at a time, each term added to it there.
+#[inline(always)]
+fn combine<T: Real>(c: &[f64], ins: &[&[T]], out: &mut [T]) {
+    let start = out.len() - out.len() % CHUNK;
+    let mut chunks = out.chunks_exact_mut(CHUNK);
+    for (n, o) in (&mut chunks).enumerate() {
+        o.copy_from_slice(&combine_chunk(c, ins, n * CHUNK));
+    }
+    let rest = chunks.into_remainder();
+    for (n, o) in rest.iter_mut().enumerate() {
+        let mut acc = -T::zero();
+        for (&c, input) in c.iter().zip(ins) {
+            if c != 0.0 {
+                acc += T::of(c) * input[start + n];
+            }
+        }
+        *o = acc;
     }
 }
 
@@ -127,61 +142,121 @@ pub fn tiles(s: &ConvShape) -> (usize, usize) {
     (s.out_h.div_ceil(2), s.out_w.div_ceil(2))
 }
 
-/// `u[ξ][o][c] = (G g Gᵀ)[ξ]` for each filter `g = w[o][c]` (r × r).
-pub fn filters<T: Real, F: Algorithm>(w: &[T], s: &ConvShape, u: &mut [T]) {
+simd::kernel! {
+/// `u[ξ][o][c] = (G g Gᵀ)[ξ]` for each filter `g = w[o][c]` (r × r), `u`
+/// `[α²][out_c][channels]` from its column `c = 0` (one source's columns
+/// of several sources' filters): `w` turned to `[tap][o][c]` in `work`,
+/// then `G` and `Gᵀ` applied over all the filters at once.
+pub fn filters<T: Real, F: Algorithm>(
+    w: &[T],
+    s: &ConvShape,
+    channels: usize,
+    u: &mut [T],
+    work: &mut Vec<T>,
+) {
     let (r, a) = (F::R, F::A);
     let block = s.out_c * s.in_c;
-    let mut gg = vec![T::zero(); a * r];
-    let mut column = vec![T::zero(); r];
-    for (oc, g) in w.chunks_exact(r * r).take(block).enumerate() {
-        // G g: α rows of r.
-        for j in 0..r {
-            for (k, v) in column.iter_mut().enumerate() {
-                *v = g[k * r + j];
-            }
-            for i in 0..a {
-                gg[i * r + j] = dot(&F::G[i * r..][..r], &column);
-            }
+    work.resize((r * r + a * r) * block, T::zero());
+    let (taps, gg) = work.split_at_mut(r * r * block);
+    for (e, tap) in taps.chunks_exact_mut(block).enumerate() {
+        for (x, g) in tap.iter_mut().zip(w.chunks_exact(r * r)) {
+            *x = g[e];
         }
-        // Then each row times Gᵀ.
-        for i in 0..a {
-            for j in 0..a {
-                u[(i * a + j) * block + oc] = dot(&F::G[j * r..][..r], &gg[i * r..][..r]);
+    }
+    // G g: `gg[i][b] = Σ_k G[i][k] g[k][b]`.
+    for (ib, out) in gg.chunks_exact_mut(block).enumerate() {
+        let (i, b) = (ib / r, ib % r);
+        let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+        for (k, input) in ins.iter_mut().take(r).enumerate() {
+            *input = &taps[(k * r + b) * block..][..block];
+        }
+        combine(&F::G[i * r..][..r], &ins[..r], out);
+    }
+    // Then each row times Gᵀ, one output channel's row of `u` at a time.
+    for xi in 0..a * a {
+        let (i, j) = (xi / a, xi % a);
+        for o in 0..s.out_c {
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (b, input) in ins.iter_mut().take(r).enumerate() {
+                *input = &gg[(i * r + b) * block + o * s.in_c..][..s.in_c];
             }
+            let out = &mut u[(xi * s.out_c + o) * channels..][..s.in_c];
+            combine(&F::G[j * r..][..r], &ins[..r], out);
         }
     }
 }
+}
 
+simd::kernel! {
 /// The adjoint of [`filters`]: `dw[o][c] = Gᵀ du[·][o][c] G` (r × r) from
-/// `du` (`[α²][out_c][in_c]`), overwriting `dw`.
-pub fn filters_adjoint<T: Real, F: Algorithm>(du: &[T], s: &ConvShape, dw: &mut [T]) {
+/// `du` (`[α²][out_c][channels]` from its column `c = 0`), overwriting
+/// `dw`: over all the filters at once into `work` (`[tap][o][c]`), then
+/// turned to `dw`'s `[o][c][tap]`.
+pub fn filters_adjoint<T: Real, F: Algorithm>(
+    du: &[T],
+    s: &ConvShape,
+    channels: usize,
+    dw: &mut [T],
+    work: &mut Vec<T>,
+) {
     let (r, a) = (F::R, F::A);
     let block = s.out_c * s.in_c;
-    let mut h = vec![T::zero(); a * r];
-    let mut gt = vec![0.0; r * a];
+    let mut gt = [0.0; MAX_ALPHA * MAX_ALPHA];
     for (i, row) in F::G.chunks_exact(r).enumerate() {
         for (b, &v) in row.iter().enumerate() {
             gt[b * a + i] = v;
         }
     }
-    let mut d = vec![T::zero(); a];
-    for (oc, g) in dw.chunks_exact_mut(r * r).take(block).enumerate() {
-        // du G: α rows of r.
-        for i in 0..a {
-            for (j, v) in d.iter_mut().enumerate() {
-                *v = du[(i * a + j) * block + oc];
+    work.resize((a * r + r * r) * block, T::zero());
+    let (h, taps) = work.split_at_mut(a * r * block);
+    // du G: `h[i][b] = Σ_j du[i][j] G[j][b]`, one output channel's row at a time.
+    for (ib, h) in h.chunks_exact_mut(block).enumerate() {
+        let (i, b) = (ib / r, ib % r);
+        for (o, out) in h.chunks_exact_mut(s.in_c).enumerate() {
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (j, input) in ins.iter_mut().take(a).enumerate() {
+                *input = &du[((i * a + j) * s.out_c + o) * channels..][..s.in_c];
             }
-            for b in 0..r {
-                h[i * r + b] = dot(&gt[b * a..][..a], &d);
-            }
+            combine(&gt[b * a..][..a], &ins[..a], out);
         }
-        // Then Gᵀ times it.
-        for b in 0..r {
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = h[i * r + b];
+    }
+    // Then Gᵀ times it: `taps[x][b] = Σ_i G[i][x] h[i][b]`.
+    for (xb, out) in taps.chunks_exact_mut(block).enumerate() {
+        let (x, b) = (xb / r, xb % r);
+        let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+        for (i, input) in ins.iter_mut().take(a).enumerate() {
+            *input = &h[(i * r + b) * block..][..block];
+        }
+        combine(&gt[x * a..][..a], &ins[..a], out);
+    }
+    for (oc, g) in dw.chunks_exact_mut(r * r).take(block).enumerate() {
+        for (e, v) in g.iter_mut().enumerate() {
+            *v = taps[e * block + oc];
+        }
+    }
+}
+}
+
+/// One channel split four ways for [`input`], `split[q][p][r][m] =
+/// d(2r + p, 2m + q)`, `d` the channel inside its zero padding: the even
+/// and odd columns of the even and odd rows, `width` columns each. Writes
+/// only the samples inside the image: the padding's entries stay as they
+/// are.
+fn split<T: Real>(channel: &[T], s: &ConvShape, width: usize, split: &mut [T]) {
+    let part = (split.len() - 2 * CHUNK) / 4;
+    for (iy, line) in channel.chunks_exact(s.in_w).take(s.in_h).enumerate() {
+        let y = iy + s.pad;
+        let (p, r) = (y % 2, y / 2);
+        for q in 0..2 {
+            let lo = s.pad.saturating_sub(q).div_ceil(2);
+            let hi = (s.in_w + s.pad).saturating_sub(q).div_ceil(2).min(width);
+            if lo >= hi {
+                continue;
             }
-            for x in 0..r {
-                g[x * r + b] = dot(&gt[x * a..][..a], &d);
+            let row = &mut split[(2 * q + p) * part + r * width..][..width];
+            let src = &line[2 * lo + q - s.pad..];
+            for (d, &x) in row[lo..hi].iter_mut().zip(src.iter().step_by(2)) {
+                *d = x;
             }
         }
     }
@@ -189,50 +264,57 @@ pub fn filters_adjoint<T: Real, F: Algorithm>(du: &[T], s: &ConvShape, dw: &mut 
 
 simd::kernel! {
 /// The transformed blocks `Bᵀ d B` of one image's input, `d` each α×α
-/// block at stride 2, into columns `first..` of `v` (`[α²][in_c][t]`):
-/// `Bᵀ` down whole rows of the padded plane, then `B` along each block's
-/// row; `plane` and `block` are its to use.
+/// block at stride 2, into columns `first..` of `v` (`[α²][channels][t]`,
+/// from channel 0: one source's rows of several sources' blocks).
+/// Each channel is [`split`], then `B` runs along the rows of all its
+/// blocks at once, a few blocks a register (into `rows`, `[k][p][r][tx]`:
+/// plane row `2r + p`, block column `tx`, each register's lanes past a
+/// row's end overwritten by the next row), then `Bᵀ` down them, each of
+/// the α² results one contiguous slice of `v`. `halves` and `rows` are
+/// its to use.
+#[allow(clippy::too_many_arguments)]
 pub fn input<T: Real, F: Algorithm>(
     image: &[T],
     s: &ConvShape,
     first: usize,
     t: usize,
+    channels: usize,
     v: &mut [T],
-    plane: &mut Vec<T>,
-    block: &mut Vec<T>,
+    halves: &mut Vec<T>,
+    rows: &mut Vec<T>,
 ) {
     let a = F::A;
     let (th, tw) = tiles(s);
-    let (ph, pw, per_image) = (2 * th + a - 2, 2 * tw + a - 2, th * tw);
-    plane.resize(ph * pw, T::zero());
-    block.resize(a * a * per_image, T::zero());
-    let mut down = vec![T::zero(); a * pw];
-    for c in 0..s.in_c {
-        plane.fill(T::zero());
-        for iy in 0..s.in_h {
-            let line = &image[(c * s.in_h + iy) * s.in_w..][..s.in_w];
-            plane[(iy + s.pad) * pw + s.pad..][..s.in_w].copy_from_slice(line);
-        }
-        for ty in 0..th {
-            let mut rows: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
-            for (j, row) in plane[2 * ty * pw..][..a * pw].chunks_exact(pw).enumerate() {
-                rows[j] = row;
-            }
-            for (i, d) in down.chunks_exact_mut(pw).enumerate() {
-                combine(&F::BT[i * a..][..a], &rows[..a], d);
-            }
-            for (i, d) in down.chunks_exact(pw).enumerate() {
-                for tx in 0..tw {
-                    let e = &d[2 * tx..][..a];
-                    let at = ty * tw + tx;
-                    for k in 0..a {
-                        block[(i * a + k) * per_image + at] = dot(&F::BT[k * a..][..a], e);
+    let per_image = th * tw;
+    let rh = th + a / 2 - 1;
+    let width = tw + a / 2 - 1;
+    let (half, part) = (rh * width, rh * tw);
+    halves.clear();
+    halves.resize(4 * half + 2 * CHUNK, T::zero());
+    rows.resize(2 * a * part + CHUNK, T::zero());
+    for (c, channel) in image.chunks_exact(s.in_h * s.in_w).take(s.in_c).enumerate() {
+        split(channel, s, width, halves);
+        for kp in 0..2 * a {
+            let (k, p) = (kp / 2, kp % 2);
+            for r in 0..rh {
+                for x in (0..tw).step_by(CHUNK) {
+                    let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+                    for (j, input) in ins.iter_mut().take(a).enumerate() {
+                        *input = &halves[(2 * (j % 2) + p) * half + r * width + x + j / 2..];
                     }
+                    let sum = combine_chunk(&F::BT[k * a..][..a], &ins[..a], 0);
+                    rows[kp * part + r * tw + x..][..CHUNK].copy_from_slice(&sum);
                 }
             }
         }
-        for (xi, values) in block.chunks_exact(per_image).enumerate() {
-            v[(xi * s.in_c + c) * t + first..][..per_image].copy_from_slice(values);
+        for xi in 0..a * a {
+            let (i, k) = (xi / a, xi % a);
+            let mut ins: [&[T]; MAX_ALPHA] = [&[]; MAX_ALPHA];
+            for (j, input) in ins.iter_mut().take(a).enumerate() {
+                *input = &rows[(2 * k + j % 2) * part + j / 2 * tw..][..per_image];
+            }
+            let out = &mut v[(xi * channels + c) * t + first..][..per_image];
+            combine(&F::BT[i * a..][..a], &ins[..a], out);
         }
     }
 }
@@ -274,28 +356,30 @@ pub fn output<T: Real, F: Algorithm>(
                 ins[j] = h;
             }
             combine(&F::AT[l * a..][..a], &ins[..a], values);
-            for v in values.iter_mut() {
-                *v += bias[o];
-            }
         }
         let plane = &mut y[o * s.out_h * s.out_w..][..s.out_h * s.out_w];
-        for (corner, values) in out.chunks_exact(per_image).enumerate() {
-            let (i, j) = (corner / 2, corner % 2);
-            for ty in 0..th {
-                let oy = 2 * ty + i;
-                if oy >= s.out_h {
-                    continue;
-                }
-                let line = &mut plane[oy * s.out_w..][..s.out_w];
-                for (tx, &value) in values[ty * tw..][..tw].iter().enumerate() {
-                    if let Some(dst) = line.get_mut(2 * tx + j) {
-                        *dst = value;
-                    }
-                }
-            }
+        for (oy, line) in plane.chunks_exact_mut(s.out_w).enumerate() {
+            let (ty, i) = (oy / 2, oy % 2);
+            let left = &out[2 * i * per_image + ty * tw..][..tw];
+            let right = &out[(2 * i + 1) * per_image + ty * tw..][..tw];
+            interleave(left, right, bias[o], line);
         }
     }
 }
+}
+
+/// `line = bias + (left[0], right[0], left[1], right[1], …)`, as far as
+/// `line` goes: one row of outputs from its blocks' two columns.
+#[inline(always)]
+fn interleave<T: Real>(left: &[T], right: &[T], bias: T, line: &mut [T]) {
+    let mut pairs = line.chunks_exact_mut(2);
+    for ((pair, &l), &r) in (&mut pairs).zip(left).zip(right) {
+        pair[0] = l + bias;
+        pair[1] = r + bias;
+    }
+    if let Some(last) = pairs.into_remainder().first_mut() {
+        *last = left[left.len() - 1] + bias;
+    }
 }
 
 simd::kernel! {
