@@ -17,7 +17,8 @@ use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 
-fn train(run_dir: &Path, precision: &str, extra: &[&str]) -> Output {
+fn train(run_dir: &Path, precision: &str, seed: u64, extra: &[&str]) -> Output {
+    let seed = seed.to_string();
     let mut args = vec![
         "train",
         "--cpu",
@@ -26,7 +27,7 @@ fn train(run_dir: &Path, precision: &str, extra: &[&str]) -> Output {
         "--run-dir",
         run_dir.to_str().unwrap(),
         "--seed",
-        "3",
+        &seed,
         "--quiet",
     ];
     args.extend(extra);
@@ -37,8 +38,14 @@ fn train(run_dir: &Path, precision: &str, extra: &[&str]) -> Output {
 /// rate decayed to 0 along a cosine. Earlier, top-1 measures mostly when a
 /// run happened to leave its first plateau (loss near ln 10), which differs
 /// by 20 points and more between seeds at any one precision and between
-/// precisions at one seed; settled, fp32 reaches 99.4–100 % on seeds 1–3,
-/// so 3 points is room for rounding and not for a broken 16-bit path.
+/// precisions at one seed. Settled, one seed still is not enough: measured
+/// (through the binary, validation top-1 in %, seeds 1–6) fp32 99.3, 99.4,
+/// 100, 99.7, 100, 100; bf16 99.7, 98.5, 96.6, 99.9, 99.8, 100; fp16 99.5,
+/// 100, 100, 99.0 (seeds 1–4). One trajectory in six (bf16, seed 3) settles
+/// 3.4 points low, and any change to an f32 sum's order moves which one. So
+/// each precision's top-1 is the mean over seeds 3 and 4: 3 points is room
+/// for rounding and for one low trajectory, not for a broken 16-bit path
+/// (one that does not learn stays near chance, 10 %).
 #[test]
 fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
     let dir = scratch("precision-accuracy");
@@ -54,32 +61,41 @@ fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
         "--val-images",
         "1000",
     ];
-    let mut top1 = Vec::new();
+    let seeds = [3, 4];
+    let mut mean_top1 = Vec::new();
     let mut weights = Vec::new();
     for precision in ["fp32", "bf16", "fp16"] {
-        let run = dir.join(precision);
-        ok(&train(&run, precision, &settled));
-        let ckpt = newest(&run);
-        assert_eq!(ckpt.state.step, 1200);
-        top1.push(ckpt.state.val_top1.expect("the last step validates"));
-        weights.push(bits(&ckpt.weights));
-        let scale = ckpt.state.loss_scale;
-        assert_eq!(
-            scale.is_some(),
-            precision == "fp16",
-            "{precision}: {scale:?}"
-        );
+        let mut sum = 0.0;
+        for seed in seeds {
+            let run = dir.join(format!("{precision}-{seed}"));
+            ok(&train(&run, precision, seed, &settled));
+            let ckpt = newest(&run);
+            assert_eq!(ckpt.state.step, 1200);
+            let top1 = ckpt.state.val_top1.expect("the last step validates");
+            assert!(top1 > 0.5, "{precision} seed {seed}: top-1 {top1}");
+            sum += top1;
+            if seed == seeds[0] {
+                weights.push(bits(&ckpt.weights));
+            }
+            let scale = ckpt.state.loss_scale;
+            assert_eq!(
+                scale.is_some(),
+                precision == "fp16",
+                "{precision}: {scale:?}"
+            );
+        }
+        mean_top1.push(sum / seeds.len() as f64);
     }
     // The net learned the set (chance is 0.1), and the 16-bit runs rounded:
     // their weights are not fp32's.
-    assert!(top1[0] > 0.9, "fp32 top-1 {}", top1[0]);
+    assert!(mean_top1[0] > 0.9, "fp32 mean top-1 {}", mean_top1[0]);
     assert_ne!(weights[0], weights[1], "bf16 trained exactly as fp32");
     assert_ne!(weights[0], weights[2], "fp16 trained exactly as fp32");
-    for (precision, t) in ["bf16", "fp16"].iter().zip(&top1[1..]) {
+    for (precision, t) in ["bf16", "fp16"].iter().zip(&mean_top1[1..]) {
         assert!(
-            (t - top1[0]).abs() <= 0.03,
-            "{precision} top-1 {t} against fp32's {}",
-            top1[0]
+            (t - mean_top1[0]).abs() <= 0.03,
+            "{precision} mean top-1 {t} against fp32's {}",
+            mean_top1[0]
         );
     }
 }
@@ -155,8 +171,8 @@ fn a_16_bit_run_resumes_bit_for_bit_with_its_loss_scale() {
             "16777216",
         ];
         let args = |steps: &'static str| [&common[..], &["--steps", steps]].concat();
-        ok(&train(&whole, precision, &args("14")));
-        ok(&train(&halves, precision, &args("7")));
+        ok(&train(&whole, precision, 3, &args("14")));
+        ok(&train(&halves, precision, 3, &args("7")));
         let midway = newest(&halves);
         assert_eq!(midway.state.step, 7);
         if precision == "fp16" {
