@@ -65,6 +65,8 @@ fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
     let mut mean_top1 = Vec::new();
     let mut weights = Vec::new();
     for precision in ["fp32", "bf16", "fp16"] {
+        // Every run learned the set (chance is 0.1); fp32's each run settled.
+        let floor = if precision == "fp32" { 0.9 } else { 0.5 };
         let mut sum = 0.0;
         for seed in seeds {
             let run = dir.join(format!("{precision}-{seed}"));
@@ -72,7 +74,7 @@ fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
             let ckpt = newest(&run);
             assert_eq!(ckpt.state.step, 1200);
             let top1 = ckpt.state.val_top1.expect("the last step validates");
-            assert!(top1 > 0.5, "{precision} seed {seed}: top-1 {top1}");
+            assert!(top1 > floor, "{precision} seed {seed}: top-1 {top1}");
             sum += top1;
             if seed == seeds[0] {
                 weights.push(bits(&ckpt.weights));
@@ -86,9 +88,7 @@ fn bf16_and_fp16_reach_the_top1_of_fp32_within_three_points() {
         }
         mean_top1.push(sum / seeds.len() as f64);
     }
-    // The net learned the set (chance is 0.1), and the 16-bit runs rounded:
-    // their weights are not fp32's.
-    assert!(mean_top1[0] > 0.9, "fp32 mean top-1 {}", mean_top1[0]);
+    // The 16-bit runs rounded: their weights are not fp32's.
     assert_ne!(weights[0], weights[1], "bf16 trained exactly as fp32");
     assert_ne!(weights[0], weights[2], "fp16 trained exactly as fp32");
     for (precision, t) in ["bf16", "fp16"].iter().zip(&mean_top1[1..]) {
