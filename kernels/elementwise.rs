@@ -5,9 +5,10 @@
 //! momentum are f32 at every one.
 
 use super::{ByHalf, ByStorage, Half, Loaded, Stored, run};
-use crate::device::SgdStep;
 use crate::device::cuda::{grid, need};
-use crate::error::Result;
+use crate::device::{DropoutMask, SgdStep};
+use crate::error::{Error, Result};
+use crate::net::plan::TOWERS;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, PushKernelArg};
 
 /// The kernels of `elementwise.cu`.
@@ -88,29 +89,35 @@ impl Elementwise {
         run(b, grid(n))
     }
 
-    /// Inverted dropout of `input` into `out` with keep mask `key`, element
-    /// `i` drawing the mask at `first + i` (the same kernel serves the
-    /// forward and the backward pass).
-    #[allow(clippy::too_many_arguments)]
+    /// Inverted dropout of `input` into `out` with the units `mask` keeps
+    /// (the same kernel serves the forward and the backward pass).
     pub fn dropout<S: Stored>(
         &self,
         stream: &CudaStream,
         input: &CudaSlice<S>,
         out: &mut CudaSlice<S>,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()> {
         let n = input.len();
         need(out, n, "dropout output")?;
-        let (len, first) = (n as u64, first as u64);
+        if !(1..=TOWERS).contains(&mask.groups) || mask.run == 0 {
+            return Err(Error::cuda(
+                "dropout",
+                format!("{} runs of {} units a mask", mask.groups, mask.run),
+            ));
+        }
+        let [key0, key1] = [mask.keys[0], mask.keys[mask.groups - 1]];
+        let dims = [n, mask.run, mask.groups, mask.first].map(|d| d as u64);
         let mut b = stream.launch_builder(self.dropout.of::<S>());
         b.arg(input)
             .arg(out)
-            .arg(&len)
-            .arg(&p)
-            .arg(&key)
-            .arg(&first);
+            .arg(&dims[0])
+            .arg(&mask.p)
+            .arg(&key0)
+            .arg(&key1)
+            .arg(&dims[1])
+            .arg(&dims[2])
+            .arg(&dims[3]);
         run(b, grid(n))
     }
 

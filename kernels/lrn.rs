@@ -33,6 +33,8 @@ impl Lrn {
         s: &LrnShape,
         batch: usize,
     ) -> Result<()> {
+        // Each group's channels as an image of their own: no window leaves its group.
+        let batch = batch * s.groups;
         let n = batch * s.c * s.plane;
         need(x, n, "lrn input")?;
         need(y, n, "lrn output")?;
@@ -60,6 +62,8 @@ impl Lrn {
         s: &LrnShape,
         batch: usize,
     ) -> Result<()> {
+        // Each group's channels as an image of their own: no window leaves its group.
+        let batch = batch * s.groups;
         let n = batch * s.c * s.plane;
         for (buf, what) in [
             (x, "lrn input"),

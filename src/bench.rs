@@ -158,11 +158,7 @@ fn layer_reports(
 pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let plan = Arc::new(Plan::load(&config.preset)?);
     let init = init_twin(&plan, InitScheme::Caffe, 1);
-    let gpus: Vec<usize> = match config.placement {
-        Placement::Cpu { .. } => vec![],
-        Placement::OneGpu { ordinal, .. } => vec![ordinal],
-        Placement::TwoGpus { ordinals, .. } => ordinals.to_vec(),
-    };
+    let gpus = config.placement.gpus();
     let memory = || -> Result<Vec<(usize, usize)>> {
         gpus.iter()
             .map(|&g| probe::memory_in_use(g).map(|bytes| (g, bytes)))
@@ -251,7 +247,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let gpu_memory_in_use = memory()?;
     let towers_per_gpu = match config.placement {
         Placement::Cpu { .. } => None,
-        Placement::OneGpu { .. } => Some(2),
+        Placement::Grouped { .. } | Placement::OneGpu { .. } => Some(2),
         Placement::TwoGpus { .. } => Some(1),
     };
     Ok(BenchReport {
@@ -262,7 +258,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         batch: config.batch,
         device: config.placement.to_string(),
         link: towers.link_note().to_string(),
-        exchange_bytes_per_step: link::bytes_per_step(&plan, config.batch),
+        exchange_bytes_per_step: link::bytes_per_step(towers.tower_plan(), config.batch),
         exchange_ms_per_step: exchange_ms_by_tower.training[0],
         exchange_ms_by_tower,
         allreduce_bytes_per_step: crate::reduce::bytes_per_step(
@@ -271,7 +267,12 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         train: Timing::new(train, config.batch),
         inference: Timing::new(inference, config.batch),
         macs_per_image: plan.macs(),
-        layers: layer_reports(&plan, config.batch, &train_layers, &inference_layers),
+        layers: layer_reports(
+            towers.tower_plan(),
+            config.batch,
+            &train_layers,
+            &inference_layers,
+        ),
     })
 }
 

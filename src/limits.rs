@@ -61,7 +61,10 @@ pub fn check_fits(plan: &Plan, batch: usize, placement: Placement) -> Result<()>
     }
     let gpus: Vec<(usize, f64)> = match placement {
         Placement::Cpu { .. } => Vec::new(),
-        Placement::OneGpu { ordinal, .. } => vec![(ordinal, TOWERS as f64 * tower)],
+        // The grouped network holds what both towers hold, less their gathers.
+        Placement::Grouped { ordinal, .. } | Placement::OneGpu { ordinal, .. } => {
+            vec![(ordinal, TOWERS as f64 * tower)]
+        }
         Placement::TwoGpus { ordinals, .. } => ordinals.iter().map(|&o| (o, tower)).collect(),
     };
     for (ordinal, need) in gpus {

@@ -1,7 +1,8 @@
-//! Where the two towers run: two GPUs, one tower each (the paper's layout),
-//! one GPU holding both (emulation mode), or the CPU (one thread per tower,
-//! host memory between them), chosen from `--cpu`, `--gpus`, `--precision`
-//! and what the machine has.
+//! Where the two towers run: two GPUs, one tower each (the paper's layout);
+//! one GPU holding both, as one grouped network (the default there) or as
+//! two towers on two streams (emulation mode, `--emulate`); or the CPU (one
+//! thread per tower, host memory between them), chosen from `--cpu`,
+//! `--gpus`, `--emulate`, `--precision` and what the machine has.
 
 use crate::device::cuda::{CudaOptions, probe};
 use crate::device::precision::{Precision, Storage};
@@ -16,7 +17,15 @@ pub enum Placement {
     /// One thread per tower, host memory between them, storing buffers as
     /// `precision` says (tf32 is exact f32 here).
     Cpu { precision: Precision },
-    /// Both towers on GPU `ordinal`, on two streams (emulation mode).
+    /// Both towers on GPU `ordinal` as one network, each layer's two
+    /// halves in one grouped call on one stream: what the two towers
+    /// compute, at one GPU's full speed.
+    Grouped {
+        ordinal: usize,
+        options: CudaOptions,
+    },
+    /// Both towers on GPU `ordinal`, on two streams meeting by device
+    /// copies (emulation mode): the two-GPU dataflow on one GPU.
     OneGpu {
         ordinal: usize,
         options: CudaOptions,
@@ -45,46 +54,74 @@ impl Placement {
     pub fn precision(&self) -> Precision {
         match self {
             Placement::Cpu { precision } => *precision,
-            Placement::OneGpu { options, .. } | Placement::TwoGpus { options, .. } => {
-                match options.storage {
-                    Storage::Bf16 => Precision::Bf16,
-                    Storage::F16 => Precision::Fp16,
-                    Storage::Full if options.tf32 => Precision::Tf32,
-                    Storage::Full => Precision::Fp32,
-                }
-            }
+            Placement::Grouped { options, .. }
+            | Placement::OneGpu { options, .. }
+            | Placement::TwoGpus { options, .. } => match options.storage {
+                Storage::Bf16 => Precision::Bf16,
+                Storage::F16 => Precision::Fp16,
+                Storage::Full if options.tf32 => Precision::Tf32,
+                Storage::Full => Precision::Fp32,
+            },
+        }
+    }
+
+    /// The GPUs the towers run on, in tower order (none on the CPU).
+    pub fn gpus(&self) -> Vec<usize> {
+        match *self {
+            Placement::Cpu { .. } => vec![],
+            Placement::Grouped { ordinal, .. } | Placement::OneGpu { ordinal, .. } => vec![ordinal],
+            Placement::TwoGpus { ordinals, .. } => ordinals.to_vec(),
         }
     }
 
     /// The placement `--cpu` and `--gpus LIST` ask for; with neither, GPUs 0
     /// and 1 where there are two or more, GPU 0 where there is one, else the
-    /// CPU. Returns a one-line note saying what was chosen and why. The GPU
-    /// stores 16 bits where `precision` asks it (bf16, fp16).
+    /// CPU. One GPU runs the grouped network, or with `emulate` the two
+    /// towers (emulation mode). Returns a one-line note saying what was
+    /// chosen and why. The GPU stores 16 bits where `precision` asks it
+    /// (bf16, fp16).
     pub fn choose(
         cpu: bool,
         gpus: Option<&str>,
+        emulate: bool,
         precision: Precision,
     ) -> Result<(Placement, String)> {
         let on_cpu = Placement::Cpu { precision };
         let options = CudaOptions::at(precision);
-        let chosen = match (cpu, gpus) {
+        let (placement, note) = match (cpu, gpus) {
             (true, Some(_)) => return Err(Error::Input("--cpu and --gpus: choose one".into())),
             (true, None) => (on_cpu, format!("device: {on_cpu}")),
             (false, Some(list)) => {
-                let placement = Placement::from_gpus(list, options)?;
+                let placement = Placement::from_gpus(list, options)?.grouped_unless(emulate);
                 (placement, format!("device: {placement}"))
             }
             (false, None) => match probe::gpu_count() {
-                Ok(count) => Placement::default_for(count, options),
+                Ok(count) => Placement::default_for(count, options, emulate),
                 Err(why) => (on_cpu, format!("device: {on_cpu} ({why})")),
             },
         };
-        Ok(chosen)
+        if emulate && !matches!(placement, Placement::OneGpu { .. }) {
+            return Err(Error::Input(format!(
+                "--emulate runs both towers on one GPU (--gpus N); it does not apply to {placement}"
+            )));
+        }
+        Ok((placement, note))
+    }
+
+    /// Emulation mode as the grouped network on the same GPU, unless
+    /// `emulate`; other placements as they are.
+    fn grouped_unless(self, emulate: bool) -> Placement {
+        match self {
+            Placement::OneGpu { ordinal, options } if !emulate => {
+                Placement::Grouped { ordinal, options }
+            }
+            other => other,
+        }
     }
 
     /// The placement without `--cpu` or `--gpus` on a machine with `count`
     /// GPUs (at least one), and the note saying so.
-    fn default_for(count: usize, options: CudaOptions) -> (Placement, String) {
+    fn default_for(count: usize, options: CudaOptions, emulate: bool) -> (Placement, String) {
         if count >= 2 {
             let placement = Placement::TwoGpus {
                 ordinals: [0, 1],
@@ -98,7 +135,8 @@ impl Placement {
             let placement = Placement::OneGpu {
                 ordinal: 0,
                 options,
-            };
+            }
+            .grouped_unless(emulate);
             (
                 placement,
                 format!("device: {placement}; the default with one GPU"),
@@ -207,6 +245,11 @@ impl fmt::Display for Placement {
                     precision.name()
                 ),
             },
+            Placement::Grouped { ordinal, options } => write!(
+                f,
+                "GPU {ordinal}, both towers as one grouped network{}",
+                gpu_numbers(options)
+            ),
             Placement::OneGpu { ordinal, options } => write!(
                 f,
                 "GPU {ordinal}, both towers on it (emulation mode){}",
@@ -253,9 +296,21 @@ mod tests {
     #[test]
     fn two_gpus_or_more_get_the_papers_layout_by_default() {
         let options = CudaOptions::default();
-        let (one, note) = Placement::default_for(1, options);
+        let (one, note) = Placement::default_for(1, options, false);
         assert_eq!(
             one,
+            Placement::Grouped {
+                ordinal: 0,
+                options
+            }
+        );
+        assert_eq!(
+            note,
+            "device: GPU 0, both towers as one grouped network; the default with one GPU"
+        );
+        let (emulated, note) = Placement::default_for(1, options, true);
+        assert_eq!(
+            emulated,
             Placement::OneGpu {
                 ordinal: 0,
                 options
@@ -266,7 +321,7 @@ mod tests {
             "device: GPU 0, both towers on it (emulation mode); the default with one GPU"
         );
         for count in [2, 8] {
-            let (two, note) = Placement::default_for(count, options);
+            let (two, note) = Placement::default_for(count, options, false);
             assert_eq!(
                 two,
                 Placement::TwoGpus {
@@ -308,13 +363,25 @@ mod tests {
                 ),
             }
         }
-        let (cpu, _) = Placement::choose(true, None, Precision::Bf16).unwrap();
+        let (cpu, _) = Placement::choose(true, None, false, Precision::Bf16).unwrap();
         assert_eq!(cpu.precision(), Precision::Bf16);
     }
 
     #[test]
     fn cpu_and_gpus_together_are_refused() {
-        let e = Placement::choose(true, Some("0"), Precision::Fp32).unwrap_err();
+        let e = Placement::choose(true, Some("0"), false, Precision::Fp32).unwrap_err();
         assert!(e.is_input());
+    }
+
+    #[test]
+    fn emulate_on_the_cpu_is_refused_naming_the_flag() {
+        let e = Placement::choose(true, None, true, Precision::Fp32).unwrap_err();
+        assert!(e.is_input());
+        assert!(
+            e.to_string()
+                .starts_with("--emulate runs both towers on one GPU"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("does not apply to CPU"), "{e}");
     }
 }

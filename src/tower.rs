@@ -3,12 +3,12 @@
 //! before every layer that reads both towers (§3.2, Fig. 2) and at the logits.
 
 use crate::data::input::Images;
-use crate::device::{Device, Gathering, Input, InputGrad, LossStats, SgdStep};
+use crate::device::{Device, DropoutMask, Gathering, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::net::buffers::BufferSizes;
 use crate::net::params::LayerParams;
-use crate::net::plan::{Op, Plan, TOWERS};
+use crate::net::plan::{Op, Plan, PlannedLayer, TOWERS};
 use crate::reduce::Reduce;
 use crate::rng::derive;
 use std::mem::ManuallyDrop;
@@ -371,15 +371,13 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     dev.lrn_forward(x.landed()?, y, scale, s, batch)?;
                 }
                 Op::MaxPool(s) => dev.maxpool_forward(x.landed()?, y, s, batch)?,
-                Op::Dropout { p } => match self.dropout_key {
-                    Some(key) => {
-                        let key = dropout_key_for(key, i, rank);
-                        let first = self.shard.first_image * layer.output.len();
-                        dev.dropout_forward(x.landed()?, y, *p, key, first)?
-                    }
-                    // p = 0 keeps every unit at scale 1: the test-time identity.
-                    None => dev.dropout_forward(x.landed()?, y, 0.0, 0, 0)?,
-                },
+                Op::Dropout { p } => {
+                    let mask = match self.dropout_key {
+                        Some(key) => mask(&self.plan, layer, i, *p, key, rank, self.shard),
+                        None => DropoutMask::IDENTITY,
+                    };
+                    dev.dropout_forward(x.landed()?, y, &mask)?
+                }
             }
             param_slot += usize::from(layer.has_params());
             if gathered.is_some() && !(landed || profile) {
@@ -402,14 +400,20 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let b = &mut *self.buffers;
         let start = Instant::now();
         let last = b.outputs.last().expect("a plan has layers");
-        let exchange = Instant::now();
-        self.link.all_gather(last, &mut b.logits)?;
-        self.link.land()?;
-        self.timings[self.plan.layers.len()].exchange_s = exchange.elapsed().as_secs_f64();
+        // A tower holding every class (a grouped plan) has nothing to gather.
+        let logits = if self.plan.towers == 1 {
+            last
+        } else {
+            let exchange = Instant::now();
+            self.link.all_gather(last, &mut b.logits)?;
+            self.link.land()?;
+            self.timings[self.plan.layers.len()].exchange_s = exchange.elapsed().as_secs_f64();
+            &b.logits
+        };
         let dlogits = b.output_grads.last_mut().expect("a plan has layers");
         let per_tower = self.plan.logits_per_tower();
         self.device.softmax_cross_entropy(
-            &b.logits,
+            logits,
             labels,
             self.link.rank(),
             per_tower,
@@ -519,9 +523,8 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     let key = self
                         .dropout_key
                         .expect("backward follows a training forward");
-                    let key = dropout_key_for(key, i, rank);
-                    let first = self.shard.first_image * layer.output.len();
-                    dev.dropout_backward(dy, g.dx, *p, key, first)?;
+                    let mask = mask(&self.plan, layer, i, *p, key, rank, self.shard);
+                    dev.dropout_backward(dy, g.dx, &mask)?;
                 }
             }
             if layer.has_params()
@@ -593,12 +596,19 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     /// The last forward pass's logits of both towers, `[image][class]`, class
     /// `t · per_tower + u` being unit `u` of tower `t` (the twin's order).
     pub fn logits(&mut self) -> Result<Vec<f32>> {
-        let gathered = self.device.download(&self.buffers.logits)?;
+        let b = &*self.buffers;
+        let towers = self.plan.towers;
+        let held = if towers == 1 {
+            b.outputs.last().expect("a plan has layers")
+        } else {
+            &b.logits
+        };
+        let gathered = self.device.download(held)?;
         let per_tower = self.plan.logits_per_tower();
         let mut logits = vec![0.0; gathered.len()];
         for (i, row) in gathered.chunks_exact(per_tower).enumerate() {
             let (t, n) = (i / self.batch, i % self.batch);
-            logits[(n * TOWERS + t) * per_tower..][..per_tower].copy_from_slice(row);
+            logits[(n * towers + t) * per_tower..][..per_tower].copy_from_slice(row);
         }
         Ok(logits)
     }
@@ -706,6 +716,28 @@ fn upload<D: Device>(
 /// The dropout mask stream of layer `layer` in tower `rank` for a step keyed `step_key`.
 pub fn dropout_key_for(step_key: u64, layer: usize, rank: usize) -> u64 {
     derive(derive(step_key, layer as u64), rank as u64)
+}
+
+/// The mask of dropout layer `index` (`layer`) at drop probability `p` in
+/// tower `rank` of `plan` for a step keyed `step_key`: the tower's own, or,
+/// where the tower holds both (a grouped plan), each tower's own for its
+/// half of the units.
+fn mask(
+    plan: &Plan,
+    layer: &PlannedLayer,
+    index: usize,
+    p: f32,
+    step_key: u64,
+    rank: usize,
+    shard: Shard,
+) -> DropoutMask {
+    let run = layer.output.len() / plan.groups();
+    let first = shard.first_image * run;
+    if plan.groups() == 1 {
+        return DropoutMask::tower(p, dropout_key_for(step_key, index, rank), first);
+    }
+    let keys = std::array::from_fn(|t| dropout_key_for(step_key, index, t));
+    DropoutMask::towers(p, keys, run, first)
 }
 
 #[cfg(test)]

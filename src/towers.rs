@@ -21,7 +21,10 @@ use crate::link::Link;
 use crate::link::copy::{CopyLink, CopyShared};
 use crate::link::host::HostLink;
 use crate::link::nccl::{self, NcclLink};
-use crate::net::params::{LayerParams, TwinTensor, join_towers, split_twin};
+use crate::link::solo::SoloLink;
+use crate::net::params::{
+    LayerParams, TwinTensor, grouped_as_twin, join_towers, split_twin, twin_as_grouped,
+};
 use crate::net::plan::{Plan, TOWERS};
 use crate::placement::Placement;
 use crate::reduce::Reduce;
@@ -121,9 +124,13 @@ struct Worker {
     thread: JoinHandle<()>,
 }
 
-/// The two towers of one net, running.
+/// The two towers of one net, running: one thread each, or one thread
+/// holding both as the grouped network ([`Plan::grouped`]).
 pub struct TowerPair {
+    /// The net's two-tower plan, whose twin tensors the caller gives and gets.
     plan: Arc<Plan>,
+    /// The plan each thread runs: `plan`, or its grouped network.
+    tower_plan: Arc<Plan>,
     workers: Vec<Worker>,
     watch: Arc<Watch>,
     link_note: String,
@@ -212,13 +219,13 @@ impl TowerPair {
             Placement::Cpu { precision } => {
                 TowerPair::cpu_storing::<f32>(plan, batch, init, precision.storage())
             }
-            Placement::OneGpu { options, .. } | Placement::TwoGpus { options, .. } => {
-                match options.storage {
-                    Storage::Full => TowerPair::gpus::<f32>(placement, plan, batch, init),
-                    Storage::Bf16 => TowerPair::gpus::<half::bf16>(placement, plan, batch, init),
-                    Storage::F16 => TowerPair::gpus::<half::f16>(placement, plan, batch, init),
-                }
-            }
+            Placement::Grouped { options, .. }
+            | Placement::OneGpu { options, .. }
+            | Placement::TwoGpus { options, .. } => match options.storage {
+                Storage::Full => TowerPair::gpus::<f32>(placement, plan, batch, init),
+                Storage::Bf16 => TowerPair::gpus::<half::bf16>(placement, plan, batch, init),
+                Storage::F16 => TowerPair::gpus::<half::f16>(placement, plan, batch, init),
+            },
         }
     }
 
@@ -235,6 +242,19 @@ impl TowerPair {
         match placement {
             Placement::Cpu { .. } => {
                 Err(Error::Training("a GPU pair asked to run on the CPU".into()))
+            }
+            Placement::Grouped { ordinal, options } => {
+                let place = format!("GPU {ordinal}");
+                let watch = Arc::new(Watch::new([place.clone(), place])?);
+                let device_watch = Arc::clone(&watch);
+                let build = move || {
+                    faults::build(0, || {
+                        CudaDevice::<S>::new(ordinal, options).map(|d| d.watched(device_watch, 0))
+                    })
+                };
+                let note =
+                    format!("both towers as one grouped network on GPU {ordinal}, one stream");
+                TowerPair::grouped(plan, batch, init, watch, build, note)
             }
             Placement::OneGpu { ordinal, options } => {
                 let mut pair =
@@ -420,50 +440,22 @@ impl TowerPair {
         let make = Arc::new((build, connect, reduce));
         let mut workers = Vec::with_capacity(TOWERS);
         for (rank, host_params) in split.into_iter().enumerate() {
-            let (jobs, inbox) = channel::<Job>();
-            let place = watch.place(rank).to_string();
-            let (plan, make, watch) = (Arc::clone(&plan), Arc::clone(&make), Arc::clone(&watch));
-            let thread = std::thread::Builder::new()
-                .name(format!("tower{rank}"))
-                .spawn(move || {
-                    // Declared first, so dropped last: a panic below is
-                    // recorded once the tower (its link first) is gone.
-                    let _on_panic = FailOnPanic {
-                        watch: Arc::clone(&watch),
-                        rank,
-                    };
-                    let (build, connect, reduce) = &*make;
-                    let built = build(rank).and_then(|device| {
-                        watch.arrive(rank)?;
-                        let link = connect(rank, &device)?;
-                        let reduce = reduce(rank, &device)?;
-                        let tower = Tower::new(plan, device, link, batch, &host_params)?;
-                        Ok(match reduce {
-                            Some(r) => tower.with_reduce(r),
-                            None => tower,
-                        })
-                    });
-                    drop(host_params);
-                    let mut tower = match built {
-                        Ok(tower) => tower,
-                        // Recorded before the thread ends: the caller's
-                        // first job finds this error in the watch.
-                        Err(e) => return watch.fail(rank, &e),
-                    };
-                    for job in inbox {
-                        if !job(&mut tower) {
-                            return;
-                        }
-                    }
+            let (plan, make, arrivals) = (Arc::clone(&plan), Arc::clone(&make), Arc::clone(&watch));
+            workers.push(spawn_worker(rank, &watch, move || {
+                let (build, connect, reduce) = &*make;
+                let device = build(rank)?;
+                arrivals.arrive(rank)?;
+                let link = connect(rank, &device)?;
+                let reduce = reduce(rank, &device)?;
+                let tower = Tower::new(plan, device, link, batch, &host_params)?;
+                Ok(match reduce {
+                    Some(r) => tower.with_reduce(r),
+                    None => tower,
                 })
-                .map_err(|e| Error::Tower {
-                    tower: rank,
-                    place,
-                    message: format!("cannot start its thread: {e}"),
-                })?;
-            workers.push(Worker { jobs, thread });
+            })?);
         }
         Ok(TowerPair {
+            tower_plan: Arc::clone(&plan),
             plan,
             workers,
             watch,
@@ -472,15 +464,75 @@ impl TowerPair {
         })
     }
 
-    /// Gives tower r the work `work[r]` and waits for both answers, or for
+    /// Both towers as one grouped network ([`Plan::grouped`]) on the device
+    /// `build` makes, on one thread with nothing to exchange: what the two
+    /// towers compute, in half the calls, each twice as large. Waits until
+    /// it is built.
+    fn grouped<D, B>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        watch: Arc<Watch>,
+        build: B,
+        link_note: String,
+    ) -> Result<TowerPair>
+    where
+        D: Device + 'static,
+        B: FnOnce() -> Result<D> + Send + 'static,
+    {
+        let tower_plan = Arc::new(plan.grouped()?);
+        let params = twin_as_grouped(&plan, init)?;
+        let runs = Arc::clone(&tower_plan);
+        let worker = spawn_worker(0, &watch, move || {
+            Tower::new(runs, build()?, SoloLink, batch, &params)
+        })?;
+        let pair = TowerPair {
+            plan,
+            tower_plan,
+            workers: vec![worker],
+            watch,
+            link_note,
+            untaken: Mutex::new(Vec::new()),
+        };
+        pair.ready()?;
+        Ok(pair)
+    }
+
+    /// Both towers as one grouped network on the CPU, storing buffers as
+    /// `storage` says: on one thread, so slower than [`TowerPair::cpu`],
+    /// and the CPU reference of the grouped network a GPU runs.
+    pub fn cpu_grouped<T: Real>(
+        plan: Arc<Plan>,
+        batch: usize,
+        init: &[TwinTensor],
+        storage: Storage,
+    ) -> Result<TowerPair> {
+        let watch = Arc::new(Watch::new(["CPU".into(), "CPU".into()])?);
+        let build = move || Ok(CpuDevice::<T>::with_storage(storage));
+        let note = "both towers as one grouped network on the CPU".to_string();
+        TowerPair::grouped(plan, batch, init, watch, build, note)
+    }
+
+    /// The plan each of the pair's threads runs: the net's two-tower plan,
+    /// or its grouped network where one thread holds both towers.
+    pub fn tower_plan(&self) -> &Arc<Plan> {
+        &self.tower_plan
+    }
+
+    /// Whether one thread holds both towers as the grouped network.
+    fn is_grouped(&self) -> bool {
+        self.tower_plan.towers == 1
+    }
+
+    /// Gives thread r the work `work[r]` and waits for every answer, or for
     /// the pair's first failure as soon as either tower fails (never for a
     /// tower that will not answer).
-    fn ask_each<R, W>(&self, work: [W; TOWERS]) -> Result<Vec<R>>
+    fn ask_each<R, W>(&self, work: Vec<W>) -> Result<Vec<R>>
     where
         R: Send + 'static,
         W: FnOnce(&mut dyn Work) -> Result<R> + Send + 'static,
     {
-        let mut answers = Vec::with_capacity(TOWERS);
+        let mut answers = Vec::with_capacity(work.len());
         for (rank, work) in work.into_iter().enumerate() {
             answers.push(self.give(rank, work)?);
         }
@@ -491,13 +543,13 @@ impl TowerPair {
             .collect()
     }
 
-    /// Gives both towers the work `make` makes.
+    /// Gives every thread the work `make` makes.
     fn ask<R, W>(&self, make: impl Fn() -> W) -> Result<Vec<R>>
     where
         R: Send + 'static,
         W: FnOnce(&mut dyn Work) -> Result<R> + Send + 'static,
     {
-        self.ask_each(std::array::from_fn(|_| make()))
+        self.ask_each((0..self.workers.len()).map(|_| make()).collect())
     }
 
     /// Tower `rank`'s answer on `receive`, or the pair's first failure.
@@ -579,8 +631,8 @@ impl TowerPair {
         sgd: Option<SgdStep>,
         shard: Shard,
     ) -> Result<Started> {
-        let mut answers = Vec::with_capacity(TOWERS);
-        for rank in 0..TOWERS {
+        let mut answers = Vec::with_capacity(self.workers.len());
+        for rank in 0..self.workers.len() {
             let batch = batch.clone();
             answers.push(self.give(rank, move |t: &mut dyn Work| {
                 t.step(&batch, dropout_key, sgd, shard)
@@ -697,16 +749,28 @@ impl TowerPair {
 
     /// Replaces weights, gradients or momentum with the twin's tensors `twin`.
     pub fn upload(&self, which: ParamSet, twin: &[TwinTensor]) -> Result<()> {
-        let split: [_; TOWERS] = split_twin(&self.plan, twin)?.try_into().map_err(|_| {
-            Error::Training("the twin's tensors split into the wrong number of towers".into())
-        })?;
-        self.ask_each(split.map(|params| move |t: &mut dyn Work| t.upload(which, &params)))
-            .map(drop)
+        let each = if self.is_grouped() {
+            vec![twin_as_grouped(&self.plan, twin)?]
+        } else {
+            split_twin(&self.plan, twin)?
+        };
+        if each.len() != self.workers.len() {
+            return Err(Error::Training(
+                "the twin's tensors split into the wrong number of towers".into(),
+            ));
+        }
+        let work = each
+            .into_iter()
+            .map(|params| move |t: &mut dyn Work| t.upload(which, &params));
+        self.ask_each(work.collect()).map(drop)
     }
 
     /// Weights, gradients or momentum, joined into the twin's tensors.
     pub fn download(&self, which: ParamSet) -> Result<Vec<TwinTensor>> {
-        let towers = self.ask(|| move |t: &mut dyn Work| t.download(which))?;
+        let mut towers = self.ask(|| move |t: &mut dyn Work| t.download(which))?;
+        if self.is_grouped() {
+            return Ok(grouped_as_twin(&self.plan, towers.swap_remove(0)));
+        }
         Ok(join_towers(&self.plan, &towers))
     }
 }
@@ -731,6 +795,45 @@ impl Drop for TowerPair {
             let _ = w.thread.join();
         }
     }
+}
+
+/// Starts tower `rank`'s thread: `build` makes the tower there (a GPU's
+/// handles are not `Send`), and the thread then runs the jobs it is given.
+/// A tower that fails to build records its error in `watch` before its
+/// thread ends, so the caller's first job finds it there.
+fn spawn_worker<W, F>(rank: usize, watch: &Arc<Watch>, build: F) -> Result<Worker>
+where
+    W: Work + 'static,
+    F: FnOnce() -> Result<W> + Send + 'static,
+{
+    let (jobs, inbox) = channel::<Job>();
+    let place = watch.place(rank).to_string();
+    let watch = Arc::clone(watch);
+    let thread = std::thread::Builder::new()
+        .name(format!("tower{rank}"))
+        .spawn(move || {
+            // Declared first, so dropped last: a panic below is recorded
+            // once the tower (its link first) is gone.
+            let _on_panic = FailOnPanic {
+                watch: Arc::clone(&watch),
+                rank,
+            };
+            let mut tower = match build() {
+                Ok(tower) => tower,
+                Err(e) => return watch.fail(rank, &e),
+            };
+            for job in inbox {
+                if !job(&mut tower) {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Tower {
+            tower: rank,
+            place,
+            message: format!("cannot start its thread: {e}"),
+        })?;
+    Ok(Worker { jobs, thread })
 }
 
 /// How often the caller's thread, waiting for a reply, looks for a failure.

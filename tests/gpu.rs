@@ -9,7 +9,7 @@
 use alexnet::device::cpu::CpuDevice;
 use alexnet::device::cuda::{CudaDevice, CudaOptions, probe};
 use alexnet::device::precision::Storage;
-use alexnet::device::{Device, Input, InputGrad, SgdStep};
+use alexnet::device::{Device, DropoutMask, Input, InputGrad, SgdStep};
 use alexnet::net::init::init_twin;
 use alexnet::net::params::TwinTensor;
 use alexnet::net::plan::{Op, Plan, TOWERS};
@@ -41,8 +41,16 @@ const TESTS: &[(&str, fn())] = &[
         three_training_steps_in_emulation_mode_match_the_cpu,
     ),
     (
+        "three_training_steps_of_the_grouped_network_match_the_cpu",
+        three_training_steps_of_the_grouped_network_match_the_cpu,
+    ),
+    (
         "three_16_bit_steps_in_emulation_mode_match_the_cpu_at_the_same_precision",
         three_16_bit_steps_in_emulation_mode_match_the_cpu_at_the_same_precision,
+    ),
+    (
+        "three_16_bit_steps_of_the_grouped_network_match_the_cpu_at_the_same_precision",
+        three_16_bit_steps_of_the_grouped_network_match_the_cpu_at_the_same_precision,
     ),
     (
         "u8_input_matches_the_cpu_device_bit_for_bit",
@@ -225,13 +233,30 @@ fn layer_f64(
     out
 }
 
+/// One tower's mask, or, for the grouped net (`towers` 1), both towers'
+/// in each image's `features`, each under its own key.
+fn dropout_mask(p: f32, towers: usize, features: usize) -> DropoutMask {
+    if towers == 1 {
+        DropoutMask::towers(p, [0x5eed, 0xfeed], features / TOWERS, 1234)
+    } else {
+        DropoutMask::tower(p, 0x5eed, 1234)
+    }
+}
+
 fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
     let mut gpu = gpu();
     let mut cpu = CpuDevice::<f32>::default();
-    // The paper's layers, and the Figure 1 net's for tanh.
-    let layers: Vec<_> = ["paper", "figure1-tanh"]
+    // The paper's layers, the Figure 1 net's for tanh, and the grouped
+    // paper net's (grouped conv and LRN, both towers' dropout masks).
+    let paper = Plan::load("paper").unwrap();
+    let plans = [
+        paper.grouped().unwrap(),
+        paper,
+        Plan::load("figure1-tanh").unwrap(),
+    ];
+    let layers: Vec<_> = plans
         .iter()
-        .flat_map(|preset| Plan::load(preset).unwrap().layers)
+        .flat_map(|plan| plan.layers.iter().map(|layer| (layer, plan.towers)))
         .collect();
     let batch = 4;
     let mut seed = 0;
@@ -239,7 +264,7 @@ fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
         seed += 1;
         seed
     };
-    for layer in &layers {
+    for &(layer, towers) in &layers {
         let sources = if layer.both_towers { TOWERS } else { 1 };
         let (in_len, out_len) = (batch * layer.input.len(), batch * layer.output.len());
         let x = both(&mut gpu, random(sources * in_len, next(), 2.0));
@@ -413,15 +438,11 @@ fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
                 assert_eq!(download(&mut gpu, &dx.gpu), dx.cpu, "{name} dx");
             }
             Op::Dropout { p } => {
-                let key = 0x5eed;
-                cpu.dropout_forward(&x.cpu, &mut y.cpu, *p, key, 1234)
-                    .unwrap();
-                gpu.dropout_forward(&x.gpu, &mut y.gpu, *p, key, 1234)
-                    .unwrap();
-                cpu.dropout_backward(&dy.cpu, &mut dx.cpu, *p, key, 1234)
-                    .unwrap();
-                gpu.dropout_backward(&dy.gpu, &mut dx.gpu, *p, key, 1234)
-                    .unwrap();
+                let mask = dropout_mask(*p, towers, layer.output.len());
+                cpu.dropout_forward(&x.cpu, &mut y.cpu, &mask).unwrap();
+                gpu.dropout_forward(&x.gpu, &mut y.gpu, &mask).unwrap();
+                cpu.dropout_backward(&dy.cpu, &mut dx.cpu, &mask).unwrap();
+                gpu.dropout_backward(&dy.gpu, &mut dx.gpu, &mask).unwrap();
                 assert_eq!(download(&mut gpu, &y.gpu), y.cpu, "{name} y");
                 assert_eq!(download(&mut gpu, &dx.gpu), dx.cpu, "{name} dx");
             }
@@ -489,15 +510,38 @@ fn loss_and_update_match_the_cpu_device() {
     assert_close("v", &gpu.download(&v.gpu).unwrap(), &v.cpu, 1e-6);
 }
 
+/// GPU 0 running both towers: as the grouped network (one stream, what
+/// `--gpus 0` runs), or in emulation mode (two, `--gpus 0 --emulate`).
+fn one_gpu(grouped: bool, options: CudaOptions) -> Placement {
+    if grouped {
+        Placement::Grouped {
+            ordinal: 0,
+            options,
+        }
+    } else {
+        Placement::OneGpu {
+            ordinal: 0,
+            options,
+        }
+    }
+}
+
 fn three_training_steps_in_emulation_mode_match_the_cpu() {
+    three_training_steps_match_the_cpu(false);
+}
+
+fn three_training_steps_of_the_grouped_network_match_the_cpu() {
+    three_training_steps_match_the_cpu(true);
+}
+
+/// Three f32 steps on GPU 0 against the CPU towers': losses, and the
+/// weights' updates.
+fn three_training_steps_match_the_cpu(grouped: bool) {
     let plan = Arc::new(Plan::load("small").unwrap());
     let batch = 8;
     let init = init_twin(&plan, InitScheme::He, 7);
     let cpu = TowerPair::cpu::<f32>(Arc::clone(&plan), batch, &init).unwrap();
-    let placement = Placement::OneGpu {
-        ordinal: 0,
-        options: CudaOptions::default(),
-    };
+    let placement = one_gpu(grouped, CudaOptions::default());
     let gpu = TowerPair::new(placement, Arc::clone(&plan), batch, &init).unwrap();
     let size = plan.spec.input.channels * plan.spec.input.size * plan.spec.input.size;
     let sgd = SgdStep {
@@ -577,7 +621,15 @@ fn update_distance(start: &[TwinTensor], a: &[TwinTensor], b: &[TwinTensor]) -> 
     (diff / norm).sqrt()
 }
 
-/// Three steps of both towers on one GPU at bf16 and at fp16 (loss-scaled)
+fn three_16_bit_steps_in_emulation_mode_match_the_cpu_at_the_same_precision() {
+    three_16_bit_steps_match_the_cpu_at_the_same_precision(false);
+}
+
+fn three_16_bit_steps_of_the_grouped_network_match_the_cpu_at_the_same_precision() {
+    three_16_bit_steps_match_the_cpu_at_the_same_precision(true);
+}
+
+/// Three steps of both towers on GPU 0 (grouped, or in emulation mode) at bf16 and at fp16 (loss-scaled)
 /// against the CPU's 16-bit reference at the same precision. The GPU rounds
 /// at the same points but sums in other orders, and rounds a layer's bias
 /// and each source tower's products where the CPU rounds their sum once;
@@ -588,7 +640,7 @@ fn update_distance(start: &[TwinTensor], a: &[TwinTensor], b: &[TwinTensor]) -> 
 /// pass (which reads the 16-bit weight copies) nearer the CPU's than f32's.
 /// Then one fp16 step whose scale overflows: skipped on the GPU as on the
 /// CPU, weights, momentum and copies untouched.
-fn three_16_bit_steps_in_emulation_mode_match_the_cpu_at_the_same_precision() {
+fn three_16_bit_steps_match_the_cpu_at_the_same_precision(grouped: bool) {
     let plan = Arc::new(Plan::load("small").unwrap());
     let batch = 8;
     let init = init_twin(&plan, InitScheme::He, 7);
@@ -603,13 +655,13 @@ fn three_16_bit_steps_in_emulation_mode_match_the_cpu_at_the_same_precision() {
     ] {
         let f32s = TowerPair::cpu::<f32>(Arc::clone(&plan), batch, &init).unwrap();
         let cpu = TowerPair::cpu_storing::<f32>(Arc::clone(&plan), batch, &init, storage).unwrap();
-        let placement = Placement::OneGpu {
-            ordinal: 0,
-            options: CudaOptions {
+        let placement = one_gpu(
+            grouped,
+            CudaOptions {
                 tf32: false,
                 storage,
             },
-        };
+        );
         let gpu = match TowerPair::new(placement, Arc::clone(&plan), batch, &init) {
             Err(e) if storage == Storage::Bf16 && e.to_string().contains("compute capability") => {
                 eprintln!("bf16 steps not run: {e}");

@@ -102,6 +102,7 @@ fn lrn_kernels_match_the_cpu_device() {
     // window so both edges clip; values large enough that α Σ x² matters.
     for (c, plane, batch) in [(48, 27 * 27, 2), (3, 5, 3)] {
         let s = LrnShape {
+            groups: 1,
             c,
             plane,
             size: 5,
@@ -178,6 +179,7 @@ fn lrn_kernels_at_16_bits_match_the_cpu_16_bit_reference() {
     for storage in [Storage::Bf16, Storage::F16] {
         for (c, plane, batch) in [(48, 27 * 27, 2), (3, 5, 3)] {
             let s = LrnShape {
+                groups: 1,
                 c,
                 plane,
                 size: 5,

@@ -3,13 +3,16 @@
 //! read one tower, LRN within each group, and the twin's weight layout. The
 //! twin (tests/reference) is written from the definitions, in f64, one
 //! multiply-add at a time; its backward pass is here. It shares nothing with
-//! the towers but the layer table and the dropout mask stream.
+//! the towers but the layer table and the dropout mask stream. The grouped
+//! network (both towers in one, as a single GPU runs them) is held to the
+//! same twin and bounds.
 
 mod reference;
 mod update;
 
 use alexnet::device::SgdStep;
 use alexnet::device::cpu::Real;
+use alexnet::device::precision::Storage;
 use alexnet::net::init::init_twin;
 use alexnet::net::params::{TwinTensor, twin_shapes};
 use alexnet::net::plan::{Op, Plan, TOWERS};
@@ -233,7 +236,35 @@ fn bounds<T: Real>() -> (f64, f64, f64) {
     }
 }
 
+/// The two ways the CPU runs the net: two towers on two threads, or both
+/// as one grouped network.
+#[derive(Debug, Clone, Copy)]
+enum Arrangement {
+    Towers,
+    Grouped,
+}
+
+impl Arrangement {
+    fn build<T: Real>(self, plan: &Arc<Plan>, batch: usize, init: &[TwinTensor]) -> TowerPair {
+        match self {
+            Arrangement::Towers => TowerPair::cpu::<T>(Arc::clone(plan), batch, init),
+            Arrangement::Grouped => {
+                TowerPair::cpu_grouped::<T>(Arc::clone(plan), batch, init, Storage::Full)
+            }
+        }
+        .unwrap()
+    }
+}
+
 fn check_split<T: Real>(preset: &str, batch: usize) {
+    check::<T>(preset, batch, Arrangement::Towers);
+}
+
+fn check_grouped<T: Real>(preset: &str, batch: usize) {
+    check::<T>(preset, batch, Arrangement::Grouped);
+}
+
+fn check<T: Real>(preset: &str, batch: usize, arrangement: Arrangement) {
     let plan = Plan::load(preset).unwrap();
     let mut rng = Rng::new(11);
     // He-scaled weights and small random biases: about half the ReLUs active.
@@ -261,7 +292,7 @@ fn check_split<T: Real>(preset: &str, batch: usize) {
     let dropout_key = 99;
 
     let plan = Arc::new(plan);
-    let towers = TowerPair::cpu::<T>(Arc::clone(&plan), batch, &tensors).unwrap();
+    let towers = arrangement.build::<T>(&plan, batch, &tensors);
     let step = Batch {
         images: Arc::new(images.clone().into()),
         labels: Arc::new(labels.clone()),
@@ -275,7 +306,10 @@ fn check_split<T: Real>(preset: &str, batch: usize) {
     let acts = twin.forward(&widen(&images), batch, Some(dropout_key));
     let twin_logits = acts.last().unwrap();
     let (norm_tol, element_tol, tie_gap) = bounds::<T>();
-    let what = format!("{preset} in {}", std::any::type_name::<T>());
+    let what = format!(
+        "{preset} in {}, {arrangement:?}",
+        std::any::type_name::<T>()
+    );
 
     let (norm, element) = errors(&logits, twin_logits);
     eprintln!("{what}: logits differ by {norm:e} (norm), {element:e} (element)");
@@ -435,11 +469,37 @@ fn f32_towers_equal_the_grouped_twin_on_the_figure_1_tanh_preset() {
     check_split::<f32>("figure1-tanh", 4);
 }
 
-/// Three SGD steps of `plan` from `init` on CPU towers in `T`, the
-/// learning rate scaled by `lr_scale`: the weights after.
-fn three_steps<T: Real>(plan: &Arc<Plan>, init: &[TwinTensor], lr_scale: f32) -> Vec<TwinTensor> {
+#[test]
+fn f64_grouped_net_equals_the_twin_on_the_small_preset() {
+    check_grouped::<f64>("small", 8);
+}
+
+#[test]
+fn f64_grouped_net_equals_the_twin_on_the_paper_preset() {
+    check_grouped::<f64>("paper", 2);
+}
+
+#[test]
+fn f32_grouped_net_equals_the_twin_on_the_paper_preset() {
+    check_grouped::<f32>("paper", 2);
+}
+
+#[test]
+fn f32_grouped_net_equals_the_twin_on_the_figure_1_tanh_preset() {
+    check_grouped::<f32>("figure1-tanh", 4);
+}
+
+/// Three SGD steps of `plan` from `init` on the CPU in `T`, arranged as
+/// `arrangement` says, the learning rate scaled by `lr_scale`: the weights
+/// and momenta after.
+fn three_steps<T: Real>(
+    plan: &Arc<Plan>,
+    init: &[TwinTensor],
+    lr_scale: f32,
+    arrangement: Arrangement,
+) -> (Vec<TwinTensor>, Vec<TwinTensor>) {
     let batch = 8;
-    let towers = TowerPair::cpu::<T>(Arc::clone(plan), batch, init).unwrap();
+    let towers = arrangement.build::<T>(plan, batch, init);
     for step in 0..3u64 {
         let mut rng = Rng::new(100 + step);
         let images: Vec<f32> = (0..batch * plan.input.len())
@@ -459,7 +519,10 @@ fn three_steps<T: Real>(plan: &Arc<Plan>, init: &[TwinTensor], lr_scale: f32) ->
         };
         towers.train_step(&batch, step, Some(sgd)).unwrap();
     }
-    towers.download(ParamSet::Weights).unwrap()
+    (
+        towers.download(ParamSet::Weights).unwrap(),
+        towers.download(ParamSet::Momentum).unwrap(),
+    )
 }
 
 /// The check tests/gpu.rs and tests/nccl.rs make of a GPU's steps, on the
@@ -468,8 +531,8 @@ fn three_steps<T: Real>(plan: &Arc<Plan>, init: &[TwinTensor], lr_scale: f32) ->
 fn f32_steps_update_the_weights_as_f64_steps_do_and_a_1_percent_error_is_seen() {
     let plan = Arc::new(Plan::load("small").unwrap());
     let init = init_twin(&plan, InitScheme::He, 7);
-    let exact = three_steps::<f64>(&plan, &init, 1.0);
-    let single = three_steps::<f32>(&plan, &init, 1.0);
+    let (exact, _) = three_steps::<f64>(&plan, &init, 1.0, Arrangement::Towers);
+    let (single, _) = three_steps::<f32>(&plan, &init, 1.0, Arrangement::Towers);
     match compare_updates(
         &init,
         &exact,
@@ -484,8 +547,41 @@ fn f32_steps_update_the_weights_as_f64_steps_do_and_a_1_percent_error_is_seen() 
         }
         Err(e) => panic!("f32 against f64 steps: {e}"),
     }
-    let off = three_steps::<f64>(&plan, &init, 1.01);
+    let (off, _) = three_steps::<f64>(&plan, &init, 1.01, Arrangement::Towers);
     let e = compare_updates(&init, &exact, &off, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL)
         .expect_err("a learning rate 1% off is caught");
     assert!(e.contains("the updates differ by"), "{e}");
+}
+
+/// Training steps, dropout and momentum included: three f32 steps of the
+/// grouped network leave the weights and momenta of three f64 steps of the
+/// towers, as close as f32 towers come (the test above).
+#[test]
+fn three_f32_steps_of_the_grouped_net_update_as_f64_towers_do() {
+    let plan = Arc::new(Plan::load("small").unwrap());
+    let init = init_twin(&plan, InitScheme::He, 7);
+    let (exact_w, exact_v) = three_steps::<f64>(&plan, &init, 1.0, Arrangement::Towers);
+    let (grouped_w, grouped_v) = three_steps::<f32>(&plan, &init, 1.0, Arrangement::Grouped);
+    let (norm, element) = compare_updates(
+        &init,
+        &exact_w,
+        &grouped_w,
+        UPDATE_NORM_TOL / 20.0,
+        UPDATE_ELEMENT_TOL / 20.0,
+    )
+    .unwrap_or_else(|e| panic!("grouped f32 against f64 towers, weights: {e}"));
+    eprintln!("grouped against towers: updates differ by {norm:e} (norm), {element:e} (element)");
+    for (want, got) in exact_v.iter().zip(&grouped_v) {
+        assert_eq!((&want.name, &want.shape), (&got.name, &got.shape));
+        let (norm, element) = errors(&got.data, &widen(&want.data));
+        eprintln!(
+            "momentum of {}: {norm:e} (norm), {element:e} (element)",
+            want.name
+        );
+        assert!(
+            norm < UPDATE_NORM_TOL / 20.0 && element < UPDATE_ELEMENT_TOL / 20.0,
+            "momentum of {} differs by {norm:e} (norm), {element:e} (element)",
+            want.name
+        );
+    }
 }

@@ -73,11 +73,16 @@ struct DeviceArgs {
     /// Run on the CPU even where a GPU is found.
     #[arg(long)]
     cpu: bool,
-    /// GPUs to run on: `0,1` one tower each, `0` both towers on GPU 0
-    /// (emulation mode). Default: GPUs 0 and 1 where there are two or more,
-    /// GPU 0 where there is one, else the CPU.
+    /// GPUs to run on: `0,1` one tower each, `0` both towers on GPU 0 as
+    /// one grouped network. Default: GPUs 0 and 1 where there are two or
+    /// more, GPU 0 where there is one, else the CPU.
     #[arg(long, value_name = "LIST")]
     gpus: Option<String>,
+    /// On one GPU, run the two towers as two (two streams meeting by device
+    /// copies: the two-GPU dataflow, emulation mode) instead of one grouped
+    /// network.
+    #[arg(long)]
+    emulate: bool,
     /// Number format: fp32 (exact), tf32 (TF32 tensor cores on a GPU, exact
     /// f32 on the CPU), bf16 or fp16 (16-bit storage, f32 master weights).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
@@ -99,7 +104,12 @@ impl DeviceArgs {
 
     /// The placement these flags choose, and the line that says so.
     fn placement(&self) -> Result<(Placement, String)> {
-        let chosen = Placement::choose(self.cpu, self.gpus.as_deref(), self.precision())?;
+        let chosen = Placement::choose(
+            self.cpu,
+            self.gpus.as_deref(),
+            self.emulate,
+            self.precision(),
+        )?;
         if matches!(chosen.0, Placement::TwoGpus { .. }) {
             alexnet::device::cuda::nccl_lib::relaunch_with_unversioned_name()?;
         }

@@ -203,6 +203,13 @@ impl TrainArgs {
                     placements.len()
                 )));
             }
+            if self.device.emulate {
+                return Err(Error::Input(format!(
+                    "--emulate runs both towers on one GPU (--gpus N); it does not apply to {} replicas on --gpus {}",
+                    placements.len(),
+                    self.device.gpus.as_deref().unwrap_or_default()
+                )));
+            }
             alexnet::device::cuda::nccl_lib::relaunch_with_unversioned_name()?;
             let list: Vec<String> = placements.iter().map(|p| p.to_string()).collect();
             let note = format!(

@@ -15,7 +15,7 @@
 //! TOWER is a tower of the only (or first) replica; `REPLICA.TOWER` (as
 //! `1.0`) names a tower of another replica of the pair.
 
-use super::{Device, Input, InputGrad, LossStats, SgdStep};
+use super::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 
@@ -269,21 +269,17 @@ impl<D: Device> Device for Faulty<D> {
         &mut self,
         x: &Self::Buf,
         y: &mut Self::Buf,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()> {
-        self.inner.dropout_forward(x, y, p, key, first)
+        self.inner.dropout_forward(x, y, mask)
     }
     fn dropout_backward(
         &mut self,
         dy: &Self::Buf,
         dx: &mut Self::Buf,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()> {
-        self.inner.dropout_backward(dy, dx, p, key, first)
+        self.inner.dropout_backward(dy, dx, mask)
     }
     fn softmax_cross_entropy(
         &mut self,

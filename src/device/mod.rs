@@ -9,7 +9,7 @@ pub mod precision;
 pub mod run_ahead;
 
 use crate::error::Result;
-use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
+use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape, TOWERS};
 
 /// Loss and hits over one batch, as every tower sees it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -41,6 +41,64 @@ impl SgdStep {
             momentum: self.momentum,
             weight_decay: self.weight_decay * scale,
         }
+    }
+}
+
+/// Which units of a buffer inverted dropout keeps (paper §4.2). Each
+/// image's units are `groups` runs of `run`, run g being tower g's (one run
+/// where the buffer holds one tower's units); unit u of run g of image n is
+/// kept when [`cpu::dropout_keeps`]`(keys[g], first + n·run + u, p)`, so
+/// every tower draws its own mask wherever its units are held. `first` is
+/// the shard's first image times `run`: a replica's shard draws its
+/// images' masks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutMask {
+    pub p: f32,
+    /// Each run's mask stream; the first `groups` are used.
+    pub keys: [u64; TOWERS],
+    pub groups: usize,
+    pub run: usize,
+    pub first: usize,
+}
+
+impl DropoutMask {
+    /// p = 0: every unit kept at scale 1, the test-time identity.
+    pub const IDENTITY: DropoutMask = DropoutMask::tower(0.0, 0, 0);
+
+    /// One tower's units: element i draws at `first + i` under `key`.
+    pub const fn tower(p: f32, key: u64, first: usize) -> DropoutMask {
+        DropoutMask {
+            p,
+            keys: [key; TOWERS],
+            groups: 1,
+            run: 1,
+            first,
+        }
+    }
+
+    /// Every tower's units, each image's being [`TOWERS`] runs of `run`,
+    /// tower t's under `keys[t]`.
+    pub const fn towers(p: f32, keys: [u64; TOWERS], run: usize, first: usize) -> DropoutMask {
+        DropoutMask {
+            p,
+            keys,
+            groups: TOWERS,
+            run,
+            first,
+        }
+    }
+
+    /// The key and index element `i` of the buffer draws at.
+    pub fn draws(&self, i: usize) -> (u64, usize) {
+        if self.groups == 1 {
+            return (self.keys[0], self.first + i);
+        }
+        let chunk = i / self.run;
+        let (image, group) = (chunk / self.groups, chunk % self.groups);
+        (
+            self.keys[group],
+            self.first + image * self.run + i % self.run,
+        )
     }
 }
 
@@ -234,26 +292,20 @@ pub trait Device {
         batch: usize,
     ) -> Result<()>;
 
-    /// Inverted dropout (paper §4.2): element `i` is kept when
-    /// [`cpu::dropout_keeps`]`(key, first + i, p)`, and kept ones are scaled
-    /// by 1/(1 − p). `first` is the buffer's offset in the whole batch's
-    /// numbering, so a replica's shard draws its images' masks.
+    /// Inverted dropout (paper §4.2): the units `mask` keeps, scaled by
+    /// 1/(1 − p); the others 0.
     fn dropout_forward(
         &mut self,
         x: &Self::Buf,
         y: &mut Self::Buf,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()>;
     /// The input gradient of dropout with the same mask.
     fn dropout_backward(
         &mut self,
         dy: &Self::Buf,
         dx: &mut Self::Buf,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()>;
 
     /// Softmax cross-entropy over logits split across towers: `logits` is

@@ -14,6 +14,7 @@ pub mod host;
 pub mod nccl;
 pub mod rendezvous;
 pub mod side;
+pub mod solo;
 
 use crate::error::{Error, Result};
 use crate::net::plan::{Plan, TOWERS};
@@ -103,7 +104,10 @@ pub fn exchanges(plan: &Plan, batch: usize) -> Vec<Exchange> {
         .iter()
         .map(|(_, l)| gather(&l.name, batch * l.input.len()))
         .collect();
-    out.push(gather("logits", batch * plan.logits_per_tower()));
+    // A tower holding every class (a grouped plan) gathers no logits.
+    if plan.towers > 1 {
+        out.push(gather("logits", batch * plan.logits_per_tower()));
+    }
     out.extend(
         both.iter()
             .rev()

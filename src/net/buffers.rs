@@ -24,7 +24,7 @@ pub struct BufferSizes {
     pub input_part: Option<usize>,
     /// Per layer, in layer order.
     pub layers: Vec<LayerBuffers>,
-    /// Both towers' logits.
+    /// Both towers' logits, gathered (none in a grouped plan).
     pub logits: usize,
 }
 
@@ -48,7 +48,12 @@ impl BufferSizes {
                 .is_multiple_of(TOWERS)
                 .then(|| batch / TOWERS * plan.input.len()),
             layers,
-            logits: TOWERS * batch * plan.logits_per_tower(),
+            // A tower holding every class (a grouped plan) gathers none.
+            logits: if plan.towers == 1 {
+                0
+            } else {
+                plan.towers * batch * plan.logits_per_tower()
+            },
         }
     }
 
@@ -95,5 +100,19 @@ mod tests {
         let at_4 = BufferSizes::new(&Plan::load("paper").unwrap(), 4);
         assert_eq!(at_4.kept(), 4 * sizes.kept());
         assert_eq!(at_4.gradients(), 4 * sizes.gradients());
+    }
+
+    /// The grouped net holds both towers' activations, gathers nothing and
+    /// keeps its logits as its last output.
+    #[test]
+    fn the_grouped_net_holds_both_towers_buffers() {
+        let towers = BufferSizes::new(&Plan::load("paper").unwrap(), 2);
+        let grouped = BufferSizes::new(&Plan::load("paper").unwrap().grouped().unwrap(), 2);
+        assert_eq!(grouped.logits, 0);
+        assert!(grouped.layers.iter().all(|l| l.gathered.is_none()));
+        for (g, t) in grouped.layers.iter().zip(&towers.layers) {
+            assert_eq!(g.output, TOWERS * t.output);
+        }
+        assert_eq!(grouped.input, towers.input);
     }
 }

@@ -68,21 +68,52 @@ fn twin_index(
     (((t * out + o) * sources + s) * inputs + i) * area + q
 }
 
+/// The tensor `name` of `tensors`, which must have `shape`.
+fn find<'a>(tensors: &'a [TwinTensor], name: &str, shape: &[usize]) -> Result<&'a TwinTensor> {
+    let t = tensors
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| Error::Input(format!("missing tensor {name}")))?;
+    if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
+        return Err(Error::Input(format!(
+            "tensor {name} has shape {:?}, the net needs {shape:?}",
+            t.shape
+        )));
+    }
+    Ok(t)
+}
+
+/// The twin's tensors as the parameters of the grouped network
+/// ([`Plan::grouped`] of `plan`), which are the twin's layout itself: each
+/// layer's weight tensor as its one block, then its bias.
+pub fn twin_as_grouped(plan: &Plan, tensors: &[TwinTensor]) -> Result<Vec<LayerParams<Vec<f32>>>> {
+    twin_shapes(plan)
+        .chunks(2)
+        .map(|pair| {
+            Ok(LayerParams {
+                weights: vec![find(tensors, &pair[0].0, &pair[0].1)?.data.clone()],
+                bias: find(tensors, &pair[1].0, &pair[1].1)?.data.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The grouped network's parameters (or gradients) as the twin's tensors:
+/// the inverse of [`twin_as_grouped`].
+pub fn grouped_as_twin(plan: &Plan, params: Vec<LayerParams<Vec<f32>>>) -> Vec<TwinTensor> {
+    let mut out = Vec::new();
+    for (pair, layer) in twin_shapes(plan).chunks(2).zip(params) {
+        let weight = layer.weights.into_iter().next().unwrap_or_default();
+        for ((name, shape), data) in pair.iter().cloned().zip([weight, layer.bias]) {
+            out.push(TwinTensor { name, shape, data });
+        }
+    }
+    out
+}
+
 /// Splits twin tensors into each tower's parameters.
 pub fn split_twin(plan: &Plan, tensors: &[TwinTensor]) -> Result<Vec<Vec<LayerParams<Vec<f32>>>>> {
-    let find = |name: &str, shape: &[usize]| -> Result<&TwinTensor> {
-        let t = tensors
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| Error::Input(format!("missing tensor {name}")))?;
-        if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Input(format!(
-                "tensor {name} has shape {:?}, the net needs {shape:?}",
-                t.shape
-            )));
-        }
-        Ok(t)
-    };
+    let find = |name: &str, shape: &[usize]| find(tensors, name, shape);
     let shapes = twin_shapes(plan);
     let mut towers: Vec<Vec<LayerParams<Vec<f32>>>> = vec![Vec::new(); TOWERS];
     let mut shape_iter = shapes.chunks(2);
@@ -193,5 +224,35 @@ mod tests {
         // Source 1 starts at twin column 32.
         assert_eq!(conv3.weights[1][0], (48 * 64 * 9 + 32 * 9) as f32);
         assert_eq!(conv3.bias[0], 48.0);
+    }
+
+    /// The grouped network's blocks are the twin's tensors, whose lengths
+    /// are what its plan's layers hold.
+    #[test]
+    fn the_grouped_layout_is_the_twins_and_fits_the_grouped_plan() {
+        let plan = Plan::load("small").unwrap();
+        let tensors: Vec<TwinTensor> = twin_shapes(&plan)
+            .into_iter()
+            .map(|(name, shape)| {
+                let n = shape.iter().product::<usize>();
+                TwinTensor {
+                    name,
+                    shape,
+                    data: (0..n).map(|i| (i % 97) as f32).collect(),
+                }
+            })
+            .collect();
+        let grouped = twin_as_grouped(&plan, &tensors).unwrap();
+        let layers = plan.grouped().unwrap().layers;
+        let param_layers: Vec<_> = layers.iter().filter(|l| l.has_params()).collect();
+        assert_eq!(grouped.len(), param_layers.len());
+        for (params, layer) in grouped.iter().zip(&param_layers) {
+            assert_eq!(params.weights.len(), 1);
+            assert_eq!(params.weights[0].len() + params.bias.len(), layer.params());
+        }
+        assert_eq!(grouped_as_twin(&plan, grouped), tensors);
+        let mut short = tensors.clone();
+        short[1].data.pop();
+        assert!(twin_as_grouped(&plan, &short).unwrap_err().is_input());
     }
 }

@@ -1,5 +1,6 @@
 //! A checked network: every layer's shapes, parameter counts and
-//! multiply-adds, resolved from a [`NetSpec`]. Shapes are per tower.
+//! multiply-adds, resolved from a [`NetSpec`]. Shapes are per tower: one of
+//! the paper's two, or, in [`Plan::grouped`], one that holds both.
 
 use super::spec::{Layer, NetSpec};
 use crate::error::{Error, Result};
@@ -40,10 +41,14 @@ impl std::fmt::Display for Shape {
     }
 }
 
-/// Geometry of a convolution reading `sources` inputs of `in_c` channels each.
+/// Geometry of a convolution reading `sources` inputs of `in_c` channels
+/// each, its channels split into `groups` (1 in a tower; 2 where one
+/// network holds both towers, tower g's filters reading only tower g's
+/// channels, as cuda-convnet2's and PyTorch's grouped convolutions do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvShape {
     pub sources: usize,
+    pub groups: usize,
     pub in_c: usize,
     pub in_h: usize,
     pub in_w: usize,
@@ -56,9 +61,19 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
-    /// Elements of one source's weight block: out_c × in_c × k × k.
+    /// Elements of one source's weight block: out_c × (in_c / groups) × k × k.
     pub fn block_len(&self) -> usize {
-        self.out_c * self.in_c * self.kernel * self.kernel
+        self.out_c * (self.in_c / self.groups) * self.kernel * self.kernel
+    }
+
+    /// The convolution of one group: what each group computes on its own.
+    pub fn per_group(&self) -> ConvShape {
+        ConvShape {
+            groups: 1,
+            in_c: self.in_c / self.groups,
+            out_c: self.out_c / self.groups,
+            ..*self
+        }
     }
 }
 
@@ -74,9 +89,12 @@ pub struct PoolShape {
     pub out_w: usize,
 }
 
-/// LRN constants (paper §3.3); `alpha` multiplies the sum directly.
+/// LRN constants (paper §3.3); `alpha` multiplies the sum directly. The
+/// maps are `groups` runs of `c` channels each, and a window never leaves
+/// its run: one run in a tower, one per tower where a network holds both.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrnShape {
+    pub groups: usize,
     pub c: usize,
     pub plane: usize,
     pub size: usize,
@@ -157,6 +175,9 @@ pub struct Plan {
     /// The image, per image.
     pub input: Shape,
     pub layers: Vec<PlannedLayer>,
+    /// How many towers run these layers: [`TOWERS`] (the paper's split,
+    /// §3.2), or 1 for the grouped network holding both ([`Plan::grouped`]).
+    pub towers: usize,
 }
 
 fn bad(spec: &NetSpec, index: usize, what: String) -> Error {
@@ -257,7 +278,81 @@ impl Plan {
             spec,
             input,
             layers,
+            towers: TOWERS,
         })
+    }
+
+    /// The same net as one tower holding both (the single-device twin,
+    /// docs/network.md): every layer twice as wide, tower t's units and
+    /// channels the t-th half of each; a layer that reads its own tower only
+    /// becomes a grouped convolution (or LRN) of [`TOWERS`] groups, and one
+    /// that reads both an ordinary one over all channels. The first layer
+    /// reads the image both towers share. Its parameters are the twin's
+    /// tensors ([`crate::net::params::twin_as_grouped`]), its logits all
+    /// classes in the twin's order, its dropout masks each tower's own
+    /// ([`Plan::groups`]), so it computes what the two towers compute.
+    pub fn grouped(&self) -> Result<Plan> {
+        let g = TOWERS;
+        let refuse = |layer: &PlannedLayer, why: &str| {
+            Err(Error::Input(format!(
+                "preset {}: layer {}: {why}, which one grouped network cannot hold; \
+                 run the two towers (--emulate on one GPU)",
+                self.spec.name, layer.name
+            )))
+        };
+        if self.towers != TOWERS {
+            return Err(Error::Training("a grouped plan grouped again".into()));
+        }
+        let wide = |s: Shape| match s {
+            Shape::Map { c, h, w } => Shape::Map { c: g * c, h, w },
+            Shape::Flat(n) => Shape::Flat(g * n),
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let first = i == 0;
+            let op = match layer.op {
+                Op::Conv(c) => Op::Conv(ConvShape {
+                    sources: 1,
+                    groups: if first || layer.both_towers { 1 } else { g },
+                    in_c: if first { c.in_c } else { g * c.in_c },
+                    out_c: g * c.out_c,
+                    ..c
+                }),
+                Op::Fc(f) if first || layer.both_towers => Op::Fc(FcShape {
+                    sources: 1,
+                    inputs: if first { f.inputs } else { g * f.inputs },
+                    outputs: g * f.outputs,
+                }),
+                Op::Fc(_) => return refuse(layer, "an fc layer reads its own tower only"),
+                _ if first => return refuse(layer, "the first layer has no weights"),
+                Op::Lrn(l) => Op::Lrn(LrnShape { groups: g, ..l }),
+                Op::MaxPool(p) => Op::MaxPool(PoolShape { c: g * p.c, ..p }),
+                ref op @ (Op::Relu | Op::Tanh | Op::Dropout { .. }) => op.clone(),
+            };
+            layers.push(PlannedLayer {
+                name: layer.name.clone(),
+                op,
+                input: if first {
+                    layer.input
+                } else {
+                    wide(layer.input)
+                },
+                output: wide(layer.output),
+                both_towers: false,
+            });
+        }
+        Ok(Plan {
+            spec: self.spec.clone(),
+            input: self.input,
+            layers,
+            towers: 1,
+        })
+    }
+
+    /// How many of the paper's towers each of this plan's towers holds:
+    /// 1, or [`TOWERS`] for the grouped network.
+    pub fn groups(&self) -> usize {
+        TOWERS / self.towers
     }
 
     /// Loads a preset (or preset file) and checks it.
@@ -270,19 +365,19 @@ impl Plan {
         self.layers.last().map_or(0, |l| l.output.len())
     }
 
-    /// Classes of the whole net: both towers' logits.
+    /// Classes of the whole net: every tower's logits.
     pub fn classes(&self) -> usize {
-        TOWERS * self.logits_per_tower()
+        self.towers * self.logits_per_tower()
     }
 
-    /// Parameters in the whole net (both towers).
+    /// Parameters in the whole net (every tower).
     pub fn params(&self) -> usize {
-        TOWERS * self.layers.iter().map(PlannedLayer::params).sum::<usize>()
+        self.towers * self.layers.iter().map(PlannedLayer::params).sum::<usize>()
     }
 
-    /// Multiply-adds per image in the whole net (both towers).
+    /// Multiply-adds per image in the whole net (every tower).
     pub fn macs(&self) -> usize {
-        TOWERS * self.layers.iter().map(PlannedLayer::macs).sum::<usize>()
+        self.towers * self.layers.iter().map(PlannedLayer::macs).sum::<usize>()
     }
 }
 
@@ -328,6 +423,7 @@ fn plan_layer(
                 ));
             }
             let lrn = LrnShape {
+                groups: 1,
                 c,
                 plane: h * w,
                 size,
@@ -444,6 +540,7 @@ fn conv_layer(
     }
     let conv = ConvShape {
         sources,
+        groups: 1,
         in_c: c,
         in_h: h,
         in_w: w,
@@ -514,6 +611,54 @@ mod tests {
             }
         );
         assert_eq!(maps[14], Shape::Map { c: 128, h: 6, w: 6 });
+    }
+
+    /// The grouped paper net is the twin of docs/network.md: conv2, conv4
+    /// and conv5 in two groups, conv3 and the fc layers over all channels,
+    /// and as many weights and multiply-adds as the two towers.
+    #[test]
+    fn the_grouped_paper_net_is_the_single_device_twin() {
+        let towers = Plan::load("paper").unwrap();
+        let plan = towers.grouped().unwrap();
+        assert_eq!((plan.towers, plan.groups()), (1, 2));
+        assert_eq!(plan.params(), towers.params());
+        assert_eq!(plan.macs(), towers.macs());
+        assert_eq!(plan.classes(), 1000);
+        assert!(plan.layers.iter().all(|l| !l.both_towers));
+        let conv = |name: &str| match plan.layers.iter().find(|l| l.name == name).unwrap().op {
+            Op::Conv(c) => (c.sources, c.groups, c.in_c, c.out_c, c.block_len()),
+            ref op => panic!("{name} is {op:?}"),
+        };
+        assert_eq!(conv("conv1"), (1, 1, 3, 96, 96 * 3 * 121));
+        assert_eq!(conv("conv2"), (1, 2, 96, 256, 256 * 48 * 25));
+        assert_eq!(conv("conv3"), (1, 1, 256, 384, 384 * 256 * 9));
+        assert_eq!(conv("conv4"), (1, 2, 384, 384, 384 * 192 * 9));
+        let Op::Lrn(lrn) = plan.layers[2].op else {
+            panic!("layer 3 is LRN")
+        };
+        assert_eq!((lrn.groups, lrn.c), (2, 48));
+        assert_eq!(
+            plan.layers[15].op,
+            Op::Fc(FcShape {
+                sources: 1,
+                inputs: 9216,
+                outputs: 4096
+            })
+        );
+        assert_eq!(plan.layers[15].output, Shape::Flat(4096));
+        assert_eq!(plan.layers[14].output, Shape::Map { c: 256, h: 6, w: 6 });
+        assert!(plan.grouped().is_err(), "a grouped plan grouped again");
+    }
+
+    #[test]
+    fn a_net_one_grouped_network_cannot_hold_is_refused_by_name() {
+        let spec = spec_with(
+            "layers = [{type = \"conv\", name = \"c\", filters = 4, kernel = 3}, {type = \"fc\", name = \"own\", units = 2}]",
+        );
+        let err = Plan::new(spec).unwrap().grouped().unwrap_err();
+        assert!(err.is_input());
+        assert!(err.to_string().contains("layer own"), "{err}");
+        assert!(err.to_string().contains("--emulate"), "{err}");
     }
 
     fn spec_with(layers: &str) -> NetSpec {

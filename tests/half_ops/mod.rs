@@ -10,7 +10,7 @@ use alexnet::device::cuda::fc::Blas;
 use alexnet::device::cuda::kernels::reduce::{BiasGrad, Loss};
 use alexnet::device::cuda::kernels::{Half, Kernels};
 use alexnet::device::precision::{Precision, Storage};
-use alexnet::device::{Device, Input, InputGrad, SgdStep};
+use alexnet::device::{Device, DropoutMask, Input, InputGrad, SgdStep};
 use alexnet::net::plan::{Op, Plan, TOWERS};
 use alexnet::rng::Rng;
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -149,7 +149,10 @@ fn ops_at<H: Host16>(precision: Precision) {
         seed += 1;
         seed
     };
-    for layer in Plan::load("paper").expect("the paper's plan").layers {
+    let paper = Plan::load("paper").expect("the paper's plan");
+    let grouped = paper.grouped().expect("the grouped paper net");
+    let layers = paper.layers.iter().map(|layer| (layer, paper.towers));
+    for (layer, towers) in layers.chain(grouped.layers.iter().map(|layer| (layer, 1))) {
         let sources = if layer.both_towers { TOWERS } else { 1 };
         let (in_len, out_len) = (batch * layer.input.len(), batch * layer.output.len());
         let what = |v: &str| format!("{} {v} at {}", layer.name, precision.name());
@@ -232,15 +235,20 @@ fn ops_at<H: Host16>(precision: Precision) {
                 assert_rounds_alike(storage, &what("dx"), &gpu.down(&dx_g), &dx);
             }
             Op::Dropout { p } => {
-                let (key, first) = (0x5eed, 1234);
+                let features = layer.output.len();
+                let mask = if towers == 1 {
+                    DropoutMask::towers(*p, [0x5eed, 0xfeed], features / TOWERS, 1234)
+                } else {
+                    DropoutMask::tower(*p, 0x5eed, 1234)
+                };
                 let x = stored(storage, in_len, next(), 2.0);
                 let mut y = vec![0.0; out_len];
-                cpu.dropout_forward(&x, &mut y, *p, key, first).unwrap();
+                cpu.dropout_forward(&x, &mut y, &mask).unwrap();
                 let x_g = gpu.up::<H>(&x);
                 let mut y_g = gpu.zeros::<H>(out_len);
                 gpu.kernels
                     .elementwise
-                    .dropout(&gpu.stream, &x_g, &mut y_g, *p, key, first)
+                    .dropout(&gpu.stream, &x_g, &mut y_g, &mask)
                     .unwrap();
                 assert_eq!(gpu.down(&y_g), y, "{}", what("y"));
             }

@@ -306,6 +306,7 @@ mod tests {
     fn shape(sources: usize, stride: usize, pad: usize) -> ConvShape {
         let (in_h, in_w, kernel) = (7, 6, 3);
         ConvShape {
+            groups: 1,
             sources,
             in_c: 2,
             in_h,
@@ -492,6 +493,7 @@ mod tests {
     #[test]
     fn banded_layers_match_the_definition_and_finite_differences() {
         let s = ConvShape {
+            groups: 1,
             sources: 1,
             in_c: 64,
             in_h: 14,

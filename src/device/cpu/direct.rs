@@ -460,6 +460,7 @@ mod tests {
         ] {
             let out = (in_hw - kernel) / stride + 1;
             let s = ConvShape {
+                groups: 1,
                 sources: 1,
                 in_c: 3,
                 in_h: in_hw,
@@ -519,6 +520,7 @@ mod tests {
             (16, 3, 1, 40),
         ] {
             let s = ConvShape {
+                groups: 1,
                 sources: 1,
                 in_c: 3,
                 in_h: in_hw,
@@ -566,6 +568,7 @@ mod tests {
     #[test]
     fn padded_or_two_tower_layers_are_left_to_im2col() {
         let s = ConvShape {
+            groups: 1,
             sources: 1,
             in_c: 1,
             in_h: 4,

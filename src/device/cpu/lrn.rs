@@ -58,8 +58,10 @@ macro_rules! with_neg_pow {
 simd::kernel! {
 /// `y = x · scale^−β` with `scale = k + α Σ x²`, kept for the backward pass;
 /// one channel at a time, so its window of planes is still in cache for `y`.
+/// Each of the shape's groups is a run of channels windows stay inside,
+/// laid out as an image of its own would be.
 pub fn lrn_forward<T: Real>(x: &[T], y: &mut [T], scale: &mut [T], s: &LrnShape, batch: usize) {
-    with_neg_pow!(s.beta, p => forward(x, y, scale, s, batch, p));
+    with_neg_pow!(s.beta, p => forward(x, y, scale, s, batch * s.groups, p));
 }
 }
 
@@ -109,7 +111,7 @@ pub fn lrn_backward<T: Real>(
     s: &LrnShape,
     batch: usize,
 ) {
-    with_neg_pow!(s.beta, p => backward(x, y, scale, dy, dx, s, batch, p));
+    with_neg_pow!(s.beta, p => backward(x, y, scale, dy, dx, s, batch * s.groups, p));
 }
 }
 
@@ -163,6 +165,7 @@ mod tests {
 
     fn shape(c: usize) -> LrnShape {
         LrnShape {
+            groups: 1,
             c,
             plane: 6,
             size: 5,

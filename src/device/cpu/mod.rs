@@ -11,6 +11,7 @@ mod direct;
 mod fc;
 #[cfg(test)]
 pub(crate) mod gradcheck;
+mod grouped;
 mod lrn;
 mod matmul;
 mod nt;
@@ -34,7 +35,7 @@ pub use real::Real;
 pub use softmax::softmax_cross_entropy;
 
 use super::precision::Storage;
-use super::{Device, Input, InputGrad, LossStats, SgdStep};
+use super::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::data::input;
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
@@ -97,6 +98,15 @@ pub fn round_all<T: Real>(storage: Storage, x: &mut [T]) {
     if storage.is_16_bit() {
         T::round_slice(storage, x);
     }
+}
+
+/// A grouped convolution given several weight blocks: the grouped network
+/// has one source per layer, so this is a bug, not an input.
+fn one_source_only(shape: &ConvShape) -> Error {
+    Error::Training(format!(
+        "a convolution of {} groups takes one weight block (it has {} sources)",
+        shape.groups, shape.sources
+    ))
 }
 
 fn slices<T>(bufs: &[Vec<T>]) -> Vec<&[T]> {
@@ -182,7 +192,11 @@ impl<T: Real> Device for CpuDevice<T> {
         let x = x.landed()?;
         let mut scratch = take(&mut self.conv);
         let w = self.weights(w);
-        conv_forward(x, &w, bias, y, shape, batch, &mut scratch);
+        match (shape.groups, &w[..]) {
+            (1, _) => conv_forward(x, &w, bias, y, shape, batch, &mut scratch),
+            (_, [w]) => grouped::grouped_forward(x, w, bias, y, shape, batch, &mut scratch),
+            _ => return Err(one_source_only(shape)),
+        }
         self.conv = scratch;
         round_all(self.storage, y);
         Ok(())
@@ -202,17 +216,24 @@ impl<T: Real> Device for CpuDevice<T> {
         let mut scratch = take(&mut self.conv);
         let storage = self.storage;
         let w = self.weights(w);
-        conv_backward(
-            x,
-            &w,
-            dy,
-            dx.as_mut().map(|g| g.dx.as_mut_slice()),
-            &mut slices_mut(dw),
-            dbias,
-            shape,
-            batch,
-            &mut scratch,
-        );
+        let dx_slice = dx.as_mut().map(|g| g.dx.as_mut_slice());
+        match (shape.groups, &w[..], &mut *dw) {
+            (1, _, dw) => conv_backward(
+                x,
+                &w,
+                dy,
+                dx_slice,
+                &mut slices_mut(dw),
+                dbias,
+                shape,
+                batch,
+                &mut scratch,
+            ),
+            (_, [w], [dw]) => {
+                grouped::grouped_backward(x, w, dy, dx_slice, dw, dbias, shape, batch, &mut scratch)
+            }
+            _ => return Err(one_source_only(shape)),
+        }
         self.conv = scratch;
         round_gradients(storage, dx.as_mut().map(|g| g.dx.as_mut_slice()), dw, dbias);
         dx.map_or(Ok(()), InputGrad::announce)
@@ -339,28 +360,14 @@ impl<T: Real> Device for CpuDevice<T> {
         Ok(())
     }
 
-    fn dropout_forward(
-        &mut self,
-        x: &Vec<T>,
-        y: &mut Vec<T>,
-        p: f32,
-        key: u64,
-        first: usize,
-    ) -> Result<()> {
-        dropout_apply(x, y, p, key, first);
+    fn dropout_forward(&mut self, x: &Vec<T>, y: &mut Vec<T>, mask: &DropoutMask) -> Result<()> {
+        dropout_apply(x, y, mask);
         round_all(self.storage, y);
         Ok(())
     }
 
-    fn dropout_backward(
-        &mut self,
-        dy: &Vec<T>,
-        dx: &mut Vec<T>,
-        p: f32,
-        key: u64,
-        first: usize,
-    ) -> Result<()> {
-        dropout_apply(dy, dx, p, key, first);
+    fn dropout_backward(&mut self, dy: &Vec<T>, dx: &mut Vec<T>, mask: &DropoutMask) -> Result<()> {
+        dropout_apply(dy, dx, mask);
         round_all(self.storage, dx);
         Ok(())
     }

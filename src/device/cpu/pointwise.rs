@@ -3,7 +3,7 @@
 
 use super::real::Real;
 use super::simd;
-use crate::device::SgdStep;
+use crate::device::{DropoutMask, SgdStep};
 use crate::rng::uniform_at;
 
 simd::kernel! {
@@ -44,22 +44,33 @@ pub fn dropout_keeps(key: u64, index: usize, p: f32) -> bool {
     uniform_at(key, index as u64) >= f64::from(p)
 }
 
-/// `out = inp / (1 − p)` where kept, 0 elsewhere; element `i` draws the
-/// mask at index `first + i`. The same for forward and backward. With p = 0
-/// (the test-time identity) every element is kept at scale 1: a copy, no draws.
-pub fn dropout_apply<T: Real>(inp: &[T], out: &mut [T], p: f32, key: u64, first: usize) {
+/// `out = inp / (1 − p)` where `mask` keeps an element, 0 elsewhere. The
+/// same for forward and backward. With p = 0 (the test-time identity) every
+/// element is kept at scale 1: a copy, no draws.
+pub fn dropout_apply<T: Real>(inp: &[T], out: &mut [T], mask: &DropoutMask) {
+    let p = mask.p;
     if p == 0.0 {
         let n = out.len().min(inp.len());
         out[..n].copy_from_slice(&inp[..n]);
         return;
     }
     let keep_scale = T::of(1.0 / (1.0 - f64::from(p)));
-    for (i, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
-        *o = if dropout_keeps(key, first + i, p) {
-            v * keep_scale
-        } else {
-            T::zero()
-        };
+    let apply = |out: &mut [T], inp: &[T], key: u64, first: usize| {
+        for (i, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
+            *o = if dropout_keeps(key, first + i, p) {
+                v * keep_scale
+            } else {
+                T::zero()
+            };
+        }
+    };
+    if mask.groups == 1 {
+        return apply(out, inp, mask.keys[0], mask.first);
+    }
+    let runs = out.chunks_mut(mask.run).zip(inp.chunks(mask.run));
+    for (chunk, (out, inp)) in runs.enumerate() {
+        let (key, first) = mask.draws(chunk * mask.run);
+        apply(out, inp, key, first);
     }
 }
 
@@ -130,16 +141,16 @@ mod tests {
     fn dropout_keeps_about_one_minus_p_and_preserves_the_mean() {
         let x = vec![1.0f64; 100_000];
         let mut y = vec![0.0; x.len()];
-        dropout_apply(&x, &mut y, 0.5, 42, 0);
+        dropout_apply(&x, &mut y, &DropoutMask::tower(0.5, 42, 0));
         let kept = y.iter().filter(|v| **v != 0.0).count() as f64 / x.len() as f64;
         let mean = y.iter().sum::<f64>() / x.len() as f64;
         assert!((kept - 0.5).abs() < 0.01, "kept {kept}");
         assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
         assert!(y.iter().all(|v| *v == 0.0 || *v == 2.0));
         let mut again = vec![0.0; x.len()];
-        dropout_apply(&x, &mut again, 0.5, 42, 0);
+        dropout_apply(&x, &mut again, &DropoutMask::tower(0.5, 42, 0));
         assert_eq!(y, again);
-        dropout_apply(&x, &mut again, 0.5, 43, 0);
+        dropout_apply(&x, &mut again, &DropoutMask::tower(0.5, 43, 0));
         assert_ne!(y, again);
     }
 
@@ -147,7 +158,7 @@ mod tests {
     fn dropout_at_p_0_is_the_identity() {
         let x = random(1000, 9);
         let mut y = vec![f64::NAN; x.len()];
-        dropout_apply(&x, &mut y, 0.0, 7, 3);
+        dropout_apply(&x, &mut y, &DropoutMask::tower(0.0, 7, 3));
         assert_eq!(x, y);
     }
 
@@ -155,11 +166,50 @@ mod tests {
     fn dropout_of_a_slice_is_the_same_slice_of_the_whole_mask() {
         let x = vec![1.0f64; 1000];
         let mut whole = vec![0.0; x.len()];
-        dropout_apply(&x, &mut whole, 0.5, 7, 0);
+        dropout_apply(&x, &mut whole, &DropoutMask::tower(0.5, 7, 0));
         let mut part = vec![0.0; 300];
-        dropout_apply(&x[..300], &mut part, 0.5, 7, 600);
+        dropout_apply(&x[..300], &mut part, &DropoutMask::tower(0.5, 7, 600));
         assert_eq!(part, whole[600..900]);
         assert_ne!(part, whole[..300]);
+    }
+
+    /// A buffer of both towers' units draws, run by run, each tower's own
+    /// mask: what each tower's buffer draws on its own.
+    #[test]
+    fn both_towers_in_one_buffer_draw_each_towers_own_mask() {
+        let (batch, run, first_image) = (3, 50, 4);
+        let x = random(batch * 2 * run, 11);
+        let keys = [21, 22];
+        let mut both = vec![0.0; x.len()];
+        dropout_apply(
+            &x,
+            &mut both,
+            &DropoutMask::towers(0.5, keys, run, first_image * run),
+        );
+        for (t, &key) in keys.iter().enumerate() {
+            let own: Vec<f64> = x
+                .chunks(run)
+                .skip(t)
+                .step_by(2)
+                .flatten()
+                .copied()
+                .collect();
+            let mut alone = vec![0.0; own.len()];
+            dropout_apply(
+                &own,
+                &mut alone,
+                &DropoutMask::tower(0.5, key, first_image * run),
+            );
+            let from_both: Vec<f64> = both
+                .chunks(run)
+                .skip(t)
+                .step_by(2)
+                .flatten()
+                .copied()
+                .collect();
+            assert_eq!(from_both, alone, "tower {t}");
+        }
+        assert!(both.contains(&0.0) && both.iter().any(|v| *v != 0.0));
     }
 
     #[test]
@@ -168,11 +218,11 @@ mod tests {
         let r = random(64, 5);
         let forward = |x: &[f64]| {
             let mut y = vec![0.0; x.len()];
-            dropout_apply(x, &mut y, 0.5, 9, 0);
+            dropout_apply(x, &mut y, &DropoutMask::tower(0.5, 9, 0));
             y
         };
         let mut dx = vec![0.0; 64];
-        dropout_apply(&r, &mut dx, 0.5, 9, 0);
+        dropout_apply(&r, &mut dx, &DropoutMask::tower(0.5, 9, 0));
         check_gradient("dropout dx", &x, &dx, |x| dot(&r, &forward(x)));
     }
 

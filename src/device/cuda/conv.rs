@@ -699,8 +699,9 @@ impl<'a> Search<'a> {
     }
 }
 
-/// NCHW descriptors of `s`'s input, output and one source's filter, their
-/// elements stored as `storage` says.
+/// NCHW descriptors of `s`'s input, output and one source's filter (each
+/// filter over its group's `in_c / groups` channels), their elements
+/// stored as `storage` says.
 fn tensors(s: &ConvShape, batch: usize, storage: Storage) -> Result<Tensors> {
     let dims = |v: [usize; 4]| v.map(|d| d as i32);
     let float = data_type(storage);
@@ -718,14 +719,14 @@ fn tensors(s: &ConvShape, batch: usize, storage: Storage) -> Result<Tensors> {
             w.0,
             float,
             nchw,
-            dims([s.out_c, s.in_c, s.kernel, s.kernel]),
+            dims([s.out_c, s.in_c / s.groups, s.kernel, s.kernel]),
         )
         .map_err(cudnn("filter shape"))?;
         Ok(Tensors { x, y, w })
     }
 }
 
-/// `s`'s convolution geometry with the given math type.
+/// `s`'s convolution geometry and groups with the given math type.
 fn convolution(s: &ConvShape, math: sys::cudnnMathType_t) -> Result<ConvDesc> {
     let (pad, stride) = (s.pad as i32, s.stride as i32);
     // SAFETY: created just before it is set, and owned by its wrapper.
@@ -744,6 +745,9 @@ fn convolution(s: &ConvShape, math: sys::cudnnMathType_t) -> Result<ConvDesc> {
         )
         .map_err(cudnn("convolution geometry"))?;
         result::set_convolution_math_type(conv.0, math).map_err(cudnn("math type"))?;
+        sys::cudnnSetConvolutionGroupCount(conv.0, s.groups as i32)
+            .result()
+            .map_err(cudnn("group count"))?;
         Ok(conv)
     }
 }

@@ -14,7 +14,7 @@
 use super::buffer::{HalfBuf, StoredBuf};
 use super::kernels::Half;
 use super::{CudaDevice, by_source, need, part, u32_of, zeros};
-use crate::device::{Device, Input, InputGrad, LossStats, SgdStep};
+use crate::device::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 use cudarc::driver::CudaSlice;
@@ -372,31 +372,22 @@ impl<H: Half> Device for CudaDevice<H> {
         &mut self,
         x: &Self::Buf,
         y: &mut Self::Buf,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()> {
         self.kernels
             .elementwise
-            .dropout(&self.stream, x.stored()?, y.stored_mut()?, p, key, first)
+            .dropout(&self.stream, x.stored()?, y.stored_mut()?, mask)
     }
 
     fn dropout_backward(
         &mut self,
         dy: &Self::Buf,
         dx: &mut Self::Buf,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()> {
-        self.kernels.elementwise.dropout(
-            &self.stream,
-            dy.stored()?,
-            dx.stored_mut()?,
-            p,
-            key,
-            first,
-        )
+        self.kernels
+            .elementwise
+            .dropout(&self.stream, dy.stored()?, dx.stored_mut()?, mask)
     }
 
     fn softmax_cross_entropy(

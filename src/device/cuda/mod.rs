@@ -30,7 +30,7 @@ pub mod probe;
 
 use super::precision::{Precision, Storage};
 use super::run_ahead::RunAhead;
-use super::{Device, Input, InputGrad, LossStats, SgdStep};
+use super::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
 use crate::watch::Watch;
@@ -584,26 +584,18 @@ impl Device for CudaDevice<f32> {
         &mut self,
         x: &Self::Buf,
         y: &mut Self::Buf,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()> {
-        self.kernels
-            .elementwise
-            .dropout(&self.stream, x, y, p, key, first)
+        self.kernels.elementwise.dropout(&self.stream, x, y, mask)
     }
 
     fn dropout_backward(
         &mut self,
         dy: &Self::Buf,
         dx: &mut Self::Buf,
-        p: f32,
-        key: u64,
-        first: usize,
+        mask: &DropoutMask,
     ) -> Result<()> {
-        self.kernels
-            .elementwise
-            .dropout(&self.stream, dy, dx, p, key, first)
+        self.kernels.elementwise.dropout(&self.stream, dy, dx, mask)
     }
 
     fn softmax_cross_entropy(

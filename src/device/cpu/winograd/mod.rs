@@ -83,6 +83,7 @@ pub fn conv_backward_data<T: Real>(
     assert!(applies_backward(s), "no Winograd input gradient for {s:?}");
     let k = s.kernel;
     let back = ConvShape {
+        groups: 1,
         sources: 1,
         in_c: s.out_c,
         in_h: s.out_h,
@@ -313,6 +314,7 @@ mod tests {
 
     fn shape(kernel: usize, sources: usize, pad: usize, in_h: usize, in_w: usize) -> ConvShape {
         ConvShape {
+            groups: 1,
             sources,
             in_c: 5,
             in_h,
