@@ -245,15 +245,17 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     };
     let (train_layers, inference_layers) = (tower_0(train_layers), tower_0(inference_layers));
     let gpu_memory_in_use = memory()?;
-    let towers_per_gpu = match config.placement {
+    // What each GPU holds: one tower, two, or the grouped network's one.
+    let held_per_gpu = match config.placement {
         Placement::Cpu { .. } => None,
-        Placement::Grouped { .. } | Placement::OneGpu { .. } => Some(2),
-        Placement::TwoGpus { .. } => Some(1),
+        Placement::Grouped { .. } => Some((towers.tower_plan().as_ref(), 1)),
+        Placement::OneGpu { .. } => Some((plan.as_ref(), 2)),
+        Placement::TwoGpus { .. } => Some((plan.as_ref(), 1)),
     };
     Ok(BenchReport {
         gpu_memory_in_use,
         gpu_memory_before,
-        gpu_peak_predicted: towers_per_gpu.map(|t| DevicePeak::new(&plan, config.batch, t)),
+        gpu_peak_predicted: held_per_gpu.map(|(p, t)| DevicePeak::new(p, config.batch, t)),
         preset: config.preset.clone(),
         batch: config.batch,
         device: config.placement.to_string(),

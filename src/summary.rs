@@ -199,11 +199,27 @@ fn memory(s: &mut String, plan: &Plan, batch: usize) {
         s,
         "predicted peak per GPU at batch {batch}, besides the CUDA context:"
     );
-    for (towers, how) in [
-        (1, "one tower per GPU (--gpus 0,1)"),
-        (2, "both towers on one GPU (--gpus 0)"),
-    ] {
-        let peak = DevicePeak::new(plan, batch, towers);
+    let mut peaks = vec![
+        (
+            DevicePeak::new(plan, batch, 1),
+            "one tower per GPU (--gpus 0,1)",
+        ),
+        (
+            DevicePeak::new(plan, batch, 2),
+            "both towers in emulation mode (--gpus 0 --emulate)",
+        ),
+    ];
+    // A net whose towers one grouped network cannot hold has no such line.
+    if let Ok(grouped) = plan.grouped() {
+        peaks.insert(
+            1,
+            (
+                DevicePeak::new(&grouped, batch, 1),
+                "both towers as one grouped network (--gpus 0)",
+            ),
+        );
+    }
+    for (peak, how) in peaks {
         let _ = writeln!(
             s,
             "  {how}: {} to {} (tensors {}, cuDNN workspace at most {})",
@@ -233,6 +249,13 @@ mod tests {
             assert!(text.contains(shape), "{shape}");
         }
         assert!(text.contains(": fits a 3 GB GTX 580"), "{text}");
+        for placement in ["(--gpus 0,1)", "(--gpus 0)", "(--gpus 0 --emulate)"] {
+            assert!(text.contains(placement), "{placement}: {text}");
+        }
+        // One grouped network holds less than emulation mode's two towers.
+        let plan = Plan::load("paper").unwrap();
+        let grouped = DevicePeak::new(&plan.grouped().unwrap(), 128, 1);
+        assert!(grouped.tensors < DevicePeak::new(&plan, 128, 2).tensors);
     }
 
     #[test]
