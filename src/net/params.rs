@@ -200,20 +200,25 @@ mod tests {
         assert_eq!(get("fc8.bias"), vec![1000]);
     }
 
-    #[test]
-    fn split_then_join_is_the_identity_and_places_blocks_per_spec() {
-        let plan = Plan::load("small").unwrap();
-        let tensors: Vec<TwinTensor> = twin_shapes(&plan)
+    /// The twin's tensors of `plan`, element i of each holding `value(i)`.
+    fn numbered_tensors(plan: &Plan, value: impl Fn(usize) -> f32) -> Vec<TwinTensor> {
+        twin_shapes(plan)
             .into_iter()
             .map(|(name, shape)| {
                 let n = shape.iter().product::<usize>();
                 TwinTensor {
                     name,
                     shape,
-                    data: (0..n).map(|i| i as f32).collect(),
+                    data: (0..n).map(&value).collect(),
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn split_then_join_is_the_identity_and_places_blocks_per_spec() {
+        let plan = Plan::load("small").unwrap();
+        let tensors = numbered_tensors(&plan, |i| i as f32);
         let towers = split_twin(&plan, &tensors).unwrap();
         assert_eq!(join_towers(&plan, &towers), tensors);
         // conv3 of `small`: twin [96, 64, 3, 3]; tower 1, source 0, output 0, input 0
@@ -231,17 +236,7 @@ mod tests {
     #[test]
     fn the_grouped_layout_is_the_twins_and_fits_the_grouped_plan() {
         let plan = Plan::load("small").unwrap();
-        let tensors: Vec<TwinTensor> = twin_shapes(&plan)
-            .into_iter()
-            .map(|(name, shape)| {
-                let n = shape.iter().product::<usize>();
-                TwinTensor {
-                    name,
-                    shape,
-                    data: (0..n).map(|i| (i % 97) as f32).collect(),
-                }
-            })
-            .collect();
+        let tensors = numbered_tensors(&plan, |i| (i % 97) as f32);
         let grouped = twin_as_grouped(&plan, &tensors).unwrap();
         let layers = plan.grouped().unwrap().layers;
         let param_layers: Vec<_> = layers.iter().filter(|l| l.has_params()).collect();

@@ -186,28 +186,24 @@ mod tests {
             &mut both,
             &DropoutMask::towers(0.5, keys, run, first_image * run),
         );
-        for (t, &key) in keys.iter().enumerate() {
-            let own: Vec<f64> = x
-                .chunks(run)
+        // Tower t's runs of `run` units: every other run, from the t-th.
+        let tower_rows = |v: &[f64], t: usize| -> Vec<f64> {
+            v.chunks(run)
                 .skip(t)
                 .step_by(2)
                 .flatten()
                 .copied()
-                .collect();
+                .collect()
+        };
+        for (t, &key) in keys.iter().enumerate() {
+            let own = tower_rows(&x, t);
             let mut alone = vec![0.0; own.len()];
             dropout_apply(
                 &own,
                 &mut alone,
                 &DropoutMask::tower(0.5, key, first_image * run),
             );
-            let from_both: Vec<f64> = both
-                .chunks(run)
-                .skip(t)
-                .step_by(2)
-                .flatten()
-                .copied()
-                .collect();
-            assert_eq!(from_both, alone, "tower {t}");
+            assert_eq!(tower_rows(&both, t), alone, "tower {t}");
         }
         assert!(both.contains(&0.0) && both.iter().any(|v| *v != 0.0));
     }
