@@ -154,6 +154,19 @@ fn layer_reports(
         .collect()
 }
 
+/// Per tower, the median over `steps` of its exchange time per step, in ms.
+fn exchange_ms(steps: &[PairTimings]) -> Vec<f64> {
+    let towers = steps.first().map_or(0, Vec::len);
+    (0..towers)
+        .map(|t| {
+            let per_step = steps
+                .iter()
+                .map(|s| s[t].iter().map(|l| l.exchange_s).sum());
+            1e3 * median(per_step.collect())
+        })
+        .collect()
+}
+
 /// Runs the benchmark where `config.placement` says.
 pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     let plan = Arc::new(Plan::load(&config.preset)?);
@@ -224,18 +237,6 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         }
     })?;
     let (inference, inference_layers) = time(&mut |_| towers.evaluate(&batch).map(drop))?;
-    // Per tower, the median over steps of its exchange time per step, in ms.
-    let exchange_ms = |steps: &[PairTimings]| -> Vec<f64> {
-        let towers = steps.first().map_or(0, Vec::len);
-        (0..towers)
-            .map(|t| {
-                let per_step = steps
-                    .iter()
-                    .map(|s| s[t].iter().map(|l| l.exchange_s).sum());
-                1e3 * median(per_step.collect())
-            })
-            .collect()
-    };
     let exchange_ms_by_tower = ExchangeTimes {
         training: exchange_ms(&train_layers),
         inference: exchange_ms(&inference_layers),
