@@ -246,11 +246,13 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
     };
     let (train_layers, inference_layers) = (tower_0(train_layers), tower_0(inference_layers));
     let gpu_memory_in_use = memory()?;
-    // What each GPU holds: one tower, two, or the grouped network's one.
+    // What each GPU holds: one tower, or all the towers of the plan they
+    // run (the two of emulation mode, the grouped network's one).
     let held_per_gpu = match config.placement {
         Placement::Cpu { .. } => None,
-        Placement::Grouped { .. } => Some((towers.tower_plan().as_ref(), 1)),
-        Placement::OneGpu { .. } => Some((plan.as_ref(), 2)),
+        Placement::Grouped { .. } | Placement::OneGpu { .. } => {
+            Some((towers.tower_plan().as_ref(), towers.tower_plan().towers))
+        }
         Placement::TwoGpus { .. } => Some((plan.as_ref(), 1)),
     };
     Ok(BenchReport {
@@ -264,9 +266,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         exchange_bytes_per_step: link::bytes_per_step(towers.tower_plan(), config.batch),
         exchange_ms_per_step: exchange_ms_by_tower.training[0],
         exchange_ms_by_tower,
-        allreduce_bytes_per_step: crate::reduce::bytes_per_step(
-            plan.params() / crate::net::plan::TOWERS,
-        ),
+        allreduce_bytes_per_step: crate::reduce::bytes_per_step(plan.params_per_tower()),
         train: Timing::new(train, config.batch),
         inference: Timing::new(inference, config.batch),
         macs_per_image: plan.macs(),
@@ -288,12 +288,17 @@ pub fn render(r: &BenchReport) -> String {
         let each: Vec<String> = ms.iter().map(|m| format!("{m:.1}")).collect();
         each.join(" / ")
     };
+    let waiting_towers = if r.exchange_ms_by_tower.training.len() == 1 {
+        "the grouped network's one thread (nothing to exchange)"
+    } else {
+        "tower 0 / 1 (exchanges' copies and waits for the other tower)"
+    };
     let mut text = format!(
         "bench: preset {}, batch {}, {}; median of {steps} steps after warm-up\n\
          training   {:8.1} images/s  ({:.3} s/step, ≈{:.0} GFLOP/s)\n\
          inference  {:8.1} images/s  ({:.3} s/batch, ≈{:.0} GFLOP/s)\n\
          exchanges  {:8.2} MB per training step per tower, {:.1} ms ({})\n\
-         waits      {} ms per training step, {} ms per inference batch, tower 0 / 1 (exchanges' copies and waits for the other tower)\n\
+         waits      {} ms per training step, {} ms per inference batch, {}\n\
          all-reduce {:8.2} MB of gradients per step per tower with replicas (none in this one-pair run)\n",
         r.preset,
         r.batch,
@@ -309,6 +314,7 @@ pub fn render(r: &BenchReport) -> String {
         r.link,
         per_tower(&r.exchange_ms_by_tower.training),
         per_tower(&r.exchange_ms_by_tower.inference),
+        waiting_towers,
         r.allreduce_bytes_per_step as f64 / 1e6,
     );
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;

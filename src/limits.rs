@@ -29,7 +29,7 @@ pub fn host_available() -> Option<f64> {
 /// predicts it (weights, gradients, momentum, activations and their
 /// gradients), computed in f64 so that no size can overflow.
 pub fn tower_bytes(plan: &Plan, batch: usize) -> f64 {
-    let params = plan.params() as f64 / TOWERS as f64 * 4.0;
+    let params = plan.params_per_tower() as f64 * 4.0;
     let one = BufferSizes::new(plan, 1);
     3.0 * params + (one.kept() + one.gradients()) as f64 * 4.0 * batch as f64
 }
@@ -41,7 +41,8 @@ fn gib(bytes: f64) -> String {
 
 /// Refuses a `batch` whose towers would not fit where `placement` puts
 /// them: both towers in host memory on the CPU, one GPU's free memory per
-/// tower (two on one GPU) otherwise; the host then holds the batch's images.
+/// tower (two in emulation mode, the grouped network's whole on one GPU)
+/// otherwise; the host then holds the batch's images.
 pub fn check_fits(plan: &Plan, batch: usize, placement: Placement) -> Result<()> {
     let tower = tower_bytes(plan, batch);
     let too_big = |need: f64, have: f64, place: &str| {
@@ -61,10 +62,12 @@ pub fn check_fits(plan: &Plan, batch: usize, placement: Placement) -> Result<()>
     }
     let gpus: Vec<(usize, f64)> = match placement {
         Placement::Cpu { .. } => Vec::new(),
-        // The grouped network holds what both towers hold, less their gathers.
-        Placement::Grouped { ordinal, .. } | Placement::OneGpu { ordinal, .. } => {
-            vec![(ordinal, TOWERS as f64 * tower)]
+        // A net the grouped network cannot hold runs as two towers there.
+        Placement::Grouped { ordinal, .. } => {
+            let need = plan.grouped().map(|g| tower_bytes(&g, batch));
+            vec![(ordinal, need.unwrap_or(TOWERS as f64 * tower))]
         }
+        Placement::OneGpu { ordinal, .. } => vec![(ordinal, TOWERS as f64 * tower)],
         Placement::TwoGpus { ordinals, .. } => ordinals.iter().map(|&o| (o, tower)).collect(),
     };
     for (ordinal, need) in gpus {

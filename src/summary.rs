@@ -21,7 +21,7 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// One tower's memory for training at `batch` (f32 everywhere).
     pub fn for_tower(plan: &Plan, batch: usize) -> Self {
-        let params = plan.params() / TOWERS * 4;
+        let params = plan.params_per_tower() * 4;
         let buffers = BufferSizes::new(plan, batch);
         let (kept, grads) = (buffers.kept(), buffers.gradients());
         MemoryEstimate {
@@ -163,7 +163,7 @@ pub fn render(plan: &Plan, batch: usize) -> String {
     let _ = writeln!(
         s,
         "replicas (train --replicas R, or --gpus with 2R GPUs): each tower all-reduces {} of gradients per step with its replicas (a ring sends and receives 2(R−1)/R of that)",
-        bytes(crate::reduce::bytes_per_step(plan.params() / TOWERS))
+        bytes(crate::reduce::bytes_per_step(plan.params_per_tower()))
     );
     memory(&mut s, plan, batch);
     s
@@ -314,5 +314,40 @@ mod tests {
         assert_eq!(extras, staged + batch * 24 + conv3_input * 4);
         assert_eq!(DevicePeak::new(&plan, batch, 2).tensors, 2 * peak.tensors);
         assert_eq!(peak.upper() - peak.tensors, 4 << 30);
+    }
+
+    #[test]
+    fn the_grouped_networks_peak_counts_what_it_allocates() {
+        use crate::device::cpu::CpuDevice;
+        use crate::link::solo::SoloLink;
+        use crate::net::init::init_twin;
+        use crate::net::params::twin_as_grouped;
+        use crate::net::spec::InitScheme;
+        use crate::tower::Tower;
+        use std::sync::Arc;
+        let plan = Plan::load("small").unwrap();
+        let grouped = Arc::new(plan.grouped().unwrap());
+        let batch = 3;
+        let params = twin_as_grouped(&plan, &init_twin(&plan, InitScheme::He, 1)).unwrap();
+        let tower = Tower::new(
+            Arc::clone(&grouped),
+            CpuDevice::<f32>::default(),
+            SoloLink,
+            batch,
+            &params,
+        )
+        .unwrap();
+        // Every weight and bias of the whole net three times, every buffer
+        // it holds; then the whole batch staged, the labels and the loss
+        // statistics, and no exchange scratch.
+        let held: usize = params
+            .iter()
+            .map(|l| l.bias.len() + l.weights.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        assert_eq!(held, plan.params());
+        let independent = 4 * (3 * held + tower.activation_elements());
+        let staged = 2 * batch * plan.input.len() * 4 + 3 * batch * 4 + batch * 24;
+        let peak = DevicePeak::new(&grouped, batch, 1);
+        assert_eq!(peak.tensors, independent + staged);
     }
 }

@@ -244,12 +244,21 @@ impl TowerPair {
                 Err(Error::Training("a GPU pair asked to run on the CPU".into()))
             }
             Placement::Grouped { ordinal, options } => {
+                if let Err(why) = plan.grouped() {
+                    // A net one grouped network cannot hold runs as two
+                    // towers on the same GPU instead, and says so.
+                    let emulated = Placement::OneGpu { ordinal, options };
+                    let mut pair = TowerPair::gpus::<S>(emulated, plan, batch, init)?;
+                    pair.link_note = format!("{} (emulation mode: {why})", pair.link_note);
+                    return Ok(pair);
+                }
                 let place = format!("GPU {ordinal}");
                 let watch = Arc::new(Watch::new([place.clone(), place])?);
                 let device_watch = Arc::clone(&watch);
                 let build = move || {
                     faults::build(0, || {
-                        CudaDevice::<S>::new(ordinal, options).map(|d| d.watched(device_watch, 0))
+                        CudaDevice::<S>::new(ordinal, options)
+                            .map(|d| d.watched_alone(device_watch))
                     })
                 };
                 let note =
@@ -769,7 +778,7 @@ impl TowerPair {
     pub fn download(&self, which: ParamSet) -> Result<Vec<TwinTensor>> {
         let mut towers = self.ask(|| move |t: &mut dyn Work| t.download(which))?;
         if self.is_grouped() {
-            return Ok(grouped_as_twin(&self.plan, towers.swap_remove(0)));
+            return grouped_as_twin(&self.plan, towers.swap_remove(0));
         }
         Ok(join_towers(&self.plan, &towers))
     }

@@ -270,9 +270,16 @@ impl Watch {
     /// with the first failure as soon as either tower fails, with `done`'s
     /// own error, or after the timeout naming the other tower as lost while
     /// `what`.
-    pub fn poll(
+    pub fn poll(&self, rank: usize, what: &str, done: impl FnMut() -> Result<bool>) -> Result<()> {
+        self.poll_for(other(rank), what, done)
+    }
+
+    /// As [`Watch::poll`], naming tower `lost` after the timeout: the
+    /// waiting tower itself where no other tower is waited for (the
+    /// grouped network's one thread waiting for its GPU).
+    pub fn poll_for(
         &self,
-        rank: usize,
+        lost: usize,
         what: &str,
         mut done: impl FnMut() -> Result<bool>,
     ) -> Result<()> {
@@ -284,7 +291,7 @@ impl Watch {
             }
             let waited = start.elapsed();
             if waited >= self.timeout {
-                self.lost(other(rank), what);
+                self.lost(lost, what);
                 return self.check();
             }
             if waited < SPIN {
@@ -360,6 +367,19 @@ mod tests {
         assert_eq!(
             e,
             "tower 1 (GPU 1): did not answer within 0.1 s while building its device"
+        );
+    }
+
+    #[test]
+    fn a_poll_names_the_other_tower_or_the_one_it_is_told() {
+        let watch = Watch::with_timeout(places(), Duration::from_millis(20));
+        let e = watch.poll(0, "waiting", || Ok(false)).unwrap_err();
+        assert!(e.to_string().starts_with("tower 1 (GPU 1): "), "{e}");
+        let watch = Watch::with_timeout(places(), Duration::from_millis(20));
+        let e = watch.poll_for(0, "running", || Ok(false)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "tower 0 (GPU 0): did not answer within 0.02 s while running"
         );
     }
 

@@ -276,14 +276,15 @@ fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
             |gpu: &mut CudaDevice, b: &<CudaDevice as Device>::Buf| gpu.download(b).unwrap();
         match &layer.op {
             Op::Conv(_) | Op::Fc(_) => {
-                // Terms in each sum: y (all sources, plus the bias), dx, dw and dbias.
+                // Terms in each sum: y (all sources, plus the bias), dx, dw
+                // and dbias; a grouped convolution's sums stay in their group.
                 let (blocks, outputs, terms) = match &layer.op {
                     Op::Conv(s) => (
                         s.block_len(),
                         s.out_c,
                         [
-                            sources * s.in_c * s.kernel * s.kernel + 1,
-                            s.out_c * s.kernel * s.kernel,
+                            sources * s.in_c / s.groups * s.kernel * s.kernel + 1,
+                            s.out_c / s.groups * s.kernel * s.kernel,
                             batch * s.out_h * s.out_w,
                             batch * s.out_h * s.out_w,
                         ],

@@ -99,16 +99,33 @@ pub fn twin_as_grouped(plan: &Plan, tensors: &[TwinTensor]) -> Result<Vec<LayerP
 }
 
 /// The grouped network's parameters (or gradients) as the twin's tensors:
-/// the inverse of [`twin_as_grouped`].
-pub fn grouped_as_twin(plan: &Plan, params: Vec<LayerParams<Vec<f32>>>) -> Vec<TwinTensor> {
+/// the inverse of [`twin_as_grouped`]; an error where a layer's tensors are
+/// not the twin's shapes.
+pub fn grouped_as_twin(plan: &Plan, params: Vec<LayerParams<Vec<f32>>>) -> Result<Vec<TwinTensor>> {
+    let shapes = twin_shapes(plan);
+    if params.len() * 2 != shapes.len() {
+        return Err(Error::Training(format!(
+            "the grouped network gave {} layers of parameters, the twin has {}",
+            params.len(),
+            shapes.len() / 2
+        )));
+    }
     let mut out = Vec::new();
-    for (pair, layer) in twin_shapes(plan).chunks(2).zip(params) {
-        let weight = layer.weights.into_iter().next().unwrap_or_default();
+    for (pair, layer) in shapes.chunks(2).zip(params) {
+        let [weight]: [Vec<f32>; 1] = layer.weights.try_into().map_err(|w: Vec<_>| {
+            Error::Training(format!("{}: {} weight blocks, not one", pair[0].0, w.len()))
+        })?;
         for ((name, shape), data) in pair.iter().cloned().zip([weight, layer.bias]) {
+            if data.len() != shape.iter().product::<usize>() {
+                return Err(Error::Training(format!(
+                    "{name}: {} values for the shape {shape:?}",
+                    data.len()
+                )));
+            }
             out.push(TwinTensor { name, shape, data });
         }
     }
-    out
+    Ok(out)
 }
 
 /// Splits twin tensors into each tower's parameters.
@@ -245,7 +262,10 @@ mod tests {
             assert_eq!(params.weights.len(), 1);
             assert_eq!(params.weights[0].len() + params.bias.len(), layer.params());
         }
-        assert_eq!(grouped_as_twin(&plan, grouped), tensors);
+        assert_eq!(grouped_as_twin(&plan, grouped.clone()).unwrap(), tensors);
+        let mut cut = grouped;
+        cut[0].bias.pop();
+        assert!(grouped_as_twin(&plan, cut).is_err());
         let mut short = tensors.clone();
         short[1].data.pop();
         assert!(twin_as_grouped(&plan, &short).unwrap_err().is_input());

@@ -295,8 +295,7 @@ impl Plan {
         let g = TOWERS;
         let refuse = |layer: &PlannedLayer, why: &str| {
             Err(Error::Input(format!(
-                "preset {}: layer {}: {why}, which one grouped network cannot hold; \
-                 run the two towers (--emulate on one GPU)",
+                "preset {}: layer {}: {why}, which one grouped network cannot hold",
                 self.spec.name, layer.name
             )))
         };
@@ -372,7 +371,12 @@ impl Plan {
 
     /// Parameters in the whole net (every tower).
     pub fn params(&self) -> usize {
-        self.towers * self.layers.iter().map(PlannedLayer::params).sum::<usize>()
+        self.towers * self.params_per_tower()
+    }
+
+    /// Parameters one tower holds (the whole net, for the grouped network).
+    pub fn params_per_tower(&self) -> usize {
+        self.layers.iter().map(PlannedLayer::params).sum()
     }
 
     /// Multiply-adds per image in the whole net (every tower).
@@ -658,7 +662,11 @@ mod tests {
         let err = Plan::new(spec).unwrap().grouped().unwrap_err();
         assert!(err.is_input());
         assert!(err.to_string().contains("layer own"), "{err}");
-        assert!(err.to_string().contains("--emulate"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("an fc layer reads its own tower only"),
+            "{err}"
+        );
     }
 
     fn spec_with(layers: &str) -> NetSpec {

@@ -79,6 +79,14 @@ impl CudaOptions {
     }
 }
 
+/// The watch a device's waits answer to, and which tower it is.
+struct Watched {
+    watch: Arc<Watch>,
+    rank: usize,
+    /// The grouped network's one tower: no other tower to wait for.
+    alone: bool,
+}
+
 /// One tower's GPU: its stream, kernels, cuDNN and cuBLAS state, storing
 /// activations and gradients as `S` (f32, or 16 bits beside f32 master
 /// weights: [`HalfBuf`]).
@@ -100,7 +108,7 @@ pub struct CudaDevice<S: Stored = f32> {
     /// The pair this tower belongs to and its rank: a wait for this stream
     /// polls, so that it ends when the other tower fails (its stream may
     /// hold NCCL work that waits for the other tower).
-    watch: Option<(Arc<Watch>, usize)>,
+    watch: Option<Watched>,
     staging: input::Staging,
     storage: PhantomData<S>,
 }
@@ -180,8 +188,34 @@ impl<S: Stored> CudaDevice<S> {
     /// This device as tower `rank` of the pair `watch` looks after: its
     /// waits give up when the other tower fails or stops answering.
     pub fn watched(mut self, watch: Arc<Watch>, rank: usize) -> Self {
-        self.watch = Some((watch, rank));
+        self.watch = Some(Watched {
+            watch,
+            rank,
+            alone: false,
+        });
         self
+    }
+
+    /// This device as the grouped network's one tower (rank 0 of `watch`):
+    /// a wait past the timeout names the GPU's own queued work, for there
+    /// is no other tower it waits for.
+    pub fn watched_alone(mut self, watch: Arc<Watch>) -> Self {
+        self.watch = Some(Watched {
+            watch,
+            rank: 0,
+            alone: true,
+        });
+        self
+    }
+
+    /// Polls `done` under the watch, naming whom a timeout loses.
+    fn poll(&self, watched: &Watched, done: impl FnMut() -> Result<bool>) -> Result<()> {
+        let Watched { watch, rank, alone } = watched;
+        if *alone {
+            watch.poll_for(*rank, "its GPU ran the grouped network's queued work", done)
+        } else {
+            watch.poll(*rank, "the other tower waited for its GPU", done)
+        }
     }
 
     /// Makes this device's context current on the calling thread (for raw
@@ -211,11 +245,9 @@ impl<S: Stored> CudaDevice<S> {
         let failed = |e| Error::cuda("synchronizing the stream", e);
         match &self.watch {
             None => self.stream.synchronize().map_err(failed)?,
-            Some((watch, rank)) => {
+            Some(watched) => {
                 let done = self.stream.record_event(None).map_err(failed)?;
-                watch.poll(*rank, "the other tower waited for its GPU", || {
-                    done.try_is_complete().map_err(failed)
-                })?;
+                self.poll(watched, || done.try_is_complete().map_err(failed))?;
             }
         }
         self.stream
@@ -230,9 +262,7 @@ impl<S: Stored> CudaDevice<S> {
         let failed = |e| Error::cuda("waiting for a queued step", e);
         match &self.watch {
             None => event.synchronize().map_err(failed),
-            Some((watch, rank)) => watch.poll(*rank, "the other tower waited for its GPU", || {
-                event.try_is_complete().map_err(failed)
-            }),
+            Some(watched) => self.poll(watched, || event.try_is_complete().map_err(failed)),
         }
     }
 }
@@ -247,7 +277,7 @@ impl<S: Stored> Drop for CudaDevice<S> {
         let failed = self
             .watch
             .as_ref()
-            .is_some_and(|(watch, _)| watch.failure().is_some());
+            .is_some_and(|w| w.watch.failure().is_some());
         if !failed {
             // SAFETY: each field is dropped once, here, and not used after.
             unsafe {
@@ -640,7 +670,7 @@ impl<S: Stored> CudaDevice<S> {
     fn leaks(&self) -> bool {
         self.watch
             .as_ref()
-            .is_some_and(|(watch, _)| watch.failure().is_some() || std::thread::panicking())
+            .is_some_and(|w| w.watch.failure().is_some() || std::thread::panicking())
     }
 
     /// [`Device::softmax_cross_entropy`] at any storage: the softmax and
