@@ -244,9 +244,12 @@ impl TowerPair {
                 Err(Error::Training("a GPU pair asked to run on the CPU".into()))
             }
             Placement::Grouped { ordinal, options } => {
+                // A net one grouped network cannot hold runs as two towers
+                // on the same GPU instead, and says so.
                 if let Err(why) = plan.grouped() {
-                    // A net one grouped network cannot hold runs as two
-                    // towers on the same GPU instead, and says so.
+                    if !why.is_input() {
+                        return Err(why);
+                    }
                     let emulated = Placement::OneGpu { ordinal, options };
                     let mut pair = TowerPair::gpus::<S>(emulated, plan, batch, init)?;
                     pair.link_note = format!("{} (emulation mode: {why})", pair.link_note);

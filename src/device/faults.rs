@@ -15,7 +15,8 @@
 //! TOWER is a tower of the only (or first) replica; `REPLICA.TOWER` (as
 //! `1.0`) names a tower of another replica of the pair. The grouped
 //! network (`--gpus 0`, one thread holding both towers) is tower 0: a fault
-//! for tower 1 never fires there; `--emulate` keeps two towers to aim at.
+//! for tower 1 never fires there (unless the net falls back to emulation
+//! mode); `--emulate` keeps two towers to aim at.
 
 use super::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
