@@ -4,6 +4,7 @@
 
 use super::{ByStorage, Loaded, Stored, run};
 use crate::device::cuda::{grid, need, u32_of};
+use crate::device::layout::Layout;
 use crate::error::Result;
 use crate::net::plan::LrnShape;
 use cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
@@ -22,8 +23,9 @@ impl Lrn {
         })
     }
 
-    /// `y = x / scale^β` with `scale = k + α Σ x²` kept (paper §3.3); `y`
+    /// `y = x / scale^β` (in `layout`) with `scale = k + α Σ x²` kept (paper §3.3); `y`
     /// from the unrounded scale, both rounded as stored.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward<S: Stored>(
         &self,
         stream: &CudaStream,
@@ -32,6 +34,7 @@ impl Lrn {
         scale: &mut CudaSlice<S>,
         s: &LrnShape,
         batch: usize,
+        layout: Layout,
     ) -> Result<()> {
         // Each group's channels as an image of their own: no window leaves its group.
         let batch = batch * s.groups;
@@ -39,7 +42,7 @@ impl Lrn {
         need(x, n, "lrn input")?;
         need(y, n, "lrn output")?;
         need(scale, n, "lrn scale")?;
-        let d = [batch, s.c, s.plane, s.size].map(u32_of);
+        let d = [batch, s.c, s.plane, channel_stride(s, layout), s.size].map(u32_of);
         let mut b = stream.launch_builder(self.forward.of::<S>());
         b.arg(x).arg(y).arg(scale);
         for dim in &d {
@@ -49,7 +52,7 @@ impl Lrn {
         run(b, grid(n))
     }
 
-    /// The input gradient of LRN.
+    /// The input gradient of LRN (in `layout`).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<S: Stored>(
         &self,
@@ -61,6 +64,7 @@ impl Lrn {
         dx: &mut CudaSlice<S>,
         s: &LrnShape,
         batch: usize,
+        layout: Layout,
     ) -> Result<()> {
         // Each group's channels as an image of their own: no window leaves its group.
         let batch = batch * s.groups;
@@ -74,7 +78,7 @@ impl Lrn {
         ] {
             need(buf, n, what)?;
         }
-        let d = [batch, s.c, s.plane, s.size].map(u32_of);
+        let d = [batch, s.c, s.plane, channel_stride(s, layout), s.size].map(u32_of);
         let mut b = stream.launch_builder(self.backward.of::<S>());
         b.arg(x).arg(y).arg(scale).arg(dy).arg(dx);
         for dim in &d {
@@ -82,5 +86,15 @@ impl Lrn {
         }
         b.arg(&s.alpha).arg(&s.beta);
         run(b, grid(n))
+    }
+}
+
+/// How far apart one element's neighbouring channels are: a plane in
+/// NCHW, adjacent in NHWC (where each group's channels are consecutive in
+/// every pixel, so a group's channel index is the pixel's modulo `s.c`).
+fn channel_stride(s: &LrnShape, layout: Layout) -> usize {
+    match layout {
+        Layout::Nchw => s.plane,
+        Layout::Nhwc => 1,
     }
 }

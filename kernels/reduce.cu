@@ -62,6 +62,43 @@ extern "C" __global__ void bias_grad_partial_f16(const f16* __restrict__ dy, PAR
     bias_grad_partial(dy, partial, batch, channels, plane, per_chunk);
 }
 
+// Pass 1 where dy is stored channels last, [rows][channels] (rows = images
+// times plane): block `chunk` sums rows [chunk * per_chunk, (chunk + 1) *
+// per_chunk) of channel c = threadIdx.x, threadIdx.x + blockDim.x, ... in
+// row order, into partial[c * chunks + chunk]. Neighbouring threads read
+// neighbouring channels, so every row is read whole. Launch with gridDim.x
+// == chunks.
+template <class T>
+__device__ __forceinline__ void bias_grad_rows_partial(
+    const T* __restrict__ dy, float* __restrict__ partial, unsigned long long rows,
+    unsigned int channels, unsigned long long per_chunk)
+{
+    const unsigned int chunks = gridDim.x, chunk = blockIdx.x;
+    const unsigned long long first = (unsigned long long)chunk * per_chunk;
+    const unsigned long long end = first + per_chunk < rows ? first + per_chunk : rows;
+    for (unsigned int c = threadIdx.x; c < channels; c += blockDim.x) {
+        float sum = 0.0f;
+        for (unsigned long long r = first; r < end; ++r) sum += widen(dy[r * channels + c]);
+        partial[(unsigned long long)c * chunks + chunk] = sum;
+    }
+}
+
+#define ROWS_ARGS                                                              \
+    float* __restrict__ partial, unsigned long long rows, unsigned int channels, \
+        unsigned long long per_chunk
+extern "C" __global__ void bias_grad_rows_partial_f32(const float* __restrict__ dy, ROWS_ARGS)
+{
+    bias_grad_rows_partial(dy, partial, rows, channels, per_chunk);
+}
+extern "C" __global__ void bias_grad_rows_partial_bf16(const bf16* __restrict__ dy, ROWS_ARGS)
+{
+    bias_grad_rows_partial(dy, partial, rows, channels, per_chunk);
+}
+extern "C" __global__ void bias_grad_rows_partial_f16(const f16* __restrict__ dy, ROWS_ARGS)
+{
+    bias_grad_rows_partial(dy, partial, rows, channels, per_chunk);
+}
+
 // Pass 2: dbias[c] = the sum of channel c's chunks, in chunk order.
 template <class T>
 __device__ __forceinline__ void bias_grad_finish(

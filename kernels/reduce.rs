@@ -17,13 +17,16 @@ const BLOCK: u32 = 256;
 /// The kernels of `reduce.cu`.
 pub struct Reduce {
     bias_grad_partial: ByStorage,
+    bias_grad_rows_partial: ByStorage,
     bias_grad_finish: ByStorage,
     softmax_cross_entropy: ByStorage,
     loss_stats_sum: CudaFunction,
 }
 
 /// The layout of one bias gradient: `dy` is `[batch][channels][plane]`,
-/// summed in `chunks` chunks of `per_chunk` images.
+/// summed in `chunks` chunks of `per_chunk` images (for
+/// [`Reduce::bias_grad_rows_partial`], `[batch][channels]` with `plane` 1:
+/// a channels-last map's rows, images times positions).
 #[derive(Debug, Clone, Copy)]
 pub struct BiasGrad {
     pub batch: usize,
@@ -48,6 +51,7 @@ impl Reduce {
     pub(super) fn load(file: &Loaded) -> Result<Self> {
         Ok(Reduce {
             bias_grad_partial: file.by_storage("bias_grad_partial")?,
+            bias_grad_rows_partial: file.by_storage("bias_grad_rows_partial")?,
             bias_grad_finish: file.by_storage("bias_grad_finish")?,
             softmax_cross_entropy: file.by_storage("softmax_cross_entropy")?,
             loss_stats_sum: file.function("loss_stats_sum_f64")?,
@@ -77,6 +81,35 @@ impl Reduce {
         for dim in &d {
             b.arg(dim);
         }
+        run(b, config)
+    }
+
+    /// Pass 1 of a channels-last map (`s.plane` 1, `s.batch` its rows):
+    /// `partial[c · chunks + chunk]` = the sum of channel `c` over the
+    /// chunk's rows in row order, in f32, each block reading whole rows.
+    pub fn bias_grad_rows_partial<S: Stored>(
+        &self,
+        stream: &CudaStream,
+        dy: &CudaSlice<S>,
+        partial: &mut CudaSlice<f32>,
+        s: BiasGrad,
+    ) -> Result<()> {
+        need(dy, s.batch * s.channels, "output gradient")?;
+        need(partial, s.channels * s.chunks, "bias partial sums")?;
+        let (rows, per_chunk) = (s.batch as u64, s.per_chunk as u64);
+        let channels = u32_of(s.channels);
+        let config = LaunchConfig {
+            grid_dim: (u32_of(s.chunks), 1, 1),
+            // A warp's multiple covering the channels, at most BLOCK.
+            block_dim: (channels.next_multiple_of(32).min(BLOCK), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = stream.launch_builder(self.bias_grad_rows_partial.of::<S>());
+        b.arg(dy)
+            .arg(partial)
+            .arg(&rows)
+            .arg(&channels)
+            .arg(&per_chunk);
         run(b, config)
     }
 

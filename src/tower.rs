@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::net::buffers::BufferSizes;
 use crate::net::params::LayerParams;
-use crate::net::plan::{Op, Plan, PlannedLayer, TOWERS};
+use crate::net::plan::{Op, Plan, PlannedLayer, Shape, TOWERS};
 use crate::reduce::Reduce;
 use crate::rng::derive;
 use std::mem::ManuallyDrop;
@@ -148,8 +148,9 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     ) -> Result<Self> {
         let mut params = Vec::with_capacity(host_params.len());
         let (mut grads, mut momentum) = (Vec::new(), Vec::new());
-        for layer in host_params {
-            let mut upload = |host: &Vec<f32>| -> Result<D::Buf> {
+        let layout = device.layout();
+        for (layer, planned) in host_params.iter().zip(param_layers(&plan)) {
+            let mut upload = |host: &[f32]| -> Result<D::Buf> {
                 let mut buf = device.alloc(host.len())?;
                 device.upload(host, &mut buf)?;
                 Ok(buf)
@@ -157,7 +158,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             let weights = layer
                 .weights
                 .iter()
-                .map(&mut upload)
+                .map(|w| upload(&layout.to_device(planned, w)))
                 .collect::<Result<Vec<_>>>()?;
             params.push(LayerParams {
                 weights,
@@ -433,12 +434,17 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     fn take_input(&mut self, images: &Images, batch: usize) -> Result<()> {
         let b = &mut *self.buffers;
         let Some(part) = b.input_part.as_mut() else {
-            return upload(&mut self.device, (images, batch), 0..batch, &mut b.input);
+            return upload(
+                &mut self.device,
+                (images, self.plan.input, batch),
+                0..batch,
+                &mut b.input,
+            );
         };
         let (half, rank) = (batch / TOWERS, self.link.rank());
         upload(
             &mut self.device,
-            (images, batch),
+            (images, self.plan.input, batch),
             rank * half..(rank + 1) * half,
             part,
         )?;
@@ -614,36 +620,40 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
     }
 
     /// Replaces parameters, gradients or momentum with `host` (one tower's
-    /// layout, as [`crate::net::params::split_twin`] gives).
+    /// layout, as [`crate::net::params::split_twin`] gives), each weight
+    /// block reordered for the device's layout.
     pub fn upload(&mut self, which: ParamSet, host: &[LayerParams<Vec<f32>>]) -> Result<()> {
         let set = match which {
             ParamSet::Weights => &mut self.params,
             ParamSet::Gradients => &mut self.grads,
             ParamSet::Momentum => &mut self.momentum,
         };
-        for (layer, from) in set.iter_mut().zip(host) {
+        let layout = self.device.layout();
+        for ((layer, from), planned) in set.iter_mut().zip(host).zip(param_layers(&self.plan)) {
             for (w, h) in layer.weights.iter_mut().zip(&from.weights) {
-                self.device.upload(h, w)?;
+                self.device.upload(&layout.to_device(planned, h), w)?;
             }
             self.device.upload(&from.bias, &mut layer.bias)?;
         }
         Ok(())
     }
 
-    /// Parameters, gradients or momentum copied to the host.
+    /// Parameters, gradients or momentum copied to the host, in the host's order.
     pub fn download(&mut self, which: ParamSet) -> Result<Vec<LayerParams<Vec<f32>>>> {
         let set = match which {
             ParamSet::Weights => &self.params,
             ParamSet::Gradients => &self.grads,
             ParamSet::Momentum => &self.momentum,
         };
+        let layout = self.device.layout();
         set.iter()
-            .map(|layer| {
+            .zip(param_layers(&self.plan))
+            .map(|(layer, planned)| {
                 Ok(LayerParams {
                     weights: layer
                         .weights
                         .iter()
-                        .map(|w| self.device.download(w))
+                        .map(|w| Ok(layout.from_device(planned, &self.device.download(w)?)))
                         .collect::<Result<_>>()?,
                     bias: self.device.download(&layer.bias)?,
                 })
@@ -671,6 +681,11 @@ impl<D: Device, L: Link<D::Buf>> Drop for Tower<D, L> {
     }
 }
 
+/// The plan's layers that have weights, in the order of a tower's parameters.
+fn param_layers(plan: &Plan) -> impl Iterator<Item = &PlannedLayer> {
+    plan.layers.iter().filter(|layer| layer.has_params())
+}
+
 /// Which per-parameter state to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamSet {
@@ -690,18 +705,18 @@ fn check_labels(labels: &[u32], classes: usize) -> Result<()> {
     }
 }
 
-/// Uploads images `range` of the `batch` in `images` into `y` (which holds
-/// exactly that many).
+/// Uploads images `range` of the `batch` in `images` (each of shape
+/// `image`) into `y` (which holds exactly that many).
 fn upload<D: Device>(
     device: &mut D,
-    (images, batch): (&Images, usize),
+    (images, image, batch): (&Images, Shape, usize),
     range: std::ops::Range<usize>,
     y: &mut D::Buf,
 ) -> Result<()> {
     match images {
         Images::F32(v) => {
             let per = v.len() / batch;
-            device.input_from_f32(&v[range.start * per..range.end * per], y)
+            device.input_from_f32(&v[range.start * per..range.end * per], image, y)
         }
         Images::U8 { pixels, offsets } => {
             let (per, offsets_per) = (pixels.len() / batch, offsets.len() / batch);

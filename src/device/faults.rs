@@ -18,9 +18,10 @@
 //! for tower 1 never fires there (unless the net falls back to emulation
 //! mode); `--emulate` keeps two towers to aim at.
 
+use super::layout::Layout;
 use super::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
-use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
+use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape, Shape};
 
 /// The environment variable that injects a fault.
 pub const FAULT_VAR: &str = "ALEXNET_FAULT";
@@ -153,14 +154,17 @@ impl<D: Device> Device for Faulty<D> {
     fn leak_on_drop(&self) -> bool {
         self.inner.leak_on_drop()
     }
+    fn layout(&self) -> Layout {
+        self.inner.layout()
+    }
     fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
         self.inner.prepare_conv(shape, batch)
     }
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
         self.inner.input_from_u8(pixels, offsets, y)
     }
-    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()> {
-        self.inner.input_from_f32(images, y)
+    fn input_from_f32(&mut self, images: &[f32], image: Shape, y: &mut Self::Buf) -> Result<()> {
+        self.inner.input_from_f32(images, image, y)
     }
     fn conv_forward(
         &mut self,

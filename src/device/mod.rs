@@ -5,11 +5,13 @@
 pub mod cpu;
 pub mod cuda;
 pub mod faults;
+pub mod layout;
 pub mod precision;
 pub mod run_ahead;
 
 use crate::error::Result;
-use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape, TOWERS};
+use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape, Shape, TOWERS};
+use layout::Layout;
 
 /// Loss and hits over one batch, as every tower sees it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -153,8 +155,10 @@ impl<B> InputGrad<'_, B> {
     }
 }
 
-/// One tower's operations on one device. Buffers hold f32 in NCHW order, batch
-/// outermost. A layer reading `sources` towers gets its input as
+/// One tower's operations on one device. Buffers hold feature maps in the
+/// order [`Device::layout`] names, batch outermost; weights cross
+/// [`Device::upload`] and [`Device::download`] in that layout's order
+/// ([`Layout::to_device`], which the tower applies). A layer reading `sources` towers gets its input as
 /// `sources` consecutive batches (`[source][image][features]`, the layout an
 /// all-gather produces) and holds one weight block per source.
 pub trait Device {
@@ -170,11 +174,11 @@ pub trait Device {
     /// offsets[n][c]` (§2's scaling and mean, §4.1's lighting), as
     /// [`crate::data::input::u8_to_f32`] computes it.
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()>;
-    /// The net's input from f32 images (NCHW, image after image), as
-    /// [`Device::upload`] but staged for overlap: a GPU copies it from
-    /// pinned memory on a stream of its own while it still computes the
-    /// previous batch.
-    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()>;
+    /// The net's input from f32 images (NCHW, image after image, each of
+    /// shape `image`), as [`Device::upload`] but staged for overlap and in
+    /// the device's layout: a GPU copies it from pinned memory on a stream
+    /// of its own while it still computes the previous batch.
+    fn input_from_f32(&mut self, images: &[f32], image: Shape, y: &mut Self::Buf) -> Result<()>;
     /// Copies a buffer to the host.
     fn download(&mut self, src: &Self::Buf) -> Result<Vec<f32>>;
     /// Waits until every queued operation has finished (for per-layer timing
@@ -186,6 +190,8 @@ pub trait Device {
     /// still read them (a GPU frees in its own stream's order, which is not
     /// ordered after the other tower's stream). No default, as for `fence`.
     fn leak_on_drop(&self) -> bool;
+    /// How this device orders a feature map's elements. No default, as for `fence`.
+    fn layout(&self) -> Layout;
     /// Chooses how to run the convolution `shape` at up to `batch` images,
     /// before the first step (a GPU measures its algorithms here). No
     /// default, so a wrapping device cannot forget to pass it on.

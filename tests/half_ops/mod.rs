@@ -2,16 +2,20 @@
 //! at the paper's layer shapes, against the CPU 16-bit reference
 //! (`CpuDevice::with_storage`) on the same stored inputs: our kernels
 //! (`kernels/*.cu` at `_bf16`/`_f16`), cuDNN's convolutions with 16-bit
-//! descriptors and cuBLAS's GemmEx with f32 accumulation.
+//! descriptors and cuBLAS's GemmEx with f32 accumulation. Feature maps
+//! are channels last on the GPU at 16 bits ([`Layout::on_gpu`]): each
+//! test transposes the reference's NCHW data (and reorders the weights as
+//! the tower does) on the way in and back on the way out.
 
 use alexnet::device::cpu::CpuDevice;
 use alexnet::device::cuda::conv::Convolutions;
 use alexnet::device::cuda::fc::Blas;
 use alexnet::device::cuda::kernels::reduce::{BiasGrad, Loss};
 use alexnet::device::cuda::kernels::{Half, Kernels};
+use alexnet::device::layout::Layout;
 use alexnet::device::precision::{Precision, Storage};
 use alexnet::device::{Device, DropoutMask, Input, InputGrad, SgdStep};
-use alexnet::net::plan::{Op, Plan, TOWERS};
+use alexnet::net::plan::{Op, Plan, PlannedLayer, Shape, TOWERS};
 use alexnet::rng::Rng;
 use cudarc::driver::{CudaSlice, CudaStream};
 use std::sync::Arc;
@@ -46,6 +50,44 @@ struct Gpu {
     kernels: Arc<Kernels>,
     convs: Convolutions,
     blas: Blas,
+}
+
+/// Each `image`-shaped image of `data` (NCHW, image after image) in
+/// `layout`'s order; flat shapes are left as they are.
+fn to_layout(layout: Layout, image: Shape, data: &[f32]) -> Vec<f32> {
+    reorder(layout, image, data, false)
+}
+
+/// [`to_layout`] undone.
+fn from_layout(layout: Layout, image: Shape, data: &[f32]) -> Vec<f32> {
+    reorder(layout, image, data, true)
+}
+
+fn reorder(layout: Layout, image: Shape, data: &[f32], back: bool) -> Vec<f32> {
+    let Shape::Map { c, h, w } = image else {
+        return data.to_vec();
+    };
+    if layout == Layout::Nchw {
+        return data.to_vec();
+    }
+    let plane = h * w;
+    let mut out = vec![0.0; data.len()];
+    for (src, dst) in data
+        .chunks_exact(c * plane)
+        .zip(out.chunks_exact_mut(c * plane))
+    {
+        for ch in 0..c {
+            for p in 0..plane {
+                let (nchw, nhwc) = (ch * plane + p, p * c + ch);
+                if back {
+                    dst[nchw] = src[nhwc];
+                } else {
+                    dst[nhwc] = src[nchw];
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Gpu {
@@ -134,6 +176,7 @@ pub fn sixteen_bit_ops_match_the_cpu_16_bit_reference() {
 
 fn ops_at<H: Host16>(precision: Precision) {
     let storage = precision.storage();
+    let layout = Layout::on_gpu(storage);
     let device = super::gpu();
     let stream = Arc::clone(device.stream());
     let mut gpu = Gpu {
@@ -158,7 +201,7 @@ fn ops_at<H: Host16>(precision: Precision) {
         let what = |v: &str| format!("{} {v} at {}", layer.name, precision.name());
         match &layer.op {
             Op::Conv(_) | Op::Fc(_) => {
-                weighted::<H>(&mut gpu, &mut cpu, &layer.op, sources, batch, &mut next)
+                weighted::<H>(&mut gpu, &mut cpu, layer, sources, batch, &mut next)
             }
             Op::Relu | Op::Tanh => {
                 let tanh = matches!(layer.op, Op::Tanh);
@@ -195,12 +238,16 @@ fn ops_at<H: Host16>(precision: Precision) {
                 cpu.lrn_forward(&x, &mut y, &mut scale, s, batch).unwrap();
                 cpu.lrn_backward(&x, &y, &scale, &dy, &mut dx, s, batch)
                     .unwrap();
-                let (x_g, dy_g) = (gpu.up::<H>(&x), gpu.up::<H>(&dy));
+                let (into, back) = (
+                    |v: &[f32]| to_layout(layout, layer.input, v),
+                    |v: Vec<f32>| from_layout(layout, layer.input, &v),
+                );
+                let (x_g, dy_g) = (gpu.up::<H>(&into(&x)), gpu.up::<H>(&into(&dy)));
                 let mut y_g = gpu.zeros::<H>(out_len);
                 let mut scale_g = gpu.zeros::<H>(out_len);
                 let mut dx_g = gpu.zeros::<H>(in_len);
                 let lrn = &gpu.kernels.lrn;
-                lrn.forward(&gpu.stream, &x_g, &mut y_g, &mut scale_g, s, batch)
+                lrn.forward(&gpu.stream, &x_g, &mut y_g, &mut scale_g, s, batch, layout)
                     .unwrap();
                 lrn.backward(
                     &gpu.stream,
@@ -211,11 +258,13 @@ fn ops_at<H: Host16>(precision: Precision) {
                     &mut dx_g,
                     s,
                     batch,
+                    layout,
                 )
                 .unwrap();
-                assert_rounds_alike(storage, &what("y"), &gpu.down(&y_g), &y);
-                assert_rounds_alike(storage, &what("scale"), &gpu.down(&scale_g), &scale);
-                assert_rounds_alike(storage, &what("dx"), &gpu.down(&dx_g), &dx);
+                assert_rounds_alike(storage, &what("y"), &back(gpu.down(&y_g)), &y);
+                let scale_g = back(gpu.down(&scale_g));
+                assert_rounds_alike(storage, &what("scale"), &scale_g, &scale);
+                assert_rounds_alike(storage, &what("dx"), &back(gpu.down(&dx_g)), &dx);
             }
             Op::MaxPool(s) => {
                 let x = stored(storage, in_len, next(), 2.0);
@@ -224,15 +273,19 @@ fn ops_at<H: Host16>(precision: Precision) {
                 cpu.maxpool_forward(&x, &mut y, s, batch).unwrap();
                 cpu.maxpool_backward(&x, &y, &dy, &mut dx, s, batch)
                     .unwrap();
-                let (x_g, dy_g) = (gpu.up::<H>(&x), gpu.up::<H>(&dy));
+                let x_g = gpu.up::<H>(&to_layout(layout, layer.input, &x));
+                let dy_g = gpu.up::<H>(&to_layout(layout, layer.output, &dy));
                 let (mut y_g, mut dx_g) = (gpu.zeros::<H>(out_len), gpu.zeros::<H>(in_len));
                 let pool = &gpu.kernels.pool;
-                pool.forward(&gpu.stream, &x_g, &mut y_g, s, batch).unwrap();
-                pool.backward(&gpu.stream, &x_g, &y_g, &dy_g, &mut dx_g, s, batch)
+                pool.forward(&gpu.stream, &x_g, &mut y_g, s, batch, layout)
                     .unwrap();
-                assert_eq!(gpu.down(&y_g), y, "{}", what("y"));
+                pool.backward(&gpu.stream, &x_g, &y_g, &dy_g, &mut dx_g, s, batch, layout)
+                    .unwrap();
+                let y_g = from_layout(layout, layer.output, &gpu.down(&y_g));
+                assert_eq!(y_g, y, "{}", what("y"));
                 // Each input's gradient is a sum of at most a few outputs' in one order.
-                assert_rounds_alike(storage, &what("dx"), &gpu.down(&dx_g), &dx);
+                let dx_g = from_layout(layout, layer.input, &gpu.down(&dx_g));
+                assert_rounds_alike(storage, &what("dx"), &dx_g, &dx);
             }
             Op::Dropout { p } => {
                 let features = layer.output.len();
@@ -262,12 +315,13 @@ fn ops_at<H: Host16>(precision: Precision) {
 fn weighted<H: Host16>(
     gpu: &mut Gpu,
     cpu: &mut CpuDevice<f32>,
-    op: &Op,
+    layer: &PlannedLayer,
     sources: usize,
     batch: usize,
     next: &mut impl FnMut() -> u64,
 ) {
-    let storage = H::STORAGE;
+    let (storage, op) = (H::STORAGE, &layer.op);
+    let layout = Layout::on_gpu(storage);
     let (blocks, outputs, in_len, out_len, plane) = match op {
         Op::Conv(s) => (
             s.block_len(),
@@ -316,8 +370,18 @@ fn weighted<H: Host16>(
         }
         _ => unreachable!("conv or fc"),
     }
-    let w_g: Vec<CudaSlice<H>> = w.iter().map(|w| gpu.up::<H>(w)).collect();
-    let (x_g, dy_g, bias_g) = (gpu.up::<H>(&x), gpu.up::<H>(&dy), gpu.up::<H>(&bias));
+    let w_g: Vec<CudaSlice<H>> = w
+        .iter()
+        .map(|w| gpu.up::<H>(&layout.to_device(layer, w)))
+        .collect();
+    let x_g = gpu.up::<H>(&to_layout(layout, layer.input, &x));
+    let dy_g = gpu.up::<H>(&to_layout(layout, layer.output, &dy));
+    let bias_g = gpu.up::<H>(&bias);
+    // The channel changes every element of a channels-last map.
+    let (rows, plane) = match layout {
+        Layout::Nhwc => (batch * plane, 1),
+        Layout::Nchw => (batch, plane),
+    };
     let mut y_g = gpu.zeros::<H>(out_len);
     let mut dx_g = gpu.zeros::<H>(sources * in_len);
     let mut dw_g: Vec<CudaSlice<H>> = (0..sources).map(|_| gpu.zeros::<H>(blocks)).collect();
@@ -362,16 +426,22 @@ fn weighted<H: Host16>(
         }
     }
     let shape = BiasGrad {
-        batch,
+        batch: rows,
         channels: outputs,
         plane,
         per_chunk: 1,
-        chunks: batch,
+        chunks: rows,
     };
-    let mut partial = stream.alloc_zeros::<f32>(outputs * batch).unwrap();
-    k.reduce
-        .bias_grad_partial(stream, &dy_g, &mut partial, shape)
-        .unwrap();
+    let mut partial = stream.alloc_zeros::<f32>(outputs * rows).unwrap();
+    if plane == 1 && matches!(op, Op::Conv(_)) {
+        k.reduce
+            .bias_grad_rows_partial(stream, &dy_g, &mut partial, shape)
+            .unwrap();
+    } else {
+        k.reduce
+            .bias_grad_partial(stream, &dy_g, &mut partial, shape)
+            .unwrap();
+    }
     k.reduce
         .bias_grad_finish(stream, &partial, &mut db_g, shape)
         .unwrap();
@@ -380,13 +450,15 @@ fn weighted<H: Host16>(
         Op::Conv(_) => "conv",
         _ => "fc",
     };
-    assert_near(storage, &format!("{name} y"), &gpu.down(&y_g), &y, 4.0);
-    assert_near(storage, &format!("{name} dx"), &gpu.down(&dx_g), &dx, 2.0);
+    let y_g = from_layout(layout, layer.output, &gpu.down(&y_g));
+    assert_near(storage, &format!("{name} y"), &y_g, &y, 4.0);
+    let dx_g = from_layout(layout, layer.input, &gpu.down(&dx_g));
+    assert_near(storage, &format!("{name} dx"), &dx_g, &dx, 2.0);
     for (src, g) in dw_g.iter().enumerate() {
         assert_near(
             storage,
             &format!("{name} dw[{src}]"),
-            &gpu.down(g),
+            &layout.from_device(layer, &gpu.down(g)),
             &dw[src],
             2.0,
         );
@@ -496,10 +568,36 @@ fn loss_update_and_input<H: Host16>(gpu: &Gpu, cpu: &mut CpuDevice<f32>, precisi
     cpu.input_from_u8(&pixels, &offsets, &mut want).unwrap();
     let (pixels_g, offsets_g) = (stream.clone_htod(&pixels).unwrap(), gpu.up_f32(&offsets));
     let mut y_g = gpu.zeros::<H>(pixels.len());
+    let layout = Layout::on_gpu(storage);
     k.input
-        .from_u8(stream, &pixels_g, &offsets_g, &mut y_g, pixels.len(), plane)
+        .from_u8(
+            stream,
+            &pixels_g,
+            &offsets_g,
+            &mut y_g,
+            pixels.len(),
+            plane,
+            layout,
+        )
         .unwrap();
-    assert_eq!(gpu.down(&y_g), want, "u8 input at {}", precision.name());
+    let image = Shape::Map {
+        c: 3,
+        h: 227,
+        w: 227,
+    };
+    let y_g = from_layout(layout, image, &gpu.down(&y_g));
+    assert_eq!(y_g, want, "u8 input at {}", precision.name());
+
+    // f32 images, rounded once as stored, channels last.
+    let images = stored(Storage::Full, want.len(), 13, 2.0);
+    let staged = gpu.up_f32(&images);
+    let mut y_g = gpu.zeros::<H>(images.len());
+    k.input
+        .to_channels_last(stream, &staged.slice(..), &mut y_g, 3, plane)
+        .unwrap();
+    let rounded: Vec<f32> = images.iter().map(|&v| storage.round(v)).collect();
+    let y_g = from_layout(Layout::Nhwc, image, &gpu.down(&y_g));
+    assert_eq!(y_g, rounded, "f32 images stored channels last");
 
     // The overflow check sees a 16-bit infinity.
     let mut flag = stream.alloc_zeros::<u32>(1).unwrap();

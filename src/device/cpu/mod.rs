@@ -34,11 +34,12 @@ pub use pool::{maxpool_backward, maxpool_forward};
 pub use real::Real;
 pub use softmax::softmax_cross_entropy;
 
+use super::layout::Layout;
 use super::precision::Storage;
 use super::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::data::input;
 use crate::error::{Error, Result};
-use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
+use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape, Shape};
 use std::mem::take;
 
 /// One tower's CPU device; owns the convolutions' scratch buffers. Training runs in
@@ -155,7 +156,7 @@ impl<T: Real> Device for CpuDevice<T> {
     }
 
     /// Nothing to overlap on the CPU: the same as [`Device::upload`].
-    fn input_from_f32(&mut self, images: &[f32], y: &mut Vec<T>) -> Result<()> {
+    fn input_from_f32(&mut self, images: &[f32], _: Shape, y: &mut Vec<T>) -> Result<()> {
         self.upload(images, y)?;
         round_all(self.storage, y);
         Ok(())
@@ -173,6 +174,11 @@ impl<T: Real> Device for CpuDevice<T> {
     /// Nothing is queued on the CPU that could read a buffer after its drop.
     fn leak_on_drop(&self) -> bool {
         false
+    }
+
+    /// Channels first, at every storage: the reference's order.
+    fn layout(&self) -> Layout {
+        Layout::Nchw
     }
 
     /// The CPU has one way to run a convolution: nothing to choose.

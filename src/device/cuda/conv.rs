@@ -23,6 +23,7 @@
 
 use super::kernels::Stored;
 use super::need;
+use crate::device::layout::Layout;
 use crate::device::precision::{Precision, Storage};
 use crate::error::{Error, Result};
 use crate::net::plan::ConvShape;
@@ -699,26 +700,37 @@ impl<'a> Search<'a> {
     }
 }
 
-/// NCHW descriptors of `s`'s input, output and one source's filter (each
+/// Descriptors of `s`'s input, output and one source's filter (each
 /// filter over its group's `in_c / groups` channels), their elements
-/// stored as `storage` says.
+/// stored as `storage` says, in the GPU's layout at that storage
+/// ([`Layout::on_gpu`]: NHWC maps and `[out][kh][kw][in]` filters at 16
+/// bits, NCHW and `[out][in][kh][kw]` at f32). cuDNN takes the dimensions
+/// in NCHW order whatever the format.
 fn tensors(s: &ConvShape, batch: usize, storage: Storage) -> Result<Tensors> {
     let dims = |v: [usize; 4]| v.map(|d| d as i32);
     let float = data_type(storage);
-    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let format = match Layout::on_gpu(storage) {
+        Layout::Nchw => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+        Layout::Nhwc => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+    };
     // SAFETY: each descriptor is created just before it is set, and owned by its wrapper.
     unsafe {
         let x = TensorDesc(result::create_tensor_descriptor().map_err(cudnn("tensor"))?);
-        result::set_tensor4d_descriptor(x.0, nchw, float, dims([batch, s.in_c, s.in_h, s.in_w]))
+        result::set_tensor4d_descriptor(x.0, format, float, dims([batch, s.in_c, s.in_h, s.in_w]))
             .map_err(cudnn("input shape"))?;
         let y = TensorDesc(result::create_tensor_descriptor().map_err(cudnn("tensor"))?);
-        result::set_tensor4d_descriptor(y.0, nchw, float, dims([batch, s.out_c, s.out_h, s.out_w]))
-            .map_err(cudnn("output shape"))?;
+        result::set_tensor4d_descriptor(
+            y.0,
+            format,
+            float,
+            dims([batch, s.out_c, s.out_h, s.out_w]),
+        )
+        .map_err(cudnn("output shape"))?;
         let w = FilterDesc(result::create_filter_descriptor().map_err(cudnn("filter"))?);
         result::set_filter4d_descriptor(
             w.0,
             float,
-            nchw,
+            format,
             dims([s.out_c, s.in_c / s.groups, s.kernel, s.kernel]),
         )
         .map_err(cudnn("filter shape"))?;

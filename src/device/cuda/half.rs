@@ -14,9 +14,10 @@
 use super::buffer::{HalfBuf, StoredBuf};
 use super::kernels::Half;
 use super::{CudaDevice, by_source, need, part, u32_of, zeros};
+use crate::device::layout::Layout;
 use crate::device::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
-use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
+use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape, Shape};
 use cudarc::driver::CudaSlice;
 
 impl<H: Half> CudaDevice<H> {
@@ -107,9 +108,17 @@ impl<H: Half> Device for CudaDevice<H> {
         self.u8_input(pixels, offsets, y.stored_mut()?)
     }
 
-    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()> {
+    /// The staged f32 images rounded as stored, channels last.
+    fn input_from_f32(&mut self, images: &[f32], image: Shape, y: &mut Self::Buf) -> Result<()> {
+        let (channels, plane) = match image {
+            Shape::Map { c, h, w } => (c, h * w),
+            Shape::Flat(n) => (1, n),
+        };
         self.f32_input(images, y.stored_mut()?, |device, staged, y| {
-            device.kernels.elementwise.narrow(&device.stream, staged, y)
+            device
+                .kernels
+                .input
+                .to_channels_last(&device.stream, staged, y, channels, plane)
         })
     }
 
@@ -144,6 +153,10 @@ impl<H: Half> Device for CudaDevice<H> {
         self.leaks()
     }
 
+    fn layout(&self) -> Layout {
+        self.data_layout()
+    }
+
     fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
         self.convs.search(shape, batch)
     }
@@ -160,7 +173,7 @@ impl<H: Half> Device for CudaDevice<H> {
         let in_len = batch * s.in_c * s.in_h * s.in_w;
         let out_len = batch * s.out_c * s.out_h * s.out_w;
         let w = copies(w)?;
-        let y = self.biased(y, bias, out_len, s.out_c, s.out_h * s.out_w)?;
+        let y = self.biased(y, bias, out_len, s.out_c, self.bias_plane(s))?;
         let convs = &mut self.convs;
         by_source(x, s.sources, in_len, |src, x_src| {
             convs.forward(s, batch, x_src, w[src], y)
@@ -196,7 +209,7 @@ impl<H: Half> Device for CudaDevice<H> {
             }
             dx.announce()?;
         }
-        self.bias_grad(dy, dbias.stored_mut()?, batch, s.out_c, s.out_h * s.out_w)?;
+        self.conv_bias_grad(dy, dbias.stored_mut()?, batch, s)?;
         for (src, dw) in dw.iter_mut().enumerate() {
             let x_src = x.slice(part(src, in_len));
             self.convs
@@ -311,6 +324,7 @@ impl<H: Half> Device for CudaDevice<H> {
             scale.stored_mut()?,
             s,
             batch,
+            self.data_layout(),
         )
     }
 
@@ -333,6 +347,7 @@ impl<H: Half> Device for CudaDevice<H> {
             dx.stored_mut()?,
             s,
             batch,
+            self.data_layout(),
         )
     }
 
@@ -343,9 +358,14 @@ impl<H: Half> Device for CudaDevice<H> {
         s: &PoolShape,
         batch: usize,
     ) -> Result<()> {
-        self.kernels
-            .pool
-            .forward(&self.stream, x.stored()?, y.stored_mut()?, s, batch)
+        self.kernels.pool.forward(
+            &self.stream,
+            x.stored()?,
+            y.stored_mut()?,
+            s,
+            batch,
+            self.data_layout(),
+        )
     }
 
     fn maxpool_backward(
@@ -365,6 +385,7 @@ impl<H: Half> Device for CudaDevice<H> {
             dx.stored_mut()?,
             s,
             batch,
+            self.data_layout(),
         )
     }
 

@@ -239,6 +239,7 @@ impl<S: Stored> CudaDevice<S> {
             y,
             pixels.len(),
             plane,
+            self.data_layout(),
         )?;
         self.consumed(at)
     }

@@ -28,11 +28,12 @@ pub mod kernels;
 pub mod nccl_lib;
 pub mod probe;
 
+use super::layout::Layout;
 use super::precision::{Precision, Storage};
 use super::run_ahead::RunAhead;
 use super::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use crate::error::{Error, Result};
-use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape};
+use crate::net::plan::{ConvShape, FcShape, LrnShape, PoolShape, Shape};
 use crate::watch::Watch;
 use buffer::StoredBuf;
 use cudarc::driver::{
@@ -338,6 +339,24 @@ fn by_source<B: StoredBuf>(
     }
 }
 
+/// The bias gradient's partial sums, `slot`'s buffer grown to `len` where it is shorter.
+fn partials<'a>(
+    slot: &'a mut Option<CudaSlice<f32>>,
+    stream: &Arc<CudaStream>,
+    len: usize,
+) -> Result<&'a mut CudaSlice<f32>> {
+    if slot.as_ref().is_none_or(|p| p.len() < len) {
+        // A smaller old buffer is freed in stream order, after the work queued on it.
+        *slot = Some(
+            stream
+                .alloc_zeros(len)
+                .map_err(|e| Error::cuda("allocating bias partial sums", e))?,
+        );
+    }
+    slot.as_mut()
+        .ok_or_else(|| Error::cuda("bias partial sums", "not allocated"))
+}
+
 /// A zeroed buffer of `len` elements on `stream`.
 fn zeros<T: DeviceRepr + ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
@@ -373,7 +392,7 @@ impl Device for CudaDevice<f32> {
         self.u8_input(pixels, offsets, y)
     }
 
-    fn input_from_f32(&mut self, images: &[f32], y: &mut Self::Buf) -> Result<()> {
+    fn input_from_f32(&mut self, images: &[f32], _: Shape, y: &mut Self::Buf) -> Result<()> {
         self.f32_input(images, y, |device, staged, y| {
             device
                 .stream
@@ -406,6 +425,10 @@ impl Device for CudaDevice<f32> {
         self.leaks()
     }
 
+    fn layout(&self) -> Layout {
+        self.data_layout()
+    }
+
     fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
         self.convs.search(shape, batch)
     }
@@ -431,7 +454,7 @@ impl Device for CudaDevice<f32> {
             bias,
             out_len,
             u32_of(s.out_c),
-            u32_of(s.out_h * s.out_w),
+            u32_of(self.bias_plane(s)),
         )?;
         let convs = &mut self.convs;
         by_source(x, s.sources, in_len, |src, x_src| {
@@ -467,7 +490,7 @@ impl Device for CudaDevice<f32> {
             }
             dx.announce()?;
         }
-        self.bias_grad(dy, dbias, batch, s.out_c, s.out_h * s.out_w)?;
+        self.conv_bias_grad(dy, dbias, batch, s)?;
         for (src, dw) in dw.iter_mut().enumerate() {
             let x_src = x.slice(part(src, in_len));
             self.convs.backward_filter(s, batch, &x_src, dy, dw)?;
@@ -566,9 +589,10 @@ impl Device for CudaDevice<f32> {
         s: &LrnShape,
         batch: usize,
     ) -> Result<()> {
+        let layout = self.data_layout();
         self.kernels
             .lrn
-            .forward(&self.stream, x, y, scale, s, batch)
+            .forward(&self.stream, x, y, scale, s, batch, layout)
     }
 
     fn lrn_backward(
@@ -581,9 +605,10 @@ impl Device for CudaDevice<f32> {
         s: &LrnShape,
         batch: usize,
     ) -> Result<()> {
+        let layout = self.data_layout();
         self.kernels
             .lrn
-            .backward(&self.stream, x, y, scale, dy, dx, s, batch)
+            .backward(&self.stream, x, y, scale, dy, dx, s, batch, layout)
     }
 
     fn maxpool_forward(
@@ -593,7 +618,10 @@ impl Device for CudaDevice<f32> {
         s: &PoolShape,
         batch: usize,
     ) -> Result<()> {
-        self.kernels.pool.forward(&self.stream, x, y, s, batch)
+        let layout = self.data_layout();
+        self.kernels
+            .pool
+            .forward(&self.stream, x, y, s, batch, layout)
     }
 
     fn maxpool_backward(
@@ -605,9 +633,10 @@ impl Device for CudaDevice<f32> {
         s: &PoolShape,
         batch: usize,
     ) -> Result<()> {
+        let layout = self.data_layout();
         self.kernels
             .pool
-            .backward(&self.stream, x, y, dy, dx, s, batch)
+            .backward(&self.stream, x, y, dy, dx, s, batch, layout)
     }
 
     fn dropout_forward(
@@ -778,6 +807,35 @@ impl<S: Stored> CudaDevice<S> {
         Ok(host.first() == Some(&0))
     }
 
+    /// How this device orders feature maps: [`Layout::on_gpu`] of its storage.
+    pub(crate) fn data_layout(&self) -> Layout {
+        Layout::on_gpu(S::STORAGE)
+    }
+
+    /// The `plane` of the `bias_fill` kernel for convolution `s`'s
+    /// output: the channel changes every plane in NCHW, every element in NHWC.
+    fn bias_plane(&self, s: &ConvShape) -> usize {
+        match self.data_layout() {
+            Layout::Nchw => s.out_h * s.out_w,
+            Layout::Nhwc => 1,
+        }
+    }
+
+    /// Convolution `s`'s bias gradient from `dy`, in this device's layout.
+    fn conv_bias_grad(
+        &mut self,
+        dy: &CudaSlice<S>,
+        dbias: &mut CudaSlice<S>,
+        batch: usize,
+        s: &ConvShape,
+    ) -> Result<()> {
+        let plane = s.out_h * s.out_w;
+        match self.data_layout() {
+            Layout::Nchw => self.bias_grad(dy, dbias, batch, s.out_c, plane),
+            Layout::Nhwc => self.bias_grad_rows(dy, dbias, batch * plane, s.out_c),
+        }
+    }
+
     /// `dbias[c] = Σ dy[n][c][p]` in two deterministic passes: blocks over
     /// (chunk of images, channel) into partial sums, then each channel's
     /// chunks in order; one pass straight into `dbias` where one chunk
@@ -806,17 +864,36 @@ impl<S: Stored> CudaDevice<S> {
         {
             return reduce.bias_grad_partial(&self.stream, dy, dbias, shape);
         }
-        let len = channels * chunks;
-        let partials = match &mut self.bias_partials {
-            Some(p) if p.len() >= len => p,
-            // A smaller old buffer is freed in stream order, after the work queued on it.
-            slot => slot.insert(
-                self.stream
-                    .alloc_zeros(len)
-                    .map_err(|e| Error::cuda("allocating bias partial sums", e))?,
-            ),
-        };
+        let partials = partials(&mut self.bias_partials, &self.stream, channels * chunks)?;
         reduce.bias_grad_partial(&self.stream, dy, partials, shape)?;
+        reduce.bias_grad_finish(&self.stream, partials, dbias, shape)
+    }
+
+    /// `dbias[c] = Σ dy[r][c]` over the `rows` of a channels-last map, in
+    /// two deterministic passes: [`FILL_BLOCKS`] chunks of rows, each
+    /// summed in row order, then each channel's chunks in order.
+    fn bias_grad_rows(
+        &mut self,
+        dy: &CudaSlice<S>,
+        dbias: &mut CudaSlice<S>,
+        rows: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let per_chunk = rows.div_ceil(FILL_BLOCKS).max(1);
+        let shape = BiasGrad {
+            batch: rows,
+            channels,
+            plane: 1,
+            per_chunk,
+            chunks: rows.div_ceil(per_chunk).max(1),
+        };
+        let reduce = &self.kernels.reduce;
+        let partials = partials(
+            &mut self.bias_partials,
+            &self.stream,
+            channels * shape.chunks,
+        )?;
+        reduce.bias_grad_rows_partial(&self.stream, dy, partials, shape)?;
         reduce.bias_grad_finish(&self.stream, partials, dbias, shape)
     }
 }

@@ -1,0 +1,221 @@
+// Runs kernels/lrn.cu, pool.cu and input.cu on the CPU: defines the little
+// of CUDA those kernels use, includes the kernel sources unchanged (and with
+// them storage.cuh's conversions, written out for C++), and loops over the
+// grid. Data cross the pipe as little-endian f32, rounded to the storage on
+// the way in and widened on the way out. STORAGE is f32, bf16 or f16.
+//
+// usage: kernels_host lrn STORAGE BATCH CHANNELS PLANE CHANNEL_STRIDE SIZE ALPHA BETA K
+//   stdin:  x then dy, BATCH*CHANNELS*PLANE each; stdout: y, scale, then dx
+// usage: kernels_host pool STORAGE PLANES IN_H IN_W SIZE STRIDE OUT_H OUT_W INTERLEAVED
+//   stdin:  x (PLANES*IN_H*IN_W*INTERLEAVED), then dy (PLANES*OUT_H*OUT_W*INTERLEAVED)
+//   stdout: y, then dx
+// usage: kernels_host input STORAGE IMAGES PLANE CHANNELS_LAST
+//   stdin:  the u8 pixels as f32 (IMAGES*PLANE*3, HWC), then IMAGES*3 offsets
+//   stdout: the net's input, IMAGES*3*PLANE
+// usage: kernels_host channels_last STORAGE IMAGES CHANNELS PLANE
+//   stdin:  f32 images, CHW; stdout: them as stored, HWC
+// usage: kernels_host round STORAGE (bf16 or f16)
+//   stdin:  f32 values; stdout: each one's 16 storage bits (little-endian
+//   u16), then every one of the 65536 bit patterns widened to f32
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+struct dim3 {
+    unsigned int x, y, z;
+};
+static dim3 threadIdx, blockIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+
+static inline float __int_as_float(int i)
+{
+    float f;
+    std::memcpy(&f, &i, sizeof f);
+    return f;
+}
+// Compiled with -ffp-contract=off, so these round as the GPU's do.
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+
+#include "../lrn.cu"
+#include "../pool.cu"
+#include "../input.cu"
+
+// An odd grid and block, so the grid-stride loops wrap and no index is
+// covered twice or skipped.
+template <class Kernel>
+static void launch(Kernel kernel)
+{
+    gridDim = {3, 1, 1};
+    blockDim = {37, 1, 1};
+    for (unsigned int b = 0; b < gridDim.x; ++b)
+        for (unsigned int t = 0; t < blockDim.x; ++t) {
+            blockIdx = {b, 0, 0};
+            threadIdx = {t, 0, 0};
+            kernel();
+        }
+}
+
+static bool read_all(std::vector<float>& v)
+{
+    return std::fread(v.data(), sizeof(float), v.size(), stdin) == v.size();
+}
+
+template <class T>
+static std::vector<T> stored(const std::vector<float>& v)
+{
+    std::vector<T> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) put(&out[i], v[i]);
+    return out;
+}
+
+template <class T>
+static bool write_all(const std::vector<T>& v)
+{
+    std::vector<float> wide(v.size());
+    for (size_t i = 0; i < v.size(); ++i) wide[i] = widen(v[i]);
+    return std::fwrite(wide.data(), sizeof(float), wide.size(), stdout) == wide.size();
+}
+
+static int unknown_storage(const char* storage)
+{
+    std::fprintf(stderr, "kernels_host: storage %s is not f32, bf16 or f16\n", storage);
+    return 2;
+}
+
+static unsigned int arg(char** argv, int i) { return (unsigned int)std::atoi(argv[i]); }
+
+// Fills each array with f32 from stdin, or says that stdin ended early.
+static bool inputs(const char* what, std::vector<std::vector<float>>& arrays)
+{
+    for (auto& a : arrays)
+        if (!read_all(a)) {
+            std::fprintf(stderr, "kernels_host %s: stdin ended early\n", what);
+            return false;
+        }
+    return true;
+}
+
+template <class T>
+static int run_lrn(char** argv)
+{
+    const unsigned int batch = arg(argv, 3), channels = arg(argv, 4), plane = arg(argv, 5),
+                       stride = arg(argv, 6), size = arg(argv, 7);
+    const float alpha = (float)std::atof(argv[8]), beta = (float)std::atof(argv[9]),
+                k = (float)std::atof(argv[10]);
+    const size_t total = (size_t)batch * channels * plane;
+    std::vector<std::vector<float>> in = {std::vector<float>(total), std::vector<float>(total)};
+    if (!inputs("lrn", in)) return 1;
+    const std::vector<T> x = stored<T>(in[0]), dy = stored<T>(in[1]);
+    std::vector<T> y(total), scale(total), dx(total);
+    launch([&] {
+        lrn_forward(x.data(), y.data(), scale.data(), batch, channels, plane, stride, size,
+                    alpha, beta, k);
+    });
+    launch([&] {
+        lrn_backward(x.data(), y.data(), scale.data(), dy.data(), dx.data(), batch, channels,
+                     plane, stride, size, alpha, beta);
+    });
+    return write_all(y) && write_all(scale) && write_all(dx) ? 0 : 1;
+}
+
+template <class T>
+static int run_pool(char** argv)
+{
+    const unsigned long long planes = arg(argv, 3);
+    const unsigned int in_h = arg(argv, 4), in_w = arg(argv, 5), size = arg(argv, 6),
+                       stride = arg(argv, 7), out_h = arg(argv, 8), out_w = arg(argv, 9),
+                       interleaved = arg(argv, 10);
+    const size_t in_len = planes * in_h * in_w * interleaved;
+    const size_t out_len = planes * out_h * out_w * interleaved;
+    std::vector<std::vector<float>> in = {std::vector<float>(in_len), std::vector<float>(out_len)};
+    if (!inputs("pool", in)) return 1;
+    const std::vector<T> x = stored<T>(in[0]), dy = stored<T>(in[1]);
+    std::vector<T> y(out_len), dx(in_len);
+    launch([&] {
+        maxpool_forward(x.data(), y.data(), planes, in_h, in_w, size, stride, out_h, out_w,
+                        interleaved);
+    });
+    launch([&] {
+        maxpool_backward(x.data(), y.data(), dy.data(), dx.data(), planes, in_h, in_w, size,
+                         stride, out_h, out_w, interleaved);
+    });
+    return write_all(y) && write_all(dx) ? 0 : 1;
+}
+
+template <class T>
+static int run_input(char** argv)
+{
+    const unsigned int images = arg(argv, 3), plane = arg(argv, 4), last = arg(argv, 5);
+    const unsigned int n = images * 3 * plane;
+    std::vector<std::vector<float>> in = {std::vector<float>(n), std::vector<float>(images * 3)};
+    if (!inputs("input", in)) return 1;
+    std::vector<unsigned char> pixels(n);
+    for (size_t i = 0; i < n; ++i) pixels[i] = (unsigned char)in[0][i];
+    std::vector<T> y(n);
+    launch([&] { input_from_u8(pixels.data(), in[1].data(), y.data(), n, plane, last); });
+    return write_all(y) ? 0 : 1;
+}
+
+template <class T>
+static int run_channels_last(char** argv)
+{
+    const unsigned int images = arg(argv, 3), channels = arg(argv, 4), plane = arg(argv, 5);
+    const unsigned int n = images * channels * plane;
+    std::vector<std::vector<float>> in = {std::vector<float>(n)};
+    if (!inputs("channels_last", in)) return 1;
+    std::vector<T> y(n);
+    launch([&] { images_to_channels_last(in[0].data(), y.data(), n, channels, plane); });
+    return write_all(y) ? 0 : 1;
+}
+
+template <class T>
+static int round_16_bit()
+{
+    std::vector<float> values;
+    float v;
+    while (std::fread(&v, sizeof v, 1, stdin) == 1) values.push_back(v);
+    std::vector<T> bits = stored<T>(values);
+    bool ok = std::fwrite(bits.data(), sizeof(T), bits.size(), stdout) == bits.size();
+    for (unsigned int b = 0; b < 65536u && ok; ++b) {
+        const float wide = widen(T{(unsigned short)b});
+        ok = std::fwrite(&wide, sizeof wide, 1, stdout) == 1;
+    }
+    return ok ? 0 : 1;
+}
+
+template <class T>
+static int run_round(char** argv)
+{
+    if constexpr (sizeof(T) != 2) {
+        return unknown_storage(argv[2]);
+    } else {
+        return round_16_bit<T>();
+    }
+}
+
+// Runs `Op<float>`, `Op<bf16>` or `Op<f16>` as argv[2] names the storage.
+#define BY_STORAGE(op)                                                         \
+    (std::strcmp(argv[2], "f32") == 0    ? op<float>(argv)                     \
+     : std::strcmp(argv[2], "bf16") == 0 ? op<bf16>(argv)                      \
+     : std::strcmp(argv[2], "f16") == 0  ? op<f16>(argv)                       \
+                                         : unknown_storage(argv[2]))
+
+int main(int argc, char** argv)
+{
+    const char* op = argc > 1 ? argv[1] : "";
+    if (std::strcmp(op, "lrn") == 0 && argc == 11) return BY_STORAGE(run_lrn);
+    if (std::strcmp(op, "pool") == 0 && argc == 11) return BY_STORAGE(run_pool);
+    if (std::strcmp(op, "input") == 0 && argc == 6) return BY_STORAGE(run_input);
+    if (std::strcmp(op, "channels_last") == 0 && argc == 6) return BY_STORAGE(run_channels_last);
+    if (std::strcmp(op, "round") == 0 && argc == 3) return BY_STORAGE(run_round);
+    std::fprintf(stderr, "kernels_host: bad arguments; the usage is at the top of "
+                         "kernels/shim/kernels_host.cpp\n");
+    return 2;
+}
