@@ -44,6 +44,8 @@ fn gib(bytes: f64) -> String {
 /// tower (two in emulation mode, the grouped network's whole on one GPU)
 /// otherwise; the host then holds the batch's images.
 pub fn check_fits(plan: &Plan, batch: usize, placement: Placement) -> Result<()> {
+    // A net the grouped network cannot hold runs as two towers there.
+    let (placement, _) = placement.for_plan(plan)?;
     let tower = tower_bytes(plan, batch);
     let too_big = |need: f64, have: f64, place: &str| {
         Error::Input(format!(
@@ -62,10 +64,8 @@ pub fn check_fits(plan: &Plan, batch: usize, placement: Placement) -> Result<()>
     }
     let gpus: Vec<(usize, f64)> = match placement {
         Placement::Cpu { .. } => Vec::new(),
-        // A net the grouped network cannot hold runs as two towers there.
         Placement::Grouped { ordinal, .. } => {
-            let need = plan.grouped().map(|g| tower_bytes(&g, batch));
-            vec![(ordinal, need.unwrap_or(TOWERS as f64 * tower))]
+            vec![(ordinal, tower_bytes(&plan.grouped()?, batch))]
         }
         Placement::OneGpu { ordinal, .. } => vec![(ordinal, TOWERS as f64 * tower)],
         Placement::TwoGpus { ordinals, .. } => ordinals.iter().map(|&o| (o, tower)).collect(),

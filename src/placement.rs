@@ -7,6 +7,7 @@
 use crate::device::cuda::{CudaOptions, probe};
 use crate::device::precision::{Precision, Storage};
 use crate::error::{Error, Result};
+use crate::net::plan::Plan;
 use serde::Serialize;
 use std::fmt;
 
@@ -62,6 +63,24 @@ impl Placement {
                 Storage::Full if options.tf32 => Precision::Tf32,
                 Storage::Full => Precision::Fp32,
             },
+        }
+    }
+
+    /// This placement as it runs `plan`: where one grouped network cannot
+    /// hold the plan, the grouped network's GPU in emulation mode instead,
+    /// with why; every other placement as it is. Errors other than that
+    /// refusal stand.
+    pub fn for_plan(self, plan: &Plan) -> Result<(Placement, Option<String>)> {
+        let Placement::Grouped { ordinal, options } = self else {
+            return Ok((self, None));
+        };
+        match plan.grouped() {
+            Ok(_) => Ok((self, None)),
+            Err(why) if why.is_input() => Ok((
+                Placement::OneGpu { ordinal, options },
+                Some(why.to_string()),
+            )),
+            Err(why) => Err(why),
         }
     }
 
@@ -269,6 +288,38 @@ impl fmt::Display for Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grouped_network_runs_in_emulation_mode_a_net_it_cannot_hold() {
+        let options = CudaOptions::default();
+        let grouped = Placement::Grouped {
+            ordinal: 3,
+            options,
+        };
+        let paper = Plan::load("paper").unwrap();
+        assert_eq!(grouped.for_plan(&paper).unwrap(), (grouped, None));
+        let spec = crate::net::spec::NetSpec::parse(
+            "name = \"own\"\nlayers = [{type = \"conv\", name = \"c\", filters = 4, kernel = 3}, \
+             {type = \"fc\", name = \"own\", units = 2}]\n[input]\nchannels = 3\nsize = 16\n",
+            std::path::Path::new("own.toml"),
+        )
+        .unwrap();
+        let own = Plan::new(spec).unwrap();
+        let (placement, why) = grouped.for_plan(&own).unwrap();
+        assert_eq!(
+            placement,
+            Placement::OneGpu {
+                ordinal: 3,
+                options
+            }
+        );
+        assert!(why.unwrap().contains("layer own"));
+        let two = Placement::TwoGpus {
+            ordinals: [0, 1],
+            options,
+        };
+        assert_eq!(two.for_plan(&own).unwrap(), (two, None));
+    }
 
     fn error(list: &str) -> String {
         Placement::from_gpus(list, CudaOptions::default())

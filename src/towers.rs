@@ -246,11 +246,7 @@ impl TowerPair {
             Placement::Grouped { ordinal, options } => {
                 // A net one grouped network cannot hold runs as two towers
                 // on the same GPU instead, and says so.
-                if let Err(why) = plan.grouped() {
-                    if !why.is_input() {
-                        return Err(why);
-                    }
-                    let emulated = Placement::OneGpu { ordinal, options };
+                if let (emulated, Some(why)) = placement.for_plan(&plan)? {
                     let mut pair = TowerPair::gpus::<S>(emulated, plan, batch, init)?;
                     pair.link_note = format!("{} (emulation mode: {why})", pair.link_note);
                     return Ok(pair);
