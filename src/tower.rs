@@ -149,6 +149,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let mut params = Vec::with_capacity(host_params.len());
         let (mut grads, mut momentum) = (Vec::new(), Vec::new());
         let layout = device.layout();
+        layout.check(&plan)?;
         for (layer, planned) in host_params.iter().zip(param_layers(&plan)) {
             let mut upload = |host: &[f32]| -> Result<D::Buf> {
                 let mut buf = device.alloc(host.len())?;
@@ -653,7 +654,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
                     weights: layer
                         .weights
                         .iter()
-                        .map(|w| Ok(layout.from_device(planned, &self.device.download(w)?)))
+                        .map(|w| Ok(layout.from_device(planned, self.device.download(w)?)))
                         .collect::<Result<_>>()?,
                     bias: self.device.download(&layer.bias)?,
                 })

@@ -9,7 +9,9 @@
 //! `[out][h][w][c]`, so that no activation is ever transposed.
 
 use crate::device::precision::Storage;
-use crate::net::plan::{Op, PlannedLayer, Shape};
+use crate::error::{Error, Result};
+use crate::net::plan::{Op, Plan, PlannedLayer, Shape};
+use std::borrow::Cow;
 
 /// Where a feature map's channels sit in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,23 +35,41 @@ impl Layout {
 
     /// One weight block of `layer` (one source's), from the host's order
     /// into this layout's.
-    pub fn to_device(self, layer: &PlannedLayer, block: &[f32]) -> Vec<f32> {
+    pub fn to_device<'a>(self, layer: &PlannedLayer, block: &'a [f32]) -> Cow<'a, [f32]> {
         match (self, channel_blocks(layer)) {
             (Layout::Nhwc, Some((channels, positions))) => {
-                transpose_rows(block, channels, positions)
+                Cow::Owned(transpose_rows(block, channels, positions))
             }
-            _ => block.to_vec(),
+            _ => Cow::Borrowed(block),
         }
     }
 
     /// One weight block of `layer` (or its gradient, or momentum), from
     /// this layout's order back into the host's.
-    pub fn from_device(self, layer: &PlannedLayer, block: &[f32]) -> Vec<f32> {
+    pub fn from_device(self, layer: &PlannedLayer, block: Vec<f32>) -> Vec<f32> {
         match (self, channel_blocks(layer)) {
             (Layout::Nhwc, Some((channels, positions))) => {
-                transpose_rows(block, positions, channels)
+                transpose_rows(&block, positions, channels)
             }
-            _ => block.to_vec(),
+            _ => block,
+        }
+    }
+
+    /// Refuses a plan this layout cannot run: dropout on a feature map
+    /// draws each unit's mask by its place in the buffer (§4.2), which
+    /// only channels first gives the CPU's and each tower's order.
+    pub fn check(self, plan: &Plan) -> Result<()> {
+        let on_map = plan
+            .layers
+            .iter()
+            .find(|l| matches!(l.op, Op::Dropout { .. }) && matches!(l.input, Shape::Map { .. }));
+        match (self, on_map) {
+            (Layout::Nhwc, Some(layer)) => Err(Error::Input(format!(
+                "preset {}: layer {} drops units of a feature map, which the GPU at 16 bits \
+                 (channels last) does not run; use --precision fp32 or tf32 there, or the CPU",
+                plan.spec.name, layer.name
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -69,6 +89,7 @@ fn channel_blocks(layer: &PlannedLayer) -> Option<(usize, usize)> {
 /// Each row of `block` (rows of `a × b` elements) transposed to `b × a`.
 fn transpose_rows(block: &[f32], a: usize, b: usize) -> Vec<f32> {
     let row = a * b;
+    debug_assert_eq!(block.len() % row.max(1), 0, "whole rows of {a} × {b}");
     let mut out = vec![0.0; block.len()];
     for (src, dst) in block.chunks_exact(row).zip(out.chunks_exact_mut(row)) {
         for i in 0..a {
@@ -135,12 +156,29 @@ mod tests {
                 }
                 _ => assert_eq!(device, block, "{} is not reordered", layer.name),
             }
-            assert_eq!(Layout::Nhwc.from_device(&layer, &device), block);
+            assert_eq!(Layout::Nhwc.from_device(&layer, device.to_vec()), block);
             assert_eq!(Layout::Nchw.to_device(&layer, &block), block);
-            assert_eq!(Layout::Nchw.from_device(&layer, &block), block);
+            assert_eq!(Layout::Nchw.from_device(&layer, block.clone()), block);
         }
         // fc6 of the towers and of the grouped network.
         assert_eq!(fc_reading_maps, 2);
+    }
+
+    #[test]
+    fn channels_last_refuses_dropout_on_a_feature_map_only() {
+        let paper = Plan::load("paper").unwrap();
+        Layout::Nhwc.check(&paper).unwrap();
+        let spec = crate::net::spec::NetSpec::parse(
+            "name = \"drop\"\nlayers = [{type = \"conv\", name = \"c\", filters = 4, kernel = 3}, \
+             {type = \"dropout\", p = 0.5}, {type = \"fc\", name = \"fc\", units = 2, both_towers = true}]\n\
+             [input]\nchannels = 3\nsize = 16\n",
+            std::path::Path::new("drop.toml"),
+        )
+        .unwrap();
+        let drop = Plan::new(spec).unwrap();
+        Layout::Nchw.check(&drop).unwrap();
+        let e = Layout::Nhwc.check(&drop).unwrap_err();
+        assert!(e.is_input() && e.to_string().contains("feature map"), "{e}");
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub trait Device {
     /// The net's input from u8 crops (HWC, image after image) and three
     /// offsets per image: `y[n][c][p] = pixels[n][p][c] · (1/255) +
     /// offsets[n][c]` (§2's scaling and mean, §4.1's lighting), as
-    /// [`crate::data::input::u8_to_f32`] computes it.
+    /// [`crate::data::input::u8_to_f32`] computes it, stored in the device's layout.
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()>;
     /// The net's input from f32 images (NCHW, image after image, each of
     /// shape `image`), as [`Device::upload`] but staged for overlap and in

@@ -425,15 +425,19 @@ fn weighted<H: Host16>(
             _ => unreachable!("conv or fc"),
         }
     }
+    let rows_path = plane == 1 && matches!(op, Op::Conv(_));
+    // The channels-last rows chunked as the device chunks them (at most
+    // 1024 chunks, the last one short); the other path an image a chunk.
+    let per_chunk = if rows_path { rows.div_ceil(1024) } else { 1 };
     let shape = BiasGrad {
         batch: rows,
         channels: outputs,
         plane,
-        per_chunk: 1,
-        chunks: rows,
+        per_chunk,
+        chunks: rows.div_ceil(per_chunk),
     };
-    let mut partial = stream.alloc_zeros::<f32>(outputs * rows).unwrap();
-    if plane == 1 && matches!(op, Op::Conv(_)) {
+    let mut partial = stream.alloc_zeros::<f32>(outputs * shape.chunks).unwrap();
+    if rows_path {
         k.reduce
             .bias_grad_rows_partial(stream, &dy_g, &mut partial, shape)
             .unwrap();
@@ -458,7 +462,7 @@ fn weighted<H: Host16>(
         assert_near(
             storage,
             &format!("{name} dw[{src}]"),
-            &layout.from_device(layer, &gpu.down(g)),
+            &layout.from_device(layer, gpu.down(g)),
             &dw[src],
             2.0,
         );
