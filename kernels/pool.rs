@@ -36,16 +36,7 @@ impl Pool {
         need(x, batch * s.c * s.in_h * s.in_w, "pool input")?;
         need(y, batch * s.c * s.out_h * s.out_w, "pool output")?;
         let p = planes as u64;
-        let d = [
-            s.in_h,
-            s.in_w,
-            s.size,
-            s.stride,
-            s.out_h,
-            s.out_w,
-            interleaved,
-        ]
-        .map(u32_of);
+        let d = dims(s, interleaved);
         let mut b = stream.launch_builder(self.forward.of::<S>());
         b.arg(x).arg(y).arg(&p);
         for dim in &d {
@@ -77,16 +68,7 @@ impl Pool {
         need(y, out_len, "pool output")?;
         need(dy, out_len, "pool output gradient")?;
         let p = planes as u64;
-        let d = [
-            s.in_h,
-            s.in_w,
-            s.size,
-            s.stride,
-            s.out_h,
-            s.out_w,
-            interleaved,
-        ]
-        .map(u32_of);
+        let d = dims(s, interleaved);
         let mut b = stream.launch_builder(self.backward.of::<S>());
         b.arg(x).arg(y).arg(dy).arg(dx).arg(&p);
         for dim in &d {
@@ -104,4 +86,18 @@ fn planes(s: &PoolShape, batch: usize, layout: Layout) -> (usize, usize) {
         Layout::Nchw => (batch * s.c, 1),
         Layout::Nhwc => (batch, s.c),
     }
+}
+
+/// The kernels' dimension arguments after `planes`, in their order.
+fn dims(s: &PoolShape, interleaved: usize) -> [u32; 7] {
+    [
+        s.in_h,
+        s.in_w,
+        s.size,
+        s.stride,
+        s.out_h,
+        s.out_w,
+        interleaved,
+    ]
+    .map(u32_of)
 }

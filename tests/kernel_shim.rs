@@ -54,6 +54,30 @@ fn storage_arg(storage: Storage) -> &'static str {
     }
 }
 
+/// Runs the shim's `op` at `storage` with `args` and `stdin`; its stdout.
+fn shim_bytes(op: &str, storage: Storage, args: &[String], stdin: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(build_shim())
+        .args([op, storage_arg(storage)])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the shim starts");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin)
+        .expect("the shim reads its input");
+    let out = child.wait_with_output().expect("the shim finishes");
+    assert!(
+        out.status.success(),
+        "the shim's {op} failed: {:?}",
+        out.status
+    );
+    out.stdout
+}
+
 /// Runs the shim's `op` at `storage` with `args`, `inputs` on its stdin;
 /// returns its outputs, of the lengths `outputs` gives, widened to f32.
 fn run_shim(
@@ -63,32 +87,13 @@ fn run_shim(
     inputs: &[&[f32]],
     outputs: &[usize],
 ) -> Vec<Vec<f32>> {
-    let mut child = Command::new(build_shim())
-        .args([op, storage_arg(storage)])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the shim starts");
     let bytes: Vec<u8> = inputs
         .iter()
         .flat_map(|v| v.iter())
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(&bytes)
-        .expect("the shim reads its input");
-    let out = child.wait_with_output().expect("the shim finishes");
-    assert!(
-        out.status.success(),
-        "the shim's {op} failed: {:?}",
-        out.status
-    );
+    let out = shim_bytes(op, storage, args, &bytes);
     let floats: Vec<f32> = out
-        .stdout
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
@@ -431,7 +436,6 @@ fn input_kernels_match_the_cpu_device_in_both_layouts() {
 /// ties, subnormals, overflow and both signs, and every bit pattern widened.
 #[test]
 fn the_shims_16_bit_conversions_are_the_half_crates() {
-    let exe = build_shim();
     let mut rng = Rng::new(16);
     let mut values: Vec<f32> = (0..20_000)
         .map(|_| f32::from_bits((rng.uniform() * f64::from(u32::MAX)) as u32))
@@ -463,23 +467,10 @@ fn the_shims_16_bit_conversions_are_the_half_crates() {
         f32::INFINITY,
     ]);
     for storage in [Storage::Bf16, Storage::F16] {
-        let mut child = Command::new(exe)
-            .args(["round", storage_arg(storage)])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the shim starts");
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(&bytes)
-            .expect("the shim reads its input");
-        let out = child.wait_with_output().expect("the shim finishes");
-        assert!(out.status.success(), "the shim failed: {:?}", out.status);
-        assert_eq!(out.stdout.len(), 2 * values.len() + 4 * 65536);
-        let (rounded, widened) = out.stdout.split_at(2 * values.len());
+        let out = shim_bytes("round", storage, &[], &bytes);
+        assert_eq!(out.len(), 2 * values.len() + 4 * 65536);
+        let (rounded, widened) = out.split_at(2 * values.len());
         for (&v, b) in values.iter().zip(rounded.chunks_exact(2)) {
             let got = u16::from_le_bytes([b[0], b[1]]);
             let want = match storage {
