@@ -92,7 +92,7 @@ impl Lrn {
 /// How far apart one element's neighbouring channels are: a plane in
 /// NCHW, adjacent in NHWC (where each group's channels are consecutive in
 /// every pixel, so a group's channel index is the pixel's modulo `s.c`).
-fn channel_stride(s: &LrnShape, layout: Layout) -> usize {
+pub fn channel_stride(s: &LrnShape, layout: Layout) -> usize {
     match layout {
         Layout::Nchw => s.plane,
         Layout::Nhwc => 1,

@@ -81,7 +81,7 @@ impl Pool {
 /// The kernels' planes and the channels interleaved in each: every channel
 /// of every image a plane of its own in NCHW; an image a plane of `s.c`
 /// interleaved channels in NHWC.
-fn planes(s: &PoolShape, batch: usize, layout: Layout) -> (usize, usize) {
+pub fn planes(s: &PoolShape, batch: usize, layout: Layout) -> (usize, usize) {
     match layout {
         Layout::Nchw => (batch * s.c, 1),
         Layout::Nhwc => (batch, s.c),

@@ -9,7 +9,8 @@
 
 use alexnet::device::Device;
 use alexnet::device::cpu::{CpuDevice, lrn_backward, lrn_forward};
-use alexnet::device::layout::Layout;
+use alexnet::device::cuda::kernels::{lrn, pool};
+use alexnet::device::layout::{Layout, transpose_rows};
 use alexnet::device::precision::Storage;
 use alexnet::net::plan::{LrnShape, PoolShape};
 use alexnet::rng::Rng;
@@ -115,31 +116,18 @@ fn run_shim(
 
 /// Maps `[image][channels][plane]` (NCHW) into `layout`'s order, or back.
 fn reorder(layout: Layout, channels: usize, plane: usize, data: &[f32], back: bool) -> Vec<f32> {
-    if layout == Layout::Nchw {
-        return data.to_vec();
+    match (layout, back) {
+        (Layout::Nchw, _) => data.to_vec(),
+        (Layout::Nhwc, false) => transpose_rows(data, channels, plane),
+        (Layout::Nhwc, true) => transpose_rows(data, plane, channels),
     }
-    let image = channels * plane;
-    let mut out = vec![0.0; data.len()];
-    for (src, dst) in data.chunks_exact(image).zip(out.chunks_exact_mut(image)) {
-        for c in 0..channels {
-            for p in 0..plane {
-                let (nchw, nhwc) = (c * plane + p, p * channels + c);
-                if back {
-                    dst[nchw] = src[nhwc];
-                } else {
-                    dst[nhwc] = src[nchw];
-                }
-            }
-        }
-    }
-    out
 }
 
 const LAYOUTS: [Layout; 2] = [Layout::Nchw, Layout::Nhwc];
 
-/// The shim's LRN in `layout` on NCHW data, its outputs back in NCHW: the
-/// launcher's arguments (each group's channels an image of their own; a
-/// channel's neighbour a plane away in NCHW, the next element in NHWC).
+/// The shim's LRN in `layout` on NCHW data, its outputs back in NCHW, with
+/// the launcher's arguments (each group's channels an image of their own,
+/// its channel stride).
 fn lrn_shim(
     layout: Layout,
     storage: Storage,
@@ -148,10 +136,7 @@ fn lrn_shim(
     x: &[f32],
     dy: &[f32],
 ) -> Vec<Vec<f32>> {
-    let stride = match layout {
-        Layout::Nchw => s.plane,
-        Layout::Nhwc => 1,
-    };
+    let stride = lrn::channel_stride(s, layout);
     let channels = s.groups * s.c;
     let into = |v: &[f32]| reorder(layout, channels, s.plane, v, false);
     let mut args: Vec<String> = [batch * s.groups, s.c, s.plane, stride, s.size]
@@ -344,10 +329,7 @@ fn pool_kernels_match_the_cpu_device_in_both_layouts() {
                 cpu.maxpool_backward(&x, &y, &dy, &mut dx, s, batch)
                     .expect("the CPU backward pass");
 
-                let (planes, interleaved) = match layout {
-                    Layout::Nchw => (batch * s.c, 1),
-                    Layout::Nhwc => (batch, s.c),
-                };
+                let (planes, interleaved) = pool::planes(s, batch, layout);
                 let args = [
                     planes,
                     s.in_h,

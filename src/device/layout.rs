@@ -86,8 +86,9 @@ fn channel_blocks(layer: &PlannedLayer) -> Option<(usize, usize)> {
     }
 }
 
-/// Each row of `block` (rows of `a × b` elements) transposed to `b × a`.
-fn transpose_rows(block: &[f32], a: usize, b: usize) -> Vec<f32> {
+/// Each row of `block` (rows of `a × b` elements) transposed to `b × a`:
+/// a weight block's rows, or images `[c][plane]` into `[plane][c]`.
+pub fn transpose_rows(block: &[f32], a: usize, b: usize) -> Vec<f32> {
     let row = a * b;
     debug_assert_eq!(block.len() % row.max(1), 0, "whole rows of {a} × {b}");
     let mut out = vec![0.0; block.len()];

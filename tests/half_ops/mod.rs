@@ -12,7 +12,7 @@ use alexnet::device::cuda::conv::Convolutions;
 use alexnet::device::cuda::fc::Blas;
 use alexnet::device::cuda::kernels::reduce::{BiasGrad, Loss};
 use alexnet::device::cuda::kernels::{Half, Kernels};
-use alexnet::device::layout::Layout;
+use alexnet::device::layout::{Layout, transpose_rows};
 use alexnet::device::precision::{Precision, Storage};
 use alexnet::device::{Device, DropoutMask, Input, InputGrad, SgdStep};
 use alexnet::net::plan::{Op, Plan, PlannedLayer, Shape, TOWERS};
@@ -64,30 +64,11 @@ fn from_layout(layout: Layout, image: Shape, data: &[f32]) -> Vec<f32> {
 }
 
 fn reorder(layout: Layout, image: Shape, data: &[f32], back: bool) -> Vec<f32> {
-    let Shape::Map { c, h, w } = image else {
-        return data.to_vec();
-    };
-    if layout == Layout::Nchw {
-        return data.to_vec();
+    match (layout, image, back) {
+        (Layout::Nhwc, Shape::Map { c, h, w }, false) => transpose_rows(data, c, h * w),
+        (Layout::Nhwc, Shape::Map { c, h, w }, true) => transpose_rows(data, h * w, c),
+        _ => data.to_vec(),
     }
-    let plane = h * w;
-    let mut out = vec![0.0; data.len()];
-    for (src, dst) in data
-        .chunks_exact(c * plane)
-        .zip(out.chunks_exact_mut(c * plane))
-    {
-        for ch in 0..c {
-            for p in 0..plane {
-                let (nchw, nhwc) = (ch * plane + p, p * c + ch);
-                if back {
-                    dst[nchw] = src[nhwc];
-                } else {
-                    dst[nhwc] = src[nchw];
-                }
-            }
-        }
-    }
-    out
 }
 
 impl Gpu {
