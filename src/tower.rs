@@ -178,9 +178,10 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
         }
         let buffers = Buffers::new(&mut device, &plan, batch, link.splits_input())?;
-        for layer in &plan.layers {
+        for (i, layer) in plan.layers.iter().enumerate() {
             if let Op::Conv(shape) = &layer.op {
-                device.prepare_conv(shape, batch)?;
+                // The first layer's input is the image: no gradient for it.
+                device.prepare_conv(shape, batch, i > 0)?;
             }
         }
         let timings = vec![LayerTiming::default(); plan.layers.len() + 2];

@@ -308,7 +308,7 @@ fn every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes() {
                     Op::Conv(s) => {
                         // Algorithms chosen for a larger batch, as a run's
                         // warm-up does, then used at this one.
-                        gpu.prepare_conv(s, 2 * batch).unwrap();
+                        gpu.prepare_conv(s, 2 * batch, true).unwrap();
                         gpu.conv_forward(
                             Input::Own(&x.gpu),
                             &w_gpu,

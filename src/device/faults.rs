@@ -157,8 +157,8 @@ impl<D: Device> Device for Faulty<D> {
     fn layout(&self) -> Layout {
         self.inner.layout()
     }
-    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
-        self.inner.prepare_conv(shape, batch)
+    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize, input_grad: bool) -> Result<()> {
+        self.inner.prepare_conv(shape, batch, input_grad)
     }
     fn input_from_u8(&mut self, pixels: &[u8], offsets: &[f32], y: &mut Self::Buf) -> Result<()> {
         self.inner.input_from_u8(pixels, offsets, y)

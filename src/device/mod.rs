@@ -193,9 +193,11 @@ pub trait Device {
     /// How this device orders a feature map's elements. No default, as for `fence`.
     fn layout(&self) -> Layout;
     /// Chooses how to run the convolution `shape` at up to `batch` images,
-    /// before the first step (a GPU measures its algorithms here). No
-    /// default, so a wrapping device cannot forget to pass it on.
-    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()>;
+    /// before the first step (a GPU measures its algorithms here), for a
+    /// backward pass that computes its input gradient where `input_grad`
+    /// (every convolution but the first). No default, so a wrapping device
+    /// cannot forget to pass it on.
+    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize, input_grad: bool) -> Result<()>;
 
     /// `y = bias + Σ_s conv(x_s, w_s)`.
     fn conv_forward(

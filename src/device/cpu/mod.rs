@@ -182,7 +182,7 @@ impl<T: Real> Device for CpuDevice<T> {
     }
 
     /// The CPU has one way to run a convolution: nothing to choose.
-    fn prepare_conv(&mut self, _shape: &ConvShape, _batch: usize) -> Result<()> {
+    fn prepare_conv(&mut self, _shape: &ConvShape, _batch: usize, _input_grad: bool) -> Result<()> {
         Ok(())
     }
 

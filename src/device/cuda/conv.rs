@@ -8,7 +8,8 @@
 //! each other's search). A search
 //! may lend a quarter of the device's free memory as workspace, at most
 //! [`WORKSPACE_LIMIT`]. It keeps the
-//! fastest deterministic algorithm that fits and uses an allowed math type;
+//! fastest deterministic algorithm that fits and uses an allowed math type
+//! (backward-data not at all for the first layer, whose input is the image);
 //! where none is deterministic, the fastest that fits, saying so in one line;
 //! the heuristic (`_v7`) answers where measuring finds nothing. A smaller
 //! batch (an epoch's short last batch, an evaluation) reuses the algorithms
@@ -105,12 +106,14 @@ struct Choice<A> {
     math: sys::cudnnMathType_t,
 }
 
-/// The three directions' algorithms for one shape, measured at `batch`.
+/// The three directions' algorithms for one shape, measured at `batch`:
+/// backward-data only where the input gradient is wanted (not the first
+/// layer's, whose input is the image).
 #[derive(Debug, Clone, Copy)]
 struct Algorithms {
     batch: usize,
     forward: Choice<sys::cudnnConvolutionFwdAlgo_t>,
-    backward_data: Choice<sys::cudnnConvolutionBwdDataAlgo_t>,
+    backward_data: Option<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
     backward_filter: Choice<sys::cudnnConvolutionBwdFilterAlgo_t>,
 }
 
@@ -121,7 +124,7 @@ struct ConvPlan {
     y: TensorDesc,
     w: FilterDesc,
     forward: (ConvDesc, sys::cudnnConvolutionFwdAlgo_t),
-    backward_data: (ConvDesc, sys::cudnnConvolutionBwdDataAlgo_t),
+    backward_data: Option<(ConvDesc, sys::cudnnConvolutionBwdDataAlgo_t)>,
     backward_filter: (ConvDesc, sys::cudnnConvolutionBwdFilterAlgo_t),
 }
 
@@ -245,10 +248,14 @@ impl Convolutions {
     }
 
     /// Chooses the algorithms for `s` at `batch` images (the warm-up; module
-    /// docs) and sizes the workspace for them.
-    pub fn search(&mut self, s: &ConvShape, batch: usize) -> Result<()> {
-        let algorithms = self.measure(s, batch)?;
+    /// docs), backward-data among them where `input_grad` or an earlier
+    /// search of the same shape wanted it, and sizes the workspace for them.
+    pub fn search(&mut self, s: &ConvShape, batch: usize, input_grad: bool) -> Result<()> {
+        let input_grad = input_grad || self.wants_input_grad(s);
+        let algorithms = self.measure(s, batch, input_grad)?;
         self.algorithms.insert(*s, algorithms);
+        // Plans made from an earlier search of this shape are stale.
+        self.plans.retain(|(shape, _), _| shape != s);
         self.prepare(s, batch).map(drop)
     }
 
@@ -308,6 +315,15 @@ impl Convolutions {
         let (w, dy, dx) = (self.read(w), self.read(dy), self.write(dx));
         let handle = self.handle.0;
         let (plan, ws, ws_len) = self.prepare(s, batch)?;
+        let Some((conv, algo)) = plan.backward_data.as_ref() else {
+            return Err(Error::cuda(
+                "cuDNN convolution backward data",
+                format!(
+                    "conv {}x{}x{} -> {} was prepared without an input gradient",
+                    s.in_c, s.in_h, s.in_w, s.out_c
+                ),
+            ));
+        };
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: as in `forward`.
         unsafe {
@@ -318,8 +334,8 @@ impl Convolutions {
                 w,
                 plan.y.0,
                 dy,
-                plan.backward_data.0.0,
-                plan.backward_data.1,
+                conv.0,
+                *algo,
                 ws,
                 ws_len,
                 ptr(&beta),
@@ -376,11 +392,16 @@ impl Convolutions {
     fn prepare(&mut self, s: &ConvShape, batch: usize) -> Result<(&ConvPlan, *mut c_void, usize)> {
         let key = (*s, batch);
         if !self.plans.contains_key(&key) {
+            // A shape no warm-up searched is measured with every direction.
+            let input_grad = self
+                .algorithms
+                .get(s)
+                .is_none_or(|a| a.backward_data.is_some());
             let known = self.algorithms.get(s).filter(|a| a.batch >= batch).copied();
             let algorithms = match known {
                 Some(a) => a,
                 None => {
-                    let a = self.measure(s, batch)?;
+                    let a = self.measure(s, batch, input_grad)?;
                     self.algorithms.insert(*s, a);
                     a
                 }
@@ -389,7 +410,7 @@ impl Convolutions {
                 Ok(made) => made,
                 // The larger batch's algorithm may not run at this one.
                 Err(_) if algorithms.batch != batch => {
-                    let a = self.measure(s, batch)?;
+                    let a = self.measure(s, batch, input_grad)?;
                     self.plan(s, batch, &a)?
                 }
                 Err(e) => return Err(e),
@@ -417,7 +438,10 @@ impl Convolutions {
             }
         };
         let forward = convolution(s, math(a.forward.math))?;
-        let backward_data = convolution(s, math(a.backward_data.math))?;
+        let backward_data = match a.backward_data {
+            Some(choice) => Some((convolution(s, math(choice.math))?, choice.algo)),
+            None => None,
+        };
         let backward_filter = convolution(s, math(a.backward_filter.math))?;
         let (mut f, mut d, mut g) = (0usize, 0usize, 0usize);
         // SAFETY: live descriptors; each call writes one usize.
@@ -433,17 +457,13 @@ impl Convolutions {
             )
             .result()
             .map_err(cudnn("forward workspace size"))?;
-            sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
-                h,
-                w.0,
-                y.0,
-                backward_data.0,
-                x.0,
-                a.backward_data.algo,
-                &mut d,
-            )
-            .result()
-            .map_err(cudnn("backward-data workspace size"))?;
+            if let Some((conv, algo)) = &backward_data {
+                sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    h, w.0, y.0, conv.0, x.0, *algo, &mut d,
+                )
+                .result()
+                .map_err(cudnn("backward-data workspace size"))?;
+            }
             sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
                 h,
                 x.0,
@@ -461,16 +481,23 @@ impl Convolutions {
             y,
             w,
             forward: (forward, a.forward.algo),
-            backward_data: (backward_data, a.backward_data.algo),
+            backward_data,
             backward_filter: (backward_filter, a.backward_filter.algo),
         };
         Ok((plan, f.max(d).max(g)))
     }
 
+    /// Whether a search of `s` so far measured its backward-data direction.
+    fn wants_input_grad(&self, s: &ConvShape) -> bool {
+        self.algorithms
+            .get(s)
+            .is_some_and(|a| a.backward_data.is_some())
+    }
+
     /// Measures each direction's algorithms for `s` at `batch` on scratch
-    /// buffers, with a quarter of the device's free memory (at most
-    /// [`WORKSPACE_LIMIT`]) as workspace.
-    fn measure(&self, s: &ConvShape, batch: usize) -> Result<Algorithms> {
+    /// buffers (backward-data only where `input_grad`), with a quarter of
+    /// the device's free memory (at most [`WORKSPACE_LIMIT`]) as workspace.
+    fn measure(&self, s: &ConvShape, batch: usize, input_grad: bool) -> Result<Algorithms> {
         let ctx = self.stream.context();
         let lock = search_lock(ctx.ordinal());
         // A poisoned lock only means another search failed; the guard holds no data.
@@ -482,7 +509,7 @@ impl Convolutions {
         Ok(Algorithms {
             batch,
             forward: search.forward()?,
-            backward_data: search.backward_data()?,
+            backward_data: input_grad.then(|| search.backward_data()).transpose()?,
             backward_filter: search.backward_filter()?,
         })
     }
@@ -533,7 +560,12 @@ impl<'a> Search<'a> {
                 .map_err(|e| Error::cuda("allocating buffers for the cuDNN algorithm search", e))
         };
         let lens = Lens::new(s, batch);
-        let mut buffers = [scratch(lens.x)?, scratch(lens.y)?, scratch(lens.w)?];
+        let x_offset = second_source_misalignment(s, storage);
+        let mut buffers = [
+            scratch(lens.x + x_offset.div_ceil(element_bytes(storage)))?,
+            scratch(lens.y)?,
+            scratch(lens.w)?,
+        ];
         // SAFETY: the search writes the workspace before it reads it.
         let mut workspace = unsafe { stream.alloc::<u8>(budget.max(1)) }
             .map_err(|e| Error::cuda("allocating the cuDNN search workspace", e))?;
@@ -545,6 +577,8 @@ impl<'a> Search<'a> {
         let [x, y, w] = buffers
             .each_mut()
             .map(|b| b.device_ptr_mut(stream).0 as *mut c_void);
+        // SAFETY: the x buffer holds `x_offset` bytes more than the input.
+        let x = unsafe { x.byte_add(x_offset) };
         let ws = workspace.device_ptr_mut(stream).0 as *mut c_void;
         Ok(Search {
             handle: convs.handle.0,
@@ -700,6 +734,18 @@ impl<'a> Search<'a> {
     }
 }
 
+/// How far (in bytes, below 256) from a 256-byte boundary a later source's
+/// slice of `s`'s input may start: a source's slice begins a whole number
+/// of images into the buffer, so at any batch it is aligned at least as
+/// well as one image's bytes. A search measures at this misalignment so that
+/// the algorithms it picks (some need aligned data) run on every slice.
+fn second_source_misalignment(s: &ConvShape, storage: Storage) -> usize {
+    if s.sources < 2 {
+        return 0;
+    }
+    (s.in_c * s.in_h * s.in_w * element_bytes(storage)) % 256
+}
+
 /// Descriptors of `s`'s input, output and one source's filter (each
 /// filter over its group's `in_c / groups` channels), their elements
 /// stored as `storage` says, in the GPU's layout at that storage
@@ -820,4 +866,47 @@ impl Convolutions {
 
 fn ptr(v: &f32) -> *const c_void {
     v as *const f32 as *const c_void
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::plan::{Op, Plan};
+
+    fn convs(plan: &Plan) -> Vec<ConvShape> {
+        let shapes = plan.layers.iter().filter_map(|l| match &l.op {
+            Op::Conv(s) => Some(*s),
+            _ => None,
+        });
+        shapes.collect()
+    }
+
+    #[test]
+    fn the_papers_second_sources_start_on_256_byte_boundaries() {
+        let plan = Plan::load("paper").unwrap();
+        let conv3 = convs(&plan)
+            .into_iter()
+            .find(|s| s.sources == 2)
+            .expect("conv3 reads both towers");
+        for storage in [Storage::Full, Storage::Bf16, Storage::F16] {
+            assert_eq!(second_source_misalignment(&conv3, storage), 0);
+        }
+    }
+
+    #[test]
+    fn an_odd_image_size_is_measured_misaligned_and_one_source_never() {
+        let plan = Plan::load("paper").unwrap();
+        let conv3 = convs(&plan).into_iter().find(|s| s.sources == 2).unwrap();
+        // 3 channels of 5×5: 75 elements an image, 150 bytes at 16 bits.
+        let odd = ConvShape {
+            in_c: 3,
+            in_h: 5,
+            in_w: 5,
+            ..conv3
+        };
+        assert_eq!(second_source_misalignment(&odd, Storage::Bf16), 150);
+        assert_eq!(second_source_misalignment(&odd, Storage::Full), 300 - 256);
+        let alone = ConvShape { sources: 1, ..odd };
+        assert_eq!(second_source_misalignment(&alone, Storage::F16), 0);
+    }
 }

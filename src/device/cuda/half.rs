@@ -157,8 +157,8 @@ impl<H: Half> Device for CudaDevice<H> {
         self.data_layout()
     }
 
-    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
-        self.convs.search(shape, batch)
+    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize, input_grad: bool) -> Result<()> {
+        self.convs.search(shape, batch, input_grad)
     }
 
     fn conv_forward(

@@ -429,8 +429,8 @@ impl Device for CudaDevice<f32> {
         self.data_layout()
     }
 
-    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize) -> Result<()> {
-        self.convs.search(shape, batch)
+    fn prepare_conv(&mut self, shape: &ConvShape, batch: usize, input_grad: bool) -> Result<()> {
+        self.convs.search(shape, batch, input_grad)
     }
 
     fn conv_forward(
