@@ -33,6 +33,10 @@ const TESTS: &[(&str, fn())] = &[
         every_op_matches_an_f64_reference_at_the_paper_and_figure_1_shapes,
     ),
     (
+        "conv1_is_prepared_without_an_input_gradient_until_one_is_asked_for",
+        conv1_is_prepared_without_an_input_gradient_until_one_is_asked_for,
+    ),
+    (
         "loss_and_update_match_the_cpu_device",
         loss_and_update_match_the_cpu_device,
     ),
@@ -235,6 +239,51 @@ fn layer_f64(
 
 /// One tower's mask, or, for the grouped net (`towers` 1), both towers'
 /// in each image's `features`, each under its own key.
+/// The warm-up leaves conv1's backward-data out (its input is the image):
+/// its forward and weight gradients run, an input gradient is refused,
+/// and a later search that asks for one adds it.
+fn conv1_is_prepared_without_an_input_gradient_until_one_is_asked_for() {
+    let mut gpu = gpu();
+    let plan = Plan::load("paper").unwrap();
+    let Some(Op::Conv(s)) = plan.layers.first().map(|l| &l.op) else {
+        panic!("the paper's first layer is a convolution");
+    };
+    let batch = 2;
+    let x = both(&mut gpu, random(batch * s.in_c * s.in_h * s.in_w, 1, 1.0));
+    let w = vec![both(&mut gpu, random(s.block_len(), 2, 0.05)).gpu];
+    let bias = both(&mut gpu, vec![0.0; s.out_c]).gpu;
+    let out_len = batch * s.out_c * s.out_h * s.out_w;
+    let dy = both(&mut gpu, random(out_len, 3, 1.0)).gpu;
+    let mut y = both(&mut gpu, vec![0.0; out_len]).gpu;
+    let mut dx = both(&mut gpu, vec![0.0; x.cpu.len()]).gpu;
+    let mut dw = vec![both(&mut gpu, vec![0.0; s.block_len()]).gpu];
+    let mut db = both(&mut gpu, vec![0.0; s.out_c]).gpu;
+    let mut backward = |gpu: &mut CudaDevice, dx: Option<&mut <CudaDevice as Device>::Buf>| {
+        let mut queued = |_: &<CudaDevice as Device>::Buf| Ok(());
+        let dx = dx.map(|dx| InputGrad {
+            dx,
+            queued: &mut queued,
+        });
+        gpu.conv_backward(&x.gpu, &w, &dy, dx, &mut dw, &mut db, s, batch)
+    };
+    gpu.prepare_conv(s, batch, false).unwrap();
+    gpu.conv_forward(Input::Own(&x.gpu), &w, &bias, &mut y, s, batch)
+        .unwrap();
+    backward(&mut gpu, None).expect("weight gradients without backward-data");
+    let refused = backward(&mut gpu, Some(&mut dx)).expect_err("no backward-data was prepared");
+    assert!(
+        refused.to_string().contains("without an input gradient"),
+        "{refused}"
+    );
+    gpu.prepare_conv(s, batch, true).unwrap();
+    backward(&mut gpu, Some(&mut dx)).expect("backward-data once searched for");
+    let dx = gpu.download(&dx).unwrap();
+    assert!(
+        dx.iter().any(|v| *v != 0.0),
+        "conv1's input gradient was written"
+    );
+}
+
 fn dropout_mask(p: f32, towers: usize, features: usize) -> DropoutMask {
     if towers == 1 {
         DropoutMask::towers(p, [0x5eed, 0xfeed], features / TOWERS, 1234)

@@ -249,9 +249,15 @@ impl Convolutions {
 
     /// Chooses the algorithms for `s` at `batch` images (the warm-up; module
     /// docs), backward-data among them where `input_grad` or an earlier
-    /// search of the same shape wanted it, and sizes the workspace for them.
+    /// measurement of the same shape has it, and sizes the workspace for
+    /// them; nothing to measure where algorithms measured at a batch at
+    /// least as large already cover what is asked.
     pub fn search(&mut self, s: &ConvShape, batch: usize, input_grad: bool) -> Result<()> {
-        let input_grad = input_grad || self.wants_input_grad(s);
+        let known = self.algorithms.get(s);
+        if known.is_some_and(|a| a.batch >= batch && (a.backward_data.is_some() || !input_grad)) {
+            return self.prepare(s, batch).map(drop);
+        }
+        let input_grad = input_grad || known.is_some_and(|a| a.backward_data.is_some());
         let algorithms = self.measure(s, batch, input_grad)?;
         self.algorithms.insert(*s, algorithms);
         // Plans made from an earlier search of this shape are stale.
@@ -387,7 +393,8 @@ impl Convolutions {
 
     /// The plan for this shape and batch (made on first use, from the
     /// shape's algorithms when they were measured at a batch at least as
-    /// large, else by measuring now), and the workspace as a raw pointer and
+    /// large, else by measuring now, with backward-data unless the shape's
+    /// earlier measurement left it out), and the workspace as a raw pointer and
     /// its length (null and 0 while no plan needs one).
     fn prepare(&mut self, s: &ConvShape, batch: usize) -> Result<(&ConvPlan, *mut c_void, usize)> {
         let key = (*s, batch);
@@ -487,13 +494,6 @@ impl Convolutions {
         Ok((plan, f.max(d).max(g)))
     }
 
-    /// Whether a search of `s` so far measured its backward-data direction.
-    fn wants_input_grad(&self, s: &ConvShape) -> bool {
-        self.algorithms
-            .get(s)
-            .is_some_and(|a| a.backward_data.is_some())
-    }
-
     /// Measures each direction's algorithms for `s` at `batch` on scratch
     /// buffers (backward-data only where `input_grad`), with a quarter of
     /// the device's free memory (at most [`WORKSPACE_LIMIT`]) as workspace.
@@ -574,11 +574,10 @@ impl<'a> Search<'a> {
             Precision::Tf32 => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
             Precision::Bf16 | Precision::Fp16 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
         };
-        let [x, y, w] = buffers
-            .each_mut()
-            .map(|b| b.device_ptr_mut(stream).0 as *mut c_void);
-        // SAFETY: the x buffer holds `x_offset` bytes more than the input.
-        let x = unsafe { x.byte_add(x_offset) };
+        // The x buffer holds `x_offset` bytes more than the input.
+        let [x, y, w] = buffers.each_mut().map(|b| b.device_ptr_mut(stream).0);
+        let x = (x + x_offset as u64) as *mut c_void;
+        let (y, w) = (y as *mut c_void, w as *mut c_void);
         let ws = workspace.device_ptr_mut(stream).0 as *mut c_void;
         Ok(Search {
             handle: convs.handle.0,
@@ -734,11 +733,12 @@ impl<'a> Search<'a> {
     }
 }
 
-/// How far (in bytes, below 256) from a 256-byte boundary a later source's
-/// slice of `s`'s input may start: a source's slice begins a whole number
+/// An offset (in bytes, below 256) with the worst alignment a later
+/// source's slice of `s`'s input can have: a slice begins a whole number
 /// of images into the buffer, so at any batch it is aligned at least as
-/// well as one image's bytes. A search measures at this misalignment so that
-/// the algorithms it picks (some need aligned data) run on every slice.
+/// well as one image's bytes, whose remainder this is. A search measures at
+/// this offset from a 256-byte boundary so that the algorithms it picks
+/// (some need aligned data) run on every slice.
 fn second_source_misalignment(s: &ConvShape, storage: Storage) -> usize {
     if s.sources < 2 {
         return 0;
