@@ -36,6 +36,39 @@ pub struct BiasGrad {
     pub chunks: usize,
 }
 
+/// Blocks a bias gradient aims for: enough to fill every SM of a large GPU
+/// several times over.
+pub const FILL_BLOCKS: usize = 1024;
+
+impl BiasGrad {
+    /// `dy` as `[batch][channels][plane]`, in chunks of images so that the
+    /// (chunk, channel) blocks of the first pass number about
+    /// [`FILL_BLOCKS`] (one chunk where the channels alone fill the GPU).
+    pub fn over_images(batch: usize, channels: usize, plane: usize) -> BiasGrad {
+        let per_chunk = batch.div_ceil((FILL_BLOCKS / channels.max(1)).clamp(1, batch.max(1)));
+        BiasGrad {
+            batch,
+            channels,
+            plane,
+            per_chunk,
+            chunks: batch.div_ceil(per_chunk.max(1)).max(1),
+        }
+    }
+
+    /// `dy` as `rows` of `channels` (a channels-last map), in at most
+    /// [`FILL_BLOCKS`] chunks of rows, the last one short.
+    pub fn over_rows(rows: usize, channels: usize) -> BiasGrad {
+        let per_chunk = rows.div_ceil(FILL_BLOCKS).max(1);
+        BiasGrad {
+            batch: rows,
+            channels,
+            plane: 1,
+            per_chunk,
+            chunks: rows.div_ceil(per_chunk).max(1),
+        }
+    }
+}
+
 /// The layout of one loss: `logits` is `[towers][batch][per_tower]`, and
 /// the gradient is of tower `tower`'s own logits, times `grad_scale`.
 #[derive(Debug, Clone, Copy)]

@@ -1,8 +1,11 @@
-// Runs kernels/lrn.cu, pool.cu and input.cu on the CPU: defines the little
-// of CUDA those kernels use, includes the kernel sources unchanged (and with
-// them storage.cuh's conversions, written out for C++), and loops over the
-// grid. Data cross the pipe as little-endian f32, rounded to the storage on
-// the way in and widened on the way out. STORAGE is f32, bf16 or f16.
+// Runs the kernels of kernels/*.cu on the CPU: defines the little of CUDA
+// those kernels use, includes the kernel sources unchanged (and with them
+// storage.cuh's conversions, written out for C++), and loops over the grid;
+// a kernel that synchronises its block runs each block's threads as threads
+// of its own, `__syncthreads` a barrier between them, `__shared__` arrays
+// shared by them. Data cross the pipe as little-endian f32, rounded to the
+// storage on the way in and widened on the way out. STORAGE is f32, bf16 or
+// f16.
 //
 // usage: kernels_host lrn STORAGE BATCH CHANNELS PLANE CHANNEL_STRIDE SIZE ALPHA BETA K
 //   stdin:  x then dy, BATCH*CHANNELS*PLANE each; stdout: y, scale, then dx
@@ -14,24 +17,51 @@
 //   stdout: the net's input, IMAGES*3*PLANE
 // usage: kernels_host channels_last STORAGE IMAGES CHANNELS PLANE
 //   stdin:  f32 images, CHW; stdout: them as stored, HWC
+// usage: kernels_host dropout STORAGE N P KEY0 KEY1 RUN GROUPS FIRST
+//   stdin:  x (N); stdout: x with the mask applied
+// usage: kernels_host bias_grad STORAGE ROWS BATCH CHANNELS PLANE PER_CHUNK CHUNKS
+//   stdin:  dy (BATCH*CHANNELS*PLANE, or BATCH rows of CHANNELS where ROWS is 1)
+//   stdout: dbias (CHANNELS), from the two passes
+// usage: kernels_host loss STORAGE BATCH TOWERS PER_TOWER TOWER GRAD_SCALE
+//   stdin:  logits (TOWERS*BATCH*PER_TOWER), then BATCH labels as f32
+//   stdout: dlogits (BATCH*PER_TOWER), the per-image statistics (3*BATCH),
+//           then their sums (3), the statistics narrowed to f32
 // usage: kernels_host round STORAGE (bf16 or f16)
 //   stdin:  f32 values; stdout: each one's 16 storage bits (little-endian
 //   u16), then every one of the 65536 bit patterns widened to f32
 
+#include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 struct dim3 {
     unsigned int x, y, z;
 };
-static dim3 threadIdx, blockIdx, blockDim, gridDim;
+static thread_local dim3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __restrict__ __restrict
+// One block runs at a time, so a function's static array is its block's.
+#define __shared__ static
+
+// The barrier of the block running now (launch_blocks).
+static std::barrier<>* block_barrier;
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+using std::isfinite;
+static inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
+static inline double __longlong_as_double(long long i)
+{
+    double d;
+    std::memcpy(&d, &i, sizeof d);
+    return d;
+}
 
 static inline float __int_as_float(int i)
 {
@@ -46,19 +76,52 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 #include "../lrn.cu"
 #include "../pool.cu"
 #include "../input.cu"
+#include "../elementwise.cu"
+#include "../reduce.cu"
+
+// A grid of `grid` blocks of `block` threads, one thread after another:
+// for kernels that never synchronise their block.
+template <class Kernel>
+static void launch_grid(unsigned int grid, unsigned int block, Kernel kernel)
+{
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    for (unsigned int b = 0; b < grid; ++b)
+        for (unsigned int t = 0; t < block; ++t) {
+            blockIdx = {b, 0, 0};
+            threadIdx = {t, 0, 0};
+            kernel();
+        }
+}
 
 // An odd grid and block, so the grid-stride loops wrap and no index is
 // covered twice or skipped.
 template <class Kernel>
 static void launch(Kernel kernel)
 {
-    gridDim = {3, 1, 1};
-    blockDim = {37, 1, 1};
-    for (unsigned int b = 0; b < gridDim.x; ++b)
-        for (unsigned int t = 0; t < blockDim.x; ++t) {
-            blockIdx = {b, 0, 0};
-            threadIdx = {t, 0, 0};
-            kernel();
+    launch_grid(3, 37, kernel);
+}
+
+// A grid of `grid` blocks of `block` threads each (y the grid's second
+// dimension), each block's threads run at once, as a GPU runs them, so that
+// __syncthreads waits for all of them.
+template <class Kernel>
+static void launch_blocks(dim3 grid, unsigned int block, Kernel kernel)
+{
+    gridDim = grid;
+    blockDim = {block, 1, 1};
+    for (unsigned int by = 0; by < grid.y; ++by)
+        for (unsigned int bx = 0; bx < grid.x; ++bx) {
+            std::barrier<> barrier((std::ptrdiff_t)block);
+            block_barrier = &barrier;
+            std::vector<std::thread> threads;
+            for (unsigned int t = 0; t < block; ++t)
+                threads.emplace_back([=] {
+                    blockIdx = {bx, by, 0};
+                    threadIdx = {t, 0, 0};
+                    kernel();
+                });
+            for (auto& thread : threads) thread.join();
         }
 }
 
@@ -90,6 +153,7 @@ static int unknown_storage(const char* storage)
 }
 
 static unsigned int arg(char** argv, int i) { return (unsigned int)std::atoi(argv[i]); }
+static unsigned long long arg64(char** argv, int i) { return std::strtoull(argv[i], nullptr, 10); }
 
 // Fills each array with f32 from stdin, or says that stdin ended early.
 static bool inputs(const char* what, std::vector<std::vector<float>>& arrays)
@@ -176,6 +240,72 @@ static int run_channels_last(char** argv)
 }
 
 template <class T>
+static int run_dropout(char** argv)
+{
+    const unsigned long long n = arg64(argv, 3), key0 = arg64(argv, 5), key1 = arg64(argv, 6),
+                             run = arg64(argv, 7), groups = arg64(argv, 8), first = arg64(argv, 9);
+    const float p = (float)std::atof(argv[4]);
+    std::vector<std::vector<float>> in = {std::vector<float>(n)};
+    if (!inputs("dropout", in)) return 1;
+    const std::vector<T> x = stored<T>(in[0]);
+    std::vector<T> y(n);
+    launch([&] { dropout(x.data(), y.data(), n, p, key0, key1, run, groups, first); });
+    return write_all(y) ? 0 : 1;
+}
+
+// The two passes as kernels/reduce.rs launches them, but over 3 blocks of
+// channels (rows: 37 threads of them), so that the channel loops wrap.
+template <class T>
+static int run_bias_grad(char** argv)
+{
+    const unsigned int rows = arg(argv, 3), batch = arg(argv, 4), channels = arg(argv, 5),
+                       plane = arg(argv, 6), per_chunk = arg(argv, 7), chunks = arg(argv, 8);
+    const size_t n = (size_t)batch * channels * plane;
+    std::vector<std::vector<float>> in = {std::vector<float>(n)};
+    if (!inputs("bias_grad", in)) return 1;
+    const std::vector<T> dy = stored<T>(in[0]);
+    std::vector<float> partial((size_t)channels * chunks);
+    if (rows)
+        launch_grid(chunks, 37, [&] {
+            bias_grad_rows_partial(dy.data(), partial.data(), batch, channels, per_chunk);
+        });
+    else
+        launch_blocks({chunks, 3, 1}, BIAS_THREADS, [&] {
+            bias_grad_partial(dy.data(), partial.data(), batch, channels, plane, per_chunk);
+        });
+    std::vector<T> dbias(channels);
+    launch([&] { bias_grad_finish(partial.data(), dbias.data(), channels, chunks); });
+    return write_all(dbias) ? 0 : 1;
+}
+
+static bool write_doubles(const std::vector<double>& v)
+{
+    std::vector<float> narrow(v.begin(), v.end());
+    return std::fwrite(narrow.data(), sizeof(float), narrow.size(), stdout) == narrow.size();
+}
+
+template <class T>
+static int run_loss(char** argv)
+{
+    const unsigned int batch = arg(argv, 3), towers = arg(argv, 4), per_tower = arg(argv, 5),
+                       tower = arg(argv, 6);
+    const float grad_scale = (float)std::atof(argv[7]);
+    std::vector<std::vector<float>> in = {std::vector<float>((size_t)towers * batch * per_tower),
+                                          std::vector<float>(batch)};
+    if (!inputs("loss", in)) return 1;
+    const std::vector<T> logits = stored<T>(in[0]);
+    std::vector<unsigned int> labels(in[1].begin(), in[1].end());
+    std::vector<T> dlogits((size_t)batch * per_tower);
+    std::vector<double> per_image(3 * (size_t)batch), sums(3);
+    launch_blocks({2, 1, 1}, LOSS_THREADS, [&] {
+        softmax_cross_entropy(logits.data(), labels.data(), dlogits.data(), per_image.data(),
+                              batch, towers, per_tower, tower, grad_scale);
+    });
+    launch_grid(1, 1, [&] { loss_stats_sum_f64(per_image.data(), batch, sums.data()); });
+    return write_all(dlogits) && write_doubles(per_image) && write_doubles(sums) ? 0 : 1;
+}
+
+template <class T>
 static int round_16_bit()
 {
     std::vector<float> values;
@@ -214,6 +344,9 @@ int main(int argc, char** argv)
     if (std::strcmp(op, "pool") == 0 && argc == 11) return BY_STORAGE(run_pool);
     if (std::strcmp(op, "input") == 0 && argc == 6) return BY_STORAGE(run_input);
     if (std::strcmp(op, "channels_last") == 0 && argc == 6) return BY_STORAGE(run_channels_last);
+    if (std::strcmp(op, "dropout") == 0 && argc == 10) return BY_STORAGE(run_dropout);
+    if (std::strcmp(op, "bias_grad") == 0 && argc == 9) return BY_STORAGE(run_bias_grad);
+    if (std::strcmp(op, "loss") == 0 && argc == 8) return BY_STORAGE(run_loss);
     if (std::strcmp(op, "round") == 0 && argc == 3) return BY_STORAGE(run_round);
     std::fprintf(stderr, "kernels_host: bad arguments; the usage is at the top of "
                          "kernels/shim/kernels_host.cpp\n");

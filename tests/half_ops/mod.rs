@@ -407,15 +407,11 @@ fn weighted<H: Host16>(
         }
     }
     let rows_path = plane == 1 && matches!(op, Op::Conv(_));
-    // The channels-last rows chunked as the device chunks them (at most
-    // 1024 chunks, the last one short); the other path an image a chunk.
-    let per_chunk = if rows_path { rows.div_ceil(1024) } else { 1 };
-    let shape = BiasGrad {
-        batch: rows,
-        channels: outputs,
-        plane,
-        per_chunk,
-        chunks: rows.div_ceil(per_chunk),
+    // Chunked as the device chunks them.
+    let shape = if rows_path {
+        BiasGrad::over_rows(rows, outputs)
+    } else {
+        BiasGrad::over_images(rows, outputs, plane)
     };
     let mut partial = stream.alloc_zeros::<f32>(outputs * shape.chunks).unwrap();
     if rows_path {

@@ -3,9 +3,13 @@
 //! device in both of the GPU's layouts (NCHW, and NHWC as the GPU stores
 //! 16-bit maps): in f32 against the f64 reference, and at bf16 and fp16
 //! storage against the CPU 16-bit reference (`CpuDevice::with_storage`),
-//! so the GPU's kernel sources are checked on every machine, GPU or not.
+//! so the GPU's kernel sources are checked on every machine, GPU or not;
+//! elementwise.cu's dropout and reduce.cu in the modules below.
 //! The shim's own 16-bit conversions (storage.cuh's C++ half; a GPU's are
 //! the hardware's) are checked against the `half` crate.
+
+mod elementwise;
+mod reduce;
 
 use alexnet::device::Device;
 use alexnet::device::cpu::{CpuDevice, lrn_backward, lrn_forward};
@@ -33,7 +37,7 @@ fn compile_shim() -> PathBuf {
     // No contraction of a multiply and an add into one rounding: the
     // kernels' __fmul_rn and __fadd_rn round each.
     let status = Command::new(&compiler)
-        .args(["-O2", "-std=c++17", "-ffp-contract=off"])
+        .args(["-O2", "-std=c++20", "-pthread", "-ffp-contract=off"])
         .args(["-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&exe)
         .arg(root.join("kernels/shim/kernels_host.cpp"))

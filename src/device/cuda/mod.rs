@@ -116,10 +116,6 @@ pub struct CudaDevice<S: Stored = f32> {
 
 const THREADS: u32 = 256;
 
-/// Blocks a reduction aims for: enough to fill every SM of a large GPU
-/// several times over.
-const FILL_BLOCKS: usize = 1024;
-
 /// A grid-stride launch over `n` elements.
 pub fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
@@ -848,15 +844,8 @@ impl<S: Stored> CudaDevice<S> {
         channels: usize,
         plane: usize,
     ) -> Result<()> {
-        let per_chunk = batch.div_ceil((FILL_BLOCKS / channels).clamp(1, batch.max(1)));
-        let chunks = batch.div_ceil(per_chunk.max(1)).max(1);
-        let shape = BiasGrad {
-            batch,
-            channels,
-            plane,
-            per_chunk,
-            chunks,
-        };
+        let shape = BiasGrad::over_images(batch, channels, plane);
+        let chunks = shape.chunks;
         let reduce = &self.kernels.reduce;
         // With one chunk, the first pass's f32 sums are an f32 gradient already.
         if chunks == 1
@@ -870,7 +859,7 @@ impl<S: Stored> CudaDevice<S> {
     }
 
     /// `dbias[c] = Σ dy[r][c]` over the `rows` of a channels-last map, in
-    /// two deterministic passes: [`FILL_BLOCKS`] chunks of rows, each
+    /// two deterministic passes: chunks of rows ([`BiasGrad::over_rows`]), each
     /// summed in row order, then each channel's chunks in order.
     fn bias_grad_rows(
         &mut self,
@@ -879,14 +868,7 @@ impl<S: Stored> CudaDevice<S> {
         rows: usize,
         channels: usize,
     ) -> Result<()> {
-        let per_chunk = rows.div_ceil(FILL_BLOCKS).max(1);
-        let shape = BiasGrad {
-            batch: rows,
-            channels,
-            plane: 1,
-            per_chunk,
-            chunks: rows.div_ceil(per_chunk).max(1),
-        };
+        let shape = BiasGrad::over_rows(rows, channels);
         let reduce = &self.kernels.reduce;
         let partials = partials(
             &mut self.bias_partials,
