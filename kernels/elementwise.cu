@@ -56,21 +56,29 @@ __device__ unsigned long long mix64(unsigned long long z)
 // src/device/mod.rs `DropoutMask`: each image's units are `groups` runs of
 // `run` (1 or 2 towers' units), run g drawing under key g; unit u of run g of
 // image m is kept when uniform_at(key g, first + m * run + u) >= p, compared
-// in double.
+// in double. Units count channels first: where the buffer holds feature maps
+// channels last (`plane` > 1 positions of `channels` interleaved channels an
+// image), element i is unit c * plane + position of its image.
 template <class T>
 __device__ __forceinline__ void dropout(
     const T* in, T* out, unsigned long long n, float p, unsigned long long key0,
     unsigned long long key1, unsigned long long run, unsigned long long groups,
-    unsigned long long first)
+    unsigned long long first, unsigned long long channels, unsigned long long plane)
 {
     const float keep_scale = (float)(1.0 / (1.0 - (double)p));
-    FOR_EACH(i, n) {
+    const unsigned long long per_image = channels * plane;
+    FOR_EACH(e, n) {
+        unsigned long long i = e;
+        if (plane > 1) {
+            const unsigned long long image = e / per_image, at = e % per_image;
+            i = image * per_image + (at % channels) * plane + at / channels;
+        }
         const unsigned long long chunk = i / run;
         const unsigned long long key = (chunk % groups) ? key1 : key0;
         const unsigned long long index = first + (chunk / groups) * run + (i - chunk * run);
         const double u =
             (double)(mix64(key ^ mix64(index)) >> 11) * (1.0 / 9007199254740992.0);
-        put(&out[i], u >= (double)p ? widen(in[i]) * keep_scale : 0.0f);
+        put(&out[e], u >= (double)p ? widen(in[e]) * keep_scale : 0.0f);
     }
 }
 
@@ -133,10 +141,11 @@ extern "C" __global__ void tanh_backward_f32(const float* y, const float* dy, fl
 extern "C" __global__ void tanh_backward_bf16(const bf16* y, const bf16* dy, bf16* dx, unsigned long long n) { tanh_backward(y, dy, dx, n); }
 extern "C" __global__ void tanh_backward_f16(const f16* y, const f16* dy, f16* dx, unsigned long long n) { tanh_backward(y, dy, dx, n); }
 
-#define DROPOUT_ARGS unsigned long long n, float p, unsigned long long key0, unsigned long long key1, unsigned long long run, unsigned long long groups, unsigned long long first
-extern "C" __global__ void dropout_f32(const float* in, float* out, DROPOUT_ARGS) { dropout(in, out, n, p, key0, key1, run, groups, first); }
-extern "C" __global__ void dropout_bf16(const bf16* in, bf16* out, DROPOUT_ARGS) { dropout(in, out, n, p, key0, key1, run, groups, first); }
-extern "C" __global__ void dropout_f16(const f16* in, f16* out, DROPOUT_ARGS) { dropout(in, out, n, p, key0, key1, run, groups, first); }
+#define DROPOUT_ARGS unsigned long long n, float p, unsigned long long key0, unsigned long long key1, unsigned long long run, unsigned long long groups, unsigned long long first, unsigned long long channels, unsigned long long plane
+#define DROPOUT_CALL dropout(in, out, n, p, key0, key1, run, groups, first, channels, plane)
+extern "C" __global__ void dropout_f32(const float* in, float* out, DROPOUT_ARGS) { DROPOUT_CALL; }
+extern "C" __global__ void dropout_bf16(const bf16* in, bf16* out, DROPOUT_ARGS) { DROPOUT_CALL; }
+extern "C" __global__ void dropout_f16(const f16* in, f16* out, DROPOUT_ARGS) { DROPOUT_CALL; }
 
 #define SGD_ARGS unsigned long long n, float lr, float momentum, float weight_decay
 extern "C" __global__ void sgd_update_f32(float* w, const float* g, float* v, SGD_ARGS)

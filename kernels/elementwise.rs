@@ -6,10 +6,20 @@
 
 use super::{ByHalf, ByStorage, Half, Loaded, Stored, run};
 use crate::device::cuda::{grid, need};
+use crate::device::layout::Layout;
 use crate::device::{DropoutMask, SgdStep};
 use crate::error::{Error, Result};
 use crate::net::plan::TOWERS;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, PushKernelArg};
+
+/// The dropout kernel's `channels` and `plane`: a feature map's where the
+/// buffer holds it channels last, else 1 and 1 (an element its unit).
+pub fn dropout_units(mask: &DropoutMask, layout: Layout) -> (usize, usize) {
+    match (layout, mask.map) {
+        (Layout::Nhwc, Some((channels, plane))) if channels > 0 && plane > 1 => (channels, plane),
+        _ => (1, 1),
+    }
+}
 
 /// The kernels of `elementwise.cu`.
 pub struct Elementwise {
@@ -90,13 +100,15 @@ impl Elementwise {
     }
 
     /// Inverted dropout of `input` into `out` with the units `mask` keeps
-    /// (the same kernel serves the forward and the backward pass).
+    /// (the same kernel serves the forward and the backward pass), the
+    /// buffers ordered as `layout` says.
     pub fn dropout<S: Stored>(
         &self,
         stream: &CudaStream,
         input: &CudaSlice<S>,
         out: &mut CudaSlice<S>,
         mask: &DropoutMask,
+        layout: Layout,
     ) -> Result<()> {
         let n = input.len();
         need(out, n, "dropout output")?;
@@ -107,7 +119,8 @@ impl Elementwise {
             ));
         }
         let [key0, key1] = [mask.keys[0], mask.keys[mask.groups - 1]];
-        let dims = [n, mask.run, mask.groups, mask.first].map(|d| d as u64);
+        let (channels, plane) = dropout_units(mask, layout);
+        let dims = [n, mask.run, mask.groups, mask.first, channels, plane].map(|d| d as u64);
         let mut b = stream.launch_builder(self.dropout.of::<S>());
         b.arg(input)
             .arg(out)
@@ -117,7 +130,9 @@ impl Elementwise {
             .arg(&key1)
             .arg(&dims[1])
             .arg(&dims[2])
-            .arg(&dims[3]);
+            .arg(&dims[3])
+            .arg(&dims[4])
+            .arg(&dims[5]);
         run(b, grid(n))
     }
 

@@ -149,7 +149,6 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         let mut params = Vec::with_capacity(host_params.len());
         let (mut grads, mut momentum) = (Vec::new(), Vec::new());
         let layout = device.layout();
-        layout.check(&plan)?;
         for (layer, planned) in host_params.iter().zip(param_layers(&plan)) {
             let mut upload = |host: &[f32]| -> Result<D::Buf> {
                 let mut buf = device.alloc(host.len())?;
@@ -750,11 +749,16 @@ fn mask(
 ) -> DropoutMask {
     let run = layer.output.len() / plan.groups();
     let first = shard.first_image * run;
-    if plan.groups() == 1 {
-        return DropoutMask::tower(p, dropout_key_for(step_key, index, rank), first);
+    let mask = if plan.groups() == 1 {
+        DropoutMask::tower(p, dropout_key_for(step_key, index, rank), first)
+    } else {
+        let keys = std::array::from_fn(|t| dropout_key_for(step_key, index, t));
+        DropoutMask::towers(p, keys, run, first)
+    };
+    match layer.output {
+        Shape::Map { c, h, w } => mask.on_map(c, h * w),
+        Shape::Flat(_) => mask,
     }
-    let keys = std::array::from_fn(|t| dropout_key_for(step_key, index, t));
-    DropoutMask::towers(p, keys, run, first)
 }
 
 #[cfg(test)]

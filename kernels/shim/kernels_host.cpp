@@ -17,7 +17,7 @@
 //   stdout: the net's input, IMAGES*3*PLANE
 // usage: kernels_host channels_last STORAGE IMAGES CHANNELS PLANE
 //   stdin:  f32 images, CHW; stdout: them as stored, HWC
-// usage: kernels_host dropout STORAGE N P KEY0 KEY1 RUN GROUPS FIRST
+// usage: kernels_host dropout STORAGE N P KEY0 KEY1 RUN GROUPS FIRST CHANNELS PLANE
 //   stdin:  x (N); stdout: x with the mask applied
 // usage: kernels_host bias_grad STORAGE ROWS BATCH CHANNELS PLANE PER_CHUNK CHUNKS
 //   stdin:  dy (BATCH*CHANNELS*PLANE, or BATCH rows of CHANNELS where ROWS is 1)
@@ -243,13 +243,16 @@ template <class T>
 static int run_dropout(char** argv)
 {
     const unsigned long long n = arg64(argv, 3), key0 = arg64(argv, 5), key1 = arg64(argv, 6),
-                             run = arg64(argv, 7), groups = arg64(argv, 8), first = arg64(argv, 9);
+                             run = arg64(argv, 7), groups = arg64(argv, 8), first = arg64(argv, 9),
+                             channels = arg64(argv, 10), plane = arg64(argv, 11);
     const float p = (float)std::atof(argv[4]);
     std::vector<std::vector<float>> in = {std::vector<float>(n)};
     if (!inputs("dropout", in)) return 1;
     const std::vector<T> x = stored<T>(in[0]);
     std::vector<T> y(n);
-    launch([&] { dropout(x.data(), y.data(), n, p, key0, key1, run, groups, first); });
+    launch([&] {
+        dropout(x.data(), y.data(), n, p, key0, key1, run, groups, first, channels, plane);
+    });
     return write_all(y) ? 0 : 1;
 }
 
@@ -344,7 +347,7 @@ int main(int argc, char** argv)
     if (std::strcmp(op, "pool") == 0 && argc == 11) return BY_STORAGE(run_pool);
     if (std::strcmp(op, "input") == 0 && argc == 6) return BY_STORAGE(run_input);
     if (std::strcmp(op, "channels_last") == 0 && argc == 6) return BY_STORAGE(run_channels_last);
-    if (std::strcmp(op, "dropout") == 0 && argc == 10) return BY_STORAGE(run_dropout);
+    if (std::strcmp(op, "dropout") == 0 && argc == 12) return BY_STORAGE(run_dropout);
     if (std::strcmp(op, "bias_grad") == 0 && argc == 9) return BY_STORAGE(run_bias_grad);
     if (std::strcmp(op, "loss") == 0 && argc == 8) return BY_STORAGE(run_loss);
     if (std::strcmp(op, "round") == 0 && argc == 3) return BY_STORAGE(run_round);

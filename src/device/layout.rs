@@ -9,8 +9,7 @@
 //! `[out][h][w][c]`, so that no activation is ever transposed.
 
 use crate::device::precision::Storage;
-use crate::error::{Error, Result};
-use crate::net::plan::{Op, Plan, PlannedLayer, Shape};
+use crate::net::plan::{Op, PlannedLayer, Shape};
 use std::borrow::Cow;
 
 /// Where a feature map's channels sit in memory.
@@ -52,24 +51,6 @@ impl Layout {
                 transpose_rows(&block, positions, channels)
             }
             _ => block,
-        }
-    }
-
-    /// Refuses a plan this layout cannot run: dropout on a feature map
-    /// draws each unit's mask by its place in the buffer (§4.2), which
-    /// only channels first gives the CPU's and each tower's order.
-    pub fn check(self, plan: &Plan) -> Result<()> {
-        let on_map = plan
-            .layers
-            .iter()
-            .find(|l| matches!(l.op, Op::Dropout { .. }) && matches!(l.input, Shape::Map { .. }));
-        match (self, on_map) {
-            (Layout::Nhwc, Some(layer)) => Err(Error::Input(format!(
-                "preset {}: layer {} drops units of a feature map, which the GPU at 16 bits \
-                 (channels last) does not run; use --precision fp32 or tf32 there, or the CPU",
-                plan.spec.name, layer.name
-            ))),
-            _ => Ok(()),
         }
     }
 }
@@ -163,23 +144,6 @@ mod tests {
         }
         // fc6 of the towers and of the grouped network.
         assert_eq!(fc_reading_maps, 2);
-    }
-
-    #[test]
-    fn channels_last_refuses_dropout_on_a_feature_map_only() {
-        let paper = Plan::load("paper").unwrap();
-        Layout::Nhwc.check(&paper).unwrap();
-        let spec = crate::net::spec::NetSpec::parse(
-            "name = \"drop\"\nlayers = [{type = \"conv\", name = \"c\", filters = 4, kernel = 3}, \
-             {type = \"dropout\", p = 0.5}, {type = \"fc\", name = \"fc\", units = 2, both_towers = true}]\n\
-             [input]\nchannels = 3\nsize = 16\n",
-            std::path::Path::new("drop.toml"),
-        )
-        .unwrap();
-        let drop = Plan::new(spec).unwrap();
-        Layout::Nchw.check(&drop).unwrap();
-        let e = Layout::Nhwc.check(&drop).unwrap_err();
-        assert!(e.is_input() && e.to_string().contains("feature map"), "{e}");
     }
 
     #[test]

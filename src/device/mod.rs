@@ -52,7 +52,8 @@ impl SgdStep {
 /// kept when [`cpu::dropout_keeps`]`(keys[g], first + n·run + u, p)`, so
 /// every tower draws its own mask wherever its units are held. `first` is
 /// the shard's first image times `run`: a replica's shard draws its
-/// images' masks.
+/// images' masks. Unit indices count channels first; `map` says how a
+/// device that stores a feature map channels last finds them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DropoutMask {
     pub p: f32,
@@ -61,6 +62,9 @@ pub struct DropoutMask {
     pub groups: usize,
     pub run: usize,
     pub first: usize,
+    /// Where the units are a feature map: its channels (every tower's the
+    /// buffer holds) and positions per channel; `None` for a vector.
+    pub map: Option<(usize, usize)>,
 }
 
 impl DropoutMask {
@@ -75,6 +79,7 @@ impl DropoutMask {
             groups: 1,
             run: 1,
             first,
+            map: None,
         }
     }
 
@@ -87,6 +92,16 @@ impl DropoutMask {
             groups: TOWERS,
             run,
             first,
+            map: None,
+        }
+    }
+
+    /// The same mask over units that are a feature map of `channels`
+    /// channels of `plane` positions each.
+    pub const fn on_map(self, channels: usize, plane: usize) -> DropoutMask {
+        DropoutMask {
+            map: Some((channels, plane)),
+            ..self
         }
     }
 

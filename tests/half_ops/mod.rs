@@ -282,7 +282,7 @@ fn ops_at<H: Host16>(precision: Precision) {
                 let mut y_g = gpu.zeros::<H>(out_len);
                 gpu.kernels
                     .elementwise
-                    .dropout(&gpu.stream, &x_g, &mut y_g, &mask)
+                    .dropout(&gpu.stream, &x_g, &mut y_g, &mask, layout)
                     .unwrap();
                 assert_eq!(gpu.down(&y_g), y, "{}", what("y"));
             }

@@ -395,9 +395,10 @@ impl<H: Half> Device for CudaDevice<H> {
         y: &mut Self::Buf,
         mask: &DropoutMask,
     ) -> Result<()> {
+        let layout = self.data_layout();
         self.kernels
             .elementwise
-            .dropout(&self.stream, x.stored()?, y.stored_mut()?, mask)
+            .dropout(&self.stream, x.stored()?, y.stored_mut()?, mask, layout)
     }
 
     fn dropout_backward(
@@ -406,9 +407,10 @@ impl<H: Half> Device for CudaDevice<H> {
         dx: &mut Self::Buf,
         mask: &DropoutMask,
     ) -> Result<()> {
+        let layout = self.data_layout();
         self.kernels
             .elementwise
-            .dropout(&self.stream, dy.stored()?, dx.stored_mut()?, mask)
+            .dropout(&self.stream, dy.stored()?, dx.stored_mut()?, mask, layout)
     }
 
     fn softmax_cross_entropy(

@@ -641,7 +641,10 @@ impl Device for CudaDevice<f32> {
         y: &mut Self::Buf,
         mask: &DropoutMask,
     ) -> Result<()> {
-        self.kernels.elementwise.dropout(&self.stream, x, y, mask)
+        let layout = self.data_layout();
+        self.kernels
+            .elementwise
+            .dropout(&self.stream, x, y, mask, layout)
     }
 
     fn dropout_backward(
@@ -650,7 +653,10 @@ impl Device for CudaDevice<f32> {
         dx: &mut Self::Buf,
         mask: &DropoutMask,
     ) -> Result<()> {
-        self.kernels.elementwise.dropout(&self.stream, dy, dx, mask)
+        let layout = self.data_layout();
+        self.kernels
+            .elementwise
+            .dropout(&self.stream, dy, dx, mask, layout)
     }
 
     fn softmax_cross_entropy(
