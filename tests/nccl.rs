@@ -1,5 +1,6 @@
 //! The NCCL link. A two-tower step over NCCL against the host link needs two
-//! GPUs; NCCL's init and error paths need one. Each test says why it skips;
+//! GPUs; NCCL's init and error paths need one. A test that cannot run here
+//! is reported as ignored (libtest-mimic's harness), saying why;
 //! `ALEXNET_REQUIRE_GPU=1` (scripts/gpu-check) makes a missing GPU or NCCL
 //! a failure for the one-GPU test.
 
@@ -14,19 +15,60 @@ use alexnet::rng::Rng;
 use alexnet::tower::ParamSet;
 use alexnet::towers::{Batch, TowerPair};
 use alexnet::watch::Watch;
-use std::io::Write;
+use libtest_mimic::{Arguments, Trial};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use update::{UPDATE_ELEMENT_TOL, UPDATE_NORM_TOL, compare_updates};
 
 mod update;
 
-fn skip(why: &str, required: bool) {
-    assert!(
-        !(required && std::env::var("ALEXNET_REQUIRE_GPU").is_ok()),
-        "ALEXNET_REQUIRE_GPU is set but {why}"
-    );
-    let _ = writeln!(std::io::stderr(), "nccl test skipped: {why}");
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let trials = vec![
+        Trial::test(
+            "the_version_is_the_loaded_librarys_or_its_absence_is_a_clear_error",
+            || {
+                the_version_is_the_loaded_librarys_or_its_absence_is_a_clear_error();
+                Ok(())
+            },
+        ),
+        needing(
+            "one_rank_joins_and_a_bad_rank_is_a_clear_error",
+            1,
+            true,
+            one_rank_joins_and_a_bad_rank_is_a_clear_error,
+        ),
+        needing(
+            "two_towers_over_nccl_match_the_host_link",
+            2,
+            false,
+            two_towers_over_nccl_match_the_host_link,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// `test`, which needs `gpus` GPUs and NCCL: ignored, saying why, where
+/// they are missing, or failed instead where it is `required` and
+/// `ALEXNET_REQUIRE_GPU` is set.
+fn needing(name: &'static str, gpus: usize, required: bool, test: fn()) -> Trial {
+    let run = move || {
+        test();
+        Ok(())
+    };
+    match available(gpus) {
+        Ok(()) => Trial::test(name, run),
+        Err(why) if required && std::env::var("ALEXNET_REQUIRE_GPU").is_ok() => {
+            Trial::test(name, move || {
+                Err(format!("ALEXNET_REQUIRE_GPU is set but {why}").into())
+            })
+        }
+        Err(why) => {
+            eprintln!("nccl test {name} skipped, reported as ignored: {why}");
+            Trial::test(name, run).with_ignored_flag(true)
+        }
+    }
 }
 
 /// GPUs and NCCL present, or the reason not.
@@ -67,7 +109,6 @@ fn version_in_loaded_file() -> (String, String) {
     (file, version)
 }
 
-#[test]
 fn the_version_is_the_loaded_librarys_or_its_absence_is_a_clear_error() {
     match alexnet::device::cuda::nccl_lib::version() {
         Ok(v) => {
@@ -90,19 +131,12 @@ fn the_version_is_the_loaded_librarys_or_its_absence_is_a_clear_error() {
             assert!(why.starts_with("libnccl.so not found"), "{why}");
             let e = nccl::new_id().unwrap_err().to_string();
             assert!(e.starts_with("NCCL: libnccl.so not found"), "{e}");
-            skip(
-                &format!("{why}: its absence is a clear error, its version not checked"),
-                false,
-            );
+            eprintln!("nccl: {why}: its absence is a clear error, its version not checked");
         }
     }
 }
 
-#[test]
 fn one_rank_joins_and_a_bad_rank_is_a_clear_error() {
-    if let Err(why) = available(1) {
-        return skip(&why, true);
-    }
     let device = CudaDevice::<f32>::new(0, CudaOptions::default()).expect("GPU 0 opens");
     let id = nccl::new_id().expect("an NCCL id");
     let watch = || {
@@ -123,11 +157,7 @@ fn one_rank_joins_and_a_bad_rank_is_a_clear_error() {
     );
 }
 
-#[test]
 fn two_towers_over_nccl_match_the_host_link() {
-    if let Err(why) = available(2) {
-        return skip(&why, false);
-    }
     let plan = Arc::new(Plan::load("small").unwrap());
     let batch = 8;
     let init = init_twin(&plan, InitScheme::He, 3);

@@ -1,6 +1,7 @@
 //! Two replicas of the pair on four GPUs (towers over NCCL, gradients
 //! averaged over NCCL) against one CPU pair on the whole batch. Needs four
-//! GPUs and NCCL; says why it skips. Nothing here has run on real GPUs yet.
+//! GPUs and NCCL; without them it is reported as ignored (libtest-mimic's
+//! harness), saying why. Nothing here has run on real GPUs yet.
 
 use alexnet::device::SgdStep;
 use alexnet::device::cuda::{CudaOptions, probe};
@@ -13,7 +14,8 @@ use alexnet::replicas::Replicas;
 use alexnet::rng::Rng;
 use alexnet::tower::ParamSet;
 use alexnet::towers::Batch;
-use std::io::Write;
+use libtest_mimic::{Arguments, Trial};
+use std::process::ExitCode;
 use std::sync::Arc;
 use update::{UPDATE_ELEMENT_TOL, UPDATE_NORM_TOL, compare_updates};
 
@@ -28,12 +30,21 @@ fn available() -> Result<(), String> {
     alexnet::device::cuda::nccl_lib::version().map(drop)
 }
 
-#[test]
-fn two_replicas_on_four_gpus_train_as_one_cpu_pair() {
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let name = "two_replicas_on_four_gpus_train_as_one_cpu_pair";
+    let mut trial = Trial::test(name, || {
+        two_replicas_on_four_gpus_train_as_one_cpu_pair();
+        Ok(())
+    });
     if let Err(why) = available() {
-        let _ = writeln!(std::io::stderr(), "nccl replicas test skipped: {why}");
-        return;
+        eprintln!("nccl replicas test skipped, reported as ignored: {why}");
+        trial = trial.with_ignored_flag(true);
     }
+    libtest_mimic::run(&args, vec![trial]).exit_code()
+}
+
+fn two_replicas_on_four_gpus_train_as_one_cpu_pair() {
     let plan = Arc::new(Plan::load("small").unwrap());
     let batch = 16;
     let init = init_twin(&plan, InitScheme::He, 3);
