@@ -120,6 +120,20 @@ impl Elementwise {
         }
         let [key0, key1] = [mask.keys[0], mask.keys[mask.groups - 1]];
         let (channels, plane) = dropout_units(mask, layout);
+        // A map must hold whole images, and two towers' runs must tile each.
+        let per_image = channels * plane;
+        if plane > 1
+            && (!n.is_multiple_of(per_image)
+                || (mask.groups > 1 && per_image != mask.groups * mask.run))
+        {
+            return Err(Error::cuda(
+                "dropout",
+                format!(
+                    "a map of {channels} channels of {plane} does not tile {n} units in {} runs of {}",
+                    mask.groups, mask.run
+                ),
+            ));
+        }
         let dims = [n, mask.run, mask.groups, mask.first, channels, plane].map(|d| d as u64);
         let mut b = stream.launch_builder(self.dropout.of::<S>());
         b.arg(input)

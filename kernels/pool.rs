@@ -89,7 +89,7 @@ pub fn planes(s: &PoolShape, batch: usize, layout: Layout) -> (usize, usize) {
 }
 
 /// The kernels' dimension arguments after `planes`, in their order.
-fn dims(s: &PoolShape, interleaved: usize) -> [u32; 7] {
+pub fn dims(s: &PoolShape, interleaved: usize) -> [u32; 7] {
     [
         s.in_h,
         s.in_w,

@@ -815,4 +815,41 @@ mod tests {
         );
         assert!(check_labels(&[0, classes - 1], plan.classes()).is_ok());
     }
+
+    /// Dropout on a feature map tells the device the map: one tower's
+    /// channels in a tower's plan, both towers' in the grouped network's,
+    /// whose two runs each cover one tower's half.
+    #[test]
+    fn a_mask_on_a_feature_map_carries_its_channels_and_plane() {
+        let spec = crate::net::spec::NetSpec::parse(
+            "name = \"drop\"\nlayers = [{type = \"conv\", name = \"c\", filters = 4, kernel = 3}, \
+             {type = \"dropout\", p = 0.5}, {type = \"fc\", name = \"fc\", units = 2, both_towers = true}]\n\
+             [input]\nchannels = 3\nsize = 16\n",
+            std::path::Path::new("drop.toml"),
+        )
+        .unwrap();
+        let towers = Plan::new(spec).unwrap();
+        let grouped = towers.grouped().unwrap();
+        for (plan, channels) in [(&towers, 4), (&grouped, 8)] {
+            let (index, layer) = plan
+                .layers
+                .iter()
+                .enumerate()
+                .find(|(_, l)| matches!(l.op, Op::Dropout { .. }))
+                .unwrap();
+            let Shape::Map { h, w, .. } = layer.output else {
+                panic!("dropout on the conv's map");
+            };
+            let m = mask(plan, layer, index, 0.5, 7, 0, Shard::WHOLE);
+            assert_eq!(m.map, Some((channels, h * w)), "{} towers", plan.towers);
+            let runs = if plan.groups() == 1 {
+                (1, 1)
+            } else {
+                (2, 4 * h * w)
+            };
+            assert_eq!((m.groups, m.run), runs, "{} towers", plan.towers);
+        }
+        let fc = towers.layers.last().unwrap();
+        assert_eq!(mask(&towers, fc, 2, 0.5, 7, 0, Shard::WHOLE).map, None);
+    }
 }

@@ -72,6 +72,25 @@ impl Storage {
         }
     }
 
+    /// `x`'s place on the line of this storage's values, in steps from
+    /// zero (negative below it), after rounding `x` to the storage: two
+    /// values' difference is how many 16-bit steps lie between them. The
+    /// full storage counts f32 steps.
+    pub fn steps_from_zero(self, x: f32) -> i64 {
+        let (magnitude, negative) = match self {
+            Storage::Full => (i64::from(x.to_bits() & 0x7fff_ffff), x.is_sign_negative()),
+            Storage::Bf16 => {
+                let bits = bf16::from_f32(x).to_bits();
+                (i64::from(bits & 0x7fff), bits & 0x8000 != 0)
+            }
+            Storage::F16 => {
+                let bits = f16::from_f32(x).to_bits();
+                (i64::from(bits & 0x7fff), bits & 0x8000 != 0)
+            }
+        };
+        if negative { -magnitude } else { magnitude }
+    }
+
     /// Whether this storage is narrower than the device's own type.
     pub fn is_16_bit(self) -> bool {
         self != Storage::Full
@@ -176,6 +195,23 @@ impl Default for LossScale {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_from_zero_count_each_storages_values() {
+        // 1.0 is bf16 0x3f80 and fp16 0x3c00; fp16's largest is 0x7bff.
+        assert_eq!(Storage::Bf16.steps_from_zero(1.0), 0x3f80);
+        assert_eq!(Storage::Bf16.steps_from_zero(1.0 + 1.0 / 128.0), 0x3f81);
+        assert_eq!(Storage::F16.steps_from_zero(-1.0), -0x3c00);
+        assert_eq!(Storage::F16.steps_from_zero(65504.0), 0x7bff);
+        assert_eq!(
+            Storage::Full.steps_from_zero(f32::MIN_POSITIVE),
+            0x0080_0000
+        );
+        for storage in [Storage::Full, Storage::Bf16, Storage::F16] {
+            assert_eq!(storage.steps_from_zero(0.0), 0);
+            assert_eq!(storage.steps_from_zero(-0.0), 0);
+        }
+    }
 
     #[test]
     fn a_slice_rounds_bit_for_bit_as_the_half_crate_rounds_each_value() {

@@ -96,20 +96,6 @@ fn stored(storage: Storage, n: usize, seed: u64, scale: f64) -> Vec<f32> {
         .collect()
 }
 
-/// `v`'s position among `storage`'s values, in steps from zero.
-fn steps_from_zero(storage: Storage, v: f32) -> i64 {
-    let bits = match storage {
-        Storage::Bf16 => half::bf16::from_f32(v).to_bits(),
-        _ => half::f16::from_f32(v).to_bits(),
-    };
-    let magnitude = i64::from(bits & 0x7fff);
-    if bits & 0x8000 != 0 {
-        -magnitude
-    } else {
-        magnitude
-    }
-}
-
 /// An op that rounds once from f32 arithmetic like the reference's: every
 /// value within one storage step of the CPU's, and at most 1% one step off
 /// (where the two sides' f32 arithmetic straddles a rounding boundary).
@@ -117,7 +103,7 @@ fn assert_rounds_alike(storage: Storage, what: &str, gpu: &[f32], cpu: &[f32]) {
     assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
     let mut off = 0;
     for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
-        let apart = (steps_from_zero(storage, g) - steps_from_zero(storage, c)).abs();
+        let apart = (storage.steps_from_zero(g) - storage.steps_from_zero(c)).abs();
         assert!(
             apart <= 1,
             "{what}[{i}]: GPU {g}, CPU {c}: {apart} steps apart"

@@ -93,9 +93,9 @@ fn dropout_on_a_feature_map_draws_each_units_mask_in_both_layouts() {
     let plane = 5 * 7;
     let masks = [
         DropoutMask::tower(0.5, 21, 6 * plane).on_map(6, plane),
-        DropoutMask::towers(0.4, [22, 23], 4 * plane, 0).on_map(8, plane),
+        DropoutMask::towers(0.4, [22, 23], 4 * plane, 5 * 4 * plane).on_map(8, plane),
     ];
-    for storage in [Storage::Full, Storage::Bf16] {
+    for storage in [Storage::Full, Storage::Bf16, Storage::F16] {
         for layout in LAYOUTS {
             for mask in &masks {
                 let (channels, plane) = mask.map.expect("a feature map");

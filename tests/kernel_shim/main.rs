@@ -23,21 +23,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// The shim, compiled once per test process: the tests run in parallel,
-/// and one compiling over the executable while another runs it would fail.
-fn build_shim() -> &'static Path {
-    static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(compile_shim)
+/// Which build of the shim runs.
+#[derive(Debug, Clone, Copy)]
+enum Build {
+    Plain,
+    /// With ThreadSanitizer: threads of a block that touch its shared
+    /// memory with no barrier between them fail the run.
+    RaceChecked,
 }
 
-fn compile_shim() -> PathBuf {
+/// The shim, compiled once per test process and build: the tests run in
+/// parallel, and one compiling over the executable while another runs it
+/// would fail.
+fn build_shim(build: Build) -> &'static Path {
+    static PLAIN: OnceLock<PathBuf> = OnceLock::new();
+    static RACE_CHECKED: OnceLock<PathBuf> = OnceLock::new();
+    match build {
+        Build::Plain => PLAIN.get_or_init(|| compile_shim("kernels_host", &["-O2"])),
+        Build::RaceChecked => RACE_CHECKED
+            .get_or_init(|| compile_shim("kernels_host_tsan", &["-O1", "-g", "-fsanitize=thread"])),
+    }
+}
+
+fn compile_shim(name: &str, flags: &[&str]) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernels_host");
+    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     // No contraction of a multiply and an add into one rounding: the
     // kernels' __fmul_rn and __fadd_rn round each.
     let status = Command::new(&compiler)
-        .args(["-O2", "-std=c++20", "-pthread", "-ffp-contract=off"])
+        .args(flags)
+        .args(["-std=c++20", "-pthread", "-ffp-contract=off"])
         .args(["-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&exe)
         .arg(root.join("kernels/shim/kernels_host.cpp"))
@@ -45,7 +61,7 @@ fn compile_shim() -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{compiler}` (set CXX): {e}"));
     assert!(
         status.success(),
-        "{compiler} failed on kernels/shim/kernels_host.cpp"
+        "{compiler} {flags:?} failed on kernels/shim/kernels_host.cpp"
     );
     exe
 }
@@ -61,11 +77,18 @@ fn storage_arg(storage: Storage) -> &'static str {
 
 /// Runs the shim's `op` at `storage` with `args` and `stdin`; its stdout.
 fn shim_bytes(op: &str, storage: Storage, args: &[String], stdin: &[u8]) -> Vec<u8> {
-    let mut child = Command::new(build_shim())
+    shim_output(Build::Plain, op, storage, args, stdin)
+}
+
+/// Runs `build` of the shim's `op` at `storage` with `args` and `stdin`;
+/// its stdout, once it has succeeded.
+fn shim_output(build: Build, op: &str, storage: Storage, args: &[String], stdin: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(build_shim(build))
         .args([op, storage_arg(storage)])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("the shim starts");
     child
@@ -77,8 +100,9 @@ fn shim_bytes(op: &str, storage: Storage, args: &[String], stdin: &[u8]) -> Vec<
     let out = child.wait_with_output().expect("the shim finishes");
     assert!(
         out.status.success(),
-        "the shim's {op} failed: {:?}",
-        out.status
+        "the {build:?} shim's {op} failed: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
 }
@@ -210,22 +234,6 @@ fn lrn_kernels_match_the_cpu_device() {
     }
 }
 
-/// `v`'s position on the line of `storage`'s values, in steps from zero
-/// (`v` must be one of them).
-fn steps_from_zero(storage: Storage, v: f32) -> i32 {
-    let bits = match storage {
-        Storage::Bf16 => half::bf16::from_f32(v).to_bits(),
-        Storage::F16 => half::f16::from_f32(v).to_bits(),
-        Storage::Full => unreachable!("16-bit storage only"),
-    };
-    let magnitude = i32::from(bits & 0x7fff);
-    if bits & 0x8000 != 0 {
-        -magnitude
-    } else {
-        magnitude
-    }
-}
-
 /// Every kernel output is a `storage` value within one step of the CPU
 /// reference's, and nearly all equal it: only where the two sides' f32
 /// arithmetic (the kernel's `powf`, the CPU's square roots; the order of
@@ -240,7 +248,7 @@ fn assert_same_storage(storage: Storage, what: &str, got: &[f32], want: &[f32]) 
             g,
             "{what}[{i}] = {g} is not a {storage:?} value"
         );
-        let apart = (steps_from_zero(storage, g) - steps_from_zero(storage, w)).abs();
+        let apart = (storage.steps_from_zero(g) - storage.steps_from_zero(w)).abs();
         assert!(
             apart <= 1,
             "{what}[{i}]: kernel {g}, CPU reference {w}: {apart} {storage:?} steps apart"
@@ -334,17 +342,10 @@ fn pool_kernels_match_the_cpu_device_in_both_layouts() {
                     .expect("the CPU backward pass");
 
                 let (planes, interleaved) = pool::planes(s, batch, layout);
-                let args = [
-                    planes,
-                    s.in_h,
-                    s.in_w,
-                    s.size,
-                    s.stride,
-                    s.out_h,
-                    s.out_w,
-                    interleaved,
-                ]
-                .map(|v| v.to_string());
+                let args: Vec<String> = std::iter::once(planes as u32)
+                    .chain(pool::dims(s, interleaved))
+                    .map(|v| v.to_string())
+                    .collect();
                 let out = run_shim(
                     "pool",
                     storage,

@@ -3,7 +3,7 @@
 //! the device chunks them, against exact sums; softmax cross-entropy and a
 //! batch's loss statistics against the CPU device at every storage.
 
-use super::{LAYOUTS, assert_same_storage, reorder, run_shim};
+use super::{Build, LAYOUTS, assert_same_storage, reorder, run_shim, shim_output};
 use alexnet::device::Device;
 use alexnet::device::cpu::CpuDevice;
 use alexnet::device::cuda::kernels::reduce::BiasGrad;
@@ -98,9 +98,16 @@ fn loss_shim(
     )
 }
 
+/// Few classes, and more than a block's 256 threads (each thread's loops
+/// over the classes and over its tower's logits wrap).
 #[test]
 fn loss_kernels_match_the_cpu_device() {
-    let (towers, per_tower, batch) = (2, 7, 6);
+    for (per_tower, batch) in [(7, 6), (300, 3)] {
+        loss_matches_the_cpu_device(2, per_tower, batch);
+    }
+}
+
+fn loss_matches_the_cpu_device(towers: usize, per_tower: usize, batch: usize) {
     let classes = towers * per_tower;
     for storage in STORAGES {
         for (tower, grad_scale) in [(0, 1.0), (1, 1024.0)] {
@@ -120,7 +127,7 @@ fn loss_kernels_match_the_cpu_device() {
                 .take_loss_stats()
                 .expect("the CPU's statistics")
                 .remove(0);
-            let what = format!("{storage:?} tower {tower} scale {grad_scale}");
+            let what = format!("{storage:?} {classes} classes, tower {tower} scale {grad_scale}");
             match storage {
                 Storage::Full => {
                     for (i, (g, w)) in out[0].iter().zip(&dlogits).enumerate() {
@@ -155,4 +162,39 @@ fn loss_kernels_match_the_cpu_device() {
             );
         }
     }
+}
+
+/// The kernels that synchronise their block (the bias gradient's first
+/// pass over images, the loss's trees) under ThreadSanitizer: a barrier
+/// missing between a tree's writes and its reads fails the run.
+#[test]
+fn block_reductions_have_no_data_race() {
+    let floats = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let (batch, channels, plane) = (3, 5, 7);
+    let shape = BiasGrad::over_images(batch, channels, plane);
+    let args = [
+        0,
+        shape.batch,
+        shape.channels,
+        shape.plane,
+        shape.per_chunk,
+        shape.chunks,
+    ]
+    .map(|v| v.to_string());
+    let dy = vec![0.5f32; batch * channels * plane];
+    shim_output(
+        Build::RaceChecked,
+        "bias_grad",
+        Storage::Full,
+        &args,
+        &floats(&dy),
+    );
+    let (towers, per_tower, batch) = (2, 300, 2);
+    let logits: Vec<f32> = (0..towers * batch * per_tower)
+        .map(|i| (i % 13) as f32 / 4.0)
+        .collect();
+    let mut input = floats(&logits);
+    input.extend(floats(&[3.0, 599.0]));
+    let args = [batch, towers, per_tower, 1, 1].map(|v| v.to_string());
+    shim_output(Build::RaceChecked, "loss", Storage::Bf16, &args, &input);
 }
