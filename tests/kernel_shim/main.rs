@@ -107,6 +107,15 @@ fn shim_output(build: Build, op: &str, storage: Storage, args: &[String], stdin:
     out.stdout
 }
 
+/// `inputs` one after another as the shim reads them: little-endian f32.
+fn le_bytes(inputs: &[&[f32]]) -> Vec<u8> {
+    inputs
+        .iter()
+        .flat_map(|v| v.iter())
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+}
+
 /// Runs the shim's `op` at `storage` with `args`, `inputs` on its stdin;
 /// returns its outputs, of the lengths `outputs` gives, widened to f32.
 fn run_shim(
@@ -116,12 +125,7 @@ fn run_shim(
     inputs: &[&[f32]],
     outputs: &[usize],
 ) -> Vec<Vec<f32>> {
-    let bytes: Vec<u8> = inputs
-        .iter()
-        .flat_map(|v| v.iter())
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let out = shim_bytes(op, storage, args, &bytes);
+    let out = shim_bytes(op, storage, args, &le_bytes(inputs));
     let floats: Vec<f32> = out
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -454,8 +458,7 @@ fn the_shims_16_bit_conversions_are_the_half_crates() {
         f32::INFINITY,
     ]);
     for storage in [Storage::Bf16, Storage::F16] {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let out = shim_bytes("round", storage, &[], &bytes);
+        let out = shim_bytes("round", storage, &[], &le_bytes(&[&values]));
         assert_eq!(out.len(), 2 * values.len() + 4 * 65536);
         let (rounded, widened) = out.split_at(2 * values.len());
         for (&v, b) in values.iter().zip(rounded.chunks_exact(2)) {

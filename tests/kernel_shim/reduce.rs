@@ -3,7 +3,7 @@
 //! the device chunks them, against exact sums; softmax cross-entropy and a
 //! batch's loss statistics against the CPU device at every storage.
 
-use super::{Build, LAYOUTS, assert_same_storage, reorder, run_shim, shim_output};
+use super::{Build, LAYOUTS, assert_same_storage, le_bytes, reorder, run_shim, shim_output};
 use alexnet::device::Device;
 use alexnet::device::cpu::CpuDevice;
 use alexnet::device::cuda::kernels::reduce::BiasGrad;
@@ -24,21 +24,26 @@ fn bias_grad_shim(
     channels: usize,
     plane: usize,
 ) -> Vec<f32> {
-    let (rows, shape) = match layout {
-        Layout::Nchw => (0, BiasGrad::over_images(batch, channels, plane)),
-        Layout::Nhwc => (1, BiasGrad::over_rows(batch * plane, channels)),
+    let args = match layout {
+        Layout::Nchw => bias_grad_args(false, BiasGrad::over_images(batch, channels, plane)),
+        Layout::Nhwc => bias_grad_args(true, BiasGrad::over_rows(batch * plane, channels)),
     };
-    let args = [
-        rows,
+    let dy = reorder(layout, channels, plane, dy, false);
+    run_shim("bias_grad", storage, &args, &[&dy], &[channels]).remove(0)
+}
+
+/// The shim's `bias_grad` arguments for `shape`, over rows of a
+/// channels-last map where `rows`.
+fn bias_grad_args(rows: bool, shape: BiasGrad) -> [String; 6] {
+    [
+        usize::from(rows),
         shape.batch,
         shape.channels,
         shape.plane,
         shape.per_chunk,
         shape.chunks,
     ]
-    .map(|v| v.to_string());
-    let dy = reorder(layout, channels, plane, dy, false);
-    run_shim("bias_grad", storage, &args, &[&dy], &[channels]).remove(0)
+    .map(|v| v.to_string())
 }
 
 /// Every sum exact: the gradients are eighths below 1, so every partial
@@ -169,32 +174,21 @@ fn loss_matches_the_cpu_device(towers: usize, per_tower: usize, batch: usize) {
 /// missing between a tree's writes and its reads fails the run.
 #[test]
 fn block_reductions_have_no_data_race() {
-    let floats = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|v| v.to_le_bytes()).collect() };
     let (batch, channels, plane) = (3, 5, 7);
-    let shape = BiasGrad::over_images(batch, channels, plane);
-    let args = [
-        0,
-        shape.batch,
-        shape.channels,
-        shape.plane,
-        shape.per_chunk,
-        shape.chunks,
-    ]
-    .map(|v| v.to_string());
+    let args = bias_grad_args(false, BiasGrad::over_images(batch, channels, plane));
     let dy = vec![0.5f32; batch * channels * plane];
     shim_output(
         Build::RaceChecked,
         "bias_grad",
         Storage::Full,
         &args,
-        &floats(&dy),
+        &le_bytes(&[&dy]),
     );
     let (towers, per_tower, batch) = (2, 300, 2);
     let logits: Vec<f32> = (0..towers * batch * per_tower)
         .map(|i| (i % 13) as f32 / 4.0)
         .collect();
-    let mut input = floats(&logits);
-    input.extend(floats(&[3.0, 599.0]));
+    let input = le_bytes(&[&logits, &[3.0, 599.0]]);
     let args = [batch, towers, per_tower, 1, 1].map(|v| v.to_string());
     shim_output(Build::RaceChecked, "loss", Storage::Bf16, &args, &input);
 }

@@ -873,21 +873,21 @@ mod tests {
     use super::*;
     use crate::net::plan::{Op, Plan};
 
-    fn convs(plan: &Plan) -> Vec<ConvShape> {
-        let shapes = plan.layers.iter().filter_map(|l| match &l.op {
+    /// The paper's conv3, the convolution that reads both towers.
+    fn paper_conv3() -> ConvShape {
+        let plan = Plan::load("paper").unwrap();
+        let mut shapes = plan.layers.iter().filter_map(|l| match &l.op {
             Op::Conv(s) => Some(*s),
             _ => None,
         });
-        shapes.collect()
+        shapes
+            .find(|s| s.sources == 2)
+            .expect("conv3 reads both towers")
     }
 
     #[test]
     fn the_papers_second_sources_start_on_256_byte_boundaries() {
-        let plan = Plan::load("paper").unwrap();
-        let conv3 = convs(&plan)
-            .into_iter()
-            .find(|s| s.sources == 2)
-            .expect("conv3 reads both towers");
+        let conv3 = paper_conv3();
         for storage in [Storage::Full, Storage::Bf16, Storage::F16] {
             assert_eq!(second_source_misalignment(&conv3, storage), 0);
         }
@@ -895,8 +895,7 @@ mod tests {
 
     #[test]
     fn an_odd_image_size_is_measured_misaligned_and_one_source_never() {
-        let plan = Plan::load("paper").unwrap();
-        let conv3 = convs(&plan).into_iter().find(|s| s.sources == 2).unwrap();
+        let conv3 = paper_conv3();
         // 3 channels of 5×5: 75 elements an image, 150 bytes at 16 bits.
         let odd = ConvShape {
             in_c: 3,
