@@ -21,6 +21,16 @@ pub fn dropout_units(mask: &DropoutMask, layout: Layout) -> (usize, usize) {
     }
 }
 
+/// The `bias_fill` kernel's `plane` for a layer output of `plane`
+/// positions a channel: the channel changes every plane in NCHW, every
+/// element in NHWC.
+pub fn bias_plane(layout: Layout, plane: usize) -> usize {
+    match layout {
+        Layout::Nchw => plane,
+        Layout::Nhwc => 1,
+    }
+}
+
 /// The kernels of `elementwise.cu`.
 pub struct Elementwise {
     relu_forward: ByStorage,

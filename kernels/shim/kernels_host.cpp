@@ -26,6 +26,17 @@
 //   stdin:  logits (TOWERS*BATCH*PER_TOWER), then BATCH labels as f32
 //   stdout: dlogits (BATCH*PER_TOWER), the per-image statistics (3*BATCH),
 //           then their sums (3), the statistics narrowed to f32
+// usage: kernels_host pointwise STORAGE N
+//   stdin:  x, then dy (N each)
+//   stdout: relu(x), relu's dx from its y and dy, tanh(x), tanh's dx from
+//           its y and dy, x + dy, then the non-finite flag of x (1 value)
+// usage: kernels_host sgd STORAGE N LR MOMENTUM WEIGHT_DECAY
+//   stdin:  w, g, v (N each); stdout: w, v after the step, then (16-bit
+//           storages only) the weights' copy
+// usage: kernels_host bias_fill STORAGE N CHANNELS PLANE
+//   stdin:  bias (CHANNELS); stdout: y (N)
+// usage: kernels_host convert STORAGE (bf16 or f16) N
+//   stdin:  x (N); stdout: x narrowed to the storage and widened back
 // usage: kernels_host round STORAGE (bf16 or f16)
 //   stdin:  f32 values; stdout: each one's 16 storage bits (little-endian
 //   u16), then every one of the 65536 bit patterns widened to f32
@@ -36,6 +47,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 struct dim3 {
@@ -309,6 +321,90 @@ static int run_loss(char** argv)
 }
 
 template <class T>
+static int run_pointwise(char** argv)
+{
+    const unsigned long long n = arg64(argv, 3);
+    std::vector<std::vector<float>> in = {std::vector<float>(n), std::vector<float>(n)};
+    if (!inputs("pointwise", in)) return 1;
+    const std::vector<T> x = stored<T>(in[0]), dy = stored<T>(in[1]);
+    std::vector<T> relu_y(n), relu_dx(n), tanh_y(n), tanh_dx(n), sum(n);
+    launch([&] { relu_forward(x.data(), relu_y.data(), n); });
+    launch([&] { relu_backward(relu_y.data(), dy.data(), relu_dx.data(), n); });
+    launch([&] { tanh_forward(x.data(), tanh_y.data(), n); });
+    launch([&] { tanh_backward(tanh_y.data(), dy.data(), tanh_dx.data(), n); });
+    launch([&] { add(sum.data(), x.data(), dy.data(), n); });
+    unsigned int flag = 0;
+    launch([&] { flag_nonfinite(x.data(), n, &flag); });
+    const std::vector<float> flag_out = {(float)flag};
+    return write_all(relu_y) && write_all(relu_dx) && write_all(tanh_y) && write_all(tanh_dx) &&
+                   write_all(sum) && write_all(flag_out)
+               ? 0
+               : 1;
+}
+
+// The f32 storage has no copy: its kernel passes none, as sgd_update_f32 does.
+template <class T>
+static int run_sgd(char** argv)
+{
+    const unsigned long long n = arg64(argv, 3);
+    const float lr = (float)std::atof(argv[4]), momentum = (float)std::atof(argv[5]),
+                weight_decay = (float)std::atof(argv[6]);
+    std::vector<std::vector<float>> in = {std::vector<float>(n), std::vector<float>(n),
+                                          std::vector<float>(n)};
+    if (!inputs("sgd", in)) return 1;
+    std::vector<float>&w = in[0], &v = in[2];
+    const std::vector<T> g = stored<T>(in[1]);
+    std::vector<T> copy(sizeof(T) == 2 ? n : 0);
+    T* copy_at = sizeof(T) == 2 ? copy.data() : nullptr;
+    launch([&] { sgd_update(w.data(), g.data(), v.data(), copy_at, n, lr, momentum, weight_decay); });
+    return write_all(w) && write_all(v) && write_all(copy) ? 0 : 1;
+}
+
+template <class T>
+static int run_bias_fill(char** argv)
+{
+    const unsigned long long n = arg64(argv, 3);
+    const unsigned int channels = arg(argv, 4), plane = arg(argv, 5);
+    std::vector<std::vector<float>> in = {std::vector<float>(channels)};
+    if (!inputs("bias_fill", in)) return 1;
+    const std::vector<T> bias = stored<T>(in[0]);
+    std::vector<T> y(n);
+    launch([&] { bias_fill(y.data(), bias.data(), n, channels, plane); });
+    return write_all(y) ? 0 : 1;
+}
+
+template <class T>
+static void narrow_kernel(const float* src, T* dst, unsigned long long n)
+{
+    if constexpr (std::is_same_v<T, bf16>) narrow_bf16(src, dst, n);
+    else narrow_f16(src, dst, n);
+}
+
+template <class T>
+static void widen_kernel(const T* src, float* dst, unsigned long long n)
+{
+    if constexpr (std::is_same_v<T, bf16>) widen_bf16(src, dst, n);
+    else widen_f16(src, dst, n);
+}
+
+template <class T>
+static int run_convert(char** argv)
+{
+    if constexpr (sizeof(T) != 2) {
+        return unknown_storage(argv[2]);
+    } else {
+        const unsigned long long n = arg64(argv, 3);
+        std::vector<std::vector<float>> in = {std::vector<float>(n)};
+        if (!inputs("convert", in)) return 1;
+        std::vector<T> narrow(n);
+        std::vector<float> wide(n);
+        launch([&] { narrow_kernel(in[0].data(), narrow.data(), n); });
+        launch([&] { widen_kernel(narrow.data(), wide.data(), n); });
+        return std::fwrite(wide.data(), sizeof(float), n, stdout) == n ? 0 : 1;
+    }
+}
+
+template <class T>
 static int round_16_bit()
 {
     std::vector<float> values;
@@ -350,6 +446,10 @@ int main(int argc, char** argv)
     if (std::strcmp(op, "dropout") == 0 && argc == 12) return BY_STORAGE(run_dropout);
     if (std::strcmp(op, "bias_grad") == 0 && argc == 9) return BY_STORAGE(run_bias_grad);
     if (std::strcmp(op, "loss") == 0 && argc == 8) return BY_STORAGE(run_loss);
+    if (std::strcmp(op, "pointwise") == 0 && argc == 4) return BY_STORAGE(run_pointwise);
+    if (std::strcmp(op, "sgd") == 0 && argc == 7) return BY_STORAGE(run_sgd);
+    if (std::strcmp(op, "bias_fill") == 0 && argc == 6) return BY_STORAGE(run_bias_fill);
+    if (std::strcmp(op, "convert") == 0 && argc == 4) return BY_STORAGE(run_convert);
     if (std::strcmp(op, "round") == 0 && argc == 3) return BY_STORAGE(run_round);
     std::fprintf(stderr, "kernels_host: bad arguments; the usage is at the top of "
                          "kernels/shim/kernels_host.cpp\n");

@@ -4,7 +4,7 @@
 //! 16-bit maps): in f32 against the f64 reference, and at bf16 and fp16
 //! storage against the CPU 16-bit reference (`CpuDevice::with_storage`),
 //! so the GPU's kernel sources are checked on every machine, GPU or not;
-//! elementwise.cu's dropout and reduce.cu in the modules below.
+//! elementwise.cu and reduce.cu in the modules below.
 //! The shim's own 16-bit conversions (storage.cuh's C++ half; a GPU's are
 //! the hardware's) are checked against the `half` crate.
 

@@ -40,6 +40,7 @@ use cudarc::driver::{
     CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, DeviceSlice, LaunchConfig,
     ValidAsZeroBits,
 };
+use kernels::elementwise::bias_plane;
 use kernels::reduce::{BiasGrad, Loss};
 use kernels::{Kernels, Stored};
 use std::marker::PhantomData;
@@ -814,13 +815,9 @@ impl<S: Stored> CudaDevice<S> {
         Layout::on_gpu(S::STORAGE)
     }
 
-    /// The `plane` of the `bias_fill` kernel for convolution `s`'s
-    /// output: the channel changes every plane in NCHW, every element in NHWC.
+    /// The `plane` of the `bias_fill` kernel for convolution `s`'s output.
     fn bias_plane(&self, s: &ConvShape) -> usize {
-        match self.data_layout() {
-            Layout::Nchw => s.out_h * s.out_w,
-            Layout::Nhwc => 1,
-        }
+        bias_plane(self.data_layout(), s.out_h * s.out_w)
     }
 
     /// Convolution `s`'s bias gradient from `dy`, in this device's layout.
