@@ -125,6 +125,14 @@ fn assert_bitwise(what: &str, storage: Storage, got: &[f32], want: &[f32]) {
     }
 }
 
+/// The shim's `pointwise` outputs: ReLU's y and dx, tanh's y and dx,
+/// `x + dy`, then the overflow flag of `x`.
+fn pointwise_shim(storage: Storage, x: &[f32], dy: &[f32]) -> Vec<Vec<f32>> {
+    let n = x.len();
+    let outputs = [n, n, n, n, n, 1];
+    run_shim("pointwise", storage, &[n.to_string()], &[x, dy], &outputs)
+}
+
 /// ReLU, tanh and their gradients against the CPU device at the same
 /// storage (tanh within one step: the shim's `tanhf` is the C library's,
 /// a GPU's its own), the sum against the rounded f32 sum, and the flag
@@ -137,13 +145,7 @@ fn activations_sum_and_flag_match_the_cpu_device() {
         x[5] = 0.0;
         x[200] = -0.0;
         let n = x.len();
-        let out = run_shim(
-            "pointwise",
-            storage,
-            &[n.to_string()],
-            &[&x, &dy],
-            &[n, n, n, n, n, 1],
-        );
+        let out = pointwise_shim(storage, &x, &dy);
         let mut cpu = CpuDevice::<f32>::with_storage(storage);
         let (mut y, mut dx) = (vec![0.0; n], vec![0.0; n]);
         cpu.relu_forward(&x, &mut y).expect("relu");
@@ -184,14 +186,7 @@ fn nonfinite_flag_finds_any_overflow() {
             for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 70_000.0] {
                 let mut x = clean.clone();
                 x[at] = bad;
-                let flag = run_shim(
-                    "pointwise",
-                    storage,
-                    &[n.to_string()],
-                    &[&x, &clean],
-                    &[n, n, n, n, n, 1],
-                )
-                .remove(5);
+                let flag = pointwise_shim(storage, &x, &clean).remove(5);
                 let rounded: Vec<f32> = x.iter().map(|&v| storage.round(v)).collect();
                 let finite = CpuDevice::<f32>::with_storage(storage)
                     .all_finite(&[&rounded])
