@@ -168,7 +168,8 @@ fn the_paper_presets_figure_has_48_kernels_per_tower() {
 }
 
 fn tensorboards_reader_finds_every_scalar_and_the_kernel_images() {
-    let python = std::env::var_os(TENSORBOARD_PYTHON).expect("main checks it is set");
+    let python = std::env::var_os(TENSORBOARD_PYTHON)
+        .unwrap_or_else(|| panic!("{TENSORBOARD_PYTHON} is not set"));
     let run = run();
     let script = r#"
 import json, sys

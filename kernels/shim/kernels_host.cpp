@@ -342,7 +342,18 @@ static int run_pointwise(char** argv)
                : 1;
 }
 
-// The f32 storage has no copy: its kernel passes none, as sgd_update_f32 does.
+// The update through the entry point the launcher calls: sgd_update_f32,
+// which has no copy, or the 16-bit storage's, which writes `copy`.
+template <class T>
+static void sgd_kernel(float* w, const T* g, float* v, T* copy, unsigned long long n, float lr,
+                       float momentum, float weight_decay)
+{
+    if constexpr (std::is_same_v<T, float>) sgd_update_f32(w, g, v, n, lr, momentum, weight_decay);
+    else if constexpr (std::is_same_v<T, bf16>)
+        sgd_update_bf16(w, g, v, copy, n, lr, momentum, weight_decay);
+    else sgd_update_f16(w, g, v, copy, n, lr, momentum, weight_decay);
+}
+
 template <class T>
 static int run_sgd(char** argv)
 {
@@ -355,8 +366,7 @@ static int run_sgd(char** argv)
     std::vector<float>&w = in[0], &v = in[2];
     const std::vector<T> g = stored<T>(in[1]);
     std::vector<T> copy(sizeof(T) == 2 ? n : 0);
-    T* copy_at = sizeof(T) == 2 ? copy.data() : nullptr;
-    launch([&] { sgd_update(w.data(), g.data(), v.data(), copy_at, n, lr, momentum, weight_decay); });
+    launch([&] { sgd_kernel(w.data(), g.data(), v.data(), copy.data(), n, lr, momentum, weight_decay); });
     return write_all(w) && write_all(v) && write_all(copy) ? 0 : 1;
 }
 

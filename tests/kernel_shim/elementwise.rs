@@ -134,8 +134,8 @@ fn pointwise_shim(storage: Storage, x: &[f32], dy: &[f32]) -> Vec<Vec<f32>> {
 }
 
 /// ReLU, tanh and their gradients against the CPU device at the same
-/// storage (tanh within one step: the shim's `tanhf` is the C library's,
-/// a GPU's its own), the sum against the rounded f32 sum, and the flag
+/// storage (tanh within one step, room for a C library's `tanhf` other
+/// than the one Rust's `tanh` calls), the sum against the rounded f32 sum, and the flag
 /// against `all_finite`, on inputs with zeros of both signs.
 #[test]
 fn activations_sum_and_flag_match_the_cpu_device() {
@@ -248,12 +248,13 @@ fn sgd_update_matches_the_cpu_device() {
     }
 }
 
-/// A convolution's output (3 images of 5 channels of 7 positions) in both
-/// layouts, with the device's `plane` argument, and an FC layer's: every
-/// element its channel's bias as stored.
+/// A convolution's output (4 images of 5 channels of 7 positions) in both
+/// layouts, with the device's `plane` argument, and an FC layer's (28
+/// images): every element its channel's bias as stored, over more
+/// elements than the shim's grid has threads.
 #[test]
 fn bias_fill_broadcasts_each_channel_in_both_layouts() {
-    let (images, channels, plane) = (3, 5, 7);
+    let (images, channels, plane) = (4, 5, 7);
     for storage in STORAGES {
         let bias = random(storage, channels, 37);
         let want: Vec<f32> = (0..images * channels * plane)
@@ -266,9 +267,10 @@ fn bias_fill_broadcasts_each_channel_in_both_layouts() {
             let got = reorder(layout, channels, plane, &got, true);
             assert_bitwise(&format!("{layout:?} y"), storage, &got, &want);
         }
-        let args = [images * channels, channels, 1].map(|v| v.to_string());
-        let got = run_shim("bias_fill", storage, &args, &[&bias], &[images * channels]).remove(0);
-        assert_bitwise("fc y", storage, &got, &bias.repeat(images));
+        let rows = plane * images;
+        let args = [rows * channels, channels, 1].map(|v| v.to_string());
+        let got = run_shim("bias_fill", storage, &args, &[&bias], &[rows * channels]).remove(0);
+        assert_bitwise("fc y", storage, &got, &bias.repeat(rows));
     }
 }
 

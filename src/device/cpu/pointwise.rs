@@ -7,10 +7,10 @@ use crate::device::{DropoutMask, SgdStep};
 use crate::rng::uniform_at;
 
 simd::kernel! {
-/// `y = max(x, 0)`.
+/// `y = max(x, 0)`, +0 for −0 and NaN (as the GPU kernel).
 pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = v.max(T::zero());
+        *o = if v > T::zero() { v } else { T::zero() };
     }
 }
 }
