@@ -1,6 +1,8 @@
 // Runs the kernels of kernels/*.cu on the CPU: defines the little of CUDA
 // those kernels use, includes the kernel sources unchanged (and with them
-// storage.cuh's conversions, written out for C++), and loops over the grid;
+// storage.cuh's conversions, written out for C++), and loops over the grid,
+// calling each kernel's entry point (`_f32`, `_bf16`, `_f16`), as a
+// launcher does;
 // a kernel that synchronises its block runs each block's threads as threads
 // of its own, `__syncthreads` a barrier between them, `__shared__` arrays
 // shared by them. Data cross the pipe as little-endian f32, rounded to the
@@ -137,6 +139,16 @@ static void launch_blocks(dim3 grid, unsigned int block, Kernel kernel)
         }
 }
 
+// Calls kernel `name`'s entry point at storage T (`name`_f32, _bf16 or
+// _f16: the function a launcher launches) with the template's arguments,
+// which every entry point passes on in the same order.
+#define ENTRY(T, name, ...)                                                    \
+    do {                                                                       \
+        if constexpr (std::is_same_v<T, float>) name##_f32(__VA_ARGS__);       \
+        else if constexpr (std::is_same_v<T, bf16>) name##_bf16(__VA_ARGS__);  \
+        else name##_f16(__VA_ARGS__);                                          \
+    } while (0)
+
 static bool read_all(std::vector<float>& v)
 {
     return std::fread(v.data(), sizeof(float), v.size(), stdin) == v.size();
@@ -191,11 +203,11 @@ static int run_lrn(char** argv)
     const std::vector<T> x = stored<T>(in[0]), dy = stored<T>(in[1]);
     std::vector<T> y(total), scale(total), dx(total);
     launch([&] {
-        lrn_forward(x.data(), y.data(), scale.data(), batch, channels, plane, stride, size,
+        ENTRY(T, lrn_forward, x.data(), y.data(), scale.data(), batch, channels, plane, stride, size,
                     alpha, beta, k);
     });
     launch([&] {
-        lrn_backward(x.data(), y.data(), scale.data(), dy.data(), dx.data(), batch, channels,
+        ENTRY(T, lrn_backward, x.data(), y.data(), scale.data(), dy.data(), dx.data(), batch, channels,
                      plane, stride, size, alpha, beta);
     });
     return write_all(y) && write_all(scale) && write_all(dx) ? 0 : 1;
@@ -215,11 +227,11 @@ static int run_pool(char** argv)
     const std::vector<T> x = stored<T>(in[0]), dy = stored<T>(in[1]);
     std::vector<T> y(out_len), dx(in_len);
     launch([&] {
-        maxpool_forward(x.data(), y.data(), planes, in_h, in_w, size, stride, out_h, out_w,
+        ENTRY(T, maxpool_forward, x.data(), y.data(), planes, in_h, in_w, size, stride, out_h, out_w,
                         interleaved);
     });
     launch([&] {
-        maxpool_backward(x.data(), y.data(), dy.data(), dx.data(), planes, in_h, in_w, size,
+        ENTRY(T, maxpool_backward, x.data(), y.data(), dy.data(), dx.data(), planes, in_h, in_w, size,
                          stride, out_h, out_w, interleaved);
     });
     return write_all(y) && write_all(dx) ? 0 : 1;
@@ -235,7 +247,7 @@ static int run_input(char** argv)
     std::vector<unsigned char> pixels(n);
     for (size_t i = 0; i < n; ++i) pixels[i] = (unsigned char)in[0][i];
     std::vector<T> y(n);
-    launch([&] { input_from_u8(pixels.data(), in[1].data(), y.data(), n, plane, last); });
+    launch([&] { ENTRY(T, input_from_u8, pixels.data(), in[1].data(), y.data(), n, plane, last); });
     return write_all(y) ? 0 : 1;
 }
 
@@ -247,7 +259,7 @@ static int run_channels_last(char** argv)
     std::vector<std::vector<float>> in = {std::vector<float>(n)};
     if (!inputs("channels_last", in)) return 1;
     std::vector<T> y(n);
-    launch([&] { images_to_channels_last(in[0].data(), y.data(), n, channels, plane); });
+    launch([&] { ENTRY(T, images_to_channels_last, in[0].data(), y.data(), n, channels, plane); });
     return write_all(y) ? 0 : 1;
 }
 
@@ -263,7 +275,7 @@ static int run_dropout(char** argv)
     const std::vector<T> x = stored<T>(in[0]);
     std::vector<T> y(n);
     launch([&] {
-        dropout(x.data(), y.data(), n, p, key0, key1, run, groups, first, channels, plane);
+        ENTRY(T, dropout, x.data(), y.data(), n, p, key0, key1, run, groups, first, channels, plane);
     });
     return write_all(y) ? 0 : 1;
 }
@@ -282,14 +294,14 @@ static int run_bias_grad(char** argv)
     std::vector<float> partial((size_t)channels * chunks);
     if (rows)
         launch_grid(chunks, 37, [&] {
-            bias_grad_rows_partial(dy.data(), partial.data(), batch, channels, per_chunk);
+            ENTRY(T, bias_grad_rows_partial, dy.data(), partial.data(), batch, channels, per_chunk);
         });
     else
         launch_blocks({chunks, 3, 1}, BIAS_THREADS, [&] {
-            bias_grad_partial(dy.data(), partial.data(), batch, channels, plane, per_chunk);
+            ENTRY(T, bias_grad_partial, dy.data(), partial.data(), batch, channels, plane, per_chunk);
         });
     std::vector<T> dbias(channels);
-    launch([&] { bias_grad_finish(partial.data(), dbias.data(), channels, chunks); });
+    launch([&] { ENTRY(T, bias_grad_finish, partial.data(), dbias.data(), channels, chunks); });
     return write_all(dbias) ? 0 : 1;
 }
 
@@ -313,7 +325,7 @@ static int run_loss(char** argv)
     std::vector<T> dlogits((size_t)batch * per_tower);
     std::vector<double> per_image(3 * (size_t)batch), sums(3);
     launch_blocks({2, 1, 1}, LOSS_THREADS, [&] {
-        softmax_cross_entropy(logits.data(), labels.data(), dlogits.data(), per_image.data(),
+        ENTRY(T, softmax_cross_entropy, logits.data(), labels.data(), dlogits.data(), per_image.data(),
                               batch, towers, per_tower, tower, grad_scale);
     });
     launch_grid(1, 1, [&] { loss_stats_sum_f64(per_image.data(), batch, sums.data()); });
@@ -328,13 +340,13 @@ static int run_pointwise(char** argv)
     if (!inputs("pointwise", in)) return 1;
     const std::vector<T> x = stored<T>(in[0]), dy = stored<T>(in[1]);
     std::vector<T> relu_y(n), relu_dx(n), tanh_y(n), tanh_dx(n), sum(n);
-    launch([&] { relu_forward(x.data(), relu_y.data(), n); });
-    launch([&] { relu_backward(relu_y.data(), dy.data(), relu_dx.data(), n); });
-    launch([&] { tanh_forward(x.data(), tanh_y.data(), n); });
-    launch([&] { tanh_backward(tanh_y.data(), dy.data(), tanh_dx.data(), n); });
-    launch([&] { add(sum.data(), x.data(), dy.data(), n); });
+    launch([&] { ENTRY(T, relu_forward, x.data(), relu_y.data(), n); });
+    launch([&] { ENTRY(T, relu_backward, relu_y.data(), dy.data(), relu_dx.data(), n); });
+    launch([&] { ENTRY(T, tanh_forward, x.data(), tanh_y.data(), n); });
+    launch([&] { ENTRY(T, tanh_backward, tanh_y.data(), dy.data(), tanh_dx.data(), n); });
+    launch([&] { ENTRY(T, add, sum.data(), x.data(), dy.data(), n); });
     unsigned int flag = 0;
-    launch([&] { flag_nonfinite(x.data(), n, &flag); });
+    launch([&] { ENTRY(T, flag_nonfinite, x.data(), n, &flag); });
     const std::vector<float> flag_out = {(float)flag};
     return write_all(relu_y) && write_all(relu_dx) && write_all(tanh_y) && write_all(tanh_dx) &&
                    write_all(sum) && write_all(flag_out)
@@ -379,7 +391,7 @@ static int run_bias_fill(char** argv)
     if (!inputs("bias_fill", in)) return 1;
     const std::vector<T> bias = stored<T>(in[0]);
     std::vector<T> y(n);
-    launch([&] { bias_fill(y.data(), bias.data(), n, channels, plane); });
+    launch([&] { ENTRY(T, bias_fill, y.data(), bias.data(), n, channels, plane); });
     return write_all(y) ? 0 : 1;
 }
 
