@@ -2,10 +2,9 @@
 // those kernels use, includes the kernel sources unchanged (and with them
 // storage.cuh's conversions, written out for C++), and loops over the grid,
 // calling each kernel's entry point (`_f32`, `_bf16`, `_f16`), as a
-// launcher does;
-// a kernel that synchronises its block runs each block's threads as threads
-// of its own, `__syncthreads` a barrier between them, `__shared__` arrays
-// shared by them. Data cross the pipe as little-endian f32, rounded to the
+// launcher does; a kernel that synchronises its block runs each block's
+// threads as threads of its own, `__syncthreads` a barrier between them,
+// `__shared__` arrays shared by them. Data cross the pipe as little-endian f32, rounded to the
 // storage on the way in and widened on the way out. STORAGE is f32, bf16 or
 // f16.
 //
