@@ -6,7 +6,9 @@
 // Grid-stride loops, one element per step. Each kernel comes in the three
 // storages of storage.cuh (_f32, _bf16, _f16), computing in f32 and
 // rounding once, as it stores; the master weights and the momentum stay
-// f32 at every storage.
+// f32 at every storage. Where a multiply meets an add, each is rounded on
+// its own (`__fmul_rn`, never fused into a multiply-add), in the CPU
+// device's order, so the results are the CPU's bit for bit.
 
 #include "storage.cuh"
 
@@ -40,7 +42,7 @@ __device__ __forceinline__ void tanh_backward(const T* y, const T* dy, T* dx, un
 {
     FOR_EACH(i, n) {
         const float v = widen(y[i]);
-        put(&dx[i], widen(dy[i]) * (1.0f - v * v));
+        put(&dx[i], __fmul_rn(widen(dy[i]), __fsub_rn(1.0f, __fmul_rn(v, v))));
     }
 }
 
@@ -92,9 +94,10 @@ __device__ __forceinline__ void sgd_update(
 {
     const float decay = weight_decay * lr;
     FOR_EACH(i, n) {
-        const float nv = momentum * v[i] - decay * w[i] - lr * widen(g[i]);
+        const float nv = __fsub_rn(__fsub_rn(__fmul_rn(momentum, v[i]), __fmul_rn(decay, w[i])),
+                                   __fmul_rn(lr, widen(g[i])));
         v[i] = nv;
-        w[i] += nv;
+        w[i] = __fadd_rn(w[i], nv);
         if (copy) put(&copy[i], w[i]);
     }
 }

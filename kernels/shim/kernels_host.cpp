@@ -85,6 +85,7 @@ static inline float __int_as_float(int i)
 // Compiled with -ffp-contract=off, so these round as the GPU's do.
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
 
 #include "../lrn.cu"
 #include "../pool.cu"
