@@ -263,7 +263,11 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport> {
         batch: config.batch,
         device: config.placement.to_string(),
         link: towers.link_note().to_string(),
-        exchange_bytes_per_step: link::bytes_per_step(towers.tower_plan(), config.batch),
+        exchange_bytes_per_step: link::bytes_per_step(
+            towers.tower_plan(),
+            config.batch,
+            config.placement.exchange_element_bytes(),
+        ),
         exchange_ms_per_step: exchange_ms_by_tower.training[0],
         exchange_ms_by_tower,
         allreduce_bytes_per_step: crate::reduce::bytes_per_step(plan.params_per_tower()),

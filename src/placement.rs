@@ -66,6 +66,20 @@ impl Placement {
         }
     }
 
+    /// Bytes of each element the towers exchange: 2 where a GPU stores 16
+    /// bits, else 4 (the CPU's towers hold f32 at every precision).
+    pub fn exchange_element_bytes(&self) -> usize {
+        match self {
+            Placement::Cpu { .. } => 4,
+            Placement::Grouped { options, .. }
+            | Placement::OneGpu { options, .. }
+            | Placement::TwoGpus { options, .. } => match options.storage {
+                Storage::Full => 4,
+                Storage::Bf16 | Storage::F16 => 2,
+            },
+        }
+    }
+
     /// This placement as it runs `plan`: where one grouped network cannot
     /// hold the plan, the grouped network's GPU in emulation mode instead,
     /// with why; every other placement as it is. Errors other than that
@@ -319,6 +333,31 @@ mod tests {
             options,
         };
         assert_eq!(two.for_plan(&own).unwrap(), (two, None));
+    }
+
+    #[test]
+    fn exchanges_count_the_bytes_each_device_stores() {
+        let gpu = |precision| Placement::OneGpu {
+            ordinal: 0,
+            options: CudaOptions::at(precision),
+        };
+        let (full, half) = (size_of::<f32>(), size_of::<half::bf16>());
+        for precision in [
+            Precision::Fp32,
+            Precision::Tf32,
+            Precision::Bf16,
+            Precision::Fp16,
+        ] {
+            // The CPU's towers hold f32 and round it at 16 bits.
+            assert_eq!(Placement::Cpu { precision }.exchange_element_bytes(), full);
+            let sixteen = matches!(precision, Precision::Bf16 | Precision::Fp16);
+            let want = if sixteen { half } else { full };
+            assert_eq!(
+                gpu(precision).exchange_element_bytes(),
+                want,
+                "{precision:?}"
+            );
+        }
     }
 
     fn error(list: &str) -> String {

@@ -121,12 +121,14 @@ pub fn exchanges(plan: &Plan, batch: usize) -> Vec<Exchange> {
     out
 }
 
-/// Bytes one tower sends in one training step (f32 elements).
-pub fn bytes_per_step(plan: &Plan, batch: usize) -> usize {
-    4 * exchanges(plan, batch)
-        .iter()
-        .map(|e| e.elements)
-        .sum::<usize>()
+/// Bytes one tower sends in one training step, of `element_bytes` each
+/// ([`crate::placement::Placement::exchange_element_bytes`]).
+pub fn bytes_per_step(plan: &Plan, batch: usize, element_bytes: usize) -> usize {
+    element_bytes
+        * exchanges(plan, batch)
+            .iter()
+            .map(|e| e.elements)
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -419,10 +421,9 @@ mod tests {
             .map(|&(l, d, n)| (l.to_string(), d, n))
             .collect();
         assert_eq!(layers, expected);
-        assert_eq!(
-            bytes_per_step(&plan, 1),
-            4 * expected.iter().map(|e| e.2).sum::<usize>()
-        );
+        let elements = expected.iter().map(|e| e.2).sum::<usize>();
+        assert_eq!(bytes_per_step(&plan, 1, 4), 4 * elements);
+        assert_eq!(bytes_per_step(&plan, 1, 2), 2 * elements);
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //!
 //! cudarc's own tracking of pinned memory is off with its event tracking
 //! (see the module docs of [`super`]), so these events are the only guard:
-//! a turn's buffers only grow (a batch larger than any before; a smaller one
-//! uses a prefix), are replaced only behind the same waits, and their device
-//! memory is freed on the copy stream after them. A drop never waits: pinned
+//! every turn's buffers are made at the first batch, before any turn is
+//! read (so the next batches allocate no pinned memory), only grow (a batch
+//! larger than any before; a smaller one uses a prefix), are replaced only
+//! behind the same waits, and their device memory is freed on the copy
+//! stream after them. A drop never waits: pinned
 //! memory whose copy may still run is leaked rather than freed.
 
 use super::kernels::Stored;
@@ -136,6 +138,45 @@ impl Staging {
     }
 }
 
+/// Pinned memory for `n` elements, zeroed (so that a later, shorter batch
+/// reads only written memory), and its device copy.
+fn staged<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    n: usize,
+    what: &str,
+) -> Result<Staged<T>> {
+    let failed = |e| Error::cuda(format!("staging {what}"), e);
+    // SAFETY: the pinned memory is uninitialized only until the write
+    // below zeroes all of it, through a raw pointer, before anything reads it.
+    let mut host = unsafe { stream.context().alloc_pinned::<T>(n) }.map_err(failed)?;
+    let start = host.as_mut_ptr().map_err(failed)?;
+    // SAFETY: `start` points to `n` elements this slice owns; all-zero bytes
+    // are a valid `T` (`ValidAsZeroBits`).
+    unsafe { std::ptr::write_bytes(start, 0, n) };
+    let device = stream.alloc_zeros::<T>(n).map_err(failed)?;
+    Ok(Staged { host, device })
+}
+
+/// Gives each of `slots` (one buffer of every turn) room for `n` elements
+/// at their first use, while no turn has been read: batches of that size or
+/// smaller then allocate and free no pinned memory mid-run, where an
+/// allocation or free of pinned memory may wait for the whole GPU (and, on
+/// two GPUs, for a collective that waits for the other tower).
+fn reserve<T: DeviceRepr + ValidAsZeroBits, const N: usize>(
+    slots: [&mut Option<Staged<T>>; N],
+    stream: &Arc<CudaStream>,
+    n: usize,
+    what: &str,
+) -> Result<()> {
+    if slots.iter().any(|slot| slot.is_some()) {
+        return Ok(());
+    }
+    for slot in slots {
+        *slot = Some(staged(stream, n, what)?);
+    }
+    Ok(())
+}
+
 /// Copies `data` into the start of `slot`'s pinned memory and queues its
 /// upload on `copy`, replacing the buffers (freed on `copy`, behind the
 /// waits its callers queue first) when they are too small.
@@ -148,11 +189,7 @@ fn fill<T: DeviceRepr + ValidAsZeroBits + Copy>(
     let failed = |e| Error::cuda(format!("staging {what}"), e);
     let n = data.len();
     if slot.as_ref().is_none_or(|s| s.host.len() < n) {
-        // SAFETY: the pinned memory is uninitialized only until the copy
-        // below overwrites all of it, before anything reads it.
-        let host = unsafe { copy.context().alloc_pinned::<T>(n) }.map_err(failed)?;
-        let device = copy.alloc_zeros::<T>(n).map_err(failed)?;
-        *slot = Some(Staged { host, device });
+        *slot = Some(staged(copy, n, what)?);
     }
     let Some(staged) = slot.as_mut() else {
         return Err(Error::cuda(format!("staging {what}"), "no buffer"));
@@ -171,8 +208,9 @@ impl<S: Stored> CudaDevice<S> {
         let at = self.staging.next_labels;
         self.staging.next_labels = (at + 1) % LABEL_TURNS;
         self.wait_for(&self.staging.labels_copied[at])?;
-        let slot = &mut self.staging.labels[at];
-        fill(slot, &self.stream, labels, "labels")?;
+        let every = self.staging.labels.each_mut();
+        reserve(every, &self.stream, labels.len(), "labels")?;
+        fill(&mut self.staging.labels[at], &self.stream, labels, "labels")?;
         self.staging.labels_copied[at]
             .record(&self.stream)
             .map_err(|e| Error::cuda("ordering the labels' copy", e))?;
@@ -223,6 +261,10 @@ impl<S: Stored> CudaDevice<S> {
         input::check_u8(pixels, offsets, y.len()).map_err(Error::Training)?;
         let at = self.turn()?;
         let Staging { copy, turns, .. } = &mut self.staging;
+        let every = turns.each_mut().map(|t| &mut t.pixels);
+        reserve(every, copy, pixels.len(), "u8 crops")?;
+        let every = turns.each_mut().map(|t| &mut t.offsets);
+        reserve(every, copy, offsets.len(), "input offsets")?;
         let turn = &mut turns[at];
         fill(&mut turn.pixels, copy, pixels, "u8 crops")?;
         fill(&mut turn.offsets, copy, offsets, "input offsets")?;
@@ -256,6 +298,8 @@ impl<S: Stored> CudaDevice<S> {
         need(y, images.len(), "net input")?;
         let at = self.turn()?;
         let Staging { copy, turns, .. } = &mut self.staging;
+        let every = turns.each_mut().map(|t| &mut t.images);
+        reserve(every, copy, images.len(), "input images")?;
         fill(&mut turns[at].images, copy, images, "input images")?;
         self.uploaded(at)?;
         let Some(staged) = &self.staging.turns[at].images else {

@@ -107,6 +107,9 @@ pub struct CudaDevice<S: Stored = f32> {
     steps: RunAhead<CudaEvent>,
     /// Per-chunk sums of the bias gradient's first pass.
     bias_partials: Option<CudaSlice<f32>>,
+    /// [`Device::all_finite`]'s flag, kept from step to step (cleared on
+    /// the stream), so that no step allocates one while its collectives run.
+    overflow: Option<CudaSlice<u32>>,
     /// The pair this tower belongs to and its rank: a wait for this stream
     /// polls, so that it ends when the other tower fails (its stream may
     /// hold NCCL work that waits for the other tower).
@@ -177,6 +180,7 @@ impl<S: Stored> CudaDevice<S> {
             losses_pending: 0,
             steps: RunAhead::default(),
             bias_partials: None,
+            overflow: None,
             watch: None,
             staging: input::Staging::new(&ctx)?,
             storage: PhantomData,
@@ -795,7 +799,16 @@ impl<S: Stored> CudaDevice<S> {
     /// [`Device::all_finite`] at any storage: one flag for all of `bufs`,
     /// read back once.
     fn finite<B: StoredBuf<Elem = S>>(&mut self, bufs: &[&B]) -> Result<bool> {
-        let mut flag = zeros::<u32>(&self.stream, 1, "overflow flag")?;
+        let mut flag = match self.overflow.take() {
+            Some(mut flag) => {
+                // The last step's read of it is done: it was copied back.
+                self.stream
+                    .memset_zeros(&mut flag)
+                    .map_err(|e| Error::cuda("clearing the overflow flag", e))?;
+                flag
+            }
+            None => zeros::<u32>(&self.stream, 1, "overflow flag")?,
+        };
         for buf in bufs {
             self.kernels
                 .elementwise
@@ -807,6 +820,7 @@ impl<S: Stored> CudaDevice<S> {
             .stream
             .clone_dtoh(&flag)
             .map_err(|e| Error::cuda("copying the overflow flag", e))?;
+        self.overflow = Some(flag);
         Ok(host.first() == Some(&0))
     }
 
