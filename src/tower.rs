@@ -177,12 +177,7 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
             }
         }
         let buffers = Buffers::new(&mut device, &plan, batch, link.splits_input())?;
-        for (i, layer) in plan.layers.iter().enumerate() {
-            if let Op::Conv(shape) = &layer.op {
-                // The first layer's input is the image: no gradient for it.
-                device.prepare_conv(shape, batch, i > 0)?;
-            }
-        }
+        prepare_convs(&mut device, &plan, batch)?;
         let timings = vec![LayerTiming::default(); plan.layers.len() + 2];
         Ok(Tower {
             plan,
@@ -310,6 +305,13 @@ impl<D: Device, L: Link<D::Buf>> Tower<D, L> {
         check_labels(labels, self.plan.classes())?;
         let batch = labels.len();
         if batch != self.batch {
+            // A batch of a new size (a short last one, say): the device is
+            // drained (a GPU's wait is watched) and every convolution is made
+            // ready for it before this pass queues anything, so that a search
+            // a plan may need (cuDNN's waits for the GPU, unwatched) finds no
+            // exchange pending that waits for the other tower.
+            self.device.fence()?;
+            prepare_convs(&mut self.device, &self.plan, batch)?;
             // Through the `ManuallyDrop`, so that the old buffers are dropped.
             let split = self.link.splits_input();
             *self.buffers = Buffers::new(&mut self.device, &self.plan, batch, split)?;
@@ -680,6 +682,18 @@ impl<D: Device, L: Link<D::Buf>> Drop for Tower<D, L> {
             ManuallyDrop::drop(&mut self.params);
         }
     }
+}
+
+/// Readies every convolution of `plan` for `batch` images
+/// ([`Device::prepare_conv`]: a GPU chooses its algorithms here).
+fn prepare_convs<D: Device>(device: &mut D, plan: &Plan, batch: usize) -> Result<()> {
+    for (i, layer) in plan.layers.iter().enumerate() {
+        if let Op::Conv(shape) = &layer.op {
+            // The first layer's input is the image: no gradient for it.
+            device.prepare_conv(shape, batch, i > 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// The plan's layers that have weights, in the order of a tower's parameters.

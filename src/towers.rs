@@ -1005,6 +1005,48 @@ mod tests {
     }
 
     #[test]
+    fn a_shorter_batch_runs_as_on_a_pair_made_for_it() {
+        let plan = Arc::new(Plan::load("small").unwrap());
+        let init = init_twin(&plan, InitScheme::He, 5);
+        let classes = plan.classes() as u32;
+        let batch_of = |n: usize, k: u32| Batch {
+            images: Arc::new(
+                (0..n * plan.input.len())
+                    .map(|i| ((i as u32 * 5 + k * 11) % 19) as f32 / 19.0)
+                    .collect::<Vec<f32>>()
+                    .into(),
+            ),
+            labels: Arc::new((0..n as u32).map(|i| (i + k) % classes).collect()),
+        };
+        let (full, short) = (batch_of(4, 0), batch_of(3, 1));
+        let sgd = SgdStep {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        };
+        // One made for 4 images meets 3 (a short last batch) in a training
+        // step and an evaluation, as one made for 3 runs them; then both
+        // meet 4, the first returning to its size, the second growing.
+        let made_for_full = TowerPair::cpu::<f32>(Arc::clone(&plan), 4, &init).unwrap();
+        let made_for_short = TowerPair::cpu::<f32>(Arc::clone(&plan), 3, &init).unwrap();
+        let pairs = [&made_for_full, &made_for_short];
+        let [a, b] = pairs.map(|pair| pair.train_step(&short, 1, Some(sgd)).unwrap());
+        assert_eq!(a, b);
+        assert!(a.loss_sum > 0.0);
+        let [a, b] = pairs.map(|pair| pair.download(ParamSet::Weights).unwrap());
+        for (a, b) in a.iter().zip(&b) {
+            assert!(a.data == b.data, "{}", a.name);
+        }
+        for step in [&short, &full] {
+            let [a, b] = pairs.map(|pair| pair.evaluate(step).unwrap());
+            assert_eq!(a, b);
+            let [a, b] = pairs.map(|pair| pair.logits().unwrap());
+            assert_eq!(a.len(), step.labels.len() * plan.classes());
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
     fn a_tower_that_panics_releases_the_other_with_the_panic() {
         let plan = Arc::new(Plan::load("small").unwrap());
         // A minute's timeout: only the panic's record ends the wait soon.

@@ -265,12 +265,6 @@ impl Convolutions {
         self.prepare(s, batch).map(drop)
     }
 
-    /// Whether a plan for `s` at `batch` is made (its first use measures
-    /// nothing more).
-    pub fn has_plan(&self, s: &ConvShape, batch: usize) -> bool {
-        self.plans.contains_key(&(*s, batch))
-    }
-
     /// `y += conv(x, w)` for one source (`x` that source's slice of the input).
     pub fn forward<S: Stored>(
         &mut self,

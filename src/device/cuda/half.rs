@@ -172,7 +172,6 @@ impl<H: Half> Device for CudaDevice<H> {
     ) -> Result<()> {
         let in_len = batch * s.in_c * s.in_h * s.in_w;
         let out_len = batch * s.out_c * s.out_h * s.out_w;
-        self.drain_before_new_plan(s, batch)?;
         let w = copies(w)?;
         let y = self.biased(y, bias, out_len, s.out_c, self.bias_plane(s))?;
         let convs = &mut self.convs;

@@ -239,18 +239,6 @@ impl<S: Stored> CudaDevice<S> {
         &self.kernels
     }
 
-    /// Before convolution `s`'s first use at `batch` (a batch no plan was
-    /// made for, say a shorter one): the watched wait for the stream, so
-    /// that a search its plan may need (cuDNN waits for the whole stream
-    /// there, unwatched) finds nothing queued that waits for the other tower.
-    fn drain_before_new_plan(&self, s: &ConvShape, batch: usize) -> Result<()> {
-        if self.convs.has_plan(s, batch) {
-            Ok(())
-        } else {
-            self.synchronize()
-        }
-    }
-
     /// Waits for everything queued on this device's stream; in a pair, by
     /// polling an event, never longer than the pair's timeout nor past the
     /// other tower's failure. Then reports any error cudarc kept from a call
@@ -461,7 +449,6 @@ impl Device for CudaDevice<f32> {
         );
         need(y, out_len, "conv output")?;
         need(bias, s.out_c, "conv bias")?;
-        self.drain_before_new_plan(s, batch)?;
         self.kernels.elementwise.bias_fill(
             &self.stream,
             y,
