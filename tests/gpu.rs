@@ -49,6 +49,14 @@ const TESTS: &[(&str, fn())] = &[
         three_training_steps_of_the_grouped_network_match_the_cpu,
     ),
     (
+        "batches_of_other_sizes_in_emulation_mode_match_the_cpu",
+        batches_of_other_sizes_in_emulation_mode_match_the_cpu,
+    ),
+    (
+        "batches_of_other_sizes_on_the_grouped_network_match_the_cpu",
+        batches_of_other_sizes_on_the_grouped_network_match_the_cpu,
+    ),
+    (
         "three_16_bit_steps_in_emulation_mode_match_the_cpu_at_the_same_precision",
         three_16_bit_steps_in_emulation_mode_match_the_cpu_at_the_same_precision,
     ),
@@ -625,6 +633,60 @@ fn three_training_steps_match_the_cpu(grouped: bool) {
             want.loss_sum
         );
     }
+    let (want, got) = (
+        cpu.download(ParamSet::Weights).unwrap(),
+        gpu.download(ParamSet::Weights).unwrap(),
+    );
+    if let Err(e) = compare_updates(&init, &want, &got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
+        panic!("GPU against CPU: {e}");
+    }
+}
+
+fn batches_of_other_sizes_in_emulation_mode_match_the_cpu() {
+    batches_of_other_sizes_match_the_cpu(false);
+}
+
+fn batches_of_other_sizes_on_the_grouped_network_match_the_cpu() {
+    batches_of_other_sizes_match_the_cpu(true);
+}
+
+/// Towers made for 8 images train on 8, then 5 (a short last batch), then
+/// 8 again, and evaluate 3 (a short validation batch), against the CPU
+/// towers: each loss, the evaluation's, and the weights' updates.
+fn batches_of_other_sizes_match_the_cpu(grouped: bool) {
+    let plan = Arc::new(Plan::load("small").unwrap());
+    let init = init_twin(&plan, InitScheme::He, 11);
+    let cpu = TowerPair::cpu::<f32>(Arc::clone(&plan), 8, &init).unwrap();
+    let placement = one_gpu(grouped, CudaOptions::default());
+    let gpu = TowerPair::new(placement, Arc::clone(&plan), 8, &init).unwrap();
+    let sgd = SgdStep {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
+    let close = |what: &str, got: f64, want: f64| {
+        let rel = (got - want).abs() / want.abs();
+        assert!(
+            rel < 1e-4,
+            "{what}: loss {got} on the GPU, {want} on the CPU"
+        );
+    };
+    for (step, size) in [8, 5, 8].into_iter().enumerate() {
+        let batch = random_batch(&plan, size, 300 + step as u64);
+        let want = cpu.train_step(&batch, step as u64, Some(sgd)).unwrap();
+        let got = gpu.train_step(&batch, step as u64, Some(sgd)).unwrap();
+        close(
+            &format!("step {step} of {size} images"),
+            got.loss_sum,
+            want.loss_sum,
+        );
+    }
+    let held_out = random_batch(&plan, 3, 400);
+    let (want, got) = (
+        cpu.evaluate(&held_out).unwrap(),
+        gpu.evaluate(&held_out).unwrap(),
+    );
+    close("evaluation of 3 images", got.loss_sum, want.loss_sum);
     let (want, got) = (
         cpu.download(ParamSet::Weights).unwrap(),
         gpu.download(ParamSet::Weights).unwrap(),
