@@ -9,7 +9,7 @@
 use alexnet::device::cpu::CpuDevice;
 use alexnet::device::cuda::{CudaDevice, CudaOptions, probe};
 use alexnet::device::precision::Storage;
-use alexnet::device::{Device, DropoutMask, Input, InputGrad, SgdStep};
+use alexnet::device::{Device, DropoutMask, Input, InputGrad, LossStats, SgdStep};
 use alexnet::net::init::init_twin;
 use alexnet::net::params::TwinTensor;
 use alexnet::net::plan::{Op, Plan, TOWERS};
@@ -625,19 +625,29 @@ fn three_training_steps_match_the_cpu(grouped: bool) {
     let got = gpu.take_stats().unwrap();
     assert_eq!(got.len(), want.len(), "one loss per queued step");
     for (step, (want, got)) in want.iter().zip(&got).enumerate() {
-        let rel = (got.loss_sum - want.loss_sum).abs() / want.loss_sum.abs();
-        assert!(
-            rel < 1e-4,
-            "step {step}: loss {} on the GPU, {} on the CPU",
-            got.loss_sum,
-            want.loss_sum
-        );
+        assert_loss_close(&format!("step {step}"), got, want);
     }
+    assert_updates_match(&init, &cpu, &gpu);
+}
+
+/// A GPU pass's loss within 1e-4 (relative) of the CPU's.
+fn assert_loss_close(what: &str, got: &LossStats, want: &LossStats) {
+    let rel = (got.loss_sum - want.loss_sum).abs() / want.loss_sum.abs();
+    assert!(
+        rel < 1e-4,
+        "{what}: loss {} on the GPU, {} on the CPU",
+        got.loss_sum,
+        want.loss_sum
+    );
+}
+
+/// The GPU pair's weight updates from `init` against the CPU pair's.
+fn assert_updates_match(init: &[TwinTensor], cpu: &TowerPair, gpu: &TowerPair) {
     let (want, got) = (
         cpu.download(ParamSet::Weights).unwrap(),
         gpu.download(ParamSet::Weights).unwrap(),
     );
-    if let Err(e) = compare_updates(&init, &want, &got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
+    if let Err(e) = compare_updates(init, &want, &got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
         panic!("GPU against CPU: {e}");
     }
 }
@@ -664,36 +674,19 @@ fn batches_of_other_sizes_match_the_cpu(grouped: bool) {
         momentum: 0.9,
         weight_decay: 5e-4,
     };
-    let close = |what: &str, got: f64, want: f64| {
-        let rel = (got - want).abs() / want.abs();
-        assert!(
-            rel < 1e-4,
-            "{what}: loss {got} on the GPU, {want} on the CPU"
-        );
-    };
     for (step, size) in [8, 5, 8].into_iter().enumerate() {
         let batch = random_batch(&plan, size, 300 + step as u64);
         let want = cpu.train_step(&batch, step as u64, Some(sgd)).unwrap();
         let got = gpu.train_step(&batch, step as u64, Some(sgd)).unwrap();
-        close(
-            &format!("step {step} of {size} images"),
-            got.loss_sum,
-            want.loss_sum,
-        );
+        assert_loss_close(&format!("step {step} of {size} images"), &got, &want);
     }
     let held_out = random_batch(&plan, 3, 400);
     let (want, got) = (
         cpu.evaluate(&held_out).unwrap(),
         gpu.evaluate(&held_out).unwrap(),
     );
-    close("evaluation of 3 images", got.loss_sum, want.loss_sum);
-    let (want, got) = (
-        cpu.download(ParamSet::Weights).unwrap(),
-        gpu.download(ParamSet::Weights).unwrap(),
-    );
-    if let Err(e) = compare_updates(&init, &want, &got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
-        panic!("GPU against CPU: {e}");
-    }
+    assert_loss_close("evaluation of 3 images", &got, &want);
+    assert_updates_match(&init, &cpu, &gpu);
 }
 
 /// The small preset's batch `step` of `batch` random images and labels.
