@@ -995,10 +995,16 @@ mod tests {
         assert_eq!(got_eval, want_eval);
         assert!(later.take_stats().unwrap().is_empty());
         assert!(want.iter().all(|s| s.loss_sum > 0.0));
+        assert_same_weights(&at_once, &later);
+    }
+
+    /// Both pairs' weights, bit for bit.
+    fn assert_same_weights(a: &TowerPair, b: &TowerPair) {
         let (a, b) = (
-            at_once.download(ParamSet::Weights).unwrap(),
-            later.download(ParamSet::Weights).unwrap(),
+            a.download(ParamSet::Weights).unwrap(),
+            b.download(ParamSet::Weights).unwrap(),
         );
+        assert_eq!(a.len(), b.len());
         for (a, b) in a.iter().zip(&b) {
             assert!(a.data == b.data, "{}", a.name);
         }
@@ -1033,10 +1039,7 @@ mod tests {
         let [a, b] = pairs.map(|pair| pair.train_step(&short, 1, Some(sgd)).unwrap());
         assert_eq!(a, b);
         assert!(a.loss_sum > 0.0);
-        let [a, b] = pairs.map(|pair| pair.download(ParamSet::Weights).unwrap());
-        for (a, b) in a.iter().zip(&b) {
-            assert!(a.data == b.data, "{}", a.name);
-        }
+        assert_same_weights(&made_for_full, &made_for_short);
         for step in [&short, &full] {
             let [a, b] = pairs.map(|pair| pair.evaluate(step).unwrap());
             assert_eq!(a, b);

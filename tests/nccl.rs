@@ -19,7 +19,7 @@ use libtest_mimic::{Arguments, Trial};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use update::{UPDATE_ELEMENT_TOL, UPDATE_NORM_TOL, compare_updates};
+use update::{assert_loss_close, assert_updates_close};
 
 mod update;
 
@@ -188,19 +188,11 @@ fn two_towers_over_nccl_match_the_host_link() {
         };
         let want = cpu.train_step(&batch, step, Some(sgd)).unwrap();
         let got = gpus.train_step(&batch, step, Some(sgd)).unwrap();
-        let rel = (got.loss_sum - want.loss_sum).abs() / want.loss_sum.abs();
-        assert!(
-            rel < 1e-4,
-            "step {step}: loss {} over NCCL, {} on the CPU",
-            got.loss_sum,
-            want.loss_sum
-        );
+        assert_loss_close(&format!("step {step} over NCCL"), &got, &want);
     }
     let (want, got) = (
         cpu.download(ParamSet::Weights).unwrap(),
         gpus.download(ParamSet::Weights).unwrap(),
     );
-    if let Err(e) = compare_updates(&init, &want, &got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
-        panic!("NCCL against CPU: {e}");
-    }
+    assert_updates_close("NCCL against CPU", &init, &want, &got);
 }

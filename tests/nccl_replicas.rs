@@ -17,7 +17,7 @@ use alexnet::towers::Batch;
 use libtest_mimic::{Arguments, Trial};
 use std::process::ExitCode;
 use std::sync::Arc;
-use update::{UPDATE_ELEMENT_TOL, UPDATE_NORM_TOL, compare_updates};
+use update::{assert_loss_close, assert_updates_close};
 
 mod update;
 
@@ -73,19 +73,11 @@ fn two_replicas_on_four_gpus_train_as_one_cpu_pair() {
         };
         let want = cpu.train_step(&batch, step, Some(sgd)).unwrap();
         let got = gpus.train_step(&batch, step, Some(sgd)).unwrap();
-        let rel = (got.loss_sum - want.loss_sum).abs() / want.loss_sum.abs();
-        assert!(
-            rel < 1e-4,
-            "step {step}: loss {} on GPUs, {} on the CPU",
-            got.loss_sum,
-            want.loss_sum
-        );
+        assert_loss_close(&format!("step {step} on GPUs"), &got, &want);
     }
     let (want, got) = (
         cpu.download(ParamSet::Weights).unwrap(),
         gpus.download(ParamSet::Weights).unwrap(),
     );
-    if let Err(e) = compare_updates(&init, &want, &got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
-        panic!("two NCCL replicas against one CPU pair: {e}");
-    }
+    assert_updates_close("two NCCL replicas against one CPU pair", &init, &want, &got);
 }

@@ -108,6 +108,7 @@ fn a_whole_check_runs_the_goals_first_and_prints_each_ratio() {
         "ok: GPU 0 towers hold 1.20 GiB, predicted 1.00 GiB to 1.50 GiB",
         "| alexnet bf16 --emulate | 512 | ok | 3,000 | 6,000 |",
         "| gpu tests, round 3 | - | test result: ok. 9 passed; 0 failed; 0 ignored |",
+        "```\nGPU 0: a stand-in\n```",
     ] {
         assert!(report.contains(line), "no `{line}` in\n{report}");
     }

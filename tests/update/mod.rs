@@ -3,6 +3,7 @@
 //! (three small steps move them by a thousandth of their size, so a wrong
 //! update hides under a bound on the weights).
 
+use alexnet::device::LossStats;
 use alexnet::net::params::TwinTensor;
 
 /// How far a GPU's (or two GPUs') three-step update of the small preset may
@@ -81,4 +82,31 @@ pub fn compare_updates(
         }
     }
     Ok((worst_norm, worst_element))
+}
+
+/// Panics, naming `what`, unless `got`'s update from `start` is within
+/// [`UPDATE_NORM_TOL`] and [`UPDATE_ELEMENT_TOL`] of `want`'s (the CPU's).
+#[allow(dead_code)]
+pub fn assert_updates_close(
+    what: &str,
+    start: &[TwinTensor],
+    want: &[TwinTensor],
+    got: &[TwinTensor],
+) {
+    if let Err(e) = compare_updates(start, want, got, UPDATE_NORM_TOL, UPDATE_ELEMENT_TOL) {
+        panic!("{what}: {e}");
+    }
+}
+
+/// Panics, naming `what`, unless `got`'s f32 loss is within 1e-4
+/// (relative) of `want`'s, the CPU's.
+#[allow(dead_code)]
+pub fn assert_loss_close(what: &str, got: &LossStats, want: &LossStats) {
+    let rel = (got.loss_sum - want.loss_sum).abs() / want.loss_sum.abs();
+    assert!(
+        rel < 1e-4,
+        "{what}: loss {}, {} on the CPU",
+        got.loss_sum,
+        want.loss_sum
+    );
 }

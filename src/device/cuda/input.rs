@@ -11,11 +11,11 @@
 //! cudarc's own tracking of pinned memory is off with its event tracking
 //! (see the module docs of [`super`]), so these events are the only guard:
 //! every turn's buffers are made at the first batch, before any turn is
-//! read (so later batches no larger allocate no pinned memory), only grow (a batch
-//! larger than any before; a smaller one uses a prefix), are replaced only
-//! behind the same waits, and their device memory is freed on the copy
-//! stream after them. A drop never waits: pinned
-//! memory whose copy may still run is leaked rather than freed.
+//! read (so later batches no larger allocate no pinned memory), only grow
+//! (a batch larger than any before; a smaller one uses a prefix), are
+//! replaced only behind the same waits, and their device memory is freed
+//! on the copy stream after them. A drop never waits: pinned memory whose
+//! copy may still run is leaked rather than freed.
 
 use super::kernels::Stored;
 use super::{CudaDevice, need};
